@@ -35,15 +35,16 @@ pub struct DirSource {
 }
 
 impl DirSource {
-    /// Lists the regular files directly inside `root`.
+    /// Lists the files (anything but folders) directly inside `root`.
     pub fn new(root: &Path) -> Result<Self, DataError> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(root).map_err(|e| DataError::io(root, e))? {
             let entry = entry.map_err(|e| DataError::io(root, e))?;
-            let is_file = std::fs::metadata(entry.path())
-                .map(|m| m.is_file())
-                .unwrap_or(false);
-            if is_file && let Some(name) = entry.file_name().to_str() {
+            // Everything that is not a folder is listed, dangling links included: a data
+            // file that cannot be read must be reported, not silently skipped.
+            if !entry.path().is_dir()
+                && let Some(name) = entry.file_name().to_str()
+            {
                 names.push(name.to_owned());
             }
         }

@@ -1,0 +1,29 @@
+//! The headless command line: clap arguments → library calls → text or JSON on stdout.
+//!
+//! Exit codes: 0 success, 1 the work failed (bad data, network…), 2 bad usage (clap).
+
+mod data_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// annt — measure what gradient accumulation, mixed precision and pinned memory buy.
+#[derive(Debug, Parser)]
+#[command(name = "annt", version, about, long_about = None, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect and download data sets.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+}
+
+/// Runs the parsed command line; the caller turns an error into exit code 1.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Data(cmd) => data_cmd::run(cmd),
+    }
+}

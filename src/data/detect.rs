@@ -154,7 +154,20 @@ pub fn open_detected(path: &Path, options: &OpenOptions) -> Result<Dataset, Data
 
 /// Reads an archive and loads the one CIFAR layout it holds.
 pub fn open_archive(file: &Path, options: &OpenOptions) -> Result<Dataset, DataError> {
-    let contents = archive::read_archive(file)?;
+    open_archive_contents(archive::read_archive(file)?, file, options)
+}
+
+/// Loads the one CIFAR layout held by archive bytes already in memory (`file` names them
+/// in messages). The fuzz target for archives enters here.
+pub fn open_archive_bytes(bytes: &[u8], file: &Path, options: &OpenOptions) -> Result<Dataset, DataError> {
+    open_archive_contents(archive::read_archive_bytes(bytes, file)?, file, options)
+}
+
+fn open_archive_contents(
+    contents: archive::ArchiveContents,
+    file: &Path,
+    options: &OpenOptions,
+) -> Result<Dataset, DataError> {
     let mut found: Vec<(String, MemSource, DataFormat)> = Vec::new();
     for (folder, src) in contents.into_sources(file) {
         let layout = cifar::classify(&src.names()).map_err(|m| mixed(&src.root(), m))?;

@@ -12,8 +12,11 @@ fn tmp() -> tempfile::TempDir {
 }
 
 fn cifar10_dir(dir: &std::path::Path) -> std::path::PathBuf {
-    write_dir(&dir.join("cifar-10-batches-bin"), &fixtures::cifar10_binary_files(2, 3, 2, 1))
-        .expect("write")
+    write_dir(
+        &dir.join("cifar-10-batches-bin"),
+        &fixtures::cifar10_binary_files(2, 3, 2, 1),
+    )
+    .expect("write")
 }
 
 #[test]
@@ -36,7 +39,11 @@ fn size_not_a_multiple_of_the_record() {
     let mut bytes = std::fs::read(&f).expect("r");
     bytes.truncate(bytes.len() - 10);
     std::fs::write(&f, bytes).expect("w");
-    let e = expect_err(&root, &f, &["not a multiple of the 3073-byte record", "3063 bytes"]);
+    let e = expect_err(
+        &root,
+        &f,
+        &["not a multiple of the 3073-byte record", "3063 bytes"],
+    );
     assert!(matches!(e, DataError::NotMultiple { .. }));
 }
 
@@ -46,7 +53,10 @@ fn oversized_file_is_refused_before_reading() {
     let root = cifar10_dir(dir.path());
     let f = root.join("data_batch_1.bin");
     // A sparse file: no disk space used, but its size is over the limit.
-    let file = std::fs::OpenOptions::new().write(true).open(&f).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .expect("open");
     file.set_len(MAX_FILE_BYTES + 3073).expect("set_len");
     drop(file);
     let e = expect_err(&root, &f, &["oversized"]);
@@ -64,7 +74,11 @@ fn label_outside_the_class_count() {
     let e = expect_err(&root, &f, &["label 10 of record 1", "10 classes"]);
     assert!(matches!(e, DataError::LabelOutOfRange { .. }));
     // CIFAR-100 coarse labels beyond 20.
-    let root100 = write_dir(&dir.path().join("c100"), &fixtures::cifar100_binary_files(3, 2, 2)).expect("w");
+    let root100 = write_dir(
+        &dir.path().join("c100"),
+        &fixtures::cifar100_binary_files(3, 2, 2),
+    )
+    .expect("w");
     let f = root100.join("test.bin");
     let mut bytes = std::fs::read(&f).expect("r");
     bytes[0] = 20;
@@ -83,7 +97,11 @@ fn missing_test_split() {
     std::fs::remove_file(root.join("test_batch.bin")).expect("rm");
     let e = expect_err(&root, &root, &["missing test split", "test_batch.bin"]);
     assert!(matches!(e, DataError::MissingSplit { .. }));
-    let root100 = write_dir(&dir.path().join("c100"), &fixtures::cifar100_binary_files(3, 2, 2)).expect("w");
+    let root100 = write_dir(
+        &dir.path().join("c100"),
+        &fixtures::cifar100_binary_files(3, 2, 2),
+    )
+    .expect("w");
     std::fs::remove_file(root100.join("test.bin")).expect("rm");
     expect_err(&root100, &root100, &["missing test split", "test.bin"]);
     // An image folder with train/ but no test/.
@@ -97,7 +115,15 @@ fn two_formats_mixed_in_one_folder() {
     let dir = tmp();
     let root = cifar10_dir(dir.path());
     std::fs::write(root.join("data_batch_1"), b"python version").expect("w");
-    let e = expect_err(&root, &root, &["two data formats mixed", "CIFAR-10 binary", "CIFAR-10 python"]);
+    let e = expect_err(
+        &root,
+        &root,
+        &[
+            "two data formats mixed",
+            "CIFAR-10 binary",
+            "CIFAR-10 python",
+        ],
+    );
     assert!(matches!(e, DataError::MixedFormats { .. }));
 }
 
@@ -105,8 +131,20 @@ fn two_formats_mixed_in_one_folder() {
 fn several_data_sets_in_a_parent_folder() {
     let dir = tmp();
     cifar10_dir(dir.path());
-    write_dir(&dir.path().join("cifar-100-binary"), &fixtures::cifar100_binary_files(3, 2, 2)).expect("w");
-    let e = expect_err(dir.path(), dir.path(), &["several data sets", "cifar-10-batches-bin", "cifar-100-binary"]);
+    write_dir(
+        &dir.path().join("cifar-100-binary"),
+        &fixtures::cifar100_binary_files(3, 2, 2),
+    )
+    .expect("w");
+    let e = expect_err(
+        dir.path(),
+        dir.path(),
+        &[
+            "several data sets",
+            "cifar-10-batches-bin",
+            "cifar-100-binary",
+        ],
+    );
     assert!(matches!(e, DataError::Ambiguous { .. }));
 }
 
@@ -157,7 +195,11 @@ fn corrupt_image() {
 fn archive_with_path_traversal_entries() {
     let dir = tmp();
     let files = fixtures::cifar10_binary_files(1, 2, 2, 3);
-    for evil in ["../evil.bin", "cifar-10-batches-bin/../../evil.bin", "/etc/evil.bin"] {
+    for evil in [
+        "../evil.bin",
+        "cifar-10-batches-bin/../../evil.bin",
+        "/etc/evil.bin",
+    ] {
         let mut entries: Vec<(String, &[u8])> = files
             .iter()
             .map(|(n, b)| (format!("cifar-10-batches-bin/{n}"), b.as_slice()))
@@ -190,7 +232,11 @@ fn archive_without_cifar_content_and_unknown_folders() {
     let archive = dir.path().join("photos.tar.gz");
     let files = vec![("readme.txt".to_owned(), b"hi".to_vec())];
     std::fs::write(&archive, fixtures::tar_gz("stuff", &files).expect("tar")).expect("w");
-    expect_err(&archive, &archive, &["no data set recognised", "no CIFAR folder"]);
+    expect_err(
+        &archive,
+        &archive,
+        &["no data set recognised", "no CIFAR folder"],
+    );
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
     expect_err(&empty, &empty, &["no data set recognised"]);

@@ -37,7 +37,10 @@ fn cifar10_binary_folder_with_any_record_count() {
     assert_eq!(ds.classes.len(), 10);
     assert_eq!(ds.classes[0], "airplane");
     assert_eq!((ds.train.len(), ds.test.len()), (21, 5));
-    let (px, labels) = expected10(&files, &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"]);
+    let (px, labels) = expected10(
+        &files,
+        &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"],
+    );
     assert_eq!(ds.train.pixels, px);
     assert_eq!(ds.train.labels, labels);
     let (px, labels) = expected10(&files, &["test_batch.bin"]);
@@ -87,8 +90,11 @@ fn cifar100_binary_fine_and_coarse() {
 #[test]
 fn a_parent_folder_holding_one_data_set_is_enough() {
     let dir = tmp();
-    write_dir(&dir.path().join("cifar-10-batches-bin"), &fixtures::cifar10_binary_files(1, 4, 2, 4))
-        .expect("write");
+    write_dir(
+        &dir.path().join("cifar-10-batches-bin"),
+        &fixtures::cifar10_binary_files(1, 4, 2, 4),
+    )
+    .expect("write");
     std::fs::write(dir.path().join("notes.txt"), "hello").expect("notes");
     let ds = open(dir.path()).expect("open parent");
     assert_eq!(ds.format, DataFormat::Cifar10Binary);
@@ -101,7 +107,11 @@ fn binary_archives_read_directly_equal_their_folders() {
     let files = fixtures::cifar10_binary_files(2, 5, 3, 5);
     let folder = write_dir(&dir.path().join("x/cifar-10-batches-bin"), &files).expect("write");
     let archive = dir.path().join("cifar-10-binary.tar.gz");
-    std::fs::write(&archive, fixtures::tar_gz("cifar-10-batches-bin", &files).expect("tar")).expect("w");
+    std::fs::write(
+        &archive,
+        fixtures::tar_gz("cifar-10-batches-bin", &files).expect("tar"),
+    )
+    .expect("w");
     let from_dir = open(&folder).expect("dir");
     let from_archive = open(&archive).expect("archive");
     assert_eq!(from_archive.train.pixels, from_dir.train.pixels);
@@ -110,7 +120,11 @@ fn binary_archives_read_directly_equal_their_folders() {
 
     let files100 = fixtures::cifar100_binary_files(6, 2, 6);
     let a100 = dir.path().join("cifar-100-binary.tar.gz");
-    std::fs::write(&a100, fixtures::tar_gz("cifar-100-binary", &files100).expect("tar")).expect("w");
+    std::fs::write(
+        &a100,
+        fixtures::tar_gz("cifar-100-binary", &files100).expect("tar"),
+    )
+    .expect("w");
     let ds = open(&a100).expect("archive 100");
     assert_eq!((ds.format, ds.train.len()), (DataFormat::Cifar100Binary, 6));
 }
@@ -171,7 +185,10 @@ fn image_folder_with_train_and_test_splits() {
         ..OpenOptions::default()
     };
     let big = data::open(&root, &opts).expect("48px");
-    assert_eq!((big.train.height, big.train.image_bytes()), (48, 3 * 48 * 48));
+    assert_eq!(
+        (big.train.height, big.train.image_bytes()),
+        (48, 3 * 48 * 48)
+    );
 }
 
 #[test]

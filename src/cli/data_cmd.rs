@@ -95,17 +95,23 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    let source = summary
-        .source
-        .as_ref()
-        .map_or_else(|| "generated from seed".to_owned(), |p| p.display().to_string());
+    let source = summary.source.as_ref().map_or_else(
+        || "generated from seed".to_owned(),
+        |p| p.display().to_string(),
+    );
     println!("{} — {} ({source})", summary.name, summary.format.label());
     println!(
         "images: {} train, {} test, {}x{} RGB; loaded in {load_secs:.2} s",
         summary.train, summary.test, summary.width, summary.height
     );
     println!("classes: {}", summary.classes.len());
-    let width = summary.classes.iter().map(String::len).max().unwrap_or(5).max(5);
+    let width = summary
+        .classes
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!("  {:<width$}  {:>7}  {:>7}", "class", "train", "test");
     for (i, name) in summary.classes.iter().enumerate() {
         println!(
@@ -119,17 +125,61 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     };
     println!(
         "mean (R,G,B): {:.4} {:.4} {:.4}   std: {:.4} {:.4} {:.4}   ({src})",
-        summary.mean[0], summary.mean[1], summary.mean[2], summary.std[0], summary.std[1], summary.std[2]
+        summary.mean[0],
+        summary.mean[1],
+        summary.mean[2],
+        summary.std[0],
+        summary.std[1],
+        summary.std[2]
     );
     Ok(())
 }
 
 fn download(args: &DownloadArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("download is being wired up")
-}
-
-#[allow(dead_code)]
-fn _keep() -> anyhow::Result<()> {
-    Err(anyhow::anyhow!("x")).context("y")
+    use annt::data::download::{self as dl, ArchiveFormat, CifarVariant, DownloadStatus};
+    let variant = match args.variant {
+        VariantArg::Cifar10 => CifarVariant::Cifar10,
+        VariantArg::Cifar100 => CifarVariant::Cifar100,
+    };
+    let format = match args.format {
+        FormatArg::Binary => ArchiveFormat::Binary,
+        FormatArg::Python => ArchiveFormat::Python,
+    };
+    let mut spec = dl::official(variant, format);
+    if let Some(base) = &args.mirror {
+        spec = dl::with_mirror(spec, base);
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => dl::default_data_dir()
+            .context("no user data folder is known on this system; pass --dir")?,
+    };
+    eprintln!("downloading {} into {}", spec.url, dir.display());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    };
+    let outcome = dl::download(&spec, &dir, &mut progress, &|| false);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let what = match outcome.status {
+        DownloadStatus::Downloaded => "downloaded",
+        DownloadStatus::AlreadyPresent => "already present, MD5 verified",
+        DownloadStatus::ReplacedCorrupt => "replaced a corrupt copy",
+    };
+    println!("{} ({what}; MD5 {} OK)", outcome.path.display(), spec.md5);
+    println!(
+        "inspect it with: annt data inspect {}",
+        outcome.path.display()
+    );
+    Ok(())
 }

@@ -114,7 +114,11 @@ fn read_tar(reader: impl Read, path: &Path) -> Result<ArchiveContents, DataError
             Some((f, n)) => (f.to_owned(), n.to_owned()),
             None => (String::new(), inner.clone()),
         };
-        contents.folders.entry(folder).or_default().insert(name, data);
+        contents
+            .folders
+            .entry(folder)
+            .or_default()
+            .insert(name, data);
     }
     if entries == 0 {
         return Err(corrupt(path, "no entries (empty or not a tar archive)"));

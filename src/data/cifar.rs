@@ -51,18 +51,106 @@ pub const CIFAR100_COARSE_CLASSES: [&str; 20] = [
 
 /// CIFAR-100's 100 fine classes, in label order.
 pub const CIFAR100_FINE_CLASSES: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
-    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ];
 
 /// Which CIFAR layout a set of file names is, if any. Used by detection; `Err` carries two
@@ -76,8 +164,7 @@ pub fn classify(names: &[String]) -> Result<Option<DataFormat>, (DataFormat, Dat
     if has("train.bin") || has("test.bin") {
         found.push(DataFormat::Cifar100Binary);
     }
-    if has("test_batch") || has("batches.meta") || !numbered(names, "data_batch_", "").is_empty()
-    {
+    if has("test_batch") || has("batches.meta") || !numbered(names, "data_batch_", "").is_empty() {
         found.push(DataFormat::Cifar10Python);
     }
     if (has("train") || has("test")) && (has("meta") || (has("train") && has("test"))) {
@@ -136,7 +223,11 @@ fn official(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn names_from_text(src: &dyn FileSource, file: &str, fallback: &[&str]) -> Result<Vec<String>, DataError> {
+fn names_from_text(
+    src: &dyn FileSource,
+    file: &str,
+    fallback: &[&str],
+) -> Result<Vec<String>, DataError> {
     if src.has(file) {
         cifar_binary::parse_label_names(&src.read(file)?, &src.path_of(file))
     } else {
@@ -254,7 +345,11 @@ fn push_python(
     if labels.len() != batch.rows || batch.data.len() != batch.rows * PIXEL_BYTES {
         return Err(DataError::malformed(
             path,
-            format!("'{key}' has {} entries for {} images", labels.len(), batch.rows),
+            format!(
+                "'{key}' has {} entries for {} images",
+                labels.len(),
+                batch.rows
+            ),
         ));
     }
     let mut out = Vec::with_capacity(labels.len());
@@ -274,7 +369,10 @@ fn push_python(
     Ok(())
 }
 
-fn python_meta(src: &dyn FileSource, file: &str) -> Result<Option<cifar_pickle::PickledMeta>, DataError> {
+fn python_meta(
+    src: &dyn FileSource,
+    file: &str,
+) -> Result<Option<cifar_pickle::PickledMeta>, DataError> {
     if !src.has(file) {
         return Ok(None);
     }
@@ -369,14 +467,22 @@ mod tests {
         let mut sorted = CIFAR100_FINE_CLASSES.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 100, "fine names are unique and already sorted");
+        assert_eq!(
+            sorted.len(),
+            100,
+            "fine names are unique and already sorted"
+        );
         assert_eq!(sorted, CIFAR100_FINE_CLASSES.to_vec());
     }
 
     #[test]
     fn classify_recognises_each_layout_and_mixtures() {
         assert_eq!(
-            classify(&s(&["data_batch_1.bin", "test_batch.bin", "batches.meta.txt"])),
+            classify(&s(&[
+                "data_batch_1.bin",
+                "test_batch.bin",
+                "batches.meta.txt"
+            ])),
             Ok(Some(DataFormat::Cifar10Binary))
         );
         assert_eq!(
@@ -401,10 +507,18 @@ mod tests {
     #[test]
     fn numbered_sorts_numerically() {
         let v = numbered(
-            &s(&["data_batch_10.bin", "data_batch_2.bin", "data_batch_x.bin", "data_batch_1.bin"]),
+            &s(&[
+                "data_batch_10.bin",
+                "data_batch_2.bin",
+                "data_batch_x.bin",
+                "data_batch_1.bin",
+            ]),
             "data_batch_",
             ".bin",
         );
-        assert_eq!(v, s(&["data_batch_1.bin", "data_batch_2.bin", "data_batch_10.bin"]));
+        assert_eq!(
+            v,
+            s(&["data_batch_1.bin", "data_batch_2.bin", "data_batch_10.bin"])
+        );
     }
 }

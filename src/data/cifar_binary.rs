@@ -58,7 +58,7 @@ pub fn parse_records(
             record_bytes: record,
         });
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(DataError::NotMultiple {
             path: path.to_path_buf(),
             len,
@@ -90,8 +90,9 @@ pub fn parse_records(
 /// Class names from `batches.meta.txt` / `*_label_names.txt`: one per line, blank lines
 /// (the official files end with some) and surrounding whitespace ignored.
 pub fn parse_label_names(bytes: &[u8], path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| DataError::malformed(path, format!("class-name file is not UTF-8 text: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        DataError::malformed(path, format!("class-name file is not UTF-8 text: {e}"))
+    })?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -99,7 +100,10 @@ pub fn parse_label_names(bytes: &[u8], path: &Path) -> Result<Vec<String>, DataE
         .map(str::to_owned)
         .collect();
     if names.is_empty() {
-        return Err(DataError::malformed(path, "class-name file lists no classes"));
+        return Err(DataError::malformed(
+            path,
+            "class-name file lists no classes",
+        ));
     }
     Ok(names)
 }
@@ -121,8 +125,14 @@ mod tests {
     fn reads_any_whole_number_of_records() {
         let bytes = records(&[3, 7, 0]);
         let mut set = ImageSet::new(32, 32);
-        let n = parse_records(&bytes, Path::new("x.bin"), RecordLayout::CIFAR10, 10, &mut set)
-            .expect("parse");
+        let n = parse_records(
+            &bytes,
+            Path::new("x.bin"),
+            RecordLayout::CIFAR10,
+            10,
+            &mut set,
+        )
+        .expect("parse");
         assert_eq!(n, 3);
         assert_eq!(set.labels, vec![3, 7, 0]);
         assert!(set.image(1).iter().all(|&p| p == 1));
@@ -133,13 +143,29 @@ mod tests {
         let mut set = ImageSet::new(32, 32);
         let mut bytes = records(&[1, 2]);
         bytes.pop();
-        let e = parse_records(&bytes, Path::new("b.bin"), RecordLayout::CIFAR10, 10, &mut set)
-            .expect_err("partial");
-        assert!(e.to_string().contains("not a multiple of the 3073-byte record"), "{e}");
+        let e = parse_records(
+            &bytes,
+            Path::new("b.bin"),
+            RecordLayout::CIFAR10,
+            10,
+            &mut set,
+        )
+        .expect_err("partial");
+        assert!(
+            e.to_string()
+                .contains("not a multiple of the 3073-byte record"),
+            "{e}"
+        );
         assert!(e.to_string().ends_with("b.bin"), "{e}");
         let bytes = records(&[1, 10]);
-        let e = parse_records(&bytes, Path::new("b.bin"), RecordLayout::CIFAR10, 10, &mut set)
-            .expect_err("label");
+        let e = parse_records(
+            &bytes,
+            Path::new("b.bin"),
+            RecordLayout::CIFAR10,
+            10,
+            &mut set,
+        )
+        .expect_err("label");
         assert!(e.to_string().contains("label 10 of record 1"), "{e}");
         assert!(set.is_empty());
     }

@@ -111,7 +111,7 @@ pub fn detect(path: &Path) -> Result<Detected, DataError> {
         1 => return Ok(found.remove(0)),
         0 => {}
         _ => {
-            let names: Vec<String> = found.iter().map(|d| display_name(d)).collect();
+            let names: Vec<String> = found.iter().map(display_name).collect();
             return Err(DataError::Ambiguous {
                 path: path.to_path_buf(),
                 found: names.join(", "),
@@ -159,7 +159,11 @@ pub fn open_archive(file: &Path, options: &OpenOptions) -> Result<Dataset, DataE
 
 /// Loads the one CIFAR layout held by archive bytes already in memory (`file` names them
 /// in messages). The fuzz target for archives enters here.
-pub fn open_archive_bytes(bytes: &[u8], file: &Path, options: &OpenOptions) -> Result<Dataset, DataError> {
+pub fn open_archive_bytes(
+    bytes: &[u8],
+    file: &Path,
+    options: &OpenOptions,
+) -> Result<Dataset, DataError> {
     open_archive_contents(archive::read_archive_bytes(bytes, file)?, file, options)
 }
 

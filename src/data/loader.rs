@@ -16,9 +16,9 @@ use super::augment::{Augment, augment_into};
 use super::{DataError, Dataset, ImageSet};
 use crate::util::rng::{Rng, mix_seed};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Which split of a data set to iterate.
@@ -101,7 +101,7 @@ impl LoaderConfig {
 pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
     if shuffle {
-        Rng::new(mix_seed(&[seed, epoch as u64, 0x0_4D45_52])).shuffle(&mut order);
+        Rng::new(mix_seed(&[seed, epoch as u64, 0x004D_4552])).shuffle(&mut order);
     }
     order
 }

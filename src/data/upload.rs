@@ -41,7 +41,12 @@ pub fn to_device<S: BatchStorage>(
 pub fn normalize_u8(raw: &Tensor, norm: &Normalization) -> Result<Tensor, DataError> {
     let device = raw.device();
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = norm.mean.iter().zip(norm.std).map(|(m, s)| -m / s).collect();
+    let shift: Vec<f32> = norm
+        .mean
+        .iter()
+        .zip(norm.std)
+        .map(|(m, s)| -m / s)
+        .collect();
     let scale = Tensor::from_vec(scale, (1, CHANNELS, 1, 1), device)?;
     let shift = Tensor::from_vec(shift, (1, CHANNELS, 1, 1), device)?;
     Ok(raw
@@ -79,7 +84,11 @@ mod tests {
         };
         let b = to_device(&batch(), &norm, &Device::Cpu, None).expect("upload");
         assert_eq!(b.images.dims(), &[2, 3, 2, 2]);
-        let v: Vec<f32> = b.images.flatten_all().and_then(|t| t.to_vec1()).expect("vals");
+        let v: Vec<f32> = b
+            .images
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("vals");
         let at = |n: usize, c: usize, i: usize| v[n * 12 + c * 4 + i];
         // image 0 (zeros): (0 - m) / s
         assert!((at(0, 0, 0) - -1.0).abs() < 1e-6);

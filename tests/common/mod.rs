@@ -15,9 +15,18 @@ pub fn expect_err(path: &Path, file: &Path, fragments: &[&str]) -> DataError {
     expect_err_with(path, &OpenOptions::default(), file, fragments)
 }
 
-pub fn expect_err_with(path: &Path, options: &OpenOptions, file: &Path, fragments: &[&str]) -> DataError {
+pub fn expect_err_with(
+    path: &Path,
+    options: &OpenOptions,
+    file: &Path,
+    fragments: &[&str],
+) -> DataError {
     let err = match data::open(path, options) {
-        Ok(ds) => panic!("expected an error for {}, got a data set of {} images", path.display(), ds.train.len()),
+        Ok(ds) => panic!(
+            "expected an error for {}, got a data set of {} images",
+            path.display(),
+            ds.train.len()
+        ),
         Err(e) => e,
     };
     let msg = err.to_string();

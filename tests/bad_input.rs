@@ -246,3 +246,58 @@ fn archive_without_cifar_content_and_unknown_folders() {
     std::fs::write(&file, [0u8; 3073]).expect("w");
     expect_err(&file, &file, &["pass its folder"]);
 }
+
+#[test]
+fn pickle_with_a_forbidden_global_or_unknown_opcode() {
+    use annt::data::fixtures::pickle::PickleWriter;
+    let dir = tmp();
+    let root = write_dir(
+        &dir.path().join("cifar-10-batches-py"),
+        &fixtures::cifar10_python_files(1, 3, 2, 1),
+    )
+    .expect("write");
+    let f = root.join("data_batch_1");
+    // The classic exploit shape: os.system("...") through GLOBAL + REDUCE.
+    let mut w = PickleWriter::new();
+    w.proto(2);
+    w.global("os", "system");
+    w.short_binstring(b"touch /tmp/annt-pwned");
+    w.tuple1();
+    w.reduce();
+    w.stop();
+    std::fs::write(&f, w.into_bytes()).expect("w");
+    let e = expect_err(
+        &root,
+        &f,
+        &["pickle rejected", "global 'os.system' is not allowed"],
+    );
+    assert!(matches!(e, DataError::Pickle { .. }));
+    assert!(!std::path::Path::new("/tmp/annt-pwned").exists());
+    // An opcode these files never use (0x63 'c' is GLOBAL; 0x69 'i' is INST).
+    std::fs::write(&f, b"\x80\x02i__builtin__\neval\n.").expect("w");
+    expect_err(&root, &f, &["pickle rejected", "opcode"]);
+    // Cut short.
+    let good = fixtures::pickle::cifar10_batch(&[0u8; 3072], &[1]);
+    std::fs::write(&f, &good[..good.len() / 2]).expect("w");
+    expect_err(&root, &f, &["pickle rejected"]);
+}
+
+#[test]
+fn pickle_with_wrong_structure_or_labels() {
+    let dir = tmp();
+    let root = write_dir(
+        &dir.path().join("cifar-10-batches-py"),
+        &fixtures::cifar10_python_files(1, 3, 2, 1),
+    )
+    .expect("write");
+    let f = root.join("test_batch");
+    std::fs::write(
+        &f,
+        fixtures::pickle::cifar10_batch(&[0u8; 3072 * 2], &[1, 12]),
+    )
+    .expect("w");
+    expect_err(&root, &f, &["label 12 of record 1", "10 classes"]);
+    std::fs::write(&f, fixtures::pickle::cifar10_meta(&["a"])).expect("w");
+    let e = expect_err(&root, &f, &["data"]);
+    assert!(matches!(e, DataError::Malformed { .. }));
+}

@@ -219,3 +219,61 @@ fn builtin_opens_without_files() {
     assert_eq!(ds.format, DataFormat::Builtin);
     assert!(ds.source.is_none());
 }
+
+#[test]
+fn cifar10_python_folder_and_archive() {
+    let dir = tmp();
+    let files = fixtures::cifar10_python_files(2, 1500, 4, 11);
+    let root = write_dir(&dir.path().join("cifar-10-batches-py"), &files).expect("write");
+    let ds = open(&root).expect("open");
+    assert_eq!(ds.format, DataFormat::Cifar10Python);
+    assert_eq!((ds.train.len(), ds.test.len()), (3000, 4));
+    assert_eq!(ds.classes[1], "automobile");
+    // Same images as the binary writer makes from the same seeds.
+    let (px, labels) = fixtures::random_images(1500, 10, 11);
+    assert_eq!(&ds.train.pixels[..px.len()], px.as_slice());
+    let want: Vec<u16> = labels.iter().map(|&l| u16::from(l)).collect();
+    assert_eq!(&ds.train.labels[..1500], want.as_slice());
+
+    let archive = dir.path().join("cifar-10-python.tar.gz");
+    std::fs::write(
+        &archive,
+        fixtures::tar_gz("cifar-10-batches-py", &files).expect("tar"),
+    )
+    .expect("w");
+    let from_archive = open(&archive).expect("archive");
+    assert_eq!(from_archive.train.pixels, ds.train.pixels);
+    assert_eq!(from_archive.test.labels, ds.test.labels);
+}
+
+#[test]
+fn cifar100_python_fine_and_coarse_folder_and_archive() {
+    let dir = tmp();
+    let files = fixtures::cifar100_python_files(12, 5, 12);
+    let root = write_dir(&dir.path().join("cifar-100-python"), &files).expect("write");
+    let fine = open(&root).expect("fine");
+    assert_eq!(fine.format, DataFormat::Cifar100Python);
+    assert_eq!(
+        (fine.classes.len(), fine.train.len(), fine.test.len()),
+        (100, 12, 5)
+    );
+    let opts = OpenOptions {
+        cifar100_labels: Cifar100Labels::Coarse,
+        ..OpenOptions::default()
+    };
+    let coarse = data::open(&root, &opts).expect("coarse");
+    assert_eq!(coarse.classes.len(), 20);
+    assert_eq!(coarse.classes[0], "aquatic_mammals");
+    for (&f, &c) in fine.train.labels.iter().zip(&coarse.train.labels) {
+        assert_eq!(u16::from(fixtures::coarse_of(f as u8)), c);
+    }
+    let archive = dir.path().join("cifar-100-python.tar.gz");
+    std::fs::write(
+        &archive,
+        fixtures::tar_gz("cifar-100-python", &files).expect("tar"),
+    )
+    .expect("w");
+    let a = data::open(&archive, &opts).expect("archive");
+    assert_eq!(a.train.labels, coarse.train.labels);
+    assert_eq!(a.train.pixels, fine.train.pixels);
+}

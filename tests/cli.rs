@@ -1,0 +1,69 @@
+//! The `annt` binary as a user runs it: output, JSON shape and exit codes.
+
+use annt::data::fixtures::{self, write_dir};
+use std::process::Command;
+
+fn annt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_annt"))
+        .args(args)
+        .output()
+        .expect("run annt")
+}
+
+#[test]
+fn inspect_builtin_as_json() {
+    let out = annt(&["data", "inspect", "builtin", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["format"], "builtin");
+    assert_eq!(v["classes"].as_array().expect("classes").len(), 10);
+    assert_eq!(v["train"], 10_000);
+    assert_eq!(v["test"], 2_000);
+    assert_eq!(v["train_per_class"][0], 1_000);
+}
+
+#[test]
+fn inspect_a_cifar_folder_as_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_dir(
+        &dir.path().join("cifar-10-batches-bin"),
+        &fixtures::cifar10_binary_files(2, 5, 3, 1),
+    )
+    .expect("write");
+    let out = annt(&["data", "inspect", dir.path().to_str().expect("utf8")]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CIFAR-10 binary"), "{text}");
+    assert!(text.contains("10 train, 3 test"), "{text}");
+    assert!(text.contains("airplane"), "{text}");
+    assert!(text.contains("(published)"), "{text}");
+}
+
+#[test]
+fn bad_data_exits_1_naming_the_file_and_bad_usage_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = write_dir(
+        &dir.path().join("c"),
+        &fixtures::cifar10_binary_files(1, 2, 2, 1),
+    )
+    .expect("write");
+    let bad = root.join("test_batch.bin");
+    std::fs::write(&bad, [0u8; 5000]).expect("w");
+    let out = annt(&["data", "inspect", root.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: size 5000 bytes is not a multiple"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with(&bad.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(annt(&[]).status.code(), Some(2));
+    assert_eq!(annt(&["data", "download", "mnist"]).status.code(), Some(2));
+}

@@ -3,6 +3,7 @@
 use annt::data::{self, Cifar100Labels, OpenOptions};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -91,20 +92,26 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let ds = data::open(&args.path, &options)?;
     let load_secs = start.elapsed().as_secs_f64();
     let summary = ds.summary();
+    let mut out = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-        return Ok(());
+        return super::print_out(&(serde_json::to_string_pretty(&summary)? + "\n"));
     }
     let source = summary.source.as_ref().map_or_else(
         || "generated from seed".to_owned(),
         |p| p.display().to_string(),
     );
-    println!("{} — {} ({source})", summary.name, summary.format.label());
-    println!(
+    writeln!(
+        out,
+        "{} — {} ({source})",
+        summary.name,
+        summary.format.label()
+    )?;
+    writeln!(
+        out,
         "images: {} train, {} test, {}x{} RGB; loaded in {load_secs:.2} s",
         summary.train, summary.test, summary.width, summary.height
-    );
-    println!("classes: {}", summary.classes.len());
+    )?;
+    writeln!(out, "classes: {}", summary.classes.len())?;
     let width = summary
         .classes
         .iter()
@@ -112,18 +119,20 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(5)
         .max(5);
-    println!("  {:<width$}  {:>7}  {:>7}", "class", "train", "test");
+    writeln!(out, "  {:<width$}  {:>7}  {:>7}", "class", "train", "test")?;
     for (i, name) in summary.classes.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "  {name:<width$}  {:>7}  {:>7}",
             summary.train_per_class[i], summary.test_per_class[i]
-        );
+        )?;
     }
     let src = match summary.normalization_source {
         data::stats::NormalizationSource::Published => "published",
         data::stats::NormalizationSource::Computed => "computed over train",
     };
-    println!(
+    writeln!(
+        out,
         "mean (R,G,B): {:.4} {:.4} {:.4}   std: {:.4} {:.4} {:.4}   ({src})",
         summary.mean[0],
         summary.mean[1],
@@ -131,8 +140,8 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         summary.std[0],
         summary.std[1],
         summary.std[2]
-    );
-    Ok(())
+    )?;
+    super::print_out(&out)
 }
 
 fn download(args: &DownloadArgs) -> anyhow::Result<()> {
@@ -176,10 +185,10 @@ fn download(args: &DownloadArgs) -> anyhow::Result<()> {
         DownloadStatus::AlreadyPresent => "already present, MD5 verified",
         DownloadStatus::ReplacedCorrupt => "replaced a corrupt copy",
     };
-    println!("{} ({what}; MD5 {} OK)", outcome.path.display(), spec.md5);
-    println!(
-        "inspect it with: annt data inspect {}",
+    super::print_out(&format!(
+        "{} ({what}; MD5 {} OK)\ninspect it with: annt data inspect {}\n",
+        outcome.path.display(),
+        spec.md5,
         outcome.path.display()
-    );
-    Ok(())
+    ))
 }

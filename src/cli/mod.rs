@@ -27,3 +27,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data_cmd::run(cmd),
     }
 }
+
+/// Writes command output to stdout. A closed pipe (`annt … | head`) is not an error: the
+/// reader has what it wanted.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -365,7 +365,11 @@ fn push_python(
         out.push(l as u16);
     }
     set.labels.extend(out);
-    set.pixels.extend_from_slice(&batch.data);
+    if set.pixels.is_empty() {
+        set.pixels = batch.data; // the common case: no second copy of a 150 MB array
+    } else {
+        set.pixels.extend_from_slice(&batch.data);
+    }
     Ok(())
 }
 

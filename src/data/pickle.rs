@@ -53,8 +53,8 @@ impl fmt::Display for PickleError {
 
 impl std::error::Error for PickleError {}
 
-/// Opcodes, named as in CPython's `pickletools`.
-mod op {
+/// Opcodes, named as in CPython's `pickletools` (the fixture writer uses them too).
+pub(crate) mod op {
     pub const MARK: u8 = b'(';
     pub const STOP: u8 = b'.';
     pub const POP: u8 = b'0';

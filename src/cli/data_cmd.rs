@@ -177,9 +177,21 @@ fn download(args: &DownloadArgs) -> anyhow::Result<()> {
         }
         bar.set_position(done);
     };
-    let outcome = dl::download(&spec, &dir, &mut progress, &|| false);
+    // Ctrl-C stops the transfer between chunks so the temporary file is removed, rather
+    // than killing the process and leaving a `.annt-partial-*` file behind.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&interrupted);
+    // If a handler cannot be installed, Ctrl-C still works; it just kills the process.
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let stop = || interrupted.load(std::sync::atomic::Ordering::Relaxed);
+    let outcome = dl::download(&spec, &dir, &mut progress, &stop);
     bar.finish_and_clear();
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Err(annt::data::DataError::Stopped) => {
+            anyhow::bail!("download stopped; nothing was kept: {}", dir.display())
+        }
+        other => other?,
+    };
     let what = match outcome.status {
         DownloadStatus::Downloaded => "downloaded",
         DownloadStatus::AlreadyPresent => "already present, MD5 verified",

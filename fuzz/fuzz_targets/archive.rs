@@ -8,5 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = open_archive_bytes(data, Path::new("cifar-10-binary.tar.gz"), &OpenOptions::default());
+    let _ = open_archive_bytes(
+        data,
+        Path::new("cifar-10-binary.tar.gz"),
+        &OpenOptions::default(),
+    );
 });

@@ -8,7 +8,11 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.bin");
-    for layout in [RecordLayout::CIFAR10, RecordLayout::CIFAR100_FINE, RecordLayout::CIFAR100_COARSE] {
+    for layout in [
+        RecordLayout::CIFAR10,
+        RecordLayout::CIFAR100_FINE,
+        RecordLayout::CIFAR100_COARSE,
+    ] {
         let classes = usize::from(data.first().copied().unwrap_or(10));
         let mut set = ImageSet::new(32, 32);
         if let Ok(n) = parse_records(data, path, layout, classes, &mut set) {

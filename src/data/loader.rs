@@ -176,20 +176,46 @@ pub fn epoch_batches(set: &ImageSet, cfg: &LoaderConfig, epoch: usize) -> Vec<Ba
     let b = cfg.batch_size.max(1);
     (0..nb)
         .map(|k| {
-            let idx = &order[k * b..((k + 1) * b).min(order.len())];
-            let mut pixels = vec![0u8; idx.len() * set.image_bytes()];
-            let labels = fill_batch(set, idx, cfg.augment, cfg.seed, epoch, &mut pixels);
-            Batch {
-                epoch,
-                index: k,
-                len: idx.len(),
-                height: set.height,
-                width: set.width,
-                pixels,
-                labels,
-            }
+            let pixels = vec![0u8; batch_len(&order, k, b) * set.image_bytes()];
+            make_batch(set, &order, k, cfg, epoch, pixels)
         })
         .collect()
+}
+
+/// Images in batch `k` of an epoch with this order and batch size `b`.
+fn batch_len(order: &[u32], k: usize, b: usize) -> usize {
+    ((k + 1) * b).min(order.len()) - k * b
+}
+
+/// Builds batch `k` of `epoch` into `pixels` (at least the batch's bytes long).
+fn make_batch<S: BatchStorage>(
+    set: &ImageSet,
+    order: &[u32],
+    k: usize,
+    cfg: &LoaderConfig,
+    epoch: usize,
+    mut pixels: S,
+) -> Batch<S> {
+    let b = cfg.batch_size.max(1);
+    let idx = &order[k * b..((k + 1) * b).min(order.len())];
+    let bytes = idx.len() * set.image_bytes();
+    let labels = fill_batch(
+        set,
+        idx,
+        cfg.augment,
+        cfg.seed,
+        epoch,
+        &mut pixels.as_mut_slice()[..bytes],
+    );
+    Batch {
+        epoch,
+        index: k,
+        len: idx.len(),
+        height: set.height,
+        width: set.width,
+        pixels,
+        labels,
+    }
 }
 
 /// A background thread that prepares one epoch's batches ahead of the consumer.
@@ -239,30 +265,13 @@ impl<S: BatchStorage> Prefetcher<S> {
                     if stop_w.load(Ordering::Relaxed) {
                         return;
                     }
-                    let idx = &order[k * b..((k + 1) * b).min(order.len())];
-                    let mut pixels = match recycle_rx.try_recv() {
+                    let pixels = match recycle_rx.try_recv() {
                         Ok(buf) if buf.as_slice().len() >= b * ib => buf,
                         Ok(_) | Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
                             alloc(b * ib)
                         }
                     };
-                    let labels = fill_batch(
-                        set,
-                        idx,
-                        cfg.augment,
-                        cfg.seed,
-                        epoch,
-                        &mut pixels.as_mut_slice()[..idx.len() * ib],
-                    );
-                    let batch = Batch {
-                        epoch,
-                        index: k,
-                        len: idx.len(),
-                        height: set.height,
-                        width: set.width,
-                        pixels,
-                        labels,
-                    };
+                    let batch = make_batch(set, &order, k, &cfg, epoch, pixels);
                     if tx.send(batch).is_err() {
                         return; // consumer gone
                     }

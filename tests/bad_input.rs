@@ -301,3 +301,41 @@ fn pickle_with_wrong_structure_or_labels() {
     let e = expect_err(&root, &f, &["data"]);
     assert!(matches!(e, DataError::Malformed { .. }));
 }
+
+#[test]
+fn a_single_class_folder_is_refused_not_trained_on() {
+    // `data/flowers/<class>/*` passed as `data`: `flowers` would be the only "class".
+    let dir = tmp();
+    fixtures::write_image(
+        &dir.path().join("flowers/rose/a.png"),
+        8,
+        8,
+        [1, 2, 3],
+        false,
+    )
+    .expect("img");
+    fixtures::write_image(
+        &dir.path().join("flowers/tulip/b.png"),
+        8,
+        8,
+        [9, 2, 3],
+        false,
+    )
+    .expect("img");
+    expect_err(
+        dir.path(),
+        dir.path(),
+        &["only one class folder ('flowers')", "at least two"],
+    );
+    // The right folder works once a test split can be held out.
+    let flowers = dir.path().join("flowers");
+    expect_err(
+        &flowers,
+        &flowers,
+        &["missing test split", "two or more images"],
+    );
+    fixtures::write_image(&flowers.join("rose/c.png"), 8, 8, [1, 2, 3], false).expect("img");
+    let ok = common::open(&flowers).expect("flowers");
+    assert_eq!((ok.train.len(), ok.test.len()), (2, 1));
+    assert_eq!(ok.classes, vec!["rose", "tulip"]);
+}

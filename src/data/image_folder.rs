@@ -270,6 +270,13 @@ pub fn open_tree(root: &Path, options: &OpenOptions) -> Result<Dataset, DataErro
         test_files.extend(test.into_iter().map(|p| (p, label as u16)));
         train_files.extend(files.into_iter().map(|p| (p, label as u16)));
     }
+    if test_files.is_empty() && classes.len() >= 2 {
+        return Err(DataError::MissingSplit {
+            path: root.to_path_buf(),
+            split: "test",
+            expected: "at least one class with two or more images to hold out".into(),
+        });
+    }
     finish(root, classes, &train_files, &test_files, options.resolution)
 }
 
@@ -280,6 +287,18 @@ fn finish(
     test_files: &[(PathBuf, u16)],
     resolution: u32,
 ) -> Result<Dataset, DataError> {
+    // One class folder is almost always a parent folder passed one level too high
+    // (`data/` holding `flowers/<class>/`): training on it would be meaningless.
+    if classes.len() < 2 {
+        let only = classes.first().cloned().unwrap_or_default();
+        return Err(DataError::malformed(
+            root,
+            format!(
+                "only one class folder ('{only}'); a classifier needs at least two \
+                 — pass the folder that holds the class folders"
+            ),
+        ));
+    }
     let train = decode_all(train_files, resolution)?;
     let test = decode_all(test_files, resolution)?;
     let normalization = Normalization::compute(&train);

@@ -89,6 +89,9 @@ pub enum DataError {
     InvalidOption(String),
     #[error("stopped")]
     Stopped,
+    /// A helper thread (image decoder, batch loader) died; a bug, not bad data.
+    #[error("internal error: {0}")]
+    Worker(String),
     #[error("tensor upload failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

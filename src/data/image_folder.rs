@@ -160,9 +160,7 @@ fn decode_all(files: &[(PathBuf, u16)], resolution: u32) -> Result<ImageSet, Dat
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(DataError::InvalidOption(
-                        "an image decoder thread panicked".into(),
-                    ))
+                    Err(DataError::Worker("an image decoder thread panicked".into()))
                 })
             })
             .collect()

@@ -316,7 +316,7 @@ impl<S: BatchStorage> Iterator for Prefetcher<S> {
             }
             Err(_) => {
                 self.remaining = 0;
-                Some(Err(DataError::InvalidOption(
+                Some(Err(DataError::Worker(
                     "the loader thread ended early (it could not start or panicked)".into(),
                 )))
             }

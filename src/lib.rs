@@ -2,8 +2,10 @@
 //! precision and pinned memory — really buy when training image classifiers with Candle.
 //!
 //! This library holds everything but the front ends: data sets and the batching pipeline
-//! ([`data`]), and small shared utilities ([`util`]). It never imports a GUI toolkit; the
+//! ([`data`]), the model zoo with its layers and weight import ([`models`]), and small
+//! shared utilities ([`util`]). It never imports a GUI toolkit; the
 //! `annt` binary's CLI (and later its window) are thin layers over it.
 
 pub mod data;
+pub mod models;
 pub mod util;

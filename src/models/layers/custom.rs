@@ -1,0 +1,195 @@
+//! Give any forward value a hand-written backward pass.
+//!
+//! Candle lets a `CustomOp` define its own backward, but its public API offers no way to
+//! attach a backward to a value computed from ordinary tensor ops. [`attach1`] and
+//! [`attach2`] do it: the forward value is computed without gradient tracking (so it can
+//! use `matmul` and any other op), and a custom op whose forward returns that value stands
+//! in for it in the graph, with the given closure as its backward. The price is one copy of
+//! the output, small next to the matrix products that produced it.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail,
+};
+
+/// A backward pass for one input: `(input, output_grad) → input_grad`.
+pub type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
+/// A backward pass for two inputs: `(a, b, output_grad) → (a_grad, b_grad)`.
+pub type Backward2 =
+    Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<(Tensor, Tensor)> + Send + Sync>;
+
+/// Returns `value` (computed from `input` without tracking) wired into the graph so that its
+/// gradient flows to `input` through `backward`.
+pub fn attach1(
+    name: &'static str,
+    input: &Tensor,
+    value: Tensor,
+    backward: Backward1,
+) -> Result<Tensor> {
+    if !input.track_op() {
+        return Ok(value);
+    }
+    input.apply_op1(Attached1 {
+        name,
+        value,
+        backward,
+    })
+}
+
+/// As [`attach1`] for a value computed from two inputs.
+pub fn attach2(
+    name: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    value: Tensor,
+    backward: Backward2,
+) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        return Ok(value);
+    }
+    a.apply_op2(
+        b,
+        Attached2 {
+            name,
+            value,
+            backward,
+        },
+    )
+}
+
+/// Copies a contiguous tensor's elements into a fresh `CpuStorage`.
+fn cpu_copy(value: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let flat = value.flatten_all()?;
+    let storage = match value.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1()?),
+        DType::F16 => CpuStorage::F16(flat.to_vec1()?),
+        DType::BF16 => CpuStorage::BF16(flat.to_vec1()?),
+        other => bail!("attached values must be floating point, got {other:?}"),
+    };
+    Ok((storage, value.shape().clone()))
+}
+
+struct Attached1 {
+    name: &'static str,
+    value: Tensor,
+    backward: Backward1,
+}
+
+impl CustomOp1 for Attached1 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_copy(&self.value)
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        (self.backward)(&arg.detach(), &grad_res.detach()).map(Some)
+    }
+}
+
+struct Attached2 {
+    name: &'static str,
+    value: Tensor,
+    backward: Backward2,
+}
+
+impl CustomOp2 for Attached2 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_copy(&self.value)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (ga, gb) = (self.backward)(&a.detach(), &b.detach(), &grad_res.detach())?;
+        Ok((Some(ga), Some(gb)))
+    }
+}
+
+/// The elements of a contiguous CPU tensor as a slice, without copying.
+macro_rules! with_cpu_slice {
+    ($t:expr, $variant:ident, |$v:ident| $body:expr) => {{
+        let (storage, layout) = $t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("annt's CPU kernels need a contiguous tensor")
+        };
+        match &*storage {
+            Storage::Cpu(CpuStorage::$variant(all)) => {
+                let $v = &all[start..end];
+                $body
+            }
+            _ => bail!("annt's CPU kernels need a CPU tensor"),
+        }
+    }};
+}
+
+/// Runs a slice kernel on a CPU tensor of `f32` or `f64` and wraps the result; the kernel
+/// receives the (contiguous) input as a slice of its own element type.
+pub fn map_real<F32, F64>(
+    x: &Tensor,
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Tensor>
+where
+    F32: FnOnce(&[f32]) -> Vec<f32>,
+    F64: FnOnce(&[f64]) -> Vec<f64>,
+{
+    let x = x.contiguous()?;
+    let device = x.device().clone();
+    match x.dtype() {
+        DType::F32 => {
+            let out = with_cpu_slice!(x, F32, |v| f32_kernel(v));
+            Tensor::from_vec(out, shape, &device)
+        }
+        DType::F64 => {
+            let out = with_cpu_slice!(x, F64, |v| f64_kernel(v));
+            Tensor::from_vec(out, shape, &device)
+        }
+        other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
+    }
+}
+
+/// As [`map_real`] for a kernel over two tensors (the second is cast to the first's dtype).
+pub fn map_real2<F32, F64>(
+    a: &Tensor,
+    b: &Tensor,
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Tensor>
+where
+    F32: FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    F64: FnOnce(&[f64], &[f64]) -> Vec<f64>,
+{
+    let a = a.contiguous()?;
+    let b = b.to_dtype(a.dtype())?.contiguous()?;
+    let device = a.device().clone();
+    match a.dtype() {
+        DType::F32 => {
+            let out = with_cpu_slice!(a, F32, |va| with_cpu_slice!(b, F32, |vb| f32_kernel(
+                va, vb
+            )));
+            Tensor::from_vec(out, shape, &device)
+        }
+        DType::F64 => {
+            let out = with_cpu_slice!(a, F64, |va| with_cpu_slice!(b, F64, |vb| f64_kernel(
+                va, vb
+            )));
+            Tensor::from_vec(out, shape, &device)
+        }
+        other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
+    }
+}

@@ -1,0 +1,458 @@
+//! Plain-slice CPU kernels behind annt's convolution and pooling layers.
+//!
+//! Candle's CPU backend computes a convolution's input gradient with a naive transposed
+//! convolution, runs depthwise convolutions one channel group at a time and has no max-pool
+//! backward for overlapping windows. These kernels fill exactly those gaps; everything that
+//! is a matrix product stays a Candle `matmul` (gemm, multi-threaded). Kernels are generic
+//! over `f32` and `f64` (the gradient tests run in `f64`); half precision is upcast by the
+//! layer before it gets here. Work is split over images × channels with rayon.
+
+use rayon::prelude::*;
+
+/// Scalar types the kernels run on: `f32` (training) and `f64` (gradient checks).
+pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// The geometry of a 2-D sliding window over an `n × c × h × w` input (square stride and
+/// symmetric padding, as every model annt builds uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Window {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Output positions per image and channel.
+    pub fn out_len(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    /// Rows of the unfolded patch matrix: `c · kh · kw`.
+    pub fn patch_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// The input row for output row `o` and kernel row `i`, if inside the image.
+    #[inline]
+    fn in_row(&self, o: usize, i: usize) -> Option<usize> {
+        (o * self.stride + i)
+            .checked_sub(self.pad)
+            .filter(|&r| r < self.h)
+    }
+    /// The output columns `[lo, hi)` whose input column `o·s + j − pad` lies inside the image.
+    #[inline]
+    fn valid_cols(&self, j: usize) -> (usize, usize) {
+        let ow = self.out_w();
+        // o·s + j ≥ pad  ⇔  o ≥ ceil((pad − j) / s)
+        let lo = if j >= self.pad {
+            0
+        } else {
+            (self.pad - j).div_ceil(self.stride)
+        };
+        // o·s + j − pad < w  ⇔  o < (w + pad − j) / s, rounded up
+        let hi = if self.w + self.pad > j {
+            (self.w + self.pad - j).div_ceil(self.stride).min(ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds image patches. `rows == false`: one `[patch_len, out_len]` matrix per image (the
+/// forward and input-gradient layout). `rows == true`: one `[n · out_len, patch_len]` matrix
+/// (the weight-gradient layout, so that one GEMM sums over the whole batch).
+pub fn im2col<T: Real>(x: &[T], g: &Window, rows: bool) -> Vec<T> {
+    let (l, k) = (g.out_len(), g.patch_len());
+    let image = g.c * g.h * g.w;
+    let mut out = vec![T::zero(); g.n * l * k];
+    let ow = g.out_w();
+    out.par_chunks_mut(l * k)
+        .zip(x.par_chunks(image))
+        .for_each(|(dst, src)| {
+            for c in 0..g.c {
+                let plane = &src[c * g.h * g.w..(c + 1) * g.h * g.w];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let kk = (c * g.kh + i) * g.kw + j;
+                        let (lo, hi) = g.valid_cols(j);
+                        for oy in 0..g.out_h() {
+                            let Some(r) = g.in_row(oy, i) else { continue };
+                            let line = &plane[r * g.w..(r + 1) * g.w];
+                            for ox in lo..hi {
+                                let v = line[ox * g.stride + j - g.pad];
+                                let ll = oy * ow + ox;
+                                if rows {
+                                    dst[ll * k + kk] = v;
+                                } else {
+                                    dst[kk * l + ll] = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Folds a `[n, patch_len, out_len]` patch matrix back into `n × c × h × w`, summing where
+/// windows overlap: the adjoint of [`im2col`] with `rows == false`.
+pub fn col2im<T: Real>(cols: &[T], g: &Window) -> Vec<T> {
+    let (l, k) = (g.out_len(), g.patch_len());
+    let ow = g.out_w();
+    let mut out = vec![T::zero(); g.n * g.c * g.h * g.w];
+    out.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(plane_index, plane)| {
+            let (n, c) = (plane_index / g.c, plane_index % g.c);
+            let src = &cols[n * l * k..(n + 1) * l * k];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let kk = (c * g.kh + i) * g.kw + j;
+                    let row = &src[kk * l..(kk + 1) * l];
+                    let (lo, hi) = g.valid_cols(j);
+                    for oy in 0..g.out_h() {
+                        let Some(r) = g.in_row(oy, i) else { continue };
+                        let line = &mut plane[r * g.w..(r + 1) * g.w];
+                        for ox in lo..hi {
+                            line[ox * g.stride + j - g.pad] += row[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Depthwise convolution (one `kh × kw` filter per channel): `x` is `n × c × h × w`, `w` is
+/// `c × 1 × kh × kw`; returns `n × c × oh × ow`.
+pub fn depthwise_forward<T: Real>(x: &[T], w: &[T], g: &Window) -> Vec<T> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::zero(); g.n * g.c * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane_index, dst)| {
+            let c = plane_index % g.c;
+            let src = &x[plane_index * g.h * g.w..(plane_index + 1) * g.h * g.w];
+            let filt = &w[c * g.kh * g.kw..(c + 1) * g.kh * g.kw];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let wv = filt[i * g.kw + j];
+                    let (lo, hi) = g.valid_cols(j);
+                    for oy in 0..oh {
+                        let Some(r) = g.in_row(oy, i) else { continue };
+                        let line = &src[r * g.w..(r + 1) * g.w];
+                        let out_line = &mut dst[oy * ow..(oy + 1) * ow];
+                        for ox in lo..hi {
+                            out_line[ox] += wv * line[ox * g.stride + j - g.pad];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Input gradient of [`depthwise_forward`]: `grad` is `n × c × oh × ow`.
+pub fn depthwise_grad_input<T: Real>(grad: &[T], w: &[T], g: &Window) -> Vec<T> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::zero(); g.n * g.c * g.h * g.w];
+    out.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(plane_index, dst)| {
+            let c = plane_index % g.c;
+            let src = &grad[plane_index * oh * ow..(plane_index + 1) * oh * ow];
+            let filt = &w[c * g.kh * g.kw..(c + 1) * g.kh * g.kw];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let wv = filt[i * g.kw + j];
+                    let (lo, hi) = g.valid_cols(j);
+                    for oy in 0..oh {
+                        let Some(r) = g.in_row(oy, i) else { continue };
+                        let line = &mut dst[r * g.w..(r + 1) * g.w];
+                        let grad_line = &src[oy * ow..(oy + 1) * ow];
+                        for ox in lo..hi {
+                            line[ox * g.stride + j - g.pad] += wv * grad_line[ox];
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Weight gradient of [`depthwise_forward`]: returns `c × 1 × kh × kw`, summed over the batch.
+pub fn depthwise_grad_weight<T: Real>(x: &[T], grad: &[T], g: &Window) -> Vec<T> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::zero(); g.c * g.kh * g.kw];
+    out.par_chunks_mut(g.kh * g.kw)
+        .enumerate()
+        .for_each(|(c, filt)| {
+            for n in 0..g.n {
+                let plane_index = n * g.c + c;
+                let src = &x[plane_index * g.h * g.w..(plane_index + 1) * g.h * g.w];
+                let gsrc = &grad[plane_index * oh * ow..(plane_index + 1) * oh * ow];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let (lo, hi) = g.valid_cols(j);
+                        // One partial sum per image keeps f32 rounding error small.
+                        let mut acc = T::zero();
+                        for oy in 0..oh {
+                            let Some(r) = g.in_row(oy, i) else { continue };
+                            let line = &src[r * g.w..(r + 1) * g.w];
+                            let grad_line = &gsrc[oy * ow..(oy + 1) * ow];
+                            for ox in lo..hi {
+                                acc += grad_line[ox] * line[ox * g.stride + j - g.pad];
+                            }
+                        }
+                        filt[i * g.kw + j] += acc;
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// The input index of the maximum of one pooling window (the first one on ties, as PyTorch),
+/// or `None` for a window entirely in the padding (impossible with PyTorch's pad ≤ k/2 rule).
+#[inline]
+fn window_argmax<T: Real>(plane: &[T], g: &Window, oy: usize, ox: usize) -> Option<usize> {
+    let mut best: Option<(usize, T)> = None;
+    for i in 0..g.kh {
+        let Some(r) = g.in_row(oy, i) else { continue };
+        for j in 0..g.kw {
+            let Some(col) = (ox * g.stride + j).checked_sub(g.pad).filter(|&c| c < g.w) else {
+                continue;
+            };
+            let v = plane[r * g.w + col];
+            match best {
+                Some((_, b)) if !(v > b || v.is_nan()) => {}
+                _ => best = Some((r * g.w + col, v)),
+            }
+        }
+    }
+    best.map(|(index, _)| index)
+}
+
+/// Max pooling with padding treated as −∞: `n × c × h × w` → `n × c × oh × ow`.
+pub fn max_pool_forward<T: Real>(x: &[T], g: &Window) -> Vec<T> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::neg_infinity(); g.n * g.c * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane_index, dst)| {
+            let plane = &x[plane_index * g.h * g.w..(plane_index + 1) * g.h * g.w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(index) = window_argmax(plane, g, oy, ox) {
+                        dst[oy * ow + ox] = plane[index];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Input gradient of [`max_pool_forward`]: each output's gradient goes to its window's
+/// maximum (overlapping windows add up).
+pub fn max_pool_grad_input<T: Real>(x: &[T], grad: &[T], g: &Window) -> Vec<T> {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::zero(); g.n * g.c * g.h * g.w];
+    out.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(plane_index, dst)| {
+            let plane = &x[plane_index * g.h * g.w..(plane_index + 1) * g.h * g.w];
+            let gsrc = &grad[plane_index * oh * ow..(plane_index + 1) * oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(index) = window_argmax(plane, g, oy, ox) {
+                        dst[index] += gsrc[oy * ow + ox];
+                    }
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_conv(x: &[f64], w: &[f64], g: &Window, co: usize) -> Vec<f64> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut y = vec![0.0; g.n * co * oh * ow];
+        for n in 0..g.n {
+            for o in 0..co {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0;
+                        for c in 0..g.c {
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let r = (oy * g.stride + i) as isize - g.pad as isize;
+                                    let q = (ox * g.stride + j) as isize - g.pad as isize;
+                                    if r < 0 || q < 0 || r >= g.h as isize || q >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((n * g.c + c) * g.h + r as usize) * g.w + q as usize];
+                                    acc += xv * w[((o * g.c + c) * g.kh + i) * g.kw + j];
+                                }
+                            }
+                        }
+                        y[((n * co + o) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut rng = crate::util::rng::Rng::new(seed);
+        (0..len).map(|_| rng.normal() as f64).collect()
+    }
+
+    #[test]
+    fn im2col_times_weights_is_the_naive_convolution() {
+        for (h, w, k, stride, pad) in [
+            (5, 7, 3, 1, 1),
+            (6, 6, 3, 2, 1),
+            (7, 5, 1, 2, 0),
+            (8, 8, 4, 4, 0),
+            (5, 5, 5, 2, 2),
+        ] {
+            let g = Window {
+                n: 2,
+                c: 3,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride,
+                pad,
+            };
+            let co = 4;
+            let x = values(g.n * g.c * h * w, 1);
+            let wt = values(co * g.patch_len(), 2);
+            let expected = naive_conv(&x, &wt, &g, co);
+            for rows in [false, true] {
+                let cols = im2col(&x, &g, rows);
+                let (l, kk) = (g.out_len(), g.patch_len());
+                for n in 0..g.n {
+                    for o in 0..co {
+                        for ll in 0..l {
+                            let mut acc = 0.0;
+                            for q in 0..kk {
+                                let v = if rows {
+                                    cols[(n * l + ll) * kk + q]
+                                } else {
+                                    cols[(n * kk + q) * l + ll]
+                                };
+                                acc += wt[o * kk + q] * v;
+                            }
+                            let e = expected[(n * co + o) * l + ll];
+                            assert!((acc - e).abs() < 1e-12, "{g:?} rows={rows}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for all x, c.
+        let g = Window {
+            n: 2,
+            c: 3,
+            h: 7,
+            w: 6,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let x = values(g.n * g.c * g.h * g.w, 3);
+        let c = values(g.n * g.patch_len() * g.out_len(), 4);
+        let lhs: f64 = im2col(&x, &g, false)
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| a * b)
+            .sum();
+        let rhs: f64 = x.iter().zip(&col2im(&c, &g)).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
+    }
+
+    #[test]
+    fn depthwise_kernels_match_the_naive_convolution_and_its_adjoints() {
+        let g = Window {
+            n: 2,
+            c: 3,
+            h: 7,
+            w: 6,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let x = values(g.n * g.c * g.h * g.w, 5);
+        let w = values(g.c * 9, 6);
+        // A depthwise conv is a dense conv whose weight is zero off the diagonal.
+        let mut dense = vec![0.0; g.c * g.c * 9];
+        for c in 0..g.c {
+            dense[(c * g.c + c) * 9..(c * g.c + c) * 9 + 9].copy_from_slice(&w[c * 9..c * 9 + 9]);
+        }
+        let y = depthwise_forward(&x, &w, &g);
+        for (a, b) in y.iter().zip(naive_conv(&x, &dense, &g, g.c)) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let gy = values(y.len(), 7);
+        let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(p, q)| p * q).sum() };
+        // <dy, conv(x, w)> is linear in x and in w: its gradients are the adjoints.
+        let gx = depthwise_grad_input(&gy, &w, &g);
+        let dx = values(x.len(), 8);
+        let lhs = dot(&gy, &depthwise_forward(&dx, &w, &g));
+        assert!((lhs - dot(&dx, &gx)).abs() < 1e-9 * lhs.abs().max(1.0));
+        let gw = depthwise_grad_weight(&x, &gy, &g);
+        let dw = values(w.len(), 9);
+        let lhs = dot(&gy, &depthwise_forward(&x, &dw, &g));
+        assert!((lhs - dot(&dw, &gw)).abs() < 1e-9 * lhs.abs().max(1.0));
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity_and_routes_gradients_to_the_maximum() {
+        let g = Window {
+            n: 1,
+            c: 1,
+            h: 3,
+            w: 3,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let x: Vec<f64> = vec![-5.0, -4.0, -3.0, -2.0, -1.0, -6.0, -7.0, -8.0, -9.0];
+        // All inputs negative: zero padding would win, −∞ padding must not.
+        let y = max_pool_forward(&x, &g);
+        assert_eq!(y, vec![-1.0, -1.0, -1.0, -1.0]);
+        let gx = max_pool_grad_input(&x, &[1.0, 2.0, 3.0, 4.0], &g);
+        assert_eq!(gx[4], 10.0);
+        assert_eq!(gx.iter().sum::<f64>(), 10.0);
+    }
+}

@@ -1,0 +1,70 @@
+//! Pooling: max pooling with overlapping windows (the ImageNet ResNet stem's 3×3, stride 2,
+//! padding 1), whose backward Candle lacks, and global average pooling.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::Kernels;
+use super::custom::{attach1, map_real, map_real2};
+use super::kernels_cpu::{self, Window};
+
+/// Max pooling over `k × k` windows with the given stride and padding (padding never wins).
+pub fn max_pool2d(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let on_cpu = matches!(x.device(), Device::Cpu);
+    if kernels == Kernels::CandleStock || !on_cpu {
+        // Candle pools without padding. Zero padding equals −∞ padding only for inputs ≥ 0,
+        // which holds in the one place annt pools (after a ReLU).
+        let x = if padding > 0 {
+            x.pad_with_zeros(2, padding, padding)?
+                .pad_with_zeros(3, padding, padding)?
+        } else {
+            x.clone()
+        };
+        return x.max_pool2d_with_stride(k, stride);
+    }
+    if dtype != DType::F32 && dtype != DType::F64 {
+        return max_pool2d(&x.to_dtype(DType::F32)?, k, stride, padding, kernels)?.to_dtype(dtype);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let g = Window {
+        n,
+        c,
+        h,
+        w,
+        kh: k,
+        kw: k,
+        stride,
+        pad: padding,
+    };
+    let y = map_real(
+        &x.detach(),
+        (n, c, g.out_h(), g.out_w()),
+        |v| kernels_cpu::max_pool_forward(v, &g),
+        |v| kernels_cpu::max_pool_forward(v, &g),
+    )?;
+    attach1(
+        "annt-max-pool2d",
+        x,
+        y,
+        Box::new(move |x, grad| {
+            map_real2(
+                x,
+                grad,
+                (g.n, g.c, g.h, g.w),
+                |a, b| kernels_cpu::max_pool_grad_input(a, b, &g),
+                |a, b| kernels_cpu::max_pool_grad_input(a, b, &g),
+            )
+        }),
+    )
+}
+
+/// Mean over the spatial dimensions: `n × c × h × w` → `n × c`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean((2, 3))
+}

@@ -1,0 +1,531 @@
+//! Every layer's gradient against central finite differences in f64, and annt's CPU kernels
+//! against Candle's stock ops in f32.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+
+use super::activation::{
+    dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, stochastic_depth,
+};
+use super::attention::SelfAttention;
+use super::conv::{Conv2d, ConvInit, ConvSpec, conv2d};
+use super::linear::Linear;
+use super::loss::cross_entropy;
+use super::norm::{BatchNorm2d, LayerNorm};
+use super::pool::{global_avg_pool, max_pool2d};
+use super::{ForwardCtx, Kernels};
+use crate::models::params::{Builder, ParamKind};
+use crate::util::rng::Rng;
+
+type R<T> = candle_core::Result<T>;
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let len: usize = shape.iter().product();
+    let v: Vec<f64> = (0..len).map(|_| rng.normal() as f64).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .expect("tensor")
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    Var::from_tensor(&randn(shape, seed, DType::F64)).expect("var")
+}
+
+/// Checks d(Σ f()·R)/dv for every var against central differences on up to `samples`
+/// elements per var. `f` must be deterministic.
+fn check(name: &str, vars: &[&Var], f: impl Fn() -> R<Tensor>) {
+    let out = f().expect("forward");
+    let weights = randn(out.dims(), 999, DType::F64);
+    let loss = |t: &Tensor| -> f64 {
+        t.mul(&weights)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("loss")
+    };
+    let grads = out
+        .mul(&weights)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    let h = 1e-6;
+    for (vi, v) in vars.iter().enumerate() {
+        let grad = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: var {vi} got no gradient"));
+        let grad: Vec<f64> = grad.flatten_all().and_then(|t| t.to_vec1()).expect("grad");
+        let base: Vec<f64> = v
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("values");
+        let n = base.len();
+        let step = (n / 24).max(1);
+        let mut worst = 0.0f64;
+        for i in (0..n).step_by(step) {
+            let mut probe = |delta: f64| -> f64 {
+                let mut values = base.clone();
+                values[i] += delta;
+                v.set(&Tensor::from_vec(values, v.shape(), &Device::Cpu).expect("probe"))
+                    .expect("set");
+                loss(&f().expect("forward"))
+            };
+            let fd = (probe(h) - probe(-h)) / (2.0 * h);
+            let err = (fd - grad[i]).abs() / (1.0 + fd.abs());
+            worst = worst.max(err);
+            assert!(
+                err < 1e-5,
+                "{name}: var {vi} element {i}: finite difference {fd}, autograd {}",
+                grad[i]
+            );
+        }
+        v.set(&Tensor::from_vec(base, v.shape(), &Device::Cpu).expect("restore"))
+            .expect("set");
+        assert!(
+            grad.iter().any(|g| *g != 0.0),
+            "{name}: var {vi} has an all-zero gradient"
+        );
+        let _ = worst;
+    }
+}
+
+fn ctx_train() -> ForwardCtx {
+    ForwardCtx::train(DType::F64, 7)
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() {
+    // (c_in, c_out, h, w, k, stride, pad): 3×3 same, strided, pointwise, strided pointwise,
+    // the 7×7 ImageNet stem shape, the patch embedding of a ViT.
+    for (ci, co, h, w, k, s, p) in [
+        (3, 4, 6, 5, 3, 1, 1),
+        (3, 4, 7, 7, 3, 2, 1),
+        (4, 5, 5, 5, 1, 1, 0),
+        (4, 5, 6, 6, 1, 2, 0),
+        (3, 2, 9, 9, 7, 2, 3),
+        (3, 4, 8, 8, 4, 4, 0),
+    ] {
+        let x = var(&[2, ci, h, w], 1);
+        let wt = var(&[co, ci, k, k], 2);
+        let spec = ConvSpec::new(s, p);
+        check(&format!("conv {k}x{k}/{s}/{p}"), &[&x, &wt], || {
+            conv2d(x.as_tensor(), wt.as_tensor(), spec, Kernels::Annt)
+        });
+    }
+}
+
+#[test]
+fn depthwise_conv_gradients_match_finite_differences() {
+    for (k, s) in [(3, 1), (5, 2), (3, 2)] {
+        let x = var(&[2, 3, 7, 6], 3);
+        let wt = var(&[3, 1, k, k], 4);
+        let spec = ConvSpec::depthwise(s, (k - 1) / 2, 3);
+        check(&format!("depthwise {k}x{k}/{s}"), &[&x, &wt], || {
+            conv2d(x.as_tensor(), wt.as_tensor(), spec, Kernels::Annt)
+        });
+    }
+}
+
+#[test]
+fn conv_layer_with_bias_gradients_match_finite_differences() {
+    let mut b = Builder::new(5, &Device::Cpu).with_dtype(DType::F64);
+    let conv = Conv2d::new(
+        &mut b,
+        "c",
+        3,
+        4,
+        3,
+        ConvSpec::new(1, 1),
+        true,
+        ConvInit::Default,
+    )
+    .expect("conv");
+    let x = var(&[2, 3, 5, 5], 6);
+    let bias = conv.bias.clone().expect("bias");
+    check("conv layer", &[&x, &conv.weight, &bias], || {
+        conv.forward(x.as_tensor(), Kernels::Annt)
+    });
+}
+
+#[test]
+fn batch_norm_gradients_match_finite_differences_in_train_and_eval() {
+    let mut b = Builder::new(5, &Device::Cpu).with_dtype(DType::F64);
+    let bn = BatchNorm2d::new(&mut b, "bn", 3, 1e-5, 0.1).expect("bn");
+    bn.weight.set(&randn(&[3], 11, DType::F64)).expect("set");
+    bn.bias.set(&randn(&[3], 12, DType::F64)).expect("set");
+    let x = var(&[4, 3, 3, 2], 8);
+    check("batch norm (train)", &[&x, &bn.weight, &bn.bias], || {
+        bn.forward(x.as_tensor(), &ctx_train())
+    });
+    bn.running_var
+        .set(&(randn(&[3], 13, DType::F64).abs().expect("abs") + 0.5).expect("add"))
+        .expect("set");
+    check("batch norm (eval)", &[&x, &bn.weight, &bn.bias], || {
+        bn.forward(x.as_tensor(), &ForwardCtx::eval(DType::F64))
+    });
+}
+
+#[test]
+fn batch_norm_updates_running_statistics_as_pytorch() {
+    let mut b = Builder::new(5, &Device::Cpu);
+    let bn = BatchNorm2d::new(&mut b, "bn", 2, 1e-5, 0.1).expect("bn");
+    // Channel 0 holds 1,2,3,4 (mean 2.5, unbiased var 5/3); channel 1 holds 0,0,0,8.
+    let x = Tensor::from_vec(
+        vec![1f32, 2., 0., 0., 3., 4., 0., 8.],
+        (2, 2, 1, 2),
+        &Device::Cpu,
+    )
+    .expect("x");
+    let y = bn
+        .forward(&x, &ForwardCtx::train(DType::F32, 0))
+        .expect("forward");
+    let rm: Vec<f32> = bn.running_mean.as_tensor().to_vec1().expect("rm");
+    let rv: Vec<f32> = bn.running_var.as_tensor().to_vec1().expect("rv");
+    assert!(
+        (rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 0.2).abs() < 1e-6,
+        "{rm:?}"
+    );
+    assert!(
+        (rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6 && (rv[1] - (0.9 + 0.1 * 16.0)).abs() < 1e-5,
+        "{rv:?}"
+    );
+    // Normalised with the biased variance: channel 0 → (x − 2.5)/√(1.25 + eps).
+    let y: Vec<f32> = y.flatten_all().and_then(|t| t.to_vec1()).expect("y");
+    assert!((y[0] - (1.0 - 2.5) / (1.25f32 + 1e-5).sqrt()).abs() < 1e-5);
+    // Evaluation uses the running statistics and does not change them.
+    let e = bn.forward(&x, &ForwardCtx::eval(DType::F32)).expect("eval");
+    let e: Vec<f32> = e.flatten_all().and_then(|t| t.to_vec1()).expect("e");
+    assert!((e[0] - (1.0 - 0.25) / (rv[0] + 1e-5).sqrt()).abs() < 1e-5);
+    let rm2: Vec<f32> = bn.running_mean.as_tensor().to_vec1().expect("rm");
+    assert_eq!(rm, rm2);
+}
+
+#[test]
+fn pooling_gradients_match_finite_differences() {
+    let x = var(&[2, 3, 7, 7], 9);
+    check("max pool 3/2/1", &[&x], || {
+        max_pool2d(x.as_tensor(), 3, 2, 1, Kernels::Annt)
+    });
+    check("max pool 2/2/0", &[&x], || {
+        max_pool2d(x.as_tensor(), 2, 2, 0, Kernels::Annt)
+    });
+    check("global average pool", &[&x], || {
+        global_avg_pool(x.as_tensor())
+    });
+}
+
+#[test]
+fn squeeze_excitation_gradients_match_finite_differences() {
+    let mut b = Builder::new(5, &Device::Cpu).with_dtype(DType::F64);
+    let fc1 = Conv2d::new(
+        &mut b,
+        "fc1",
+        4,
+        2,
+        1,
+        ConvSpec::new(1, 0),
+        true,
+        ConvInit::Default,
+    )
+    .expect("fc1");
+    let fc2 = Conv2d::new(
+        &mut b,
+        "fc2",
+        2,
+        4,
+        1,
+        ConvSpec::new(1, 0),
+        true,
+        ConvInit::Default,
+    )
+    .expect("fc2");
+    let x = var(&[2, 4, 3, 3], 10);
+    let (b1, b2) = (fc1.bias.clone().expect("b"), fc2.bias.clone().expect("b"));
+    check(
+        "squeeze-excitation",
+        &[&x, &fc1.weight, &b1, &fc2.weight, &b2],
+        || {
+            let s = global_avg_pool(x.as_tensor())?.unsqueeze(2)?.unsqueeze(3)?;
+            let s =
+                sigmoid(&fc2.forward(&silu(&fc1.forward(&s, Kernels::Annt)?)?, Kernels::Annt)?)?;
+            x.as_tensor().broadcast_mul(&s)
+        },
+    );
+}
+
+#[test]
+fn linear_layer_norm_and_attention_gradients_match_finite_differences() {
+    let mut b = Builder::new(5, &Device::Cpu).with_dtype(DType::F64);
+    let lin = Linear::new(&mut b, "l", 6, 4, ParamKind::Weight).expect("linear");
+    let x = var(&[2, 3, 6], 14);
+    let lb = lin.bias.clone().expect("bias");
+    check("linear", &[&x, &lin.weight, &lb], || {
+        lin.forward(x.as_tensor())
+    });
+
+    let ln = LayerNorm::new(&mut b, "ln", 6, 1e-6).expect("ln");
+    ln.weight.set(&randn(&[6], 15, DType::F64)).expect("set");
+    check("layer norm", &[&x, &ln.weight, &ln.bias], || {
+        ln.forward(x.as_tensor())
+    });
+
+    let attn = SelfAttention::new(&mut b, "a", 6, 2).expect("attention");
+    attn.in_proj_bias
+        .set(&randn(&[18], 16, DType::F64))
+        .expect("set");
+    let ob = attn.out_proj.bias.clone().expect("bias");
+    check(
+        "attention",
+        &[
+            &x,
+            &attn.in_proj_weight,
+            &attn.in_proj_bias,
+            &attn.out_proj.weight,
+            &ob,
+        ],
+        || attn.forward(x.as_tensor()),
+    );
+}
+
+#[test]
+fn activation_softmax_and_loss_gradients_match_finite_differences() {
+    let x = var(&[3, 5], 17);
+    check("relu", &[&x], || relu(x.as_tensor()));
+    check("silu", &[&x], || silu(x.as_tensor()));
+    check("gelu", &[&x], || gelu(x.as_tensor()));
+    check("sigmoid", &[&x], || sigmoid(x.as_tensor()));
+    check("softmax", &[&x], || softmax(x.as_tensor()));
+    check("log-softmax", &[&x], || log_softmax(x.as_tensor()));
+    let labels = Tensor::from_vec(vec![0u32, 4, 2], 3, &Device::Cpu).expect("labels");
+    for smoothing in [0.0, 0.1] {
+        check(&format!("cross-entropy ε={smoothing}"), &[&x], || {
+            cross_entropy(x.as_tensor(), &labels, smoothing)?.unsqueeze(0)
+        });
+    }
+    check("dropout", &[&x], || {
+        dropout(x.as_tensor(), 0.3, &mut ctx_train())
+    });
+    let y = var(&[4, 2, 3], 18);
+    check("stochastic depth", &[&y], || {
+        stochastic_depth(y.as_tensor(), 0.5, &mut ctx_train())
+    });
+}
+
+#[test]
+fn cross_entropy_matches_pytorch_values() {
+    // torch.nn.functional.cross_entropy(torch.tensor([[1.,2.,3.],[0.5,0.,-1.]]),
+    //   torch.tensor([2,0]), label_smoothing=s) for s = 0 and 0.1.
+    let logits =
+        Tensor::from_vec(vec![1f32, 2., 3., 0.5, 0., -1.], (2, 3), &Device::Cpu).expect("logits");
+    let labels = Tensor::from_vec(vec![2u32, 0], 2, &Device::Cpu).expect("labels");
+    for (s, expected) in [(0.0, 0.505_868_3_f32), (0.1, 0.589_201_6_f32)] {
+        let loss: f32 = cross_entropy(&logits, &labels, s)
+            .and_then(|t| t.to_scalar())
+            .expect("loss");
+        assert!(
+            (loss - expected).abs() < 2e-4,
+            "smoothing {s}: {loss} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn softmax_rows_sum_to_one_and_survive_large_logits() {
+    let x = Tensor::from_vec(
+        vec![1000f32, 1001., 999., -5., 0., 5.],
+        (2, 3),
+        &Device::Cpu,
+    )
+    .expect("x");
+    let s = softmax(&x).expect("softmax");
+    let sums: Vec<f32> = s.sum(D::Minus1).and_then(|t| t.to_vec1()).expect("sums");
+    assert!(sums.iter().all(|v| (v - 1.0).abs() < 1e-6), "{sums:?}");
+}
+
+#[test]
+fn dropout_and_stochastic_depth_are_identity_in_eval_and_scale_in_train() {
+    let x = Tensor::ones((1000, 4), DType::F32, &Device::Cpu).expect("ones");
+    let mut eval = ForwardCtx::eval(DType::F32);
+    assert_eq!(
+        dropout(&x, 0.5, &mut eval)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("s"),
+        4000.0
+    );
+    let d: Vec<f32> = dropout(&x, 0.5, &mut ForwardCtx::train(DType::F32, 3))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("d");
+    assert!(d.iter().all(|v| *v == 0.0 || *v == 2.0));
+    let kept = d.iter().filter(|v| **v == 2.0).count();
+    assert!(
+        (1800..2200).contains(&kept),
+        "{kept} of 4000 kept at p = 0.5"
+    );
+    let s: Vec<f32> = stochastic_depth(&x, 0.5, &mut ForwardCtx::train(DType::F32, 3))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("s");
+    // Whole rows are dropped or kept together.
+    assert!(s.chunks(4).all(|row| row.iter().all(|v| *v == row[0])));
+}
+
+/// max |a − b| / max |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let diff: f32 = (a - b)
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar())
+        .expect("diff");
+    let scale: f32 = b
+        .abs()
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar())
+        .expect("scale");
+    diff / scale.max(1e-30)
+}
+
+/// Forward value and gradients of `f(x, w)` on one kernel path, in f32.
+fn value_and_grads(
+    x: &Tensor,
+    w: &Tensor,
+    kernels: Kernels,
+    f: &dyn Fn(&Tensor, &Tensor, Kernels) -> R<Tensor>,
+) -> (Tensor, Tensor, Tensor) {
+    let xv = Var::from_tensor(x).expect("x");
+    let wv = Var::from_tensor(w).expect("w");
+    let y = f(xv.as_tensor(), wv.as_tensor(), kernels).expect("forward");
+    let r = randn(y.dims(), 77, DType::F32);
+    let grads = y
+        .mul(&r)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    let gx = grads.get(xv.as_tensor()).expect("gx").clone();
+    let gw = grads.get(wv.as_tensor()).cloned();
+    (y, gx, gw.unwrap_or_else(|| w.zeros_like().expect("zeros")))
+}
+
+#[test]
+fn annt_kernels_match_candle_stock_ops_in_f32() {
+    let conv = |x: &Tensor, w: &Tensor, k: Kernels, spec: ConvSpec| conv2d(x, w, spec, k);
+    let cases: Vec<(&str, Vec<usize>, Vec<usize>, ConvSpec)> = vec![
+        (
+            "3x3 same",
+            vec![4, 16, 16, 16],
+            vec![32, 16, 3, 3],
+            ConvSpec::new(1, 1),
+        ),
+        (
+            "3x3 stride 2",
+            vec![4, 16, 16, 16],
+            vec![32, 16, 3, 3],
+            ConvSpec::new(2, 1),
+        ),
+        (
+            "1x1",
+            vec![4, 32, 8, 8],
+            vec![64, 32, 1, 1],
+            ConvSpec::new(1, 0),
+        ),
+        (
+            "1x1 stride 2",
+            vec![4, 32, 8, 8],
+            vec![64, 32, 1, 1],
+            ConvSpec::new(2, 0),
+        ),
+        (
+            "7x7 stem",
+            vec![2, 3, 32, 32],
+            vec![16, 3, 7, 7],
+            ConvSpec::new(2, 3),
+        ),
+        (
+            "depthwise 3x3",
+            vec![4, 24, 16, 16],
+            vec![24, 1, 3, 3],
+            ConvSpec::depthwise(1, 1, 24),
+        ),
+        (
+            "depthwise 5x5 stride 2",
+            vec![4, 24, 16, 16],
+            vec![24, 1, 5, 5],
+            ConvSpec::depthwise(2, 2, 24),
+        ),
+    ];
+    for (name, xs, ws, spec) in cases {
+        let x = randn(&xs, 1, DType::F32);
+        let w = randn(&ws, 2, DType::F32);
+        let f = move |x: &Tensor, w: &Tensor, k: Kernels| conv(x, w, k, spec);
+        let (ya, gxa, gwa) = value_and_grads(&x, &w, Kernels::Annt, &f);
+        let (yb, gxb, gwb) = value_and_grads(&x, &w, Kernels::CandleStock, &f);
+        for (what, a, b) in [
+            ("output", &ya, &yb),
+            ("input grad", &gxa, &gxb),
+            ("weight grad", &gwa, &gwb),
+        ] {
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "{name} {what}: relative error {e}");
+        }
+    }
+    // Max pooling: Candle's backward needs kernel == stride; the overlapping 3/2/1 window
+    // is compared on its forward value (its gradient is checked by finite differences).
+    let x = randn(&[4, 8, 16, 16], 3, DType::F32).relu().expect("relu");
+    let unused = randn(&[1], 4, DType::F32);
+    let pool = |k: usize, s: usize, p: usize| {
+        move |x: &Tensor, w: &Tensor, kern: Kernels| {
+            max_pool2d(x, k, s, p, kern)?.broadcast_add(&w.zeros_like()?)
+        }
+    };
+    // Random values without ties: Candle splits a tied maximum's gradient, PyTorch and annt
+    // give it to the first.
+    let raw = randn(&[4, 8, 16, 16], 3, DType::F32);
+    let (ya, gxa, _) = value_and_grads(&raw, &unused, Kernels::Annt, &pool(2, 2, 0));
+    let (yb, gxb, _) = value_and_grads(&raw, &unused, Kernels::CandleStock, &pool(2, 2, 0));
+    // Candle 0.11's max-pool backward multiplies the gradient by (number of maxima)/k² where
+    // it means to divide by the number of maxima: with a unique maximum every gradient comes
+    // out k² = 4 times too small. annt's is right (finite differences above); this pins the
+    // Candle bug so an upgrade that fixes it is noticed.
+    let e1 = rel_err(&ya, &yb);
+    let e2 = rel_err(&gxa, &(gxb * 4.0).expect("scale"));
+    assert!(e1 < 1e-6 && e2 < 1e-6, "max pool 2/2: {e1} {e2}");
+    let a = max_pool2d(&x, 3, 2, 1, Kernels::Annt).expect("annt");
+    let b = max_pool2d(&x, 3, 2, 1, Kernels::CandleStock).expect("stock");
+    assert!(rel_err(&a, &b) < 1e-6);
+}
+
+#[test]
+fn half_precision_convolution_runs_on_the_cpu_and_passes_f32_gradients() {
+    for dtype in [DType::BF16, DType::F16] {
+        let x = Var::from_tensor(&randn(&[2, 4, 6, 6], 1, DType::F32)).expect("x");
+        let w = Var::from_tensor(&randn(&[3, 4, 3, 3], 2, DType::F32)).expect("w");
+        let y = conv2d(
+            &x.as_tensor().to_dtype(dtype).expect("cast"),
+            w.as_tensor(),
+            ConvSpec::new(1, 1),
+            Kernels::Annt,
+        )
+        .expect("conv");
+        assert_eq!(y.dtype(), dtype);
+        let reference = conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            ConvSpec::new(1, 1),
+            Kernels::Annt,
+        )
+        .expect("f32");
+        let e = rel_err(&y.to_dtype(DType::F32).expect("cast"), &reference);
+        assert!(e < 2e-2, "{dtype:?}: relative error {e}");
+        let grads = y
+            .to_dtype(DType::F32)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("backward");
+        let gw = grads.get(w.as_tensor()).expect("weight gradient");
+        assert_eq!(
+            gw.dtype(),
+            DType::F32,
+            "gradients arrive on the f32 master weights"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! The model zoo: ResNet-8/18/50, EfficientNet-B0 and the ViT family, written on
+//! candle-core with layers whose gradients are all checked ([`layers`]), torchvision's
+//! parameter names ([`params`]) and pretrained-weight import ([`weights`]).
+//!
+//! A model is built by name ([`VARIANTS`] lists them) for a class count, an input
+//! resolution, a seed and a device. Its forward pass takes a [`ForwardCtx`] (train or
+//! eval, compute dtype, kernel path) and returns f32 logits.
+
+pub mod efficientnet;
+pub mod error;
+pub mod layers;
+pub mod params;
+pub mod resnet;
+pub mod vit;
+pub mod weights;
+
+use candle_core::{DType, Device, Result as CandleResult, Tensor};
+
+pub use error::ModelError;
+pub use layers::{ForwardCtx, Kernels};
+pub use params::{Builder, Param, ParamKind, ParamStore};
+
+use efficientnet::{EfficientNet, EfficientNetConfig};
+use resnet::{ResNet, ResNetConfig, Stem};
+use vit::{Vit, VitConfig};
+
+/// A network's forward pass: images `n × 3 × h × w` in the compute dtype → logits `n × k`.
+pub trait Network: Send + Sync {
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> CandleResult<Tensor>;
+}
+
+/// Model families, for grouping in the UI and for weight-name conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    ResNet,
+    EfficientNet,
+    Vit,
+}
+
+/// One buildable model variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Variant {
+    pub name: &'static str,
+    pub family: Family,
+    /// The input size the variant is designed for (and its pretrained weights were made at).
+    pub resolution: usize,
+    /// Whether the paper's recipe starts from ImageNet weights (`--weights FILE`).
+    pub pretrained: bool,
+    /// Trains at a useful speed on a laptop CPU.
+    pub cpu_friendly: bool,
+    pub description: &'static str,
+}
+
+/// Every model annt can build.
+pub const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "resnet8-tiny",
+        family: Family::ResNet,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: true,
+        description: "ResNet-8, widths 16/32/64: CPU demos and tests",
+    },
+    Variant {
+        name: "resnet18-cifar",
+        family: Family::ResNet,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: false,
+        description: "ResNet-18, CIFAR stem (3x3 conv, no max-pool)",
+    },
+    Variant {
+        name: "resnet50-cifar",
+        family: Family::ResNet,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: false,
+        description: "ResNet-50, CIFAR stem: the paper's from-scratch model",
+    },
+    Variant {
+        name: "resnet18",
+        family: Family::ResNet,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "ResNet-18, ImageNet stem (7x7 conv + max-pool)",
+    },
+    Variant {
+        name: "resnet50",
+        family: Family::ResNet,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "ResNet-50, ImageNet stem (7x7 conv + max-pool)",
+    },
+    Variant {
+        name: "efficientnet-b0",
+        family: Family::EfficientNet,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "EfficientNet-B0: the paper's fine-tuned convnet",
+    },
+    Variant {
+        name: "vit-b16",
+        family: Family::Vit,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "ViT-B/16: the paper's fine-tuned transformer",
+    },
+    Variant {
+        name: "vit-s16",
+        family: Family::Vit,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "ViT-S/16",
+    },
+    Variant {
+        name: "vit-ti16",
+        family: Family::Vit,
+        resolution: 224,
+        pretrained: true,
+        cpu_friendly: false,
+        description: "ViT-Ti/16",
+    },
+    Variant {
+        name: "vit-b4",
+        family: Family::Vit,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: false,
+        description: "ViT-B with 4x4 patches for 32-px inputs",
+    },
+    Variant {
+        name: "vit-s4",
+        family: Family::Vit,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: false,
+        description: "ViT-S with 4x4 patches for 32-px inputs",
+    },
+    Variant {
+        name: "vit-ti4",
+        family: Family::Vit,
+        resolution: 32,
+        pretrained: false,
+        cpu_friendly: true,
+        description: "ViT-Ti with 4x4 patches for 32-px inputs",
+    },
+];
+
+/// Looks a variant up by name.
+pub fn variant(name: &str) -> Result<&'static Variant, ModelError> {
+    VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ModelError::UnknownModel {
+            name: name.to_string(),
+            known: VARIANTS
+                .iter()
+                .map(|v| v.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// What to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub classes: usize,
+    /// Input resolution; `None` takes the variant's. Only ViTs depend on it (their position
+    /// embeddings); the convnets pool globally.
+    pub resolution: Option<usize>,
+    /// Seeds the initial weights.
+    pub seed: u64,
+}
+
+/// The architecture of a buildable model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Architecture {
+    ResNet(ResNetConfig),
+    EfficientNet(EfficientNetConfig),
+    Vit(VitConfig),
+}
+
+impl ModelSpec {
+    pub fn new(name: &str, classes: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            classes,
+            resolution: None,
+            seed: 0,
+        }
+    }
+
+    /// The architecture this spec names.
+    pub fn architecture(&self) -> Result<Architecture, ModelError> {
+        let v = variant(&self.name)?;
+        if self.classes < 2 {
+            return Err(ModelError::BadConfig {
+                model: self.name.clone(),
+                detail: format!("{} classes (at least 2)", self.classes),
+            });
+        }
+        let k = self.classes;
+        let res = self.resolution.unwrap_or(v.resolution);
+        Ok(match v.name {
+            "resnet8-tiny" => Architecture::ResNet(ResNetConfig::resnet8_tiny(k)),
+            "resnet18-cifar" => Architecture::ResNet(ResNetConfig::resnet18(Stem::Cifar, k)),
+            "resnet50-cifar" => Architecture::ResNet(ResNetConfig::resnet50(Stem::Cifar, k)),
+            "resnet18" => Architecture::ResNet(ResNetConfig::resnet18(Stem::ImageNet, k)),
+            "resnet50" => Architecture::ResNet(ResNetConfig::resnet50(Stem::ImageNet, k)),
+            "efficientnet-b0" => Architecture::EfficientNet(EfficientNetConfig::b0(k)),
+            "vit-b16" => Architecture::Vit(VitConfig::b(16, res, k)),
+            "vit-s16" => Architecture::Vit(VitConfig::s(16, res, k)),
+            "vit-ti16" => Architecture::Vit(VitConfig::ti(16, res, k)),
+            "vit-b4" => Architecture::Vit(VitConfig::b(4, res, k)),
+            "vit-s4" => Architecture::Vit(VitConfig::s(4, res, k)),
+            "vit-ti4" => Architecture::Vit(VitConfig::ti(4, res, k)),
+            other => {
+                return Err(ModelError::Internal(format!(
+                    "variant {other} has no architecture"
+                )));
+            }
+        })
+    }
+}
+
+/// A built model: its tensors and its forward pass.
+pub struct Model {
+    pub name: String,
+    pub architecture: Architecture,
+    params: ParamStore,
+    net: Box<dyn Network>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("params", &self.params.len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Builds `spec` on `device` with f32 parameters.
+    pub fn build(spec: &ModelSpec, device: &Device) -> std::result::Result<Self, ModelError> {
+        Self::build_arch(
+            &spec.name,
+            spec.architecture()?,
+            Builder::new(spec.seed, device),
+        )
+    }
+
+    /// Builds an architecture with a given builder (tests use f64 parameters and scaled-down
+    /// architectures).
+    pub fn build_arch(
+        name: &str,
+        architecture: Architecture,
+        mut b: Builder,
+    ) -> std::result::Result<Self, ModelError> {
+        let net: Box<dyn Network> = match &architecture {
+            Architecture::ResNet(cfg) => Box::new(ResNet::new(&mut b, cfg)?),
+            Architecture::EfficientNet(cfg) => Box::new(EfficientNet::new(&mut b, cfg)?),
+            Architecture::Vit(cfg) => Box::new(Vit::new(&mut b, cfg)?),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            architecture,
+            params: b.finish(),
+            net,
+        })
+    }
+
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// Trainable scalars, as PyTorch counts them.
+    pub fn param_count(&self) -> usize {
+        self.params.trainable_count()
+    }
+
+    /// Images in any float dtype (cast to `ctx.dtype` here) → logits in f32 (f64 in f64).
+    pub fn forward(&self, images: &Tensor, ctx: &mut ForwardCtx) -> CandleResult<Tensor> {
+        let x = images.to_dtype(ctx.dtype)?;
+        let out_dtype = if ctx.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        self.net.forward(&x, ctx)?.to_dtype(out_dtype)
+    }
+}

@@ -25,7 +25,7 @@ impl SelfAttention {
         d: usize,
         heads: usize,
     ) -> std::result::Result<Self, ModelError> {
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(ModelError::BadConfig {
                 model: name.to_string(),
                 detail: format!("{heads} heads for width {d}"),

@@ -106,42 +106,31 @@ fn is_pointwise(g: &Window) -> bool {
     g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0
 }
 
-/// Patch matrices `[n, c·kh·kw, oh·ow]`.
+/// The batch's patch matrix `[c·kh·kw, n·oh·ow]`.
 fn unfold(x: &Tensor, g: Window) -> Result<Tensor> {
-    if is_pointwise(&g) {
-        return x.reshape((g.n, g.c, g.h * g.w));
-    }
-    let shape = (g.n, g.patch_len(), g.out_len());
-    map_real(
-        x,
-        shape,
-        |v| kernels_cpu::im2col(v, &g, false),
-        |v| kernels_cpu::im2col(v, &g, false),
-    )
-}
-
-/// Patch rows `[n·oh·ow, c·kh·kw]`, for the weight gradient.
-fn unfold_rows(x: &Tensor, g: Window) -> Result<Tensor> {
     if is_pointwise(&g) {
         return x
             .reshape((g.n, g.c, g.h * g.w))?
-            .transpose(1, 2)?
+            .transpose(0, 1)?
             .contiguous()?
-            .reshape((g.n * g.h * g.w, g.c));
+            .reshape((g.c, g.n * g.h * g.w));
     }
-    let shape = (g.n * g.out_len(), g.patch_len());
+    let shape = (g.patch_len(), g.n * g.out_len());
     map_real(
         x,
         shape,
-        |v| kernels_cpu::im2col(v, &g, true),
-        |v| kernels_cpu::im2col(v, &g, true),
+        |v| kernels_cpu::im2col(v, &g),
+        |v| kernels_cpu::im2col(v, &g),
     )
 }
 
-/// Folds patch-matrix gradients `[n, c·kh·kw, oh·ow]` back to `n × c × h × w`.
+/// Folds a patch-matrix gradient `[c·kh·kw, n·oh·ow]` back to `n × c × h × w`.
 fn fold(cols: &Tensor, g: Window) -> Result<Tensor> {
     if is_pointwise(&g) {
-        return cols.reshape((g.n, g.c, g.h, g.w));
+        return cols
+            .reshape((g.c, g.n, g.h, g.w))?
+            .transpose(0, 1)?
+            .contiguous();
     }
     map_real(
         cols,
@@ -154,29 +143,27 @@ fn fold(cols: &Tensor, g: Window) -> Result<Tensor> {
 fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
     let g = window(x, w, spec)?;
     let c_out = w.dim(0)?;
-    let w2 = w.detach().reshape((c_out, g.patch_len()))?;
-    let cols = unfold(&x.detach(), g)?;
-    let y = w2
-        .broadcast_left(g.n)?
-        .matmul(&cols)?
-        .reshape((g.n, c_out, g.out_h(), g.out_w()))?;
+    // Candle's forward (im2col + gemm) is already good; only its backward is slow.
+    let y = x
+        .detach()
+        .conv2d(&w.detach(), spec.padding, spec.stride, 1, 1)?;
     attach2(
         "annt-conv2d",
         x,
         w,
         y,
         Box::new(move |x, w, grad| {
-            let grad = grad.contiguous()?.reshape((g.n, c_out, g.out_len()))?;
-            let w2 = w.reshape((c_out, g.patch_len()))?;
-            // dL/dcols = Wᵀ · dL/dy per image, then folded back onto the input.
-            let grad_cols = w2.t()?.broadcast_left(g.n)?.matmul(&grad)?;
-            let grad_x = fold(&grad_cols, g)?;
-            // dL/dW = Σₙ dL/dyₙ · colsₙᵀ as one product over the whole batch.
-            let grad_rows = grad
+            // The output gradient as one `[c_out, n·oh·ow]` matrix, so that both products
+            // below are single GEMMs over the whole batch.
+            let grad = grad
                 .transpose(0, 1)?
                 .contiguous()?
                 .reshape((c_out, g.n * g.out_len()))?;
-            let grad_w = grad_rows.matmul(&unfold_rows(x, g)?)?.reshape(w.shape())?;
+            let w2 = w.reshape((c_out, g.patch_len()))?;
+            // dL/dcols = Wᵀ · dL/dy, folded back onto the input.
+            let grad_x = fold(&w2.t()?.matmul(&grad)?, g)?;
+            // dL/dW = dL/dy · colsᵀ.
+            let grad_w = grad.matmul(&unfold(x, g)?.t()?)?.reshape(w.shape())?;
             Ok((grad_x, grad_w))
         }),
     )

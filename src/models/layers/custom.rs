@@ -118,25 +118,8 @@ impl CustomOp2 for Attached2 {
     }
 }
 
-/// The elements of a contiguous CPU tensor as a slice, without copying.
-macro_rules! with_cpu_slice {
-    ($t:expr, $variant:ident, |$v:ident| $body:expr) => {{
-        let (storage, layout) = $t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("annt's CPU kernels need a contiguous tensor")
-        };
-        match &*storage {
-            Storage::Cpu(CpuStorage::$variant(all)) => {
-                let $v = &all[start..end];
-                $body
-            }
-            _ => bail!("annt's CPU kernels need a CPU tensor"),
-        }
-    }};
-}
-
 /// Runs a slice kernel on a CPU tensor of `f32` or `f64` and wraps the result; the kernel
-/// receives the (contiguous) input as a slice of its own element type.
+/// receives the (contiguous) input as a slice of its own element type, without a copy.
 pub fn map_real<F32, F64>(
     x: &Tensor,
     shape: impl Into<Shape>,
@@ -147,19 +130,7 @@ where
     F32: FnOnce(&[f32]) -> Vec<f32>,
     F64: FnOnce(&[f64]) -> Vec<f64>,
 {
-    let x = x.contiguous()?;
-    let device = x.device().clone();
-    match x.dtype() {
-        DType::F32 => {
-            let out = with_cpu_slice!(x, F32, |v| f32_kernel(v));
-            Tensor::from_vec(out, shape, &device)
-        }
-        DType::F64 => {
-            let out = with_cpu_slice!(x, F64, |v| f64_kernel(v));
-            Tensor::from_vec(out, shape, &device)
-        }
-        other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
-    }
+    map_real_n(&[x], shape, |v| f32_kernel(v[0]), |v| f64_kernel(v[0]))
 }
 
 /// As [`map_real`] for a kernel over two tensors (the second is cast to the first's dtype).
@@ -174,22 +145,60 @@ where
     F32: FnOnce(&[f32], &[f32]) -> Vec<f32>,
     F64: FnOnce(&[f64], &[f64]) -> Vec<f64>,
 {
-    let a = a.contiguous()?;
-    let b = b.to_dtype(a.dtype())?.contiguous()?;
-    let device = a.device().clone();
-    match a.dtype() {
-        DType::F32 => {
-            let out = with_cpu_slice!(a, F32, |va| with_cpu_slice!(b, F32, |vb| f32_kernel(
-                va, vb
-            )));
-            Tensor::from_vec(out, shape, &device)
-        }
-        DType::F64 => {
-            let out = with_cpu_slice!(a, F64, |va| with_cpu_slice!(b, F64, |vb| f64_kernel(
-                va, vb
-            )));
-            Tensor::from_vec(out, shape, &device)
-        }
-        other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
+    map_real_n(
+        &[a, b],
+        shape,
+        |v| f32_kernel(v[0], v[1]),
+        |v| f64_kernel(v[0], v[1]),
+    )
+}
+
+/// As [`map_real`] for a kernel over any number of tensors (all cast to the first's dtype);
+/// the kernel receives their contiguous elements as slices, in order.
+pub fn map_real_n<F32, F64>(
+    tensors: &[&Tensor],
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Tensor>
+where
+    F32: FnOnce(&[&[f32]]) -> Vec<f32>,
+    F64: FnOnce(&[&[f64]]) -> Vec<f64>,
+{
+    let Some(first) = tensors.first() else {
+        bail!("map_real_n needs at least one tensor")
+    };
+    let dtype = first.dtype();
+    let device = first.device().clone();
+    let owned = tensors
+        .iter()
+        .map(|t| t.to_dtype(dtype)?.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut ranges = Vec::with_capacity(guards.len());
+    for (_, layout) in &guards {
+        let Some(range) = layout.contiguous_offsets() else {
+            bail!("annt's CPU kernels need a contiguous tensor")
+        };
+        ranges.push(range);
     }
+    macro_rules! slices {
+        ($variant:ident) => {{
+            let mut out = Vec::with_capacity(guards.len());
+            for ((storage, _), (start, end)) in guards.iter().zip(&ranges) {
+                match &**storage {
+                    Storage::Cpu(CpuStorage::$variant(all)) => out.push(&all[*start..*end]),
+                    _ => bail!("annt's CPU kernels need CPU tensors of one dtype"),
+                }
+            }
+            out
+        }};
+    }
+    let out = match dtype {
+        DType::F32 => Tensor::from_vec(f32_kernel(&slices!(F32)), shape, &device),
+        DType::F64 => Tensor::from_vec(f64_kernel(&slices!(F64)), shape, &device),
+        other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
+    };
+    drop(guards);
+    out
 }

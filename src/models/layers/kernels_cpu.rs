@@ -70,35 +70,36 @@ impl Window {
     }
 }
 
-/// Unfolds image patches. `rows == false`: one `[patch_len, out_len]` matrix per image (the
-/// forward and input-gradient layout). `rows == true`: one `[n · out_len, patch_len]` matrix
-/// (the weight-gradient layout, so that one GEMM sums over the whole batch).
-pub fn im2col<T: Real>(x: &[T], g: &Window, rows: bool) -> Vec<T> {
+/// Unfolds image patches into one `[patch_len, n · out_len]` matrix (row `c·kh·kw + i·kw + j`,
+/// column `image·out_len + oy·ow + ox`), zero where a window overhangs the padding. Patches of
+/// the whole batch side by side make every product of the backward pass a single large GEMM.
+pub fn im2col<T: Real>(x: &[T], g: &Window) -> Vec<T> {
     let (l, k) = (g.out_len(), g.patch_len());
-    let image = g.c * g.h * g.w;
-    let mut out = vec![T::zero(); g.n * l * k];
-    let ow = g.out_w();
-    out.par_chunks_mut(l * k)
-        .zip(x.par_chunks(image))
-        .for_each(|(dst, src)| {
-            for c in 0..g.c {
-                let plane = &src[c * g.h * g.w..(c + 1) * g.h * g.w];
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        let kk = (c * g.kh + i) * g.kw + j;
-                        let (lo, hi) = g.valid_cols(j);
-                        for oy in 0..g.out_h() {
-                            let Some(r) = g.in_row(oy, i) else { continue };
-                            let line = &plane[r * g.w..(r + 1) * g.w];
-                            for ox in lo..hi {
-                                let v = line[ox * g.stride + j - g.pad];
-                                let ll = oy * ow + ox;
-                                if rows {
-                                    dst[ll * k + kk] = v;
-                                } else {
-                                    dst[kk * l + ll] = v;
-                                }
-                            }
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut out = vec![T::zero(); k * g.n * l];
+    out.par_chunks_mut(g.n * l)
+        .enumerate()
+        .for_each(|(kk, row)| {
+            let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
+            let (lo, hi) = g.valid_cols(j);
+            if lo >= hi {
+                return;
+            }
+            let first = lo * g.stride + j - g.pad;
+            for (n, image_row) in row.chunks_exact_mut(l).enumerate() {
+                let plane = &x[(n * g.c + c) * g.h * g.w..(n * g.c + c + 1) * g.h * g.w];
+                for oy in 0..oh {
+                    let Some(r) = g.in_row(oy, i) else { continue };
+                    let line = &plane[r * g.w..(r + 1) * g.w];
+                    let out_line = &mut image_row[oy * ow + lo..oy * ow + hi];
+                    if g.stride == 1 {
+                        out_line.copy_from_slice(&line[first..first + (hi - lo)]);
+                    } else {
+                        for (o, v) in out_line
+                            .iter_mut()
+                            .zip(line[first..].iter().step_by(g.stride))
+                        {
+                            *o = *v;
                         }
                     }
                 }
@@ -107,27 +108,31 @@ pub fn im2col<T: Real>(x: &[T], g: &Window, rows: bool) -> Vec<T> {
     out
 }
 
-/// Folds a `[n, patch_len, out_len]` patch matrix back into `n × c × h × w`, summing where
-/// windows overlap: the adjoint of [`im2col`] with `rows == false`.
+/// Folds a `[patch_len, n · out_len]` patch matrix back into `n × c × h × w`, summing where
+/// windows overlap: the adjoint of [`im2col`].
 pub fn col2im<T: Real>(cols: &[T], g: &Window) -> Vec<T> {
-    let (l, k) = (g.out_len(), g.patch_len());
-    let ow = g.out_w();
+    let l = g.out_len();
+    let (oh, ow) = (g.out_h(), g.out_w());
     let mut out = vec![T::zero(); g.n * g.c * g.h * g.w];
     out.par_chunks_mut(g.h * g.w)
         .enumerate()
         .for_each(|(plane_index, plane)| {
             let (n, c) = (plane_index / g.c, plane_index % g.c);
-            let src = &cols[n * l * k..(n + 1) * l * k];
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let kk = (c * g.kh + i) * g.kw + j;
-                    let row = &src[kk * l..(kk + 1) * l];
+                    let row = &cols[(kk * g.n + n) * l..(kk * g.n + n + 1) * l];
                     let (lo, hi) = g.valid_cols(j);
-                    for oy in 0..g.out_h() {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let first = lo * g.stride + j - g.pad;
+                    for oy in 0..oh {
                         let Some(r) = g.in_row(oy, i) else { continue };
                         let line = &mut plane[r * g.w..(r + 1) * g.w];
-                        for ox in lo..hi {
-                            line[ox * g.stride + j - g.pad] += row[oy * ow + ox];
+                        let grads = &row[oy * ow + lo..oy * ow + hi];
+                        for (dst, v) in line[first..].iter_mut().step_by(g.stride).zip(grads) {
+                            *dst += *v;
                         }
                     }
                 }
@@ -286,6 +291,94 @@ pub fn max_pool_grad_input<T: Real>(x: &[T], grad: &[T], g: &Window) -> Vec<T> {
     out
 }
 
+/// Per-channel mean and biased variance of `n × c × hw` data (two passes per channel, for
+/// accuracy): returns `[mean₀…mean_c, var₀…var_c]`.
+pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    let count = T::from(n * hw).unwrap_or_else(T::one);
+    let stats: Vec<(T, T)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+            let mut sum = T::zero();
+            for p in planes() {
+                sum += p.iter().fold(T::zero(), |a, &v| a + v);
+            }
+            let mean = sum / count;
+            let mut sq = T::zero();
+            for p in planes() {
+                sq += p
+                    .iter()
+                    .fold(T::zero(), |a, &v| a + (v - mean) * (v - mean));
+            }
+            (mean, sq / count)
+        })
+        .collect();
+    stats
+        .iter()
+        .map(|s| s.0)
+        .chain(stats.iter().map(|s| s.1))
+        .collect()
+}
+
+/// `out = a[ch]·x + b[ch]·z + d[ch]` elementwise over `n × c × hw` data (`z` may be empty
+/// when every `b` is zero): batch norm's forward (`a` = scale, `d` = shift) and backward.
+pub fn channel_affine<T: Real>(
+    x: &[T],
+    z: &[T],
+    a: &[T],
+    b: &[T],
+    d: &[T],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+        let ch = plane % c;
+        let xs = &x[plane * hw..(plane + 1) * hw];
+        if z.is_empty() {
+            for (o, &v) in dst.iter_mut().zip(xs) {
+                *o = a[ch] * v + d[ch];
+            }
+        } else {
+            let zs = &z[plane * hw..(plane + 1) * hw];
+            for ((o, &v), &w) in dst.iter_mut().zip(xs).zip(zs) {
+                *o = a[ch] * v + b[ch] * w + d[ch];
+            }
+        }
+    });
+    out
+}
+
+/// Per-channel `[Σ g, Σ g·(x − mean)]` over `n × c × hw` data: the two sums of batch norm's
+/// backward pass.
+pub fn channel_grad_sums<T: Real>(
+    g: &[T],
+    x: &[T],
+    mean: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let sums: Vec<(T, T)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s1, mut s2) = (T::zero(), T::zero());
+            for i in 0..n {
+                let range = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (&gv, &xv) in g[range.clone()].iter().zip(&x[range]) {
+                    s1 += gv;
+                    s2 += gv * (xv - mean[ch]);
+                }
+            }
+            (s1, s2)
+        })
+        .collect();
+    sums.iter()
+        .map(|s| s.0)
+        .chain(sums.iter().map(|s| s.1))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,23 +441,19 @@ mod tests {
             let x = values(g.n * g.c * h * w, 1);
             let wt = values(co * g.patch_len(), 2);
             let expected = naive_conv(&x, &wt, &g, co);
-            for rows in [false, true] {
-                let cols = im2col(&x, &g, rows);
+            {
+                let cols = im2col(&x, &g);
                 let (l, kk) = (g.out_len(), g.patch_len());
                 for n in 0..g.n {
                     for o in 0..co {
                         for ll in 0..l {
                             let mut acc = 0.0;
                             for q in 0..kk {
-                                let v = if rows {
-                                    cols[(n * l + ll) * kk + q]
-                                } else {
-                                    cols[(n * kk + q) * l + ll]
-                                };
+                                let v = cols[(q * g.n + n) * l + ll];
                                 acc += wt[o * kk + q] * v;
                             }
                             let e = expected[(n * co + o) * l + ll];
-                            assert!((acc - e).abs() < 1e-12, "{g:?} rows={rows}");
+                            assert!((acc - e).abs() < 1e-12, "{g:?}");
                         }
                     }
                 }
@@ -387,11 +476,7 @@ mod tests {
         };
         let x = values(g.n * g.c * g.h * g.w, 3);
         let c = values(g.n * g.patch_len() * g.out_len(), 4);
-        let lhs: f64 = im2col(&x, &g, false)
-            .iter()
-            .zip(&c)
-            .map(|(a, b)| a * b)
-            .sum();
+        let lhs: f64 = im2col(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&col2im(&c, &g)).map(|(a, b)| a * b).sum();
         assert!(
             (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),

@@ -6,11 +6,13 @@
 //! the running estimate, `running = (1 − momentum)·running + momentum·batch`, running
 //! statistics in evaluation.
 
-use candle_core::{D, Result, Tensor, Var};
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
+use super::custom::{attach2, map_real, map_real_n};
+use super::kernels_cpu;
 use super::{ForwardCtx, norm_dtype};
 
 #[derive(Clone, Debug)]
@@ -55,46 +57,166 @@ impl BatchNorm2d {
     /// `x`: `n × c × h × w` in any float dtype; returns the same dtype.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let dtype = x.dtype();
-        let nd = norm_dtype(dtype);
-        let x = x.to_dtype(nd)?;
-        let c = x.dim(1)?;
-        let per_channel =
-            |v: &Var| -> Result<Tensor> { v.as_tensor().to_dtype(nd)?.reshape((1, c, 1, 1)) };
-        let (centered, var) = if ctx.train {
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-            let count = x.elem_count() / c;
-            let unbiased = if count > 1 {
-                count as f64 / (count - 1) as f64
-            } else {
-                1.0
-            };
-            let m = self.momentum;
-            let rm = self.running_mean.as_tensor();
-            let rv = self.running_var.as_tensor();
-            let new_mean =
-                ((rm * (1.0 - m))? + (mean.detach().flatten_all()?.to_dtype(rm.dtype())? * m)?)?;
-            let new_var = ((rv * (1.0 - m))?
-                + (var.detach().flatten_all()?.to_dtype(rv.dtype())? * (m * unbiased))?)?;
-            self.running_mean.set(&new_mean)?;
-            self.running_var.set(&new_var)?;
-            (centered, var)
+        let x = x.to_dtype(norm_dtype(dtype))?;
+        let y = if !ctx.train {
+            self.forward_eval(&x)?
+        } else if matches!(x.device(), Device::Cpu) {
+            self.forward_train_fused(&x)?
         } else {
-            (
-                x.broadcast_sub(&per_channel(&self.running_mean)?)?,
-                per_channel(&self.running_var)?,
-            )
+            self.forward_train_ops(&x)?
         };
+        y.to_dtype(dtype)
+    }
+
+    fn per_channel(&self, v: &Var, like: &Tensor) -> Result<Tensor> {
+        let c = like.dim(1)?;
+        v.as_tensor().to_dtype(like.dtype())?.reshape((1, c, 1, 1))
+    }
+
+    /// Running statistics: one scale and one shift per channel.
+    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let scale = (self.per_channel(&self.running_var, x)? + self.eps)?
+            .sqrt()?
+            .recip()?
+            .mul(&self.per_channel(&self.weight, x)?)?;
+        let shift = self
+            .per_channel(&self.bias, x)?
+            .sub(&self.per_channel(&self.running_mean, x)?.mul(&scale)?)?;
+        x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+
+    /// `running = (1 − m)·running + m·batch`, with the unbiased batch variance.
+    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, count: usize) -> Result<()> {
+        let m = self.momentum;
+        let unbiased = if count > 1 {
+            count as f64 / (count - 1) as f64
+        } else {
+            1.0
+        };
+        let rm = self.running_mean.as_tensor();
+        let rv = self.running_var.as_tensor();
+        let new_mean =
+            ((rm * (1.0 - m))? + (mean.detach().flatten_all()?.to_dtype(rm.dtype())? * m)?)?;
+        let new_var = ((rv * (1.0 - m))?
+            + (biased_var.detach().flatten_all()?.to_dtype(rv.dtype())? * (m * unbiased))?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)
+    }
+
+    /// Batch statistics from primitive ops (any device; autograd derives the backward).
+    pub(crate) fn forward_train_ops(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+        self.update_running(&mean, &var, x.elem_count() / c)?;
         let scale = (var + self.eps)?
             .sqrt()?
             .recip()?
-            .broadcast_mul(&per_channel(&self.weight)?)?;
+            .broadcast_mul(&self.per_channel(&self.weight, x)?)?;
         centered
             .broadcast_mul(&scale)?
-            .broadcast_add(&per_channel(&self.bias)?)?
-            .to_dtype(dtype)
+            .broadcast_add(&self.per_channel(&self.bias, x)?)
     }
+
+    /// Batch statistics with CPU kernels: one pass for the statistics, one for the output,
+    /// and a closed-form backward (two passes) instead of the seven-op autograd chain.
+    fn forward_train_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (n, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let stats = map_real(
+            &x,
+            2 * c,
+            |v| kernels_cpu::channel_stats(v, n, c, hw),
+            |v| kernels_cpu::channel_stats(v, n, c, hw),
+        )?;
+        let mean = stats.narrow(0, 0, c)?;
+        let var = stats.narrow(0, c, c)?;
+        self.update_running(&mean, &var, n * hw)?;
+        let invstd: Vec<f64> = (var.to_dtype(DType::F64)? + self.eps)?
+            .sqrt()?
+            .recip()?
+            .to_vec1()?;
+        let mean: Vec<f64> = mean.to_dtype(DType::F64)?.to_vec1()?;
+        let gamma: Vec<f64> = self.weight.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
+        // value = x̂·γ; β is added below with an ordinary (differentiable) op.
+        let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
+        let shift: Vec<f64> = scale.iter().zip(&mean).map(|(s, m)| -s * m).collect();
+        let value = affine(&x, None, &scale, None, &shift, c, hw)?;
+        let count = (n * hw) as f64;
+        let y = attach2(
+            "annt-batch-norm",
+            &x,
+            self.weight.as_tensor(),
+            value,
+            Box::new(move |x, gamma_t, grad| {
+                let grad = grad.contiguous()?;
+                let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
+                let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
+                let sums = map_real_n(
+                    &[&grad, x, &mean_t],
+                    2 * c,
+                    |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+                    |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+                )?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+                let (s1, s2) = sums.split_at(c);
+                // dx = γσ⁻¹·(dy − Σdy/M − x̂·Σ(dy·x̂)/M) = A·dy + B·x + D per channel.
+                let a: Vec<f64> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+                let b: Vec<f64> = (0..c)
+                    .map(|i| -a[i] * invstd[i] * invstd[i] * s2[i] / count)
+                    .collect();
+                let d: Vec<f64> = (0..c)
+                    .map(|i| -a[i] * s1[i] / count - b[i] * mean[i])
+                    .collect();
+                let grad_x = affine(&grad, Some(x), &a, Some(&b), &d, c, hw)?;
+                let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
+                let grad_gamma =
+                    Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
+                Ok((grad_x, grad_gamma))
+            }),
+        )?;
+        y.broadcast_add(&self.per_channel(&self.bias, &y)?)
+    }
+}
+
+/// `a[ch]·x + b[ch]·z + d[ch]` over `n × c × hw` data with the per-channel coefficients
+/// converted to `x`'s dtype.
+fn affine(
+    x: &Tensor,
+    z: Option<&Tensor>,
+    a: &[f64],
+    b: Option<&[f64]>,
+    d: &[f64],
+    c: usize,
+    hw: usize,
+) -> Result<Tensor> {
+    let zero = vec![0.0; c];
+    let b = b.unwrap_or(&zero);
+    let inputs: Vec<&Tensor> = match z {
+        Some(z) => vec![x, z],
+        None => vec![x],
+    };
+    let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
+    let (a32, b32, d32) = (to32(a), to32(b), to32(d));
+    map_real_n(
+        &inputs,
+        x.shape(),
+        |v| {
+            kernels_cpu::channel_affine(
+                v[0],
+                v.get(1).copied().unwrap_or(&[]),
+                &a32,
+                &b32,
+                &d32,
+                c,
+                hw,
+            )
+        },
+        |v| kernels_cpu::channel_affine(v[0], v.get(1).copied().unwrap_or(&[]), a, b, d, c, hw),
+    )
 }
 
 /// Layer norm over the last dimension with an affine `weight` and `bias`.

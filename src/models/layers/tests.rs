@@ -62,7 +62,7 @@ fn check(name: &str, vars: &[&Var], f: impl Fn() -> R<Tensor>) {
         let step = (n / 24).max(1);
         let mut worst = 0.0f64;
         for i in (0..n).step_by(step) {
-            let mut probe = |delta: f64| -> f64 {
+            let probe = |delta: f64| -> f64 {
                 let mut values = base.clone();
                 values[i] += delta;
                 v.set(&Tensor::from_vec(values, v.shape(), &Device::Cpu).expect("probe"))
@@ -162,6 +162,48 @@ fn batch_norm_gradients_match_finite_differences_in_train_and_eval() {
     check("batch norm (eval)", &[&x, &bn.weight, &bn.bias], || {
         bn.forward(x.as_tensor(), &ForwardCtx::eval(DType::F64))
     });
+}
+
+#[test]
+fn fused_batch_norm_matches_the_primitive_op_version() {
+    let mut b = Builder::new(5, &Device::Cpu);
+    let bn = BatchNorm2d::new(&mut b, "bn", 8, 1e-5, 0.1).expect("bn");
+    bn.weight.set(&randn(&[8], 21, DType::F32)).expect("set");
+    bn.bias.set(&randn(&[8], 22, DType::F32)).expect("set");
+    let x = Var::from_tensor(&randn(&[4, 8, 5, 6], 23, DType::F32)).expect("x");
+    let r = randn(&[4, 8, 5, 6], 24, DType::F32);
+    let run = |fused: bool| {
+        let y = if fused {
+            bn.forward(x.as_tensor(), &ForwardCtx::train(DType::F32, 0))
+        } else {
+            bn.forward_train_ops(x.as_tensor())
+        }
+        .expect("forward");
+        let g = y
+            .mul(&r)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("backward");
+        let get = |v: &Var| g.get(v.as_tensor()).expect("grad").clone();
+        (
+            y,
+            get(&x),
+            get(&bn.weight),
+            get(&bn.bias),
+            bn.running_var.as_tensor().copy().expect("copy"),
+        )
+    };
+    let a = run(true);
+    let b = run(false);
+    for (what, p, q) in [
+        ("y", &a.0, &b.0),
+        ("dx", &a.1, &b.1),
+        ("dγ", &a.2, &b.2),
+        ("dβ", &a.3, &b.3),
+    ] {
+        let e = rel_err(p, q);
+        assert!(e < 1e-5, "{what}: relative error {e}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the work failed (bad data, network…), 2 bad usage (clap).
 
 mod data_cmd;
+mod models_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -19,12 +20,16 @@ pub enum Command {
     /// Inspect and download data sets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// List every model variant with its parameter count, resolution and whether
+    /// pretrained weights are expected.
+    Models(models_cmd::ModelsArgs),
 }
 
 /// Runs the parsed command line; the caller turns an error into exit code 1.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Models(args) => models_cmd::run(args),
     }
 }
 

@@ -31,10 +31,12 @@ pub trait Network: Send + Sync {
 
 /// Model families, for grouping in the UI and for weight-name conventions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Family {
+    #[serde(rename = "resnet")]
     ResNet,
+    #[serde(rename = "efficientnet")]
     EfficientNet,
+    #[serde(rename = "vit")]
     Vit,
 }
 
@@ -275,6 +277,15 @@ impl Model {
             params: b.finish(),
             net,
         })
+    }
+
+    /// Builds `spec` with all-zero tensors on the CPU: cheap, for counting and listing.
+    pub fn build_shapes_only(spec: &ModelSpec) -> Result<Self, ModelError> {
+        Self::build_arch(
+            &spec.name,
+            spec.architecture()?,
+            Builder::new(0, &Device::Cpu).zeroed(),
+        )
     }
 
     pub fn params(&self) -> &ParamStore {

@@ -140,13 +140,23 @@ fn fold(cols: &Tensor, g: Window) -> Result<Tensor> {
     )
 }
 
+/// Patch matrices up to this many elements (256 MB in f32) are kept from the forward pass
+/// for the weight gradient; larger ones are unfolded again in the backward pass.
+const KEEP_COLS_MAX_ELEMS: usize = 64 << 20;
+
 fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
     let g = window(x, w, spec)?;
     let c_out = w.dim(0)?;
-    // Candle's forward (im2col + gemm) is already good; only its backward is slow.
-    let y = x
+    // One GEMM over the whole batch: [c_out, c·k·k] · [c·k·k, n·oh·ow], then back to NCHW.
+    let cols = unfold(&x.detach(), g)?;
+    let y = w
         .detach()
-        .conv2d(&w.detach(), spec.padding, spec.stride, 1, 1)?;
+        .reshape((c_out, g.patch_len()))?
+        .matmul(&cols)?
+        .reshape((c_out, g.n, g.out_h(), g.out_w()))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let kept = (cols.elem_count() <= KEEP_COLS_MAX_ELEMS).then_some(cols);
     attach2(
         "annt-conv2d",
         x,
@@ -163,7 +173,11 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
             // dL/dcols = Wᵀ · dL/dy, folded back onto the input.
             let grad_x = fold(&w2.t()?.matmul(&grad)?, g)?;
             // dL/dW = dL/dy · colsᵀ.
-            let grad_w = grad.matmul(&unfold(x, g)?.t()?)?.reshape(w.shape())?;
+            let cols = match &kept {
+                Some(cols) => cols.clone(),
+                None => unfold(x, g)?,
+            };
+            let grad_w = grad.matmul(&cols.t()?)?.reshape(w.shape())?;
             Ok((grad_x, grad_w))
         }),
     )

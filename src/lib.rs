@@ -6,6 +6,11 @@
 //! shared utilities ([`util`]). It never imports a GUI toolkit; the
 //! `annt` binary's CLI (and later its window) are thin layers over it.
 
+pub mod accel;
+pub mod bench;
+pub mod config;
+pub mod engine;
 pub mod data;
 pub mod models;
+pub mod train;
 pub mod util;

@@ -81,7 +81,7 @@ pub enum Cifar100Labels {
 }
 
 /// Options that change how a path is turned into a [`Dataset`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OpenOptions {
     /// Which CIFAR-100 labels to use.

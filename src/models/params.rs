@@ -15,7 +15,7 @@ use super::error::ModelError;
 
 /// What a tensor is, for optimiser groups (no weight decay on norms and biases) and for
 /// telling parameters from buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ParamKind {
     /// Convolution and linear weights, embeddings, class tokens: decayed.

@@ -1,0 +1,4 @@
+//! Benchmark plans (A/B, the 2³ ablation, repeats) and what a session produces.
+
+pub mod plan;
+pub mod result;

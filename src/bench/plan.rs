@@ -1,0 +1,69 @@
+//! Benchmark plans: which arms a session trains. Every arm shares the preset's seed, so all
+//! arms start from the same initial weights and see the same data order and augmentation;
+//! only the switches differ.
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::amp::AmpMode;
+use crate::config::{Preset, RunConfig, Switches};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanKind {
+    /// Baseline vs tuned.
+    #[default]
+    Ab,
+    /// Every switch of the tuned arm alone and in every combination: 2³ = 8 arms.
+    Ablation,
+    /// One arm: the preset's run as given (what `annt run` does).
+    Single,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub kind: PlanKind,
+    /// Each arm is trained this many times (mean ± sd in the summary).
+    pub repeats: usize,
+    pub preset: Preset,
+}
+
+/// One arm of a plan: a label and the run it trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub label: String,
+    pub run: RunConfig,
+}
+
+impl Plan {
+    /// The arms in the order they run; the first is the reference for speed-ups.
+    pub fn arms(&self) -> Vec<Arm> {
+        let base = &self.preset.run;
+        let with = |switches: Switches| {
+            let mut run = base.clone();
+            run.switches = switches;
+            Arm { label: switches.label(), run }
+        };
+        let off = Switches::default();
+        let tuned = self.preset.tuned;
+        match self.kind {
+            PlanKind::Single => vec![Arm { label: base.switches.label(), run: base.clone() }],
+            PlanKind::Ab => vec![with(off), with(tuned)],
+            PlanKind::Ablation => {
+                // The tuned arm's own settings for each switch, or the off value of a switch
+                // the tuned arm leaves off (then that switch's on-value is a default: GA×2,
+                // bf16, pinned).
+                let ga = if tuned.grad_accum_steps > 1 { tuned.grad_accum_steps } else { 2 };
+                let amp = if tuned.amp != AmpMode::Off { tuned.amp } else { AmpMode::Bf16 };
+                (0..8u8)
+                    .map(|mask| {
+                        with(Switches {
+                            grad_accum_steps: if mask & 1 != 0 { ga } else { 1 },
+                            amp: if mask & 2 != 0 { amp } else { AmpMode::Off },
+                            pinned_memory: mask & 4 != 0,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! What a run is: data, model, training recipe, the three switches and the device — one
+//! serde type that presets (`presets/*.toml`), the CLI flags and the GUI all produce.
+//!
+//! Batch-size convention: `batch_size` is the micro-batch, the batch one forward pass sees.
+//! With gradient accumulation over `k` micro-batches the optimiser sees an effective batch
+//! of `batch_size · k`; reports show all three.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::amp::AmpMode;
+use crate::data::OpenOptions;
+use crate::models::Kernels;
+use crate::train::optim::{OptimSpec, OptimizerConfig};
+use crate::train::schedule::ScheduleConfig;
+
+/// The three accelerations annt measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Switches {
+    /// Micro-batches per optimiser step (1 = no accumulation).
+    pub grad_accum_steps: usize,
+    pub amp: AmpMode,
+    /// Stage batches in pinned host memory and copy them asynchronously (CUDA only; on the
+    /// CPU there is no host-to-device copy and the switch does not apply).
+    pub pinned_memory: bool,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Self { grad_accum_steps: 1, amp: AmpMode::Off, pinned_memory: false }
+    }
+}
+
+impl Switches {
+    /// "GA×2 + bf16 + PM" style label; "baseline" when everything is off.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.grad_accum_steps > 1 {
+            parts.push(format!("GA×{}", self.grad_accum_steps));
+        }
+        if self.amp != AmpMode::Off {
+            parts.push(self.amp.label().to_string());
+        }
+        if self.pinned_memory {
+            parts.push("PM".to_string());
+        }
+        if parts.is_empty() { "baseline".to_string() } else { parts.join(" + ") }
+    }
+}
+
+/// Which device runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| ConfigError::Invalid(format!("device {s:?}: use cpu, cuda or cuda:N"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `builtin`, a folder, an archive, or `cifar10` / `cifar100` (the downloaded copy in
+    /// annt's data folder).
+    pub source: String,
+    #[serde(default)]
+    pub options: OpenOptions,
+    /// Random crop + flip on the training split.
+    #[serde(default = "yes")]
+    pub augment: bool,
+    /// Train on only the first N images of each epoch's order (quick runs); None = all.
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N test images (quick runs); None = the whole test split.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A name from `annt models`.
+    pub name: String,
+    /// Input resolution; None = the model's native one. Images are resized on the device.
+    #[serde(default)]
+    pub resolution: Option<usize>,
+    /// Pretrained safetensors to start from (torchvision, timm or Hugging Face names).
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+}
+
+/// Gradient clipping.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ClipConfig {
+    Norm { max_norm: f64 },
+    Value { clip: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (a step budget), if set.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Stop once test accuracy reaches this fraction (time-to-accuracy), if set.
+    #[serde(default)]
+    pub target_accuracy: Option<f64>,
+    /// The micro-batch (see the module docs).
+    pub batch_size: usize,
+    #[serde(default = "eval_batch")]
+    pub eval_batch_size: usize,
+    pub optim: OptimSpec,
+    #[serde(default = "constant")]
+    pub schedule: ScheduleConfig,
+    /// Advance the schedule per micro-batch instead of per optimiser step (what the paper's
+    /// seed code did; it makes accumulation change the schedule too).
+    #[serde(default)]
+    pub schedule_per_micro_batch: bool,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub clip: Option<ClipConfig>,
+    /// Seeds initial weights, data order, augmentation and dropout: identical across arms.
+    #[serde(default)]
+    pub seed: u64,
+    /// Optimiser steps excluded from throughput figures (warm-up).
+    #[serde(default = "warmup")]
+    pub timing_warmup_steps: u64,
+    /// The fp16 loss scaler's starting scale (PyTorch's GradScaler: 2¹⁶).
+    #[serde(default = "init_scale")]
+    pub fp16_init_scale: f64,
+}
+
+/// One complete run description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub switches: Switches,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    #[serde(default)]
+    pub kernels: Kernels,
+}
+
+/// A preset file: a baseline run and the switches of its tuned twin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The baseline (its `switches` are normally all off).
+    pub run: RunConfig,
+    /// The tuned arm's switches.
+    pub tuned: Switches,
+}
+
+fn yes() -> bool {
+    true
+}
+fn eval_batch() -> usize {
+    256
+}
+fn constant() -> ScheduleConfig {
+    ScheduleConfig::Constant
+}
+fn warmup() -> u64 {
+    3
+}
+fn init_scale() -> f64 {
+    65536.0
+}
+
+/// A configuration that cannot be used, or a preset file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read preset ({source}): {}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid preset ({reason}): {}", path.display())]
+    Parse { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Preset {
+    /// Reads and validates a TOML preset.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let preset: Preset = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string().trim().replace('\n', " ") })?;
+        preset.run.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
+        Ok(preset)
+    }
+
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+impl RunConfig {
+    /// Rejects values no run can use, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.train;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if t.batch_size == 0 {
+            return bad("train.batch_size must be at least 1".into());
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return bad("train.epochs must be at least 1 (or set train.max_steps)".into());
+        }
+        if self.switches.grad_accum_steps == 0 {
+            return bad("switches.grad_accum_steps must be at least 1".into());
+        }
+        if let Some(a) = t.target_accuracy
+            && !(0.0..=1.0).contains(&a)
+        {
+            return bad(format!("train.target_accuracy {a} is not a fraction in 0..=1"));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return bad(format!("train.label_smoothing {} is not in 0..1", t.label_smoothing));
+        }
+        crate::models::variant(&self.model.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    /// A small CPU run on the built-in data set: the default the GUI and tests start from.
+    pub fn quick_cpu() -> Self {
+        RunConfig {
+            data: DataConfig { source: "builtin".into(), options: OpenOptions::default(), augment: true, train_limit: None, test_limit: None },
+            model: ModelConfig { name: "resnet8-tiny".into(), resolution: None, weights: None },
+            train: TrainConfig {
+                epochs: 3,
+                max_steps: None,
+                target_accuracy: None,
+                batch_size: 64,
+                eval_batch_size: 256,
+                optim: OptimSpec {
+                    optimizer: OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+                    no_decay_on_norm_and_bias: true,
+                    groups: Vec::new(),
+                },
+                schedule: ScheduleConfig::Constant,
+                schedule_per_micro_batch: false,
+                label_smoothing: 0.0,
+                clip: None,
+                seed: 0,
+                timing_warmup_steps: 3,
+                fp16_init_scale: 65536.0,
+            },
+            switches: Switches::default(),
+            device: DeviceChoice::Cpu,
+            kernels: Kernels::Annt,
+        }
+    }
+}

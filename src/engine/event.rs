@@ -1,0 +1,95 @@
+//! Typed events from the engine to a front end, the sinks that carry them, and the stop flag.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use serde::Serialize;
+
+use crate::bench::result::{EpochRecord, RunResult, SessionResult};
+use crate::config::Switches;
+use crate::util::env::Environment;
+
+/// Everything a front end learns from the engine. Only host-side numbers: no tensors.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    SessionStarted { plan: String, arms: Vec<String>, repeats: usize, data: String, model: String, environment: Box<Environment> },
+    RunStarted { arm: String, repeat: usize, run_index: usize, total_runs: usize, switches: Switches, total_steps: u64, micro_batch: usize, effective_batch: usize },
+    /// Throttled (at most every ~50 ms); a sink may drop these.
+    Progress { arm: String, repeat: usize, epoch: usize, step: u64, total_steps: u64, loss: f64, images_per_sec: f64, elapsed_secs: f64 },
+    EpochFinished { arm: String, repeat: usize, record: EpochRecord },
+    RunFinished { result: Box<RunResult> },
+    Warning { message: String },
+    RunFailed { arm: String, repeat: usize, error: String },
+    SessionFinished { result: Box<SessionResult> },
+}
+
+impl Event {
+    /// Progress events may be dropped by a full channel; the others must arrive.
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, Event::Progress { .. })
+    }
+}
+
+/// Where the engine reports to.
+pub trait EventSink {
+    fn emit(&mut self, event: Event);
+}
+
+/// Collects every event (tests, headless runs).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    pub events: Vec<Event>,
+}
+
+impl EventSink for VecSink {
+    fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+}
+
+/// Sends events over a bounded channel: lifecycle events block until there is room,
+/// progress events are dropped when the receiver is behind. `wake` is called after each
+/// event (the GUI passes "request a repaint"; the engine never imports a GUI).
+pub struct ChannelSink {
+    tx: SyncSender<Event>,
+    wake: Box<dyn Fn() + Send>,
+}
+
+impl ChannelSink {
+    pub fn new(tx: SyncSender<Event>, wake: Box<dyn Fn() + Send>) -> Self {
+        Self { tx, wake }
+    }
+}
+
+impl EventSink for ChannelSink {
+    fn emit(&mut self, event: Event) {
+        if event.is_droppable() {
+            match self.tx.try_send(event) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        } else {
+            // A disconnected receiver means the front end is gone: nothing left to tell.
+            let _ = self.tx.send(event);
+        }
+        (self.wake)();
+    }
+}
+
+/// A cloneable stop request, checked by the engine after every micro-batch and evaluation
+/// batch.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}

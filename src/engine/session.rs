@@ -1,0 +1,187 @@
+//! A benchmark session: open the data once, train every arm of the plan (× repeats), and
+//! assemble the [`SessionResult`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::bench::plan::Plan;
+use crate::bench::result::{RunResult, RunStatus, SCHEMA_VERSION, SessionResult};
+use crate::config::{DataConfig, DeviceChoice};
+use crate::data::download::{ArchiveFormat, CifarVariant, default_data_dir, official};
+use crate::data::{self, DataError, Dataset};
+use crate::util::env::Environment;
+
+use super::EngineError;
+use super::event::{Event, EventSink, StopFlag};
+use super::trainer::train_run;
+
+/// Settings of a session that are not part of the plan.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Where `cifar10` / `cifar100` sources are looked up (default: annt's data folder).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Opens the device a run asks for.
+pub fn open_device(choice: DeviceChoice) -> Result<Device, EngineError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::Device {
+            device: choice.to_string(),
+            reason: format!("{e} (this build or machine has no usable CUDA; choose --device cpu)"),
+        }),
+    }
+}
+
+/// Opens a run's data set: `builtin`, `cifar10`/`cifar100` (downloaded copies), or a path.
+pub fn open_data(cfg: &DataConfig, options: &SessionOptions) -> Result<Dataset, EngineError> {
+    let path = match cfg.source.as_str() {
+        "cifar10" | "cifar100" => {
+            let variant = if cfg.source == "cifar10" { CifarVariant::Cifar10 } else { CifarVariant::Cifar100 };
+            let dir = options.data_dir.clone().or_else(default_data_dir).unwrap_or_else(|| PathBuf::from("."));
+            let found = [ArchiveFormat::Binary, ArchiveFormat::Python]
+                .into_iter()
+                .map(|f| dir.join(official(variant, f).file_name))
+                .find(|p| p.exists());
+            found.ok_or_else(|| {
+                EngineError::Data(DataError::InvalidOption(format!(
+                    "{} is not downloaded in {} (run `annt data download {}`)",
+                    cfg.source,
+                    dir.display(),
+                    cfg.source
+                )))
+            })?
+        }
+        other => PathBuf::from(other),
+    };
+    let mut dataset = data::open(&path, &cfg.options)?;
+    if let Some(limit) = cfg.train_limit {
+        truncate(&mut dataset.train, limit);
+    }
+    if let Some(limit) = cfg.test_limit {
+        truncate(&mut dataset.test, limit);
+    }
+    Ok(dataset)
+}
+
+/// Keeps the first `limit` images of a split (the stored order is already class-mixed for
+/// CIFAR and the built-in set; the loader shuffles training images every epoch).
+fn truncate(set: &mut crate::data::ImageSet, limit: usize) {
+    if limit < set.len() {
+        let bytes = set.image_bytes();
+        set.pixels.truncate(limit * bytes);
+        set.labels.truncate(limit);
+    }
+}
+
+/// Trains every arm of `plan` `plan.repeats` times. Stopping keeps every finished run and
+/// marks the interrupted one partial; a failing run is reported and the session goes on.
+pub fn run_session(
+    plan: &Plan,
+    options: &SessionOptions,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<SessionResult, EngineError> {
+    let base = &plan.preset.run;
+    base.validate()?;
+    let data = Arc::new(open_data(&base.data, options)?);
+    let device = open_device(base.device)?;
+    let arms = plan.arms();
+    let repeats = plan.repeats.max(1);
+    let environment = Environment::capture();
+    sink.emit(Event::SessionStarted {
+        plan: format!("{:?}", plan.kind).to_lowercase(),
+        arms: arms.iter().map(|a| a.label.clone()).collect(),
+        repeats,
+        data: data.name.clone(),
+        model: base.model.name.clone(),
+        environment: Box::new(environment.clone()),
+    });
+    let mut session = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        preset_name: plan.preset.name.clone(),
+        plan: format!("{:?}", plan.kind).to_lowercase(),
+        repeats,
+        data_name: data.name.clone(),
+        model_name: base.model.name.clone(),
+        device: base.device.to_string(),
+        environment: Some(environment),
+        config: Some(base.clone()),
+        runs: Vec::new(),
+        summary: Vec::new(),
+        notes: Vec::new(),
+    };
+    let total_runs = arms.len() * repeats;
+    // Repeats outermost: a stopped session has whole rounds of every arm, not all repeats
+    // of the first arm and none of the last.
+    'outer: for repeat in 0..repeats {
+        for (i, arm) in arms.iter().enumerate() {
+            if stop.is_stopped() {
+                break 'outer;
+            }
+            let run_index = repeat * arms.len() + i;
+            match train_run(arm, repeat, run_index, total_runs, &data, &device, sink, stop) {
+                Ok(trained) => {
+                    let partial = trained.result.status == RunStatus::Partial;
+                    session.runs.push(trained.result);
+                    if partial {
+                        break 'outer;
+                    }
+                }
+                Err(e) => {
+                    let error = format!("{e}");
+                    sink.emit(Event::RunFailed { arm: arm.label.clone(), repeat, error: error.clone() });
+                    session.runs.push(RunResult {
+                        arm: arm.label.clone(),
+                        repeat,
+                        switches: arm.run.switches,
+                        status: RunStatus::Failed,
+                        error: Some(error),
+                        ..RunResult::default()
+                    });
+                }
+            }
+        }
+    }
+    session.notes = notes(&session);
+    session.summarize();
+    sink.emit(Event::SessionFinished { result: Box::new(session.clone()) });
+    Ok(session)
+}
+
+/// Plain statements of what each switch changed in this session.
+fn notes(session: &SessionResult) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(base) = session.runs.first() else { return notes };
+    for r in session.runs.iter().filter(|r| r.repeat == 0 && r.arm != base.arm && r.status != RunStatus::Failed) {
+        let s = r.switches;
+        if s.grad_accum_steps > 1 {
+            notes.push(format!(
+                "{}: gradient accumulation ×{} makes the effective batch {} ({} micro-batches of {}); the optimiser takes {} steps per epoch instead of {}. Forward and backward arithmetic per image is unchanged.",
+                r.arm, s.grad_accum_steps, r.effective_batch, s.grad_accum_steps, r.micro_batch, r.optimizer_steps_per_epoch, base.optimizer_steps_per_epoch
+            ));
+        }
+        if s.amp != crate::accel::amp::AmpMode::Off {
+            let extra = match r.amp.final_scale {
+                Some(scale) => format!("; the fp16 loss scaler skipped {} steps and ended at scale {scale}", r.amp.skipped_steps),
+                None => String::new(),
+            };
+            notes.push(format!(
+                "{}: {} computes convolutions, matrix products and activations in {} with f32 master weights; normalisation, softmax and the loss stay in f32{extra}.",
+                r.arm,
+                s.amp.label(),
+                s.amp.label()
+            ));
+        }
+        if s.pinned_memory && !r.pinned_memory_applicable {
+            notes.push(format!(
+                "{}: pinned memory does not apply on the CPU (no host-to-device copy); this arm ran as if it were off.",
+                r.arm
+            ));
+        }
+    }
+    notes.dedup();
+    notes
+}

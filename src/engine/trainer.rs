@@ -1,0 +1,322 @@
+//! One training run: the epoch loop with gradient accumulation, mixed precision, timing,
+//! evaluation after every epoch, and a stop check after every micro-batch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Var};
+
+use crate::accel::amp::{AmpMode, LossScaler, Unscaled};
+use crate::bench::plan::Arm;
+use crate::bench::result::{AmpReport, EpochRecord, RunResult, RunStatus};
+use crate::config::{ClipConfig, RunConfig};
+use crate::data::loader::{LoaderConfig, Prefetcher, Split};
+use crate::data::{Dataset, upload};
+use crate::models::layers::loss::cross_entropy;
+use crate::models::{ForwardCtx, Model, ModelSpec, weights};
+use crate::train::metrics::{ConfusionMatrix, argmax_rows};
+use crate::train::optim::{Optimizer, clip_grad_norm, clip_grad_value};
+use crate::train::schedule::Schedule;
+use crate::train::timing::{Phase, StepTimer, peak_rss_bytes};
+use crate::util::rng::mix_seed;
+
+use super::EngineError;
+use super::event::{Event, EventSink, StopFlag};
+
+/// Minimum time between two progress events.
+const PROGRESS_EVERY_SECS: f64 = 0.05;
+
+/// What a run leaves behind: its result and the trained model.
+pub struct TrainedRun {
+    pub result: RunResult,
+    pub model: Model,
+}
+
+/// Optimiser steps per epoch: micro-batches per epoch divided by the accumulation count,
+/// rounded down — an epoch's last few micro-batches that cannot fill a whole step are not
+/// used, so that every step averages exactly `k` micro-batches.
+pub fn steps_per_epoch(train_images: usize, micro_batch: usize, accum: usize) -> u64 {
+    ((train_images / micro_batch.max(1)) / accum.max(1)) as u64
+}
+
+/// Trains one arm on `data` (already opened) and reports through `sink`.
+pub fn train_run(
+    arm: &Arm,
+    repeat: usize,
+    run_index: usize,
+    total_runs: usize,
+    data: &Arc<Dataset>,
+    device: &Device,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<TrainedRun, EngineError> {
+    let cfg: &RunConfig = &arm.run;
+    let t = &cfg.train;
+    let sw = cfg.switches;
+    let k = sw.grad_accum_steps.max(1);
+    let classes = data.num_classes();
+    let spec = ModelSpec { name: cfg.model.name.clone(), classes, resolution: cfg.model.resolution, seed: t.seed };
+    let model = Model::build(&spec, device)?;
+    if let Some(path) = &cfg.model.weights {
+        let report = weights::load_pretrained(&model, path)?;
+        if report.head_replaced {
+            sink.emit(Event::Warning {
+                message: format!("{}: classification head replaced for {classes} classes", path.display()),
+            });
+        }
+    }
+    let resolution = cfg.model.resolution.unwrap_or(crate::models::variant(&cfg.model.name)?.resolution);
+    let resize = (resolution != data.train.height || resolution != data.train.width).then_some(resolution);
+
+    let mut optimizer = Optimizer::new(&t.optim, model.params()).map_err(|e| EngineError::Optim(e.to_string()))?;
+    let per_epoch = steps_per_epoch(data.train.len(), t.batch_size, k);
+    if per_epoch == 0 {
+        return Err(EngineError::Config(crate::config::ConfigError::Invalid(format!(
+            "{} training images do not fill one optimiser step of {} micro-batches of {}",
+            data.train.len(),
+            k,
+            t.batch_size
+        ))));
+    }
+    let mut total_steps = per_epoch * t.epochs as u64;
+    if let Some(max) = t.max_steps {
+        total_steps = total_steps.min(max).max(1);
+    }
+    let epochs = total_steps.div_ceil(per_epoch) as usize;
+    let (sched_total, sched_per_epoch) =
+        if t.schedule_per_micro_batch { (total_steps * k as u64, per_epoch * k as u64) } else { (total_steps, per_epoch) };
+    let schedule = Schedule::new(&t.schedule, sched_total, sched_per_epoch).map_err(|e| EngineError::Optim(e.to_string()))?;
+    let mut scaler = (sw.amp == AmpMode::Fp16).then(|| LossScaler::with_params(t.fp16_init_scale, 2.0, 0.5, 2000));
+    let trainable: Vec<Var> = model.params().trainable().map(|p| p.var.clone()).collect();
+    let trainable_refs: Vec<&Var> = trainable.iter().collect();
+    let dtype = sw.amp.compute_dtype();
+    let pinned_applicable = !device.is_cpu();
+
+    sink.emit(Event::RunStarted {
+        arm: arm.label.clone(),
+        repeat,
+        run_index,
+        total_runs,
+        switches: sw,
+        total_steps,
+        micro_batch: t.batch_size,
+        effective_batch: t.batch_size * k,
+    });
+    if sw.pinned_memory && !pinned_applicable {
+        sink.emit(Event::Warning {
+            message: "pinned memory does not apply on the CPU (there is no host-to-device copy): this arm runs as if it were off".into(),
+        });
+    }
+
+    let mut timer = StepTimer::new(t.timing_warmup_steps);
+    let mut epochs_done: Vec<EpochRecord> = Vec::new();
+    let mut status = RunStatus::Finished;
+    let mut step: u64 = 0;
+    let mut eval_secs_total = 0.0;
+    let mut time_to_target = None;
+    let mut last_confusion = ConfusionMatrix::new(classes);
+    let run_start = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut loader_cfg = LoaderConfig::train(t.batch_size, t.seed);
+    if !cfg.data.augment {
+        loader_cfg.augment = crate::data::augment::Augment::NONE;
+    }
+
+    'epochs: for epoch in 0..epochs {
+        let mut batches = Prefetcher::new(Arc::clone(data), Split::Train, loader_cfg, epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
+        let epoch_start = Instant::now();
+        let epoch_images_start = timer.summary().measured_images;
+        for _ in 0..per_epoch {
+            if step >= total_steps {
+                break;
+            }
+            timer.start_step();
+            let mut acc: Option<GradStore> = None;
+            for micro in 0..k {
+                timer.phase(Phase::DataWait);
+                let Some(batch) = batches.next() else { break };
+                let batch = batch?;
+                timer.phase(Phase::HostToDevice);
+                let db = upload::to_device(&batch, &data.normalization, device, resize)?;
+                batches.recycle(batch.pixels);
+                timer.phase(Phase::Forward);
+                let seed = mix_seed(&[t.seed, step, micro as u64]);
+                let mut ctx = ForwardCtx::train(dtype, seed).with_kernels(cfg.kernels);
+                let logits = model.forward(&db.images, &mut ctx)?;
+                let loss = cross_entropy(&logits, &db.labels, t.label_smoothing)?;
+                // Each micro-batch's mean loss weighs 1/k: the k gradients sum to the
+                // gradient of the mean over the effective batch.
+                let mut objective = (&loss / k as f64)?;
+                if let Some(s) = &scaler {
+                    objective = s.scale_loss(&objective)?;
+                }
+                timer.phase(Phase::Backward);
+                let grads = objective.backward()?;
+                match &mut acc {
+                    None => acc = Some(grads),
+                    Some(a) => a.extend(grads)?,
+                }
+                let loss_value = f64::from(loss.to_scalar::<f32>()?);
+                let predicted = argmax_rows(&logits)?;
+                let labels: Vec<u32> = db.labels.to_vec1()?;
+                correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count() as u64;
+                loss_sum += loss_value * labels.len() as f64;
+                seen += labels.len() as u64;
+                if stop.is_stopped() {
+                    status = RunStatus::Partial;
+                    break 'epochs;
+                }
+            }
+            timer.phase(Phase::Optimizer);
+            let Some(mut grads) = acc else { break };
+            let sched_index = if t.schedule_per_micro_batch { step * k as u64 } else { step };
+            optimizer.set_lr_factor(schedule.factor(sched_index));
+            let finite = match &mut scaler {
+                Some(s) => {
+                    let outcome = s.unscale(&mut grads, &trainable_refs)?;
+                    let finite = matches!(outcome, Unscaled::Finite);
+                    s.update(outcome);
+                    finite
+                }
+                None => true,
+            };
+            if finite {
+                match t.clip {
+                    Some(ClipConfig::Norm { max_norm }) => {
+                        clip_grad_norm(&mut grads, &trainable_refs, max_norm)?;
+                    }
+                    Some(ClipConfig::Value { clip }) => clip_grad_value(&mut grads, &trainable_refs, clip)?,
+                    None => {}
+                }
+                optimizer.step(&grads)?;
+            }
+            drop(grads);
+            timer.end_step((t.batch_size * k) as u64);
+            step += 1;
+            if last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_SECS {
+                last_progress = Instant::now();
+                let s = timer.summary();
+                sink.emit(Event::Progress {
+                    arm: arm.label.clone(),
+                    repeat,
+                    epoch: epoch + 1,
+                    step,
+                    total_steps,
+                    loss: if seen > 0 { loss_sum / seen as f64 } else { f64::NAN },
+                    images_per_sec: s.images_per_sec,
+                    elapsed_secs: run_start.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        drop(batches);
+        let train_epoch_secs = epoch_start.elapsed().as_secs_f64();
+        let epoch_images = timer.summary().measured_images - epoch_images_start;
+
+        let eval_start = Instant::now();
+        let (test_loss, confusion) = evaluate(&model, data, device, resize, dtype, cfg, stop)?;
+        let eval_secs = eval_start.elapsed().as_secs_f64();
+        eval_secs_total += eval_secs;
+        let Some((test_loss, confusion)) = test_loss.zip(Some(confusion)) else {
+            status = RunStatus::Partial;
+            break;
+        };
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: if seen > 0 { loss_sum / seen as f64 } else { f64::NAN },
+            train_accuracy: if seen > 0 { correct as f64 / seen as f64 } else { 0.0 },
+            test_loss,
+            test_accuracy: confusion.accuracy(),
+            test_macro_f1: confusion.macro_f1(),
+            images_per_sec: if train_epoch_secs > 0.0 && epoch_images > 0 {
+                epoch_images as f64 / train_epoch_secs
+            } else {
+                seen as f64 / train_epoch_secs.max(1e-9)
+            },
+            wall_secs: run_start.elapsed().as_secs_f64(),
+            eval_secs,
+            lr: optimizer.lr_of_group(0),
+            optimizer_steps: step,
+        };
+        let accuracy = record.test_accuracy;
+        sink.emit(Event::EpochFinished { arm: arm.label.clone(), repeat, record: record.clone() });
+        epochs_done.push(record);
+        last_confusion = confusion;
+        if let Some(target) = t.target_accuracy
+            && accuracy >= target
+        {
+            time_to_target = Some(run_start.elapsed().as_secs_f64());
+            status = RunStatus::ReachedTarget;
+            break;
+        }
+        if stop.is_stopped() {
+            status = RunStatus::Partial;
+            break;
+        }
+    }
+    let wall_secs = run_start.elapsed().as_secs_f64();
+    let last = epochs_done.last().cloned().unwrap_or_default();
+    let result = RunResult {
+        arm: arm.label.clone(),
+        repeat,
+        switches: sw,
+        status,
+        epochs: epochs_done,
+        micro_batch: t.batch_size,
+        effective_batch: t.batch_size * k,
+        optimizer_steps: step,
+        optimizer_steps_per_epoch: per_epoch,
+        final_test_accuracy: last.test_accuracy,
+        final_macro_f1: last.test_macro_f1,
+        per_class: last_confusion.per_class(),
+        confusion: last_confusion.counts.clone(),
+        classes: data.classes.clone(),
+        wall_secs,
+        train_secs: wall_secs - eval_secs_total,
+        eval_secs: eval_secs_total,
+        time_to_target_secs: time_to_target,
+        timing: timer.summary(),
+        peak_host_bytes: peak_rss_bytes(),
+        peak_device_bytes: None,
+        amp: AmpReport {
+            skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped_steps()),
+            final_scale: scaler.as_ref().map(|s| s.scale()),
+        },
+        pinned_memory_applicable: pinned_applicable,
+        error: None,
+    };
+    sink.emit(Event::RunFinished { result: Box::new(result.clone()) });
+    Ok(TrainedRun { result, model })
+}
+
+/// Test-split loss and confusion matrix in evaluation mode; `None` loss when stopped.
+fn evaluate(
+    model: &Model,
+    data: &Arc<Dataset>,
+    device: &Device,
+    resize: Option<usize>,
+    dtype: candle_core::DType,
+    cfg: &RunConfig,
+    stop: &StopFlag,
+) -> Result<(Option<f64>, ConfusionMatrix), EngineError> {
+    let mut confusion = ConfusionMatrix::new(data.num_classes());
+    let mut batches = Prefetcher::new(Arc::clone(data), Split::Test, LoaderConfig::eval(cfg.train.eval_batch_size), 0);
+    let (mut loss_sum, mut n) = (0.0, 0usize);
+    while let Some(batch) = batches.next() {
+        let batch = batch?;
+        let db = upload::to_device(&batch, &data.normalization, device, resize)?;
+        batches.recycle(batch.pixels);
+        let mut ctx = ForwardCtx::eval(dtype).with_kernels(cfg.kernels);
+        let logits = model.forward(&db.images, &mut ctx)?;
+        let loss: f32 = cross_entropy(&logits, &db.labels, 0.0)?.to_scalar()?;
+        let labels: Vec<u32> = db.labels.to_vec1()?;
+        confusion.add(&labels, &argmax_rows(&logits)?);
+        loss_sum += f64::from(loss) * labels.len() as f64;
+        n += labels.len();
+        if stop.is_stopped() {
+            return Ok((None, confusion));
+        }
+    }
+    Ok((Some(if n > 0 { loss_sum / n as f64 } else { f64::NAN }), confusion))
+}

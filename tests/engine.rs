@@ -1,0 +1,167 @@
+//! The engine on the CPU with the built-in data set: each switch does what its name says,
+//! a run stops when asked, and the event stream is complete.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annt::accel::amp::AmpMode;
+use annt::bench::plan::{Arm, Plan, PlanKind};
+use annt::bench::result::RunStatus;
+use annt::config::{Preset, RunConfig, Switches};
+use annt::engine::session::open_data;
+use annt::engine::trainer::train_run;
+use annt::engine::{Event, SessionOptions, StopFlag, VecSink, run_session};
+use annt::models::{Model, ModelSpec};
+use annt::train::optim::OptimizerConfig;
+use candle_core::{DType, Device, Tensor};
+
+fn quick(model: &str, batch: usize, accum: usize) -> RunConfig {
+    let mut run = RunConfig::quick_cpu();
+    run.model.name = model.into();
+    run.train.batch_size = batch;
+    run.switches.grad_accum_steps = accum;
+    run
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("values")
+}
+
+/// Weight change of every trainable tensor after `run` trains, relative to a fresh model
+/// with the same seed.
+fn updates(run: RunConfig) -> Vec<(String, Vec<f64>)> {
+    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    let spec = ModelSpec { name: run.model.name.clone(), classes: data.num_classes(), resolution: run.model.resolution, seed: run.train.seed };
+    let initial = Model::build(&spec, &Device::Cpu).expect("build");
+    let arm = Arm { label: "x".into(), run };
+    let trained = train_run(&arm, 0, 0, 1, &data, &Device::Cpu, &mut VecSink::default(), &StopFlag::new()).expect("train");
+    initial
+        .params()
+        .trainable()
+        .map(|p| {
+            let after = trained.model.params().get(&p.name).expect("same names");
+            let before = flat(p.var.as_tensor());
+            let now = flat(after.var.as_tensor());
+            (p.name.clone(), now.iter().zip(&before).map(|(a, b)| a - b).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn accumulating_four_micro_batches_of_8_equals_one_batch_of_32() {
+    // ViT-Ti/4 has no batch norm (whose statistics do depend on the micro-batch) and no
+    // dropout, so the two updates must agree up to f32 summation order. Two steps: the
+    // zero-initialised head (torchvision's init) stops every other gradient in the first.
+    let set = |batch, accum| {
+        let mut run = quick("vit-ti4", batch, accum);
+        run.train.max_steps = Some(2);
+        run.data.test_limit = Some(64);
+        run.train.epochs = 1;
+        run.train.optim.optimizer = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        run
+    };
+    let big = updates(set(32, 1));
+    let small = updates(set(8, 4));
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for ((name, a), (_, b)) in big.iter().zip(&small) {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        diff += d;
+        norm += a.iter().map(|x| x * x).sum::<f64>();
+        assert!(a.iter().any(|v| *v != 0.0), "{name} did not move");
+    }
+    let rel = (diff / norm).sqrt();
+    assert!(rel < 1e-5, "relative difference of the updates {rel}");
+}
+
+#[test]
+fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
+    let mut run = quick("resnet8-tiny", 16, 1);
+    run.switches.amp = AmpMode::Fp16;
+    run.train.max_steps = Some(1);
+    run.train.epochs = 1;
+    // Scaled by 1e30 the gradients overflow f16 (max 65504) on their way back.
+    run.train.fp16_init_scale = 1e30;
+    run.data.test_limit = Some(64);
+    let moved = updates(run.clone());
+    for (name, u) in &moved {
+        if name.contains("running") {
+            continue;
+        }
+        assert!(u.iter().all(|v| *v == 0.0), "{name} changed although the step overflowed");
+    }
+    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    let arm = Arm { label: "fp16".into(), run };
+    let r = train_run(&arm, 0, 0, 1, &data, &Device::Cpu, &mut VecSink::default(), &StopFlag::new()).expect("train").result;
+    assert_eq!(r.amp.skipped_steps, 1);
+    assert_eq!(r.amp.final_scale, Some(5e29), "the scale backs off by half");
+}
+
+#[test]
+fn stop_returns_within_a_second_and_keeps_finished_arms() {
+    let mut preset = Preset {
+        name: "stop".into(),
+        description: String::new(),
+        run: quick("resnet8-tiny", 32, 1),
+        tuned: Switches { grad_accum_steps: 2, amp: AmpMode::Off, pinned_memory: false },
+    };
+    preset.run.data.train_limit = Some(640);
+    preset.run.train.epochs = 1;
+    let plan = Plan { kind: PlanKind::Ab, repeats: 1, preset: preset.clone() };
+    // Let the first (short) arm finish, then stop the second one mid-epoch.
+    let mut long = plan.clone();
+    long.preset.run.train.epochs = 50;
+    let stop = StopFlag::new();
+    let s2 = stop.clone();
+    let mut sink = VecSink::default();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let at = Instant::now();
+        s2.stop();
+        at
+    });
+    let session = run_session(&long, &SessionOptions::default(), &mut sink, &stop).expect("session");
+    let returned = Instant::now();
+    let stopped_at = stopper.join().expect("stopper");
+    assert!(returned.duration_since(stopped_at) < Duration::from_secs(1), "took {:?} to stop", returned.duration_since(stopped_at));
+    let last = session.runs.last().expect("a run");
+    assert_eq!(last.status, RunStatus::Partial);
+    assert!(matches!(sink.events.last(), Some(Event::SessionFinished { .. })));
+}
+
+#[test]
+fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs() {
+    let mut preset = Preset { name: "ab".into(), description: String::new(), run: quick("resnet8-tiny", 32, 1), tuned: Switches { grad_accum_steps: 2, amp: AmpMode::Bf16, pinned_memory: true } };
+    preset.run.data.train_limit = Some(512);
+    preset.run.train.epochs = 2;
+    let plan = Plan { kind: PlanKind::Ab, repeats: 1, preset };
+    let mut sink = VecSink::default();
+    let session = run_session(&plan, &SessionOptions::default(), &mut sink, &StopFlag::new()).expect("session");
+    let kinds: Vec<&str> = sink
+        .events
+        .iter()
+        .filter(|e| !matches!(e, Event::Progress { .. } | Event::Warning { .. }))
+        .map(|e| match e {
+            Event::SessionStarted { .. } => "session",
+            Event::RunStarted { .. } => "run",
+            Event::EpochFinished { .. } => "epoch",
+            Event::RunFinished { .. } => "done",
+            Event::SessionFinished { .. } => "end",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["session", "run", "epoch", "epoch", "done", "run", "epoch", "epoch", "done", "end"]);
+    assert_eq!(session.runs.len(), 2);
+    let (base, tuned) = (&session.runs[0], &session.runs[1]);
+    assert_eq!(base.optimizer_steps_per_epoch, 16);
+    assert_eq!(tuned.optimizer_steps_per_epoch, 8, "accumulation halves the optimiser steps");
+    assert_eq!(tuned.effective_batch, 64);
+    assert!(!tuned.pinned_memory_applicable, "pinned memory does not apply on the CPU");
+    assert!(session.notes.iter().any(|n| n.contains("does not apply")));
+    for r in &session.runs {
+        assert_eq!(r.epochs.len(), 2);
+        assert_eq!(r.final_test_accuracy, r.epochs[1].test_accuracy);
+        assert!(r.wall_secs >= r.train_secs && r.train_secs > 0.0);
+        assert!(r.timing.measured_steps > 0 && r.timing.images_per_sec > 0.0);
+    }
+    assert!((session.summary[0].speedup_vs_baseline - 1.0).abs() < 1e-12);
+}

@@ -9,8 +9,8 @@
 pub mod accel;
 pub mod bench;
 pub mod config;
-pub mod engine;
 pub mod data;
+pub mod engine;
 pub mod models;
 pub mod train;
 pub mod util;

@@ -24,17 +24,38 @@ fn quick(model: &str, batch: usize, accum: usize) -> RunConfig {
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("values")
+    t.to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("values")
 }
 
 /// Weight change of every trainable tensor after `run` trains, relative to a fresh model
 /// with the same seed.
 fn updates(run: RunConfig) -> Vec<(String, Vec<f64>)> {
     let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
-    let spec = ModelSpec { name: run.model.name.clone(), classes: data.num_classes(), resolution: run.model.resolution, seed: run.train.seed };
+    let spec = ModelSpec {
+        name: run.model.name.clone(),
+        classes: data.num_classes(),
+        resolution: run.model.resolution,
+        seed: run.train.seed,
+    };
     let initial = Model::build(&spec, &Device::Cpu).expect("build");
-    let arm = Arm { label: "x".into(), run };
-    let trained = train_run(&arm, 0, 0, 1, &data, &Device::Cpu, &mut VecSink::default(), &StopFlag::new()).expect("train");
+    let arm = Arm {
+        label: "x".into(),
+        run,
+    };
+    let trained = train_run(
+        &arm,
+        0,
+        0,
+        1,
+        &data,
+        &Device::Cpu,
+        &mut VecSink::default(),
+        &StopFlag::new(),
+    )
+    .expect("train");
     initial
         .params()
         .trainable()
@@ -42,7 +63,10 @@ fn updates(run: RunConfig) -> Vec<(String, Vec<f64>)> {
             let after = trained.model.params().get(&p.name).expect("same names");
             let before = flat(p.var.as_tensor());
             let now = flat(after.var.as_tensor());
-            (p.name.clone(), now.iter().zip(&before).map(|(a, b)| a - b).collect())
+            (
+                p.name.clone(),
+                now.iter().zip(&before).map(|(a, b)| a - b).collect(),
+            )
         })
         .collect()
 }
@@ -57,7 +81,12 @@ fn accumulating_four_micro_batches_of_8_equals_one_batch_of_32() {
         run.train.max_steps = Some(2);
         run.data.test_limit = Some(64);
         run.train.epochs = 1;
-        run.train.optim.optimizer = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        run.train.optim.optimizer = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
         run
     };
     let big = updates(set(32, 1));
@@ -87,11 +116,28 @@ fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
         if name.contains("running") {
             continue;
         }
-        assert!(u.iter().all(|v| *v == 0.0), "{name} changed although the step overflowed");
+        assert!(
+            u.iter().all(|v| *v == 0.0),
+            "{name} changed although the step overflowed"
+        );
     }
     let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
-    let arm = Arm { label: "fp16".into(), run };
-    let r = train_run(&arm, 0, 0, 1, &data, &Device::Cpu, &mut VecSink::default(), &StopFlag::new()).expect("train").result;
+    let arm = Arm {
+        label: "fp16".into(),
+        run,
+    };
+    let r = train_run(
+        &arm,
+        0,
+        0,
+        1,
+        &data,
+        &Device::Cpu,
+        &mut VecSink::default(),
+        &StopFlag::new(),
+    )
+    .expect("train")
+    .result;
     assert_eq!(r.amp.skipped_steps, 1);
     assert_eq!(r.amp.final_scale, Some(5e29), "the scale backs off by half");
 }
@@ -102,11 +148,19 @@ fn stop_returns_within_a_second_and_keeps_finished_arms() {
         name: "stop".into(),
         description: String::new(),
         run: quick("resnet8-tiny", 32, 1),
-        tuned: Switches { grad_accum_steps: 2, amp: AmpMode::Off, pinned_memory: false },
+        tuned: Switches {
+            grad_accum_steps: 2,
+            amp: AmpMode::Off,
+            pinned_memory: false,
+        },
     };
     preset.run.data.train_limit = Some(640);
     preset.run.train.epochs = 1;
-    let plan = Plan { kind: PlanKind::Ab, repeats: 1, preset: preset.clone() };
+    let plan = Plan {
+        kind: PlanKind::Ab,
+        repeats: 1,
+        preset: preset.clone(),
+    };
     // Let the first (short) arm finish, then stop the second one mid-epoch.
     let mut long = plan.clone();
     long.preset.run.train.epochs = 50;
@@ -119,23 +173,50 @@ fn stop_returns_within_a_second_and_keeps_finished_arms() {
         s2.stop();
         at
     });
-    let session = run_session(&long, &SessionOptions::default(), &mut sink, &stop).expect("session");
+    let session =
+        run_session(&long, &SessionOptions::default(), &mut sink, &stop).expect("session");
     let returned = Instant::now();
     let stopped_at = stopper.join().expect("stopper");
-    assert!(returned.duration_since(stopped_at) < Duration::from_secs(1), "took {:?} to stop", returned.duration_since(stopped_at));
+    assert!(
+        returned.duration_since(stopped_at) < Duration::from_secs(1),
+        "took {:?} to stop",
+        returned.duration_since(stopped_at)
+    );
     let last = session.runs.last().expect("a run");
     assert_eq!(last.status, RunStatus::Partial);
-    assert!(matches!(sink.events.last(), Some(Event::SessionFinished { .. })));
+    assert!(matches!(
+        sink.events.last(),
+        Some(Event::SessionFinished { .. })
+    ));
 }
 
 #[test]
 fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs() {
-    let mut preset = Preset { name: "ab".into(), description: String::new(), run: quick("resnet8-tiny", 32, 1), tuned: Switches { grad_accum_steps: 2, amp: AmpMode::Bf16, pinned_memory: true } };
+    let mut preset = Preset {
+        name: "ab".into(),
+        description: String::new(),
+        run: quick("resnet8-tiny", 32, 1),
+        tuned: Switches {
+            grad_accum_steps: 2,
+            amp: AmpMode::Bf16,
+            pinned_memory: true,
+        },
+    };
     preset.run.data.train_limit = Some(512);
     preset.run.train.epochs = 2;
-    let plan = Plan { kind: PlanKind::Ab, repeats: 1, preset };
+    let plan = Plan {
+        kind: PlanKind::Ab,
+        repeats: 1,
+        preset,
+    };
     let mut sink = VecSink::default();
-    let session = run_session(&plan, &SessionOptions::default(), &mut sink, &StopFlag::new()).expect("session");
+    let session = run_session(
+        &plan,
+        &SessionOptions::default(),
+        &mut sink,
+        &StopFlag::new(),
+    )
+    .expect("session");
     let kinds: Vec<&str> = sink
         .events
         .iter()
@@ -149,13 +230,24 @@ fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs(
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["session", "run", "epoch", "epoch", "done", "run", "epoch", "epoch", "done", "end"]);
+    assert_eq!(
+        kinds,
+        [
+            "session", "run", "epoch", "epoch", "done", "run", "epoch", "epoch", "done", "end"
+        ]
+    );
     assert_eq!(session.runs.len(), 2);
     let (base, tuned) = (&session.runs[0], &session.runs[1]);
     assert_eq!(base.optimizer_steps_per_epoch, 16);
-    assert_eq!(tuned.optimizer_steps_per_epoch, 8, "accumulation halves the optimiser steps");
+    assert_eq!(
+        tuned.optimizer_steps_per_epoch, 8,
+        "accumulation halves the optimiser steps"
+    );
     assert_eq!(tuned.effective_batch, 64);
-    assert!(!tuned.pinned_memory_applicable, "pinned memory does not apply on the CPU");
+    assert!(
+        !tuned.pinned_memory_applicable,
+        "pinned memory does not apply on the CPU"
+    );
     assert!(session.notes.iter().any(|n| n.contains("does not apply")));
     for r in &session.runs {
         assert_eq!(r.epochs.len(), 2);

@@ -67,8 +67,21 @@ impl LossScaler {
     pub fn new() -> Self {
         Self::with_params(65536.0, 2.0, 0.5, 2000)
     }
-    pub fn with_params(init_scale: f64, growth_factor: f64, backoff_factor: f64, growth_interval: u32) -> Self {
-        Self { scale: init_scale, growth_factor, backoff_factor, growth_interval, clean_steps: 0, skipped: 0, grown: 0 }
+    pub fn with_params(
+        init_scale: f64,
+        growth_factor: f64,
+        backoff_factor: f64,
+        growth_interval: u32,
+    ) -> Self {
+        Self {
+            scale: init_scale,
+            growth_factor,
+            backoff_factor,
+            growth_interval,
+            clean_steps: 0,
+            skipped: 0,
+            grown: 0,
+        }
     }
     pub fn scale(&self) -> f64 {
         self.scale
@@ -86,7 +99,10 @@ impl LossScaler {
     }
     /// Divides the gradients of `params` by the scale in place, after checking them.
     pub fn unscale(&self, grads: &mut GradStore, params: &[&Var]) -> candle_core::Result<Unscaled> {
-        let present: Vec<Tensor> = params.iter().filter_map(|p| grads.get(p.as_tensor()).cloned()).collect();
+        let present: Vec<Tensor> = params
+            .iter()
+            .filter_map(|p| grads.get(p.as_tensor()).cloned())
+            .collect();
         if !all_finite(&present.iter().collect::<Vec<_>>())? {
             return Ok(Unscaled::Overflow);
         }
@@ -126,7 +142,11 @@ pub fn all_finite(tensors: &[&Tensor]) -> candle_core::Result<bool> {
     }
     let sums = tensors
         .iter()
-        .map(|t| t.to_dtype(DType::F32)?.sub(&t.to_dtype(DType::F32)?)?.sum_all())
+        .map(|t| {
+            t.to_dtype(DType::F32)?
+                .sub(&t.to_dtype(DType::F32)?)?
+                .sum_all()
+        })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let total: f32 = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar()?;
     Ok(total.is_finite())
@@ -140,10 +160,14 @@ mod tests {
     #[test]
     fn all_finite_catches_nan_and_infinities_in_every_float_dtype() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let ok = Tensor::new(&[1f32, -2.0, 0.0], &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("t");
+            let ok = Tensor::new(&[1f32, -2.0, 0.0], &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .expect("t");
             assert!(all_finite(&[&ok]).expect("check"));
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                let t = Tensor::new(&[1f32, bad], &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("t");
+                let t = Tensor::new(&[1f32, bad], &Device::Cpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .expect("t");
                 assert!(!all_finite(&[&ok, &t]).expect("check"), "{dtype:?} {bad}");
             }
         }
@@ -154,21 +178,46 @@ mod tests {
         let v = Var::new(&[1f32, 2.0], &Device::Cpu).expect("var");
         let mut s = LossScaler::with_params(8.0, 2.0, 0.5, 3);
         let loss = (v.as_tensor().sum_all().expect("sum") * f64::INFINITY).expect("inf");
-        let mut grads = s.scale_loss(&loss).and_then(|l| l.backward()).expect("backward");
+        let mut grads = s
+            .scale_loss(&loss)
+            .and_then(|l| l.backward())
+            .expect("backward");
         let out = s.unscale(&mut grads, &[&v]).expect("unscale");
         assert_eq!(out, Unscaled::Overflow);
         s.update(out);
         assert_eq!((s.scale(), s.skipped_steps()), (4.0, 1));
         let loss = (v.as_tensor().sum_all().expect("sum") * 3.0).expect("mul");
-        let mut grads = s.scale_loss(&loss).and_then(|l| l.backward()).expect("backward");
-        assert_eq!(s.unscale(&mut grads, &[&v]).expect("unscale"), Unscaled::Finite);
-        let g: Vec<f32> = grads.get(v.as_tensor()).expect("grad").to_vec1().expect("vec");
-        assert_eq!(g, vec![3.0, 3.0], "unscaling divides the scale back out exactly");
+        let mut grads = s
+            .scale_loss(&loss)
+            .and_then(|l| l.backward())
+            .expect("backward");
+        assert_eq!(
+            s.unscale(&mut grads, &[&v]).expect("unscale"),
+            Unscaled::Finite
+        );
+        let g: Vec<f32> = grads
+            .get(v.as_tensor())
+            .expect("grad")
+            .to_vec1()
+            .expect("vec");
+        assert_eq!(
+            g,
+            vec![3.0, 3.0],
+            "unscaling divides the scale back out exactly"
+        );
         for _ in 0..3 {
             s.update(Unscaled::Finite);
         }
         assert_eq!((s.scale(), s.growth_events()), (8.0, 1));
         let d = LossScaler::new();
-        assert_eq!((d.scale(), d.growth_interval, d.backoff_factor, d.growth_factor), (65536.0, 2000, 0.5, 2.0));
+        assert_eq!(
+            (
+                d.scale(),
+                d.growth_interval,
+                d.backoff_factor,
+                d.growth_factor
+            ),
+            (65536.0, 2000, 0.5, 2.0)
+        );
     }
 }

@@ -41,19 +41,33 @@ impl Plan {
         let with = |switches: Switches| {
             let mut run = base.clone();
             run.switches = switches;
-            Arm { label: switches.label(), run }
+            Arm {
+                label: switches.label(),
+                run,
+            }
         };
         let off = Switches::default();
         let tuned = self.preset.tuned;
         match self.kind {
-            PlanKind::Single => vec![Arm { label: base.switches.label(), run: base.clone() }],
+            PlanKind::Single => vec![Arm {
+                label: base.switches.label(),
+                run: base.clone(),
+            }],
             PlanKind::Ab => vec![with(off), with(tuned)],
             PlanKind::Ablation => {
                 // The tuned arm's own settings for each switch, or the off value of a switch
                 // the tuned arm leaves off (then that switch's on-value is a default: GA×2,
                 // bf16, pinned).
-                let ga = if tuned.grad_accum_steps > 1 { tuned.grad_accum_steps } else { 2 };
-                let amp = if tuned.amp != AmpMode::Off { tuned.amp } else { AmpMode::Bf16 };
+                let ga = if tuned.grad_accum_steps > 1 {
+                    tuned.grad_accum_steps
+                } else {
+                    2
+                };
+                let amp = if tuned.amp != AmpMode::Off {
+                    tuned.amp
+                } else {
+                    AmpMode::Bf16
+                };
                 (0..8u8)
                     .map(|mask| {
                         with(Switches {

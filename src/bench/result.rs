@@ -107,7 +107,11 @@ impl Stat {
             return Self::default();
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+        let sd = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         Self { mean, sd, n }
     }
 }
@@ -164,13 +168,21 @@ impl SessionResult {
             .iter()
             .map(|arm| {
                 let runs: Vec<&RunResult> = self.runs.iter().filter(|r| &r.arm == arm).collect();
-                let stat = |f: &dyn Fn(&RunResult) -> f64| Stat::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
-                let phases = runs.first().map(|r| r.timing.phase_ms_per_step.clone()).unwrap_or_default();
+                let stat = |f: &dyn Fn(&RunResult) -> f64| {
+                    Stat::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                };
+                let phases = runs
+                    .first()
+                    .map(|r| r.timing.phase_ms_per_step.clone())
+                    .unwrap_or_default();
                 let phase_ms_per_step = phases
                     .iter()
                     .enumerate()
                     .map(|(i, (phase, _))| {
-                        let values: Vec<f64> = runs.iter().filter_map(|r| r.timing.phase_ms_per_step.get(i).map(|p| p.1)).collect();
+                        let values: Vec<f64> = runs
+                            .iter()
+                            .filter_map(|r| r.timing.phase_ms_per_step.get(i).map(|p| p.1))
+                            .collect();
                         (*phase, Stat::of(&values).mean)
                     })
                     .collect();
@@ -188,13 +200,19 @@ impl SessionResult {
                     phase_ms_per_step,
                     speedup_vs_baseline: 1.0,
                     time_to_target_secs: (!ttt.is_empty()).then(|| Stat::of(&ttt)),
-                    partial: runs.iter().any(|r| r.status == crate::bench::result::RunStatus::Partial),
+                    partial: runs
+                        .iter()
+                        .any(|r| r.status == crate::bench::result::RunStatus::Partial),
                 }
             })
             .collect();
         if let Some(base) = rows.first().map(|r| r.train_secs.mean) {
             for row in &mut rows {
-                row.speedup_vs_baseline = if row.train_secs.mean > 0.0 { base / row.train_secs.mean } else { 0.0 };
+                row.speedup_vs_baseline = if row.train_secs.mean > 0.0 {
+                    base / row.train_secs.mean
+                } else {
+                    0.0
+                };
             }
         }
         self.summary = rows;

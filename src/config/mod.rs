@@ -29,7 +29,11 @@ pub struct Switches {
 
 impl Default for Switches {
     fn default() -> Self {
-        Self { grad_accum_steps: 1, amp: AmpMode::Off, pinned_memory: false }
+        Self {
+            grad_accum_steps: 1,
+            amp: AmpMode::Off,
+            pinned_memory: false,
+        }
     }
 }
 
@@ -46,7 +50,11 @@ impl Switches {
         if self.pinned_memory {
             parts.push("PM".to_string());
         }
-        if parts.is_empty() { "baseline".to_string() } else { parts.join(" + ") }
+        if parts.is_empty() {
+            "baseline".to_string()
+        } else {
+            parts.join(" + ")
+        }
     }
 }
 
@@ -78,7 +86,9 @@ impl std::str::FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| ConfigError::Invalid(format!("device {s:?}: use cpu, cuda or cuda:N"))),
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("device {s:?}: use cpu, cuda or cuda:N"))
+                }),
         }
     }
 }
@@ -207,7 +217,10 @@ fn init_scale() -> f64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read preset ({source}): {}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid preset ({reason}): {}", path.display())]
     Parse { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -217,9 +230,18 @@ pub enum ConfigError {
 impl Preset {
     /// Reads and validates a TOML preset.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let preset: Preset = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string().trim().replace('\n', " ") })?;
-        preset.run.validate().map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let preset: Preset = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        preset.run.validate().map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok(preset)
     }
 
@@ -245,20 +267,36 @@ impl RunConfig {
         if let Some(a) = t.target_accuracy
             && !(0.0..=1.0).contains(&a)
         {
-            return bad(format!("train.target_accuracy {a} is not a fraction in 0..=1"));
+            return bad(format!(
+                "train.target_accuracy {a} is not a fraction in 0..=1"
+            ));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
-            return bad(format!("train.label_smoothing {} is not in 0..1", t.label_smoothing));
+            return bad(format!(
+                "train.label_smoothing {} is not in 0..1",
+                t.label_smoothing
+            ));
         }
-        crate::models::variant(&self.model.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::models::variant(&self.model.name)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 
     /// A small CPU run on the built-in data set: the default the GUI and tests start from.
     pub fn quick_cpu() -> Self {
         RunConfig {
-            data: DataConfig { source: "builtin".into(), options: OpenOptions::default(), augment: true, train_limit: None, test_limit: None },
-            model: ModelConfig { name: "resnet8-tiny".into(), resolution: None, weights: None },
+            data: DataConfig {
+                source: "builtin".into(),
+                options: OpenOptions::default(),
+                augment: true,
+                train_limit: None,
+                test_limit: None,
+            },
+            model: ModelConfig {
+                name: "resnet8-tiny".into(),
+                resolution: None,
+                weights: None,
+            },
             train: TrainConfig {
                 epochs: 3,
                 max_steps: None,
@@ -266,7 +304,12 @@ impl RunConfig {
                 batch_size: 64,
                 eval_batch_size: 256,
                 optim: OptimSpec {
-                    optimizer: OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+                    optimizer: OptimizerConfig::Sgd {
+                        lr: 0.05,
+                        momentum: 0.9,
+                        nesterov: true,
+                        weight_decay: 5e-4,
+                    },
                     no_decay_on_norm_and_bias: true,
                     groups: Vec::new(),
                 },

@@ -14,15 +14,54 @@ use crate::util::env::Environment;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    SessionStarted { plan: String, arms: Vec<String>, repeats: usize, data: String, model: String, environment: Box<Environment> },
-    RunStarted { arm: String, repeat: usize, run_index: usize, total_runs: usize, switches: Switches, total_steps: u64, micro_batch: usize, effective_batch: usize },
+    SessionStarted {
+        plan: String,
+        arms: Vec<String>,
+        repeats: usize,
+        data: String,
+        model: String,
+        environment: Box<Environment>,
+    },
+    RunStarted {
+        arm: String,
+        repeat: usize,
+        run_index: usize,
+        total_runs: usize,
+        switches: Switches,
+        total_steps: u64,
+        micro_batch: usize,
+        effective_batch: usize,
+    },
     /// Throttled (at most every ~50 ms); a sink may drop these.
-    Progress { arm: String, repeat: usize, epoch: usize, step: u64, total_steps: u64, loss: f64, images_per_sec: f64, elapsed_secs: f64 },
-    EpochFinished { arm: String, repeat: usize, record: EpochRecord },
-    RunFinished { result: Box<RunResult> },
-    Warning { message: String },
-    RunFailed { arm: String, repeat: usize, error: String },
-    SessionFinished { result: Box<SessionResult> },
+    Progress {
+        arm: String,
+        repeat: usize,
+        epoch: usize,
+        step: u64,
+        total_steps: u64,
+        loss: f64,
+        images_per_sec: f64,
+        elapsed_secs: f64,
+    },
+    EpochFinished {
+        arm: String,
+        repeat: usize,
+        record: EpochRecord,
+    },
+    RunFinished {
+        result: Box<RunResult>,
+    },
+    Warning {
+        message: String,
+    },
+    RunFailed {
+        arm: String,
+        repeat: usize,
+        error: String,
+    },
+    SessionFinished {
+        result: Box<SessionResult>,
+    },
 }
 
 impl Event {

@@ -39,8 +39,16 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, EngineError> {
 pub fn open_data(cfg: &DataConfig, options: &SessionOptions) -> Result<Dataset, EngineError> {
     let path = match cfg.source.as_str() {
         "cifar10" | "cifar100" => {
-            let variant = if cfg.source == "cifar10" { CifarVariant::Cifar10 } else { CifarVariant::Cifar100 };
-            let dir = options.data_dir.clone().or_else(default_data_dir).unwrap_or_else(|| PathBuf::from("."));
+            let variant = if cfg.source == "cifar10" {
+                CifarVariant::Cifar10
+            } else {
+                CifarVariant::Cifar100
+            };
+            let dir = options
+                .data_dir
+                .clone()
+                .or_else(default_data_dir)
+                .unwrap_or_else(|| PathBuf::from("."));
             let found = [ArchiveFormat::Binary, ArchiveFormat::Python]
                 .into_iter()
                 .map(|f| dir.join(official(variant, f).file_name))
@@ -122,7 +130,9 @@ pub fn run_session(
                 break 'outer;
             }
             let run_index = repeat * arms.len() + i;
-            match train_run(arm, repeat, run_index, total_runs, &data, &device, sink, stop) {
+            match train_run(
+                arm, repeat, run_index, total_runs, &data, &device, sink, stop,
+            ) {
                 Ok(trained) => {
                     let partial = trained.result.status == RunStatus::Partial;
                     session.runs.push(trained.result);
@@ -132,7 +142,11 @@ pub fn run_session(
                 }
                 Err(e) => {
                     let error = format!("{e}");
-                    sink.emit(Event::RunFailed { arm: arm.label.clone(), repeat, error: error.clone() });
+                    sink.emit(Event::RunFailed {
+                        arm: arm.label.clone(),
+                        repeat,
+                        error: error.clone(),
+                    });
                     session.runs.push(RunResult {
                         arm: arm.label.clone(),
                         repeat,
@@ -147,15 +161,23 @@ pub fn run_session(
     }
     session.notes = notes(&session);
     session.summarize();
-    sink.emit(Event::SessionFinished { result: Box::new(session.clone()) });
+    sink.emit(Event::SessionFinished {
+        result: Box::new(session.clone()),
+    });
     Ok(session)
 }
 
 /// Plain statements of what each switch changed in this session.
 fn notes(session: &SessionResult) -> Vec<String> {
     let mut notes = Vec::new();
-    let Some(base) = session.runs.first() else { return notes };
-    for r in session.runs.iter().filter(|r| r.repeat == 0 && r.arm != base.arm && r.status != RunStatus::Failed) {
+    let Some(base) = session.runs.first() else {
+        return notes;
+    };
+    for r in session
+        .runs
+        .iter()
+        .filter(|r| r.repeat == 0 && r.arm != base.arm && r.status != RunStatus::Failed)
+    {
         let s = r.switches;
         if s.grad_accum_steps > 1 {
             notes.push(format!(
@@ -165,7 +187,10 @@ fn notes(session: &SessionResult) -> Vec<String> {
         }
         if s.amp != crate::accel::amp::AmpMode::Off {
             let extra = match r.amp.final_scale {
-                Some(scale) => format!("; the fp16 loss scaler skipped {} steps and ended at scale {scale}", r.amp.skipped_steps),
+                Some(scale) => format!(
+                    "; the fp16 loss scaler skipped {} steps and ended at scale {scale}",
+                    r.amp.skipped_steps
+                ),
                 None => String::new(),
             };
             notes.push(format!(

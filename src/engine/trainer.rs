@@ -41,6 +41,7 @@ pub fn steps_per_epoch(train_images: usize, micro_batch: usize, accum: usize) ->
 }
 
 /// Trains one arm on `data` (already opened) and reports through `sink`.
+#[allow(clippy::too_many_arguments)] // the run's place in its session travels with it
 pub fn train_run(
     arm: &Arm,
     repeat: usize,
@@ -56,38 +57,58 @@ pub fn train_run(
     let sw = cfg.switches;
     let k = sw.grad_accum_steps.max(1);
     let classes = data.num_classes();
-    let spec = ModelSpec { name: cfg.model.name.clone(), classes, resolution: cfg.model.resolution, seed: t.seed };
+    let spec = ModelSpec {
+        name: cfg.model.name.clone(),
+        classes,
+        resolution: cfg.model.resolution,
+        seed: t.seed,
+    };
     let model = Model::build(&spec, device)?;
     if let Some(path) = &cfg.model.weights {
         let report = weights::load_pretrained(&model, path)?;
         if report.head_replaced {
             sink.emit(Event::Warning {
-                message: format!("{}: classification head replaced for {classes} classes", path.display()),
+                message: format!(
+                    "{}: classification head replaced for {classes} classes",
+                    path.display()
+                ),
             });
         }
     }
-    let resolution = cfg.model.resolution.unwrap_or(crate::models::variant(&cfg.model.name)?.resolution);
-    let resize = (resolution != data.train.height || resolution != data.train.width).then_some(resolution);
+    let resolution = cfg
+        .model
+        .resolution
+        .unwrap_or(crate::models::variant(&cfg.model.name)?.resolution);
+    let resize =
+        (resolution != data.train.height || resolution != data.train.width).then_some(resolution);
 
-    let mut optimizer = Optimizer::new(&t.optim, model.params()).map_err(|e| EngineError::Optim(e.to_string()))?;
+    let mut optimizer =
+        Optimizer::new(&t.optim, model.params()).map_err(|e| EngineError::Optim(e.to_string()))?;
     let per_epoch = steps_per_epoch(data.train.len(), t.batch_size, k);
     if per_epoch == 0 {
-        return Err(EngineError::Config(crate::config::ConfigError::Invalid(format!(
-            "{} training images do not fill one optimiser step of {} micro-batches of {}",
-            data.train.len(),
-            k,
-            t.batch_size
-        ))));
+        return Err(EngineError::Config(crate::config::ConfigError::Invalid(
+            format!(
+                "{} training images do not fill one optimiser step of {} micro-batches of {}",
+                data.train.len(),
+                k,
+                t.batch_size
+            ),
+        )));
     }
     let mut total_steps = per_epoch * t.epochs as u64;
     if let Some(max) = t.max_steps {
         total_steps = total_steps.min(max).max(1);
     }
     let epochs = total_steps.div_ceil(per_epoch) as usize;
-    let (sched_total, sched_per_epoch) =
-        if t.schedule_per_micro_batch { (total_steps * k as u64, per_epoch * k as u64) } else { (total_steps, per_epoch) };
-    let schedule = Schedule::new(&t.schedule, sched_total, sched_per_epoch).map_err(|e| EngineError::Optim(e.to_string()))?;
-    let mut scaler = (sw.amp == AmpMode::Fp16).then(|| LossScaler::with_params(t.fp16_init_scale, 2.0, 0.5, 2000));
+    let (sched_total, sched_per_epoch) = if t.schedule_per_micro_batch {
+        (total_steps * k as u64, per_epoch * k as u64)
+    } else {
+        (total_steps, per_epoch)
+    };
+    let schedule = Schedule::new(&t.schedule, sched_total, sched_per_epoch)
+        .map_err(|e| EngineError::Optim(e.to_string()))?;
+    let mut scaler = (sw.amp == AmpMode::Fp16)
+        .then(|| LossScaler::with_params(t.fp16_init_scale, 2.0, 0.5, 2000));
     let trainable: Vec<Var> = model.params().trainable().map(|p| p.var.clone()).collect();
     let trainable_refs: Vec<&Var> = trainable.iter().collect();
     let dtype = sw.amp.compute_dtype();
@@ -161,7 +182,11 @@ pub fn train_run(
                 let loss_value = f64::from(loss.to_scalar::<f32>()?);
                 let predicted = argmax_rows(&logits)?;
                 let labels: Vec<u32> = db.labels.to_vec1()?;
-                correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count() as u64;
+                correct += predicted
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(p, l)| p == l)
+                    .count() as u64;
                 loss_sum += loss_value * labels.len() as f64;
                 seen += labels.len() as u64;
                 if stop.is_stopped() {
@@ -171,7 +196,11 @@ pub fn train_run(
             }
             timer.phase(Phase::Optimizer);
             let Some(mut grads) = acc else { break };
-            let sched_index = if t.schedule_per_micro_batch { step * k as u64 } else { step };
+            let sched_index = if t.schedule_per_micro_batch {
+                step * k as u64
+            } else {
+                step
+            };
             optimizer.set_lr_factor(schedule.factor(sched_index));
             let finite = match &mut scaler {
                 Some(s) => {
@@ -187,7 +216,9 @@ pub fn train_run(
                     Some(ClipConfig::Norm { max_norm }) => {
                         clip_grad_norm(&mut grads, &trainable_refs, max_norm)?;
                     }
-                    Some(ClipConfig::Value { clip }) => clip_grad_value(&mut grads, &trainable_refs, clip)?,
+                    Some(ClipConfig::Value { clip }) => {
+                        clip_grad_value(&mut grads, &trainable_refs, clip)?
+                    }
                     None => {}
                 }
                 optimizer.step(&grads)?;
@@ -204,7 +235,11 @@ pub fn train_run(
                     epoch: epoch + 1,
                     step,
                     total_steps,
-                    loss: if seen > 0 { loss_sum / seen as f64 } else { f64::NAN },
+                    loss: if seen > 0 {
+                        loss_sum / seen as f64
+                    } else {
+                        f64::NAN
+                    },
                     images_per_sec: s.images_per_sec,
                     elapsed_secs: run_start.elapsed().as_secs_f64(),
                 });
@@ -224,8 +259,16 @@ pub fn train_run(
         };
         let record = EpochRecord {
             epoch: epoch + 1,
-            train_loss: if seen > 0 { loss_sum / seen as f64 } else { f64::NAN },
-            train_accuracy: if seen > 0 { correct as f64 / seen as f64 } else { 0.0 },
+            train_loss: if seen > 0 {
+                loss_sum / seen as f64
+            } else {
+                f64::NAN
+            },
+            train_accuracy: if seen > 0 {
+                correct as f64 / seen as f64
+            } else {
+                0.0
+            },
             test_loss,
             test_accuracy: confusion.accuracy(),
             test_macro_f1: confusion.macro_f1(),
@@ -240,7 +283,11 @@ pub fn train_run(
             optimizer_steps: step,
         };
         let accuracy = record.test_accuracy;
-        sink.emit(Event::EpochFinished { arm: arm.label.clone(), repeat, record: record.clone() });
+        sink.emit(Event::EpochFinished {
+            arm: arm.label.clone(),
+            repeat,
+            record: record.clone(),
+        });
         epochs_done.push(record);
         last_confusion = confusion;
         if let Some(target) = t.target_accuracy
@@ -286,7 +333,9 @@ pub fn train_run(
         pinned_memory_applicable: pinned_applicable,
         error: None,
     };
-    sink.emit(Event::RunFinished { result: Box::new(result.clone()) });
+    sink.emit(Event::RunFinished {
+        result: Box::new(result.clone()),
+    });
     Ok(TrainedRun { result, model })
 }
 
@@ -301,7 +350,12 @@ fn evaluate(
     stop: &StopFlag,
 ) -> Result<(Option<f64>, ConfusionMatrix), EngineError> {
     let mut confusion = ConfusionMatrix::new(data.num_classes());
-    let mut batches = Prefetcher::new(Arc::clone(data), Split::Test, LoaderConfig::eval(cfg.train.eval_batch_size), 0);
+    let mut batches = Prefetcher::new(
+        Arc::clone(data),
+        Split::Test,
+        LoaderConfig::eval(cfg.train.eval_batch_size),
+        0,
+    );
     let (mut loss_sum, mut n) = (0.0, 0usize);
     while let Some(batch) = batches.next() {
         let batch = batch?;
@@ -318,5 +372,8 @@ fn evaluate(
             return Ok((None, confusion));
         }
     }
-    Ok((Some(if n > 0 { loss_sum / n as f64 } else { f64::NAN }), confusion))
+    Ok((
+        Some(if n > 0 { loss_sum / n as f64 } else { f64::NAN }),
+        confusion,
+    ))
 }

@@ -64,6 +64,10 @@ pub struct EfficientNetConfig {
     pub dropout: f32,
     /// Stochastic-depth probability of the last block; earlier blocks get linearly less.
     pub stochastic_depth: f32,
+    /// Batch-norm epsilon (annt: 1e-3; torchvision's B0: 1e-5).
+    pub bn_eps: f64,
+    /// Batch-norm momentum, PyTorch's convention (annt: 0.01; torchvision's B0: 0.1).
+    pub bn_momentum: f64,
 }
 
 /// One stage of MBConv blocks after scaling; its first block has `stride` and `c_in`
@@ -94,6 +98,8 @@ impl EfficientNetConfig {
             classes,
             dropout: 0.2,
             stochastic_depth: 0.2,
+            bn_eps: BN_EPS,
+            bn_momentum: BN_MOMENTUM,
         }
     }
 
@@ -416,13 +422,30 @@ impl EfficientNet {
             Init::Uniform(bound),
             Init::Zeros,
         )?;
-        Ok(Self {
+        let mut net = Self {
             stem,
             blocks,
             head,
             dropout: cfg.dropout,
             classifier,
-        })
+        };
+        for bn in net.batch_norms_mut() {
+            bn.eps = cfg.bn_eps;
+            bn.momentum = cfg.bn_momentum;
+        }
+        Ok(net)
+    }
+
+    fn batch_norms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm2d> {
+        let blocks = self.blocks.iter_mut().flat_map(|b| {
+            b.expand
+                .iter_mut()
+                .chain([&mut b.depthwise, &mut b.project])
+                .map(|cb| &mut cb.bn)
+        });
+        std::iter::once(&mut self.stem.bn)
+            .chain(blocks)
+            .chain(std::iter::once(&mut self.head.bn))
     }
 }
 
@@ -639,7 +662,9 @@ mod tests {
                 depth_mult: 1.0,
                 classes: 10,
                 dropout: 0.2,
-                stochastic_depth: 0.2
+                stochastic_depth: 0.2,
+                bn_eps: 1e-3,
+                bn_momentum: 0.01,
             }
         );
     }

@@ -14,10 +14,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use super::Model;
 use super::error::ModelError;
 use super::params::ParamKind;
 use super::vit::interpolate_pos_grid;
-use super::Model;
 
 /// The naming convention a checkpoint uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,7 +45,10 @@ pub struct ImportReport {
 fn detect(names: &[&str]) -> Convention {
     if names.iter().any(|n| n.starts_with("vit.")) {
         Convention::HuggingFace
-    } else if names.iter().any(|n| *n == "conv_stem.weight" || n.starts_with("blocks.")) {
+    } else if names
+        .iter()
+        .any(|n| *n == "conv_stem.weight" || n.starts_with("blocks."))
+    {
         Convention::Timm
     } else {
         Convention::Torchvision
@@ -77,9 +80,15 @@ fn timm_target(name: &str) -> Target {
         _ => {}
     }
     let parts: Vec<&str> = name.splitn(4, '.').collect();
-    let [b, stage, block, rest] = parts.as_slice() else { return Target::Unknown };
-    let (Ok(stage), true) = (stage.parse::<usize>(), *b == "blocks") else { return Target::Unknown };
-    let Some((module, leaf)) = rest.rsplit_once('.') else { return Target::Unknown };
+    let [b, stage, block, rest] = parts.as_slice() else {
+        return Target::Unknown;
+    };
+    let (Ok(stage), true) = (stage.parse::<usize>(), *b == "blocks") else {
+        return Target::Unknown;
+    };
+    let Some((module, leaf)) = rest.rsplit_once('.') else {
+        return Target::Unknown;
+    };
     // timm's first stage is a depthwise-separable block (no expansion conv).
     let mapped = if stage == 0 {
         match module {
@@ -104,7 +113,10 @@ fn timm_target(name: &str) -> Target {
             _ => return Target::Unknown,
         }
     };
-    Target::Native(format!("features.{}.{block}.block.{mapped}.{leaf}", stage + 1))
+    Target::Native(format!(
+        "features.{}.{block}.block.{mapped}.{leaf}",
+        stage + 1
+    ))
 }
 
 fn hf_target(name: &str) -> Target {
@@ -124,18 +136,30 @@ fn hf_target(name: &str) -> Target {
         return native(format!("heads.head.{leaf}"));
     }
     // Classic Hub names `vit.encoder.layer.N.…` and transformers-5 names `vit.layers.N.…`.
-    let rest = name.strip_prefix("vit.encoder.layer.").or_else(|| name.strip_prefix("vit.layers."));
-    let Some(rest) = rest else { return Target::Unknown };
-    let Some((index, rest)) = rest.split_once('.') else { return Target::Unknown };
-    let Ok(i) = index.parse::<usize>() else { return Target::Unknown };
-    let Some((module, leaf)) = rest.rsplit_once('.') else { return Target::Unknown };
+    let rest = name
+        .strip_prefix("vit.encoder.layer.")
+        .or_else(|| name.strip_prefix("vit.layers."));
+    let Some(rest) = rest else {
+        return Target::Unknown;
+    };
+    let Some((index, rest)) = rest.split_once('.') else {
+        return Target::Unknown;
+    };
+    let Ok(i) = index.parse::<usize>() else {
+        return Target::Unknown;
+    };
+    let Some((module, leaf)) = rest.rsplit_once('.') else {
+        return Target::Unknown;
+    };
     let layer = format!("encoder.layers.encoder_layer_{i}");
     let in_proj = format!("{layer}.self_attention.in_proj_{leaf}");
     match module {
         "attention.attention.query" | "attention.q_proj" => Target::QkvPart(in_proj, 0),
         "attention.attention.key" | "attention.k_proj" => Target::QkvPart(in_proj, 1),
         "attention.attention.value" | "attention.v_proj" => Target::QkvPart(in_proj, 2),
-        "attention.output.dense" | "attention.o_proj" => native(format!("{layer}.self_attention.out_proj.{leaf}")),
+        "attention.output.dense" | "attention.o_proj" => {
+            native(format!("{layer}.self_attention.out_proj.{leaf}"))
+        }
         "layernorm_before" => native(format!("{layer}.ln_1.{leaf}")),
         "layernorm_after" => native(format!("{layer}.ln_2.{leaf}")),
         "intermediate.dense" | "mlp.fc1" => native(format!("{layer}.mlp.0.{leaf}")),
@@ -156,7 +180,14 @@ fn target(convention: Convention, name: &str) -> Target {
 /// the first dimension). Returns the convention, the native entries (sorted by name), the
 /// ignored names, and the names no rule knows (unexpected).
 #[allow(clippy::type_complexity)]
-pub fn to_native(entries: &[(String, Vec<usize>)]) -> (Convention, Vec<(String, Vec<usize>)>, Vec<String>, Vec<String>) {
+pub fn to_native(
+    entries: &[(String, Vec<usize>)],
+) -> (
+    Convention,
+    Vec<(String, Vec<usize>)>,
+    Vec<String>,
+    Vec<String>,
+) {
     let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
     let convention = detect(&names);
     let mut native: HashMap<String, Vec<usize>> = HashMap::new();
@@ -192,7 +223,12 @@ pub fn to_native(entries: &[(String, Vec<usize>)]) -> (Convention, Vec<(String, 
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 10;
-    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
@@ -201,12 +237,19 @@ fn list(names: &[String]) -> String {
 
 /// Loads a safetensors checkpoint into `model` (see the module docs for what must match).
 pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, ModelError> {
-    let read_err = |reason: String| ModelError::WeightsRead { path: path.to_path_buf(), reason };
+    let read_err = |reason: String| ModelError::WeightsRead {
+        path: path.to_path_buf(),
+        reason,
+    };
     if !path.is_file() {
         return Err(read_err("no such file".into()));
     }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
-    let entries: Vec<(String, Vec<usize>)> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
+    let entries: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
     let (convention, _, ignored, unknown) = to_native(&entries);
 
     // Native tensors, with q/k/v concatenated in order.
@@ -231,7 +274,9 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
             [Some(q), Some(k), Some(v)] => {
                 native.insert(name, Tensor::cat(&[q, k, v], 0)?);
             }
-            _ => problems.push(format!("{name} needs query, key and value; some are missing")),
+            _ => problems.push(format!(
+                "{name} needs query, key and value; some are missing"
+            )),
         }
     }
 
@@ -250,14 +295,28 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
             to_copy.push((p, t));
         } else if p.kind == ParamKind::Head {
             head_replaced = true;
-        } else if p.name == "encoder.pos_embedding" && t.rank() == 3 && want.len() == 3 && t.dim(2)? == want[2] {
-            let resized = resize_pos_embedding(&t, want[1])
-                .map_err(|reason| ModelError::WeightsMismatch { model: model.name.clone(), detail: reason, path: path.to_path_buf() })?;
+        } else if p.name == "encoder.pos_embedding"
+            && t.rank() == 3
+            && want.len() == 3
+            && t.dim(2)? == want[2]
+        {
+            let resized = resize_pos_embedding(&t, want[1]).map_err(|reason| {
+                ModelError::WeightsMismatch {
+                    model: model.name.clone(),
+                    detail: reason,
+                    path: path.to_path_buf(),
+                }
+            })?;
             let grids = (grid_of(t.dim(1)? - 1), grid_of(want[1] - 1));
             pos_resized = Some((grids.0.unwrap_or(0), grids.1.unwrap_or(0)));
             to_copy.push((p, resized));
         } else {
-            mismatched.push(format!("{} is {:?} in the file, {:?} in the model", p.name, t.dims(), want));
+            mismatched.push(format!(
+                "{} is {:?} in the file, {:?} in the model",
+                p.name,
+                t.dims(),
+                want
+            ));
         }
     }
     let mut unexpected: Vec<String> = native.into_keys().chain(unknown).collect();
@@ -266,10 +325,18 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
         problems.push(format!("missing {}: {}", missing.len(), list(&missing)));
     }
     if !unexpected.is_empty() {
-        problems.push(format!("unexpected {}: {}", unexpected.len(), list(&unexpected)));
+        problems.push(format!(
+            "unexpected {}: {}",
+            unexpected.len(),
+            list(&unexpected)
+        ));
     }
     if !mismatched.is_empty() {
-        problems.push(format!("wrong shape {}: {}", mismatched.len(), list(&mismatched)));
+        problems.push(format!(
+            "wrong shape {}: {}",
+            mismatched.len(),
+            list(&mismatched)
+        ));
     }
     if !problems.is_empty() {
         return Err(ModelError::WeightsMismatch {
@@ -280,9 +347,16 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
     }
     let loaded = to_copy.len();
     for (p, t) in to_copy {
-        p.var.set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
+        p.var
+            .set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
     }
-    Ok(ImportReport { convention, loaded, head_replaced, pos_embedding_resized: pos_resized, ignored })
+    Ok(ImportReport {
+        convention,
+        loaded,
+        head_replaced,
+        pos_embedding_resized: pos_resized,
+        ignored,
+    })
 }
 
 fn grid_of(positions: usize) -> Option<usize> {
@@ -294,9 +368,14 @@ fn grid_of(positions: usize) -> Option<usize> {
 fn resize_pos_embedding(t: &Tensor, want_len: usize) -> Result<Tensor, String> {
     let (_, len, d) = t.dims3().map_err(|e| e.to_string())?;
     let (Some(from), Some(to)) = (grid_of(len - 1), grid_of(want_len - 1)) else {
-        return Err(format!("position embedding of {len} positions cannot be resampled to {want_len} (not square grids)"));
+        return Err(format!(
+            "position embedding of {len} positions cannot be resampled to {want_len} (not square grids)"
+        ));
     };
-    let values: Vec<f32> = t.flatten_all().and_then(|v| v.to_vec1()).map_err(|e| e.to_string())?;
+    let values: Vec<f32> = t
+        .flatten_all()
+        .and_then(|v| v.to_vec1())
+        .map_err(|e| e.to_string())?;
     let (cls, grid) = values.split_at(d);
     let mut out = cls.to_vec();
     out.extend(interpolate_pos_grid(grid, from, to, d));
@@ -306,15 +385,30 @@ fn resize_pos_embedding(t: &Tensor, want_len: usize) -> Result<Tensor, String> {
 /// Saves every parameter and buffer under its native name, in f32, atomically (a temporary
 /// file in the same folder renamed over the target).
 pub fn save(model: &Model, path: &Path) -> Result<(), ModelError> {
-    let write_err = |reason: String| ModelError::WeightsWrite { path: path.to_path_buf(), reason };
+    let write_err = |reason: String| ModelError::WeightsWrite {
+        path: path.to_path_buf(),
+        reason,
+    };
     let tensors: HashMap<String, Tensor> = model
         .params()
         .iter()
-        .map(|p| Ok((p.name.clone(), p.var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .map(|p| {
+            Ok((
+                p.name.clone(),
+                p.var
+                    .as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
+            ))
+        })
         .collect::<Result<_, candle_core::Error>>()?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| write_err(e.to_string()))?;
     candle_core::safetensors::save(&tensors, tmp.path()).map_err(|e| write_err(e.to_string()))?;
-    tmp.persist(path).map_err(|e| write_err(e.error.to_string()))?;
+    tmp.persist(path)
+        .map_err(|e| write_err(e.error.to_string()))?;
     Ok(())
 }

@@ -69,7 +69,9 @@ pub enum OptimizerConfig {
 impl OptimizerConfig {
     pub fn lr(&self) -> f64 {
         match self {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::AdamW { lr, .. } => *lr,
+            OptimizerConfig::Sgd { lr, .. }
+            | OptimizerConfig::Adam { lr, .. }
+            | OptimizerConfig::AdamW { lr, .. } => *lr,
         }
     }
     pub fn weight_decay(&self) -> f64 {
@@ -101,7 +103,11 @@ pub struct GroupRule {
 
 impl GroupRule {
     fn matches(&self, p: &Param) -> bool {
-        (self.prefixes.is_empty() || self.prefixes.iter().any(|pre| p.name.starts_with(pre.as_str())))
+        (self.prefixes.is_empty()
+            || self
+                .prefixes
+                .iter()
+                .any(|pre| p.name.starts_with(pre.as_str())))
             && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
     }
 }
@@ -119,7 +125,11 @@ pub struct OptimSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
     #[error("{what} must be {rule}, got {value}")]
-    Invalid { what: &'static str, rule: &'static str, value: f64 },
+    Invalid {
+        what: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
     #[error("parameter group {0:?} matches no parameter of this model")]
     EmptyGroup(String),
     #[error(transparent)]
@@ -151,21 +161,41 @@ pub struct Optimizer {
 }
 
 fn check(what: &'static str, value: f64, ok: bool, rule: &'static str) -> Result<(), OptimError> {
-    if ok && value.is_finite() { Ok(()) } else { Err(OptimError::Invalid { what, rule, value }) }
+    if ok && value.is_finite() {
+        Ok(())
+    } else {
+        Err(OptimError::Invalid { what, rule, value })
+    }
 }
 
 fn decay_exempt(p: &Param) -> bool {
-    matches!(p.kind, ParamKind::Bias | ParamKind::Norm) || (p.kind == ParamKind::Head && p.var.rank() == 1)
+    matches!(p.kind, ParamKind::Bias | ParamKind::Norm)
+        || (p.kind == ParamKind::Head && p.var.rank() == 1)
 }
 
 impl Optimizer {
     pub fn new(spec: &OptimSpec, store: &ParamStore) -> Result<Self, OptimError> {
         let c = &spec.optimizer;
         check("lr", c.lr(), c.lr() >= 0.0, "≥ 0")?;
-        check("weight_decay", c.weight_decay(), c.weight_decay() >= 0.0, "≥ 0")?;
+        check(
+            "weight_decay",
+            c.weight_decay(),
+            c.weight_decay() >= 0.0,
+            "≥ 0",
+        )?;
         match *c {
-            OptimizerConfig::Sgd { momentum, .. } => check("momentum", momentum, (0.0..1.0).contains(&momentum), "in [0, 1)")?,
-            OptimizerConfig::Adam { beta1, beta2, eps, .. } | OptimizerConfig::AdamW { beta1, beta2, eps, .. } => {
+            OptimizerConfig::Sgd { momentum, .. } => check(
+                "momentum",
+                momentum,
+                (0.0..1.0).contains(&momentum),
+                "in [0, 1)",
+            )?,
+            OptimizerConfig::Adam {
+                beta1, beta2, eps, ..
+            }
+            | OptimizerConfig::AdamW {
+                beta1, beta2, eps, ..
+            } => {
                 check("beta1", beta1, (0.0..1.0).contains(&beta1), "in [0, 1)")?;
                 check("beta2", beta2, (0.0..1.0).contains(&beta2), "in [0, 1)")?;
                 check("eps", eps, eps > 0.0, "> 0")?;
@@ -179,7 +209,11 @@ impl Optimizer {
                 Some(i) => {
                     used[i] = true;
                     let r = &spec.groups[i];
-                    (r.name.clone(), r.lr.unwrap_or(c.lr()), r.weight_decay.unwrap_or(c.weight_decay()))
+                    (
+                        r.name.clone(),
+                        r.lr.unwrap_or(c.lr()),
+                        r.weight_decay.unwrap_or(c.weight_decay()),
+                    )
                 }
                 None => ("default".to_string(), c.lr(), c.weight_decay()),
             };
@@ -189,14 +223,37 @@ impl Optimizer {
             }
             match groups.iter_mut().find(|g| g.name == name) {
                 Some(g) => g.params.push(p.clone()),
-                None => groups.push(ParamGroup { name, base_lr: lr, weight_decay: wd, params: vec![p.clone()], lr }),
+                None => groups.push(ParamGroup {
+                    name,
+                    base_lr: lr,
+                    weight_decay: wd,
+                    params: vec![p.clone()],
+                    lr,
+                }),
             }
         }
         if let Some(i) = used.iter().position(|u| !u) {
             return Err(OptimError::EmptyGroup(spec.groups[i].name.clone()));
         }
-        let state = groups.iter().map(|g| g.params.iter().map(|_| State { m: None, v: None, steps: 0 }).collect()).collect();
-        Ok(Self { config: c.clone(), groups, state, steps: 0 })
+        let state = groups
+            .iter()
+            .map(|g| {
+                g.params
+                    .iter()
+                    .map(|_| State {
+                        m: None,
+                        v: None,
+                        steps: 0,
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            config: c.clone(),
+            groups,
+            state,
+            steps: 0,
+        })
     }
 
     pub fn groups(&self) -> &[ParamGroup] {
@@ -222,23 +279,40 @@ impl Optimizer {
         let mut updated = 0;
         for (g, states) in self.groups.iter().zip(self.state.iter_mut()) {
             for (p, st) in g.params.iter().zip(states.iter_mut()) {
-                let Some(grad) = grads.get(p.var.as_tensor()) else { continue };
+                let Some(grad) = grads.get(p.var.as_tensor()) else {
+                    continue;
+                };
                 let w = p.var.as_tensor();
                 let grad = grad.to_dtype(w.dtype())?;
                 let new = match self.config {
-                    OptimizerConfig::Sgd { momentum, nesterov, .. } => {
-                        let mut d = if g.weight_decay != 0.0 { (&grad + (w * g.weight_decay)?)? } else { grad };
+                    OptimizerConfig::Sgd {
+                        momentum, nesterov, ..
+                    } => {
+                        let mut d = if g.weight_decay != 0.0 {
+                            (&grad + (w * g.weight_decay)?)?
+                        } else {
+                            grad
+                        };
                         if momentum != 0.0 {
                             let buf = match st.m.take() {
                                 None => d.clone(),
                                 Some(b) => ((b * momentum)? + &d)?,
                             };
-                            d = if nesterov { (&d + (&buf * momentum)?)? } else { buf.clone() };
+                            d = if nesterov {
+                                (&d + (&buf * momentum)?)?
+                            } else {
+                                buf.clone()
+                            };
                             st.m = Some(buf);
                         }
                         (w - (d * g.lr)?)?
                     }
-                    OptimizerConfig::Adam { beta1, beta2, eps, .. } | OptimizerConfig::AdamW { beta1, beta2, eps, .. } => {
+                    OptimizerConfig::Adam {
+                        beta1, beta2, eps, ..
+                    }
+                    | OptimizerConfig::AdamW {
+                        beta1, beta2, eps, ..
+                    } => {
                         let decoupled = matches!(self.config, OptimizerConfig::AdamW { .. });
                         let (w0, d) = if decoupled {
                             ((w * (1.0 - g.lr * g.weight_decay))?, grad)
@@ -277,11 +351,19 @@ impl Optimizer {
 
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before
 /// clipping (as `torch.nn.utils.clip_grad_norm_`, including its 1e-6 guard).
-pub fn clip_grad_norm(grads: &mut GradStore, params: &[&Var], max_norm: f64) -> candle_core::Result<f64> {
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &[&Var],
+    max_norm: f64,
+) -> candle_core::Result<f64> {
     let mut total = 0.0f64;
     for p in params {
         if let Some(g) = grads.get(p.as_tensor()) {
-            total += g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            total += g
+                .to_dtype(candle_core::DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -297,7 +379,11 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &[&Var], max_norm: f64) -> 
 }
 
 /// Clamps every gradient element to `[-clip, clip]` (`torch.nn.utils.clip_grad_value_`).
-pub fn clip_grad_value(grads: &mut GradStore, params: &[&Var], clip: f64) -> candle_core::Result<()> {
+pub fn clip_grad_value(
+    grads: &mut GradStore,
+    params: &[&Var],
+    clip: f64,
+) -> candle_core::Result<()> {
     for p in params {
         if let Some(g) = grads.remove(p.as_tensor()) {
             grads.insert(p.as_tensor(), g.clamp(-clip, clip)?);
@@ -315,13 +401,30 @@ mod tests {
     /// Three steps on p = [1, −2, 3] (f64) with gradients g_t = [0.5, −1, 2]·t.
     fn three_steps(config: OptimizerConfig) -> Vec<f64> {
         let mut b = crate::models::params::Builder::new(0, &Device::Cpu).with_dtype(DType::F64);
-        let v = b.tensor("w", &[3], crate::models::params::Init::Zeros, ParamKind::Weight).expect("var");
-        v.set(&Tensor::new(&[1f64, -2.0, 3.0], &Device::Cpu).expect("t")).expect("set");
+        let v = b
+            .tensor(
+                "w",
+                &[3],
+                crate::models::params::Init::Zeros,
+                ParamKind::Weight,
+            )
+            .expect("var");
+        v.set(&Tensor::new(&[1f64, -2.0, 3.0], &Device::Cpu).expect("t"))
+            .expect("set");
         let store = b.finish();
-        let spec = OptimSpec { optimizer: config, no_decay_on_norm_and_bias: true, groups: vec![] };
+        let spec = OptimSpec {
+            optimizer: config,
+            no_decay_on_norm_and_bias: true,
+            groups: vec![],
+        };
         let mut opt = Optimizer::new(&spec, &store).expect("optimizer");
         for t in 1..=3 {
-            let loss = (v.as_tensor() * &Tensor::new(&[0.5f64 * t as f64, -1.0 * t as f64, 2.0 * t as f64], &Device::Cpu).expect("g"))
+            let loss = (v.as_tensor()
+                * &Tensor::new(
+                    &[0.5f64 * t as f64, -(t as f64), 2.0 * t as f64],
+                    &Device::Cpu,
+                )
+                .expect("g"))
                 .and_then(|x| x.sum_all())
                 .expect("loss");
             let grads = loss.backward().expect("backward");
@@ -342,15 +445,32 @@ mod tests {
     // for t in (1, 2, 3): opt.zero_grad(); (p * torch.tensor([0.5, -1., 2.], dtype=torch.float64) * t).sum().backward(); opt.step()
     #[test]
     fn sgd_nesterov_with_decay_matches_pytorch() {
-        let got = three_steps(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5e-4 });
+        let got = three_steps(OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        });
         close(&got, &SGD_EXPECTED);
     }
 
     #[test]
     fn adam_and_adamw_match_pytorch() {
-        let got = three_steps(OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-3 });
+        let got = three_steps(OptimizerConfig::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-3,
+        });
         close(&got, &ADAM_EXPECTED);
-        let got = three_steps(OptimizerConfig::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 });
+        let got = three_steps(OptimizerConfig::AdamW {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        });
         close(&got, &ADAMW_EXPECTED);
     }
 
@@ -362,17 +482,33 @@ mod tests {
     fn groups_exempt_norms_and_biases_and_rules_set_their_own_rates() {
         let model = Model::build(&ModelSpec::new("resnet8-tiny", 10), &Device::Cpu).expect("model");
         let spec = OptimSpec {
-            optimizer: OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+            optimizer: OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 5e-4,
+            },
             no_decay_on_norm_and_bias: true,
-            groups: vec![GroupRule { name: "head".into(), prefixes: vec!["fc.".into()], lr: Some(0.5), ..GroupRule::default() }],
+            groups: vec![GroupRule {
+                name: "head".into(),
+                prefixes: vec!["fc.".into()],
+                lr: Some(0.5),
+                ..GroupRule::default()
+            }],
         };
         let opt = Optimizer::new(&spec, model.params()).expect("optimizer");
         let names: Vec<&str> = opt.groups().iter().map(|g| g.name.as_str()).collect();
-        assert_eq!(names, ["default", "default (no decay)", "head", "head (no decay)"]);
+        assert_eq!(
+            names,
+            ["default", "default (no decay)", "head", "head (no decay)"]
+        );
         for g in opt.groups() {
             let exempt = g.name.ends_with("(no decay)");
             assert_eq!(g.weight_decay == 0.0, exempt, "{}", g.name);
-            assert!(g.params.iter().all(|p| p.kind.is_trainable()), "buffers are never optimised");
+            assert!(
+                g.params.iter().all(|p| p.kind.is_trainable()),
+                "buffers are never optimised"
+            );
             if g.name.starts_with("head") {
                 assert_eq!(g.base_lr, 0.5);
                 assert!(g.params.iter().all(|p| p.name.starts_with("fc.")));
@@ -380,8 +516,17 @@ mod tests {
         }
         let count: usize = opt.groups().iter().map(|g| g.params.len()).sum();
         assert_eq!(count, model.params().trainable().count());
-        let bad = OptimSpec { groups: vec![GroupRule { name: "nothing".into(), prefixes: vec!["nope.".into()], ..GroupRule::default() }], ..spec };
-        assert!(matches!(Optimizer::new(&bad, model.params()), Err(OptimError::EmptyGroup(n)) if n == "nothing"));
+        let bad = OptimSpec {
+            groups: vec![GroupRule {
+                name: "nothing".into(),
+                prefixes: vec!["nope.".into()],
+                ..GroupRule::default()
+            }],
+            ..spec
+        };
+        assert!(
+            matches!(Optimizer::new(&bad, model.params()), Err(OptimError::EmptyGroup(n)) if n == "nothing")
+        );
     }
 
     #[test]
@@ -395,7 +540,10 @@ mod tests {
         let norm = clip_grad_norm(&mut grads, &[&v], 1.0).expect("clip");
         assert!((norm - 5.0).abs() < 1e-6);
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
-        assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
+        assert!(
+            (g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5,
+            "{g:?}"
+        );
         clip_grad_value(&mut grads, &[&v], 0.7).expect("clip");
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
         assert!((g[1] - 0.7).abs() < 1e-6);

@@ -39,9 +39,14 @@ pub enum ScheduleConfig {
         min_factor: f64,
     },
     /// Per epoch, as torch's ExponentialLR stepped once an epoch: factor γ^epoch.
-    Exponential { gamma: f64 },
+    Exponential {
+        gamma: f64,
+    },
     /// Per epoch, as torch's StepLR: factor γ^(epoch / step_epochs).
-    Step { step_epochs: u64, gamma: f64 },
+    Step {
+        step_epochs: u64,
+        gamma: f64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,23 +61,47 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(cfg: &ScheduleConfig, total_steps: u64, steps_per_epoch: u64) -> Result<Self, ScheduleError> {
+    pub fn new(
+        cfg: &ScheduleConfig,
+        total_steps: u64,
+        steps_per_epoch: u64,
+    ) -> Result<Self, ScheduleError> {
         match *cfg {
-            ScheduleConfig::OneCycle { pct_start, div_factor, final_div_factor, .. } => {
-                if !(pct_start > 0.0 && pct_start < 1.0) || div_factor <= 0.0 || final_div_factor <= 0.0 {
-                    return Err(ScheduleError(format!("one-cycle needs 0 < pct_start < 1 and positive divisors, got {cfg:?}")));
+            ScheduleConfig::OneCycle {
+                pct_start,
+                div_factor,
+                final_div_factor,
+                ..
+            } => {
+                if !(pct_start > 0.0 && pct_start < 1.0)
+                    || div_factor <= 0.0
+                    || final_div_factor <= 0.0
+                {
+                    return Err(ScheduleError(format!(
+                        "one-cycle needs 0 < pct_start < 1 and positive divisors, got {cfg:?}"
+                    )));
                 }
                 if total_steps < 2 {
-                    return Err(ScheduleError(format!("one-cycle needs at least 2 steps, the run has {total_steps}")));
+                    return Err(ScheduleError(format!(
+                        "one-cycle needs at least 2 steps, the run has {total_steps}"
+                    )));
                 }
             }
-            ScheduleConfig::Exponential { gamma } | ScheduleConfig::Step { gamma, .. } if !(gamma > 0.0) => {
+            ScheduleConfig::Exponential { gamma } | ScheduleConfig::Step { gamma, .. }
+                if gamma.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) =>
+            {
                 return Err(ScheduleError(format!("gamma must be > 0, got {gamma}")));
             }
-            ScheduleConfig::Step { step_epochs: 0, .. } => return Err(ScheduleError("step_epochs must be ≥ 1".into())),
+            ScheduleConfig::Step { step_epochs: 0, .. } => {
+                return Err(ScheduleError("step_epochs must be ≥ 1".into()));
+            }
             _ => {}
         }
-        Ok(Self { cfg: cfg.clone(), total_steps: total_steps.max(1), steps_per_epoch: steps_per_epoch.max(1) })
+        Ok(Self {
+            cfg: cfg.clone(),
+            total_steps: total_steps.max(1),
+            steps_per_epoch: steps_per_epoch.max(1),
+        })
     }
 
     /// The learning-rate factor for step `step` (0-based).
@@ -80,7 +109,12 @@ impl Schedule {
         let epoch = step / self.steps_per_epoch;
         match self.cfg {
             ScheduleConfig::Constant => 1.0,
-            ScheduleConfig::OneCycle { pct_start, div_factor, final_div_factor, anneal_cos } => {
+            ScheduleConfig::OneCycle {
+                pct_start,
+                div_factor,
+                final_div_factor,
+                anneal_cos,
+            } => {
                 let initial = 1.0 / div_factor;
                 let min = initial / final_div_factor;
                 let end1 = pct_start * self.total_steps as f64 - 1.0;
@@ -93,9 +127,16 @@ impl Schedule {
                         (end - start) * pct + start
                     }
                 };
-                if s <= end1 { anneal(initial, 1.0, s / end1) } else { anneal(1.0, min, (s - end1) / (end2 - end1)) }
+                if s <= end1 {
+                    anneal(initial, 1.0, s / end1)
+                } else {
+                    anneal(1.0, min, (s - end1) / (end2 - end1))
+                }
             }
-            ScheduleConfig::CosineWarmup { warmup_steps, min_factor } => {
+            ScheduleConfig::CosineWarmup {
+                warmup_steps,
+                min_factor,
+            } => {
                 if step < warmup_steps {
                     (step + 1) as f64 / warmup_steps as f64
                 } else {
@@ -119,10 +160,23 @@ mod tests {
         // opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         // s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
         // lrs = []; for _ in range(10): lrs.append(opt.param_groups[0]["lr"]); opt.step(); s.step()
-        let s = Schedule::new(&ScheduleConfig::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4, anneal_cos: true }, 10, 5)
-            .expect("schedule");
+        let s = Schedule::new(
+            &ScheduleConfig::OneCycle {
+                pct_start: 0.3,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+                anneal_cos: true,
+            },
+            10,
+            5,
+        )
+        .expect("schedule");
         for (step, expected) in ONE_CYCLE.iter().enumerate() {
-            assert!((s.factor(step as u64) - expected).abs() < 1e-12, "step {step}: {} vs {expected}", s.factor(step as u64));
+            assert!(
+                (s.factor(step as u64) - expected).abs() < 1e-12,
+                "step {step}: {} vs {expected}",
+                s.factor(step as u64)
+            );
         }
     }
 
@@ -143,12 +197,40 @@ mod tests {
     fn per_epoch_schedules_and_cosine_warmup() {
         let e = Schedule::new(&ScheduleConfig::Exponential { gamma: 0.975 }, 100, 10).expect("s");
         assert_eq!(e.factor(9), 1.0);
-        assert!((e.factor(10) - 0.975).abs() < 1e-15 && (e.factor(25) - 0.975f64.powi(2)).abs() < 1e-15);
-        let st = Schedule::new(&ScheduleConfig::Step { step_epochs: 3, gamma: 0.1 }, 100, 10).expect("s");
+        assert!(
+            (e.factor(10) - 0.975).abs() < 1e-15 && (e.factor(25) - 0.975f64.powi(2)).abs() < 1e-15
+        );
+        let st = Schedule::new(
+            &ScheduleConfig::Step {
+                step_epochs: 3,
+                gamma: 0.1,
+            },
+            100,
+            10,
+        )
+        .expect("s");
         assert_eq!((st.factor(29), st.factor(30)), (1.0, 0.1));
-        let c = Schedule::new(&ScheduleConfig::CosineWarmup { warmup_steps: 4, min_factor: 0.0 }, 14, 7).expect("s");
+        let c = Schedule::new(
+            &ScheduleConfig::CosineWarmup {
+                warmup_steps: 4,
+                min_factor: 0.0,
+            },
+            14,
+            7,
+        )
+        .expect("s");
         assert_eq!((c.factor(0), c.factor(3)), (0.25, 1.0));
         assert!((c.factor(9) - 0.5).abs() < 1e-12 && c.factor(14).abs() < 1e-12);
-        assert!(Schedule::new(&ScheduleConfig::Step { step_epochs: 0, gamma: 0.1 }, 10, 1).is_err());
+        assert!(
+            Schedule::new(
+                &ScheduleConfig::Step {
+                    step_epochs: 0,
+                    gamma: 0.1
+                },
+                10,
+                1
+            )
+            .is_err()
+        );
     }
 }

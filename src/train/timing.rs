@@ -18,7 +18,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::DataWait, Phase::HostToDevice, Phase::Forward, Phase::Backward, Phase::Optimizer];
+    pub const ALL: [Phase; 5] = [
+        Phase::DataWait,
+        Phase::HostToDevice,
+        Phase::Forward,
+        Phase::Backward,
+        Phase::Optimizer,
+    ];
     pub fn label(self) -> &'static str {
         match self {
             Phase::DataWait => "data wait",
@@ -104,7 +110,9 @@ impl StepTimer {
         if let Some((p, start)) = self.current.take() {
             self.step_phase_secs[p.index()] += now.duration_since(start).as_secs_f64();
         }
-        let Some(start) = self.step_start.take() else { return };
+        let Some(start) = self.step_start.take() else {
+            return;
+        };
         self.steps += 1;
         if self.steps > self.warmup_steps {
             self.measured_secs += now.duration_since(start).as_secs_f64();
@@ -116,15 +124,28 @@ impl StepTimer {
     }
     pub fn summary(&self) -> TimingSummary {
         let measured_steps = self.steps.saturating_sub(self.warmup_steps);
-        let per_step = |secs: f64| if measured_steps > 0 { 1000.0 * secs / measured_steps as f64 } else { 0.0 };
+        let per_step = |secs: f64| {
+            if measured_steps > 0 {
+                1000.0 * secs / measured_steps as f64
+            } else {
+                0.0
+            }
+        };
         TimingSummary {
             warmup_steps: self.steps.min(self.warmup_steps),
             measured_steps,
             measured_images: self.measured_images,
             measured_secs: self.measured_secs,
-            images_per_sec: if self.measured_secs > 0.0 { self.measured_images as f64 / self.measured_secs } else { 0.0 },
+            images_per_sec: if self.measured_secs > 0.0 {
+                self.measured_images as f64 / self.measured_secs
+            } else {
+                0.0
+            },
             ms_per_step: per_step(self.measured_secs),
-            phase_ms_per_step: Phase::ALL.iter().map(|p| (*p, per_step(self.phase_secs[p.index()]))).collect(),
+            phase_ms_per_step: Phase::ALL
+                .iter()
+                .map(|p| (*p, per_step(self.phase_secs[p.index()])))
+                .collect(),
         }
     }
 }
@@ -162,11 +183,26 @@ mod tests {
             t.end_step(8);
         }
         let s = t.summary();
-        assert_eq!((s.warmup_steps, s.measured_steps, s.measured_images), (1, 2, 16));
+        assert_eq!(
+            (s.warmup_steps, s.measured_steps, s.measured_images),
+            (1, 2, 16)
+        );
         let phases: f64 = s.phase_ms_per_step.iter().map(|p| p.1).sum();
-        assert!((phases - s.ms_per_step).abs() < 0.05 * s.ms_per_step, "{phases} vs {}", s.ms_per_step);
-        assert!(s.ms_per_step < 50.0, "the 60 ms warm-up step must not count: {}", s.ms_per_step);
-        let fwd = s.phase_ms_per_step.iter().find(|p| p.0 == Phase::Forward).map_or(0.0, |p| p.1);
+        assert!(
+            (phases - s.ms_per_step).abs() < 0.05 * s.ms_per_step,
+            "{phases} vs {}",
+            s.ms_per_step
+        );
+        assert!(
+            s.ms_per_step < 50.0,
+            "the 60 ms warm-up step must not count: {}",
+            s.ms_per_step
+        );
+        let fwd = s
+            .phase_ms_per_step
+            .iter()
+            .find(|p| p.0 == Phase::Forward)
+            .map_or(0.0, |p| p.1);
         assert!(fwd >= 19.0, "{fwd}");
     }
 

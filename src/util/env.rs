@@ -7,7 +7,14 @@ pub const CANDLE_VERSION: &str = "0.11.1";
 
 /// Cargo features this binary was built with (extended as features are added).
 pub fn build_features() -> Vec<String> {
-    let mut f = vec![if cfg!(debug_assertions) { "debug" } else { "release" }.to_string()];
+    let mut f = vec![
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_string(),
+    ];
     if cfg!(feature = "cuda") {
         f.push("cuda".into());
     }
@@ -45,7 +52,12 @@ impl Environment {
     pub fn capture() -> Self {
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         Self {
             annt_version: env!("CARGO_PKG_VERSION").into(),
@@ -65,7 +77,9 @@ impl Environment {
         self
     }
     pub fn one_line(&self) -> String {
-        let gpu = self.gpu.as_ref().map_or("no GPU".to_string(), |g| format!("{} (driver {}, CUDA {})", g.name, g.driver, g.cuda));
+        let gpu = self.gpu.as_ref().map_or("no GPU".to_string(), |g| {
+            format!("{} (driver {}, CUDA {})", g.name, g.driver, g.cuda)
+        });
         format!(
             "annt {} · Candle {} · {} ({} cores, {} threads) · {} · {}/{} · {}",
             self.annt_version,
@@ -83,7 +97,9 @@ impl Environment {
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no date crate needed).
 fn utc_now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -94,7 +110,12 @@ fn utc_now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -106,10 +127,20 @@ mod tests {
         let e = Environment::capture();
         assert!(e.cpu_cores >= 1 && e.rayon_threads >= 1);
         let lock = include_str!("../../Cargo.lock");
-        let entry = lock.split("[[package]]").find(|p| p.contains("name = \"candle-core\"")).expect("candle-core in Cargo.lock");
-        assert!(entry.contains(&format!("version = \"{CANDLE_VERSION}\"")), "update CANDLE_VERSION");
+        let entry = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"candle-core\""))
+            .expect("candle-core in Cargo.lock");
+        assert!(
+            entry.contains(&format!("version = \"{CANDLE_VERSION}\"")),
+            "update CANDLE_VERSION"
+        );
         let year: i32 = e.captured_at[..4].parse().expect("year");
-        assert!(year >= 2024 && e.captured_at.ends_with('Z') && e.captured_at.len() == 20, "{}", e.captured_at);
+        assert!(
+            year >= 2024 && e.captured_at.ends_with('Z') && e.captured_at.len() == 20,
+            "{}",
+            e.captured_at
+        );
         assert!(e.one_line().contains("Candle 0.11"));
     }
 }

@@ -1,0 +1,393 @@
+//! Pretrained-weight import against checkpoints made by real torchvision and transformers
+//! (tests/fixtures/torch, see generate.py there): names, values, and PyTorch's logits in
+//! eval and train mode; errors that list what is wrong; save/load round trips.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use annt::models::efficientnet::EfficientNetConfig;
+use annt::models::resnet::{Block, ResNetConfig, Stem};
+use annt::models::vit::VitConfig;
+use annt::models::weights::{self, Convention};
+use annt::models::{Architecture, Builder, ForwardCtx, Model, ModelError, ModelSpec};
+use candle_core::{DType, Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torch")
+        .join(name)
+}
+
+fn load(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture")
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let d: f32 = (a - b)
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar())
+        .expect("diff");
+    let s: f32 = b
+        .abs()
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar())
+        .expect("scale");
+    d / s.max(1e-12)
+}
+
+fn vit_tiny(image: usize) -> VitConfig {
+    VitConfig {
+        image,
+        patch: 8,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        mlp_dim: 32,
+        classes: 10,
+        dropout: 0.0,
+    }
+}
+
+fn architectures() -> Vec<(&'static str, Architecture, bool)> {
+    let mut eff = EfficientNetConfig::scaled(0.25, 0.25, 10);
+    eff.dropout = 0.0;
+    eff.stochastic_depth = 0.0;
+    eff.bn_eps = 1e-5;
+    eff.bn_momentum = 0.1;
+    vec![
+        (
+            "resnet_basic_tiny",
+            Architecture::ResNet(ResNetConfig {
+                block: Block::Basic,
+                blocks_per_stage: vec![1, 1],
+                widths: vec![8, 16],
+                stem: Stem::Cifar,
+                classes: 10,
+            }),
+            true,
+        ),
+        (
+            "resnet_bottleneck_tiny",
+            Architecture::ResNet(ResNetConfig {
+                block: Block::Bottleneck,
+                blocks_per_stage: vec![1, 1],
+                widths: vec![4, 8],
+                stem: Stem::ImageNet,
+                classes: 10,
+            }),
+            true,
+        ),
+        ("efficientnet_tiny", Architecture::EfficientNet(eff), true),
+        ("vit_tiny", Architecture::Vit(vit_tiny(32)), false),
+        ("hf_vit_tiny", Architecture::Vit(vit_tiny(32)), false),
+    ]
+}
+
+#[test]
+fn tiny_pytorch_checkpoints_load_exactly_and_reproduce_pytorch_logits() {
+    for (name, arch, has_bn) in architectures() {
+        let model = Model::build_arch(name, arch, Builder::new(9, &Device::Cpu)).expect("build");
+        let report =
+            weights::load_pretrained(&model, &fixture(&format!("{name}.safetensors"))).expect(name);
+        assert_eq!(
+            report.loaded,
+            model.params().len(),
+            "{name}: every tensor loaded"
+        );
+        assert!(!report.head_replaced && report.pos_embedding_resized.is_none());
+        let expected_convention = if name.starts_with("hf_") {
+            Convention::HuggingFace
+        } else {
+            Convention::Torchvision
+        };
+        assert_eq!(report.convention, expected_convention, "{name}");
+        if expected_convention == Convention::Torchvision {
+            // Same names: every value must be bit-identical.
+            let file = load(&format!("{name}.safetensors"));
+            for p in model.params().iter() {
+                let t = &file[&p.name];
+                assert_eq!(rel_err(p.var.as_tensor(), t), 0.0, "{name}: {}", p.name);
+            }
+        }
+        let expected = load(&format!("{name}.expected.safetensors"));
+        let input = &expected["input"];
+        let eval = model
+            .forward(input, &mut ForwardCtx::eval(DType::F32))
+            .expect("eval");
+        let e = rel_err(&eval, &expected["logits_eval"]);
+        assert!(e < 1e-4, "{name}: eval logits differ from PyTorch's by {e}");
+        let train = model
+            .forward(input, &mut ForwardCtx::train(DType::F32, 0))
+            .expect("train");
+        let e = rel_err(&train, &expected["logits_train"]);
+        assert!(
+            e < 1e-4,
+            "{name}: train-mode logits differ from PyTorch's by {e}"
+        );
+        if has_bn {
+            let mut checked = 0;
+            for (key, value) in &expected {
+                if let Some(buffer) = key.strip_prefix("after_train.") {
+                    let ours = model
+                        .params()
+                        .get(buffer)
+                        .unwrap_or_else(|| panic!("{name}: {buffer}"));
+                    let e = rel_err(ours.var.as_tensor(), value);
+                    assert!(
+                        e < 1e-4,
+                        "{name}: {buffer} after one training pass differs by {e}"
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked > 0, "{name}: no running statistics compared");
+        }
+    }
+}
+
+#[test]
+fn hugging_face_vit_at_another_resolution_resamples_the_position_embedding() {
+    let model = Model::build_arch(
+        "vit48",
+        Architecture::Vit(vit_tiny(48)),
+        Builder::new(1, &Device::Cpu),
+    )
+    .expect("build");
+    let report =
+        weights::load_pretrained(&model, &fixture("hf_vit_tiny.safetensors")).expect("load");
+    assert_eq!(report.pos_embedding_resized, Some((4, 6)));
+    let expected = load("hf_vit_tiny.expected.safetensors");
+    let logits = model
+        .forward(&expected["input_48"], &mut ForwardCtx::eval(DType::F32))
+        .expect("forward");
+    // Hugging Face resamples bicubically with align_corners=False, as annt does.
+    let e = rel_err(&logits, &expected["logits_eval_48"]);
+    assert!(
+        e < 1e-3,
+        "logits at 48 px differ from Hugging Face's by {e}"
+    );
+}
+
+/// (name, shape) of every tensor of a model built by name for 1000 classes.
+fn native_entries(name: &str) -> Vec<(String, Vec<usize>)> {
+    let model = Model::build_shapes_only(&ModelSpec::new(name, 1000)).expect("build");
+    let mut v: Vec<(String, Vec<usize>)> = model
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.var.dims().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn full_size_key_lists_of_torchvision_timm_and_hugging_face_map_onto_annt_models() {
+    let text = std::fs::read_to_string(fixture("keys.json")).expect("keys.json");
+    let refs: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let entries = |key: &str, list: &str| -> Vec<(String, Vec<usize>)> {
+        refs[key][list]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| {
+                let name = e[0].as_str().expect("name").to_string();
+                let shape = e[1]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("dim") as usize)
+                    .collect();
+                (name, shape)
+            })
+            .collect()
+    };
+    for (ours, theirs, list, convention) in [
+        (
+            "resnet18",
+            "torchvision.resnet18",
+            "keys",
+            Convention::Torchvision,
+        ),
+        (
+            "resnet50",
+            "torchvision.resnet50",
+            "keys",
+            Convention::Torchvision,
+        ),
+        (
+            "efficientnet-b0",
+            "torchvision.efficientnet_b0",
+            "keys",
+            Convention::Torchvision,
+        ),
+        (
+            "efficientnet-b0",
+            "timm.efficientnet_b0",
+            "keys",
+            Convention::Timm,
+        ),
+        (
+            "vit-b16",
+            "torchvision.vit_b_16",
+            "keys",
+            Convention::Torchvision,
+        ),
+        ("vit-b16", "hf.vit_b16", "keys", Convention::HuggingFace),
+        (
+            "vit-b16",
+            "hf.vit_b16",
+            "legacy_keys",
+            Convention::HuggingFace,
+        ),
+    ] {
+        let (found, native, ignored, unknown) = weights::to_native(&entries(theirs, list));
+        assert_eq!(found, convention, "{theirs} {list}");
+        assert!(unknown.is_empty(), "{theirs} {list}: unmapped {unknown:?}");
+        assert!(
+            ignored.iter().all(|n| n.ends_with("num_batches_tracked")),
+            "{ignored:?}"
+        );
+        assert_eq!(
+            native,
+            native_entries(ours),
+            "{theirs} {list} vs annt's {ours}"
+        );
+    }
+}
+
+#[test]
+fn another_class_count_replaces_the_head_and_keeps_everything_else() {
+    let (_, arch, _) = architectures().remove(0);
+    let Architecture::ResNet(mut cfg) = arch else {
+        unreachable!()
+    };
+    cfg.classes = 5;
+    let model = Model::build_arch(
+        "r5",
+        Architecture::ResNet(cfg),
+        Builder::new(3, &Device::Cpu),
+    )
+    .expect("build");
+    let fresh_fc: Vec<f32> = model
+        .params()
+        .get("fc.weight")
+        .expect("fc")
+        .var
+        .as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("v");
+    let report =
+        weights::load_pretrained(&model, &fixture("resnet_basic_tiny.safetensors")).expect("load");
+    assert!(report.head_replaced);
+    let file = load("resnet_basic_tiny.safetensors");
+    for p in model.params().iter() {
+        if p.name.starts_with("fc.") {
+            continue;
+        }
+        assert_eq!(
+            rel_err(p.var.as_tensor(), &file[&p.name]),
+            0.0,
+            "{}",
+            p.name
+        );
+    }
+    let fc: Vec<f32> = model
+        .params()
+        .get("fc.weight")
+        .expect("fc")
+        .var
+        .as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("v");
+    assert_eq!(fc, fresh_fc, "the 5-class head is the model's own");
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_is_an_error_listing_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut file = load("resnet_basic_tiny.safetensors");
+    file.remove("layer1.0.conv2.weight");
+    file.insert(
+        "layer9.0.conv1.weight".into(),
+        Tensor::zeros((1, 1), DType::F32, &Device::Cpu).expect("t"),
+    );
+    file.insert(
+        "bn1.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).expect("t"),
+    );
+    let path = dir.path().join("broken.safetensors");
+    candle_core::safetensors::save(&file, &path).expect("save");
+    let (_, arch, _) = architectures().remove(0);
+    let model = Model::build_arch("r", arch, Builder::new(3, &Device::Cpu)).expect("build");
+    let err = weights::load_pretrained(&model, &path)
+        .expect_err("must not load")
+        .to_string();
+    for needle in [
+        "layer1.0.conv2.weight",
+        "layer9.0.conv1.weight",
+        "bn1.weight",
+        "broken.safetensors",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    // Nothing was copied: the failed import leaves the model as it was.
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not a safetensors header").expect("write");
+    let err = weights::load_pretrained(&model, &garbage).expect_err("garbage");
+    assert!(
+        matches!(err, ModelError::WeightsRead { .. })
+            && err.to_string().contains("garbage.safetensors"),
+        "{err}"
+    );
+    let err = weights::load_pretrained(&model, &dir.path().join("nope.safetensors"))
+        .expect_err("missing");
+    assert!(err.to_string().contains("nope.safetensors"), "{err}");
+}
+
+#[test]
+fn saved_weights_load_back_identically_under_torchvision_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.safetensors");
+    let a = Model::build(
+        &ModelSpec {
+            seed: 1,
+            ..ModelSpec::new("resnet8-tiny", 10)
+        },
+        &Device::Cpu,
+    )
+    .expect("a");
+    a.forward(
+        &Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).expect("x"),
+        &mut ForwardCtx::train(DType::F32, 0),
+    )
+    .expect("moves BN stats");
+    std::fs::write(&path, b"old contents").expect("old file");
+    weights::save(&a, &path).expect("save");
+    let saved = candle_core::safetensors::load(&path, &Device::Cpu).expect("load");
+    assert!(saved.contains_key("layer1.0.bn1.running_mean") && saved.contains_key("fc.weight"));
+    let b = Model::build(
+        &ModelSpec {
+            seed: 2,
+            ..ModelSpec::new("resnet8-tiny", 10)
+        },
+        &Device::Cpu,
+    )
+    .expect("b");
+    weights::load_pretrained(&b, &path).expect("load back");
+    for p in a.params().iter() {
+        assert_eq!(
+            rel_err(
+                b.params().get(&p.name).expect("same").var.as_tensor(),
+                p.var.as_tensor()
+            ),
+            0.0,
+            "{}",
+            p.name
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+}

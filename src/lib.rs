@@ -12,5 +12,6 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod models;
+pub mod report;
 pub mod train;
 pub mod util;

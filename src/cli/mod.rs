@@ -4,6 +4,7 @@
 
 mod data_cmd;
 mod models_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,11 @@ pub enum Command {
     /// List every model variant with its parameter count, resolution and whether
     /// pretrained weights are expected.
     Models(models_cmd::ModelsArgs),
+    /// Train one run (a preset, or the quick CPU run) with the switches given as flags.
+    Run(train_cmd::RunArgs),
+    /// Train a plan — baseline vs tuned (ab) or all 8 switch combinations (ablation) —
+    /// and write a report (.json, .csv, .md or .html).
+    Bench(train_cmd::BenchArgs),
 }
 
 /// Runs the parsed command line; the caller turns an error into exit code 1.
@@ -30,6 +36,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Models(args) => models_cmd::run(args),
+        Command::Run(args) => train_cmd::run(args),
+        Command::Bench(args) => train_cmd::bench(args),
     }
 }
 

@@ -1,1 +1,153 @@
-//! (being written)
+//! Reports of a benchmark session: JSON (complete, versioned, readable back), CSV (a row per
+//! run), Markdown (the comparison tables) and a self-contained HTML page with SVG curves.
+//! Every file is written atomically: a reader sees the old report or the new one, never half.
+
+mod csv;
+mod html;
+mod markdown;
+
+use std::path::{Path, PathBuf};
+
+use crate::bench::result::{SCHEMA_VERSION, SessionResult};
+use crate::util::atomic_write::write_atomic;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Json,
+    Csv,
+    Markdown,
+    Html,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("unknown report format (use .json, .csv, .md or .html): {}", path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("cannot write report ({source}): {}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read report ({source}): {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not an annt JSON report ({reason}): {}", path.display())]
+    Parse { path: PathBuf, reason: String },
+    #[error("report schema version {found} is newer than this annt reads ({supported}): {}", path.display())]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("cannot render the report: {0}")]
+    Serialize(String),
+}
+
+impl ReportFormat {
+    pub fn from_path(path: &Path) -> Result<Self, ReportError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("json") => Ok(Self::Json),
+            Some("csv") => Ok(Self::Csv),
+            Some("md" | "markdown") => Ok(Self::Markdown),
+            Some("html" | "htm") => Ok(Self::Html),
+            _ => Err(ReportError::UnknownFormat {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+}
+
+pub fn render(session: &SessionResult, format: ReportFormat) -> Result<String, ReportError> {
+    match format {
+        ReportFormat::Json => serde_json::to_string_pretty(session)
+            .map(|s| s + "\n")
+            .map_err(|e| ReportError::Serialize(e.to_string())),
+        ReportFormat::Csv => Ok(csv::render(session)),
+        ReportFormat::Markdown => Ok(markdown::render(session)),
+        ReportFormat::Html => Ok(html::render(session)),
+    }
+}
+
+/// Renders by the path's extension and writes atomically.
+pub fn write_report(session: &SessionResult, path: &Path) -> Result<ReportFormat, ReportError> {
+    let format = ReportFormat::from_path(path)?;
+    let text = render(session, format)?;
+    write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(format)
+}
+
+/// Reads a JSON report back (e.g. one made by a headless run on a GPU server).
+pub fn read_json(path: &Path) -> Result<SessionResult, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let found = value
+        .get("schema_version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0) as u32;
+    if found > SCHEMA_VERSION {
+        return Err(ReportError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ReportError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Shared number formatting.
+pub(crate) mod fmt {
+    use crate::bench::result::Stat;
+
+    pub fn pct(s: &Stat) -> String {
+        if s.n > 1 {
+            format!("{:.1} ± {:.1} %", 100.0 * s.mean, 100.0 * s.sd)
+        } else {
+            format!("{:.1} %", 100.0 * s.mean)
+        }
+    }
+    pub fn num(s: &Stat, decimals: usize) -> String {
+        if s.n > 1 {
+            format!("{:.*} ± {:.*}", decimals, s.mean, decimals, s.sd)
+        } else {
+            format!("{:.*}", decimals, s.mean)
+        }
+    }
+    pub fn mib(bytes: Option<u64>) -> String {
+        bytes.map_or("–".to_string(), |b| {
+            format!("{:.0}", b as f64 / (1024.0 * 1024.0))
+        })
+    }
+    /// What each switch changes, in words (every report ends with it).
+    pub const SWITCHES_EXPLAINED: [(&str, &str); 3] = [
+        (
+            "Gradient accumulation (GA)",
+            "sums the gradients of k micro-batches (each loss scaled by 1/k) before one optimiser step. It changes the effective batch (micro-batch × k) and the number of optimiser steps per epoch, not the arithmetic of a forward or backward pass; it lets a large effective batch fit in memory.",
+        ),
+        (
+            "Automatic mixed precision (AMP)",
+            "runs convolutions, matrix products and activations in bf16 or fp16 while the master weights, batch/layer norm, softmax and the loss stay in f32. fp16 needs a loss scaler (steps with overflowing gradients are skipped). On GPUs with tensor cores this is where speed comes from; on a CPU annt computes half-precision products in f32 and rounds, so AMP there shows the numerics, not a speed-up.",
+        ),
+        (
+            "Pinned memory (PM)",
+            "stages batches in page-locked host memory so the host-to-device copy can run asynchronously. It changes only how batches reach a GPU; on a CPU there is no copy and the switch does not apply.",
+        ),
+    ];
+}

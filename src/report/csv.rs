@@ -1,0 +1,97 @@
+//! One CSV row per run (RFC 4180 quoting).
+
+use crate::bench::result::SessionResult;
+use crate::train::timing::Phase;
+
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or(String::new(), |v| v.to_string())
+}
+
+pub fn render(s: &SessionResult) -> String {
+    let mut header: Vec<String> = [
+        "arm",
+        "repeat",
+        "status",
+        "grad_accum_steps",
+        "amp",
+        "pinned_memory",
+        "micro_batch",
+        "effective_batch",
+        "optimizer_steps",
+        "final_test_accuracy",
+        "final_macro_f1",
+        "wall_secs",
+        "train_secs",
+        "eval_secs",
+        "images_per_sec",
+        "ms_per_step",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    header.extend(Phase::ALL.iter().map(|p| format!("{}_ms", serde_plain(*p))));
+    header.extend(
+        [
+            "peak_host_bytes",
+            "peak_device_bytes",
+            "skipped_steps",
+            "final_scale",
+            "time_to_target_secs",
+        ]
+        .map(String::from),
+    );
+    let mut out = header.join(",") + "\n";
+    for r in &s.runs {
+        let mut row = vec![
+            field(&r.arm),
+            r.repeat.to_string(),
+            format!("{:?}", r.status).to_lowercase(),
+            r.switches.grad_accum_steps.to_string(),
+            r.switches.amp.label().to_string(),
+            r.switches.pinned_memory.to_string(),
+            r.micro_batch.to_string(),
+            r.effective_batch.to_string(),
+            r.optimizer_steps.to_string(),
+            format!("{:.6}", r.final_test_accuracy),
+            format!("{:.6}", r.final_macro_f1),
+            format!("{:.3}", r.wall_secs),
+            format!("{:.3}", r.train_secs),
+            format!("{:.3}", r.eval_secs),
+            format!("{:.2}", r.timing.images_per_sec),
+            format!("{:.3}", r.timing.ms_per_step),
+        ];
+        for p in Phase::ALL {
+            row.push(
+                r.timing
+                    .phase_ms_per_step
+                    .iter()
+                    .find(|x| x.0 == p)
+                    .map_or(String::new(), |x| format!("{:.3}", x.1)),
+            );
+        }
+        row.extend([
+            opt(r.peak_host_bytes),
+            opt(r.peak_device_bytes),
+            r.amp.skipped_steps.to_string(),
+            opt(r.amp.final_scale),
+            opt(r.time_to_target_secs),
+        ]);
+        out += &(row.join(",") + "\n");
+    }
+    out
+}
+
+fn serde_plain(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('-', "_")))
+        .unwrap_or_default()
+}

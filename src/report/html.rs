@@ -1,0 +1,338 @@
+//! A self-contained HTML page: the Markdown report's tables plus inline SVG line charts.
+//! No scripts, fonts or images from elsewhere: the file can be mailed or archived as is.
+
+use std::fmt::Write as _;
+
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct};
+use crate::bench::result::{RunResult, RunStatus, SessionResult};
+use crate::train::timing::Phase;
+
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A "nice" tick step for a range.
+fn tick_step(span: f64) -> f64 {
+    if !(span > 0.0) {
+        return 1.0;
+    }
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let n = raw / mag;
+    (if n < 1.5 {
+        1.0
+    } else if n < 3.0 {
+        2.0
+    } else if n < 7.0 {
+        5.0
+    } else {
+        10.0
+    }) * mag
+}
+
+/// One line chart: a polyline per run of (x, y) points.
+fn chart(title: &str, x_label: &str, series: &[(String, &str, Vec<(f64, f64)>)]) -> String {
+    let (w, h, left, right, top, bottom) = (560.0, 300.0, 60.0, 150.0, 30.0, 40.0);
+    let pts = series.iter().flat_map(|s| s.2.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in pts {
+        if x.is_finite() && y.is_finite() {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+    }
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{}">"#,
+        esc(title)
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="18" font-size="14" font-weight="bold">{}</text>"#,
+        left,
+        esc(title)
+    );
+    if !x0.is_finite() {
+        let _ = write!(
+            svg,
+            r#"<text x="{left}" y="120" font-size="12">no data</text></svg>"#
+        );
+        return svg;
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+        y0 -= 1.0;
+    }
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
+    );
+    let ys = tick_step(y1 - y0);
+    let mut t = (y0 / ys).ceil() * ys;
+    while t <= y1 + 1e-9 {
+        let y = sy(t);
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
+            left + pw,
+            left - 4.0,
+            y + 3.0,
+            trim(t)
+        );
+        t += ys;
+    }
+    let xs = tick_step(x1 - x0);
+    let mut t = (x0 / xs).ceil() * xs;
+    while t <= x1 + 1e-9 {
+        let x = sx(t);
+        let _ = write!(
+            svg,
+            r#"<text x="{x:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+            top + ph + 14.0,
+            trim(t)
+        );
+        t += xs;
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        h - 6.0,
+        esc(x_label)
+    );
+    for (i, (name, colour, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for p in &path {
+            let (cx, cy) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = write!(
+                svg,
+                r#"<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>"#
+            );
+        }
+        let ly = top + 12.0 + 16.0 * i as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="12" height="4" fill="{colour}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            left + pw + 10.0,
+            ly - 4.0,
+            left + pw + 26.0,
+            ly,
+            esc(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn run_name(r: &RunResult, repeats: usize) -> String {
+    let partial = if r.status == RunStatus::Partial {
+        " (partial)"
+    } else {
+        ""
+    };
+    if repeats > 1 {
+        format!("{} #{}{partial}", r.arm, r.repeat + 1)
+    } else {
+        format!("{}{partial}", r.arm)
+    }
+}
+
+pub fn render(s: &SessionResult) -> String {
+    let mut o = String::new();
+    let title = format!("annt report: {}", s.preset_name);
+    let _ = write!(
+        o,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:12px}}.note{{color:#555}}</style></head><body>",
+        esc(&title)
+    );
+    let _ = write!(
+        o,
+        "<h1>{}</h1><p>{} plan, {} repeat(s). Data <b>{}</b>, model <b>{}</b>, device <b>{}</b>.</p>",
+        esc(&title),
+        esc(&s.plan),
+        s.repeats,
+        esc(&s.data_name),
+        esc(&s.model_name),
+        esc(&s.device)
+    );
+    if let Some(env) = &s.environment {
+        let _ = write!(
+            o,
+            "<p class=\"note\">Environment: {} (captured {}).</p>",
+            esc(&env.one_line()),
+            esc(&env.captured_at)
+        );
+    }
+    let _ = write!(
+        o,
+        "<h2>Comparison</h2><table><tr><th>arm</th><th>test accuracy</th><th>macro-F1</th><th>wall time (s)</th><th>train time (s)</th><th>images/s</th><th>peak memory (MiB)</th><th>speed-up vs baseline</th></tr>"
+    );
+    for a in &s.summary {
+        let partial = if a.partial { " (partial)" } else { "" };
+        let _ = write!(
+            o,
+            "<tr><td>{}{partial}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}×</td></tr>",
+            esc(&a.arm),
+            esc(&pct(&a.test_accuracy)),
+            esc(&num(&a.macro_f1, 3)),
+            esc(&num(&a.wall_secs, 1)),
+            esc(&num(&a.train_secs, 1)),
+            esc(&num(&a.images_per_sec, 1)),
+            mib(a.peak_device_bytes.or(a.peak_host_bytes)),
+            a.speedup_vs_baseline
+        );
+    }
+    let _ = write!(
+        o,
+        "</table><p class=\"note\">Speed-up = baseline's mean training time (wall time minus evaluation) / the arm's.</p>"
+    );
+    let mut by_epoch_acc = Vec::new();
+    let mut by_epoch_loss = Vec::new();
+    let mut by_epoch_speed = Vec::new();
+    let mut by_time_acc = Vec::new();
+    for (i, r) in s.runs.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let name = run_name(r, s.repeats);
+        by_epoch_acc.push((
+            name.clone(),
+            c,
+            r.epochs
+                .iter()
+                .map(|e| (e.epoch as f64, 100.0 * e.test_accuracy))
+                .collect(),
+        ));
+        by_epoch_loss.push((
+            name.clone(),
+            c,
+            r.epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.train_loss))
+                .collect(),
+        ));
+        by_epoch_speed.push((
+            name.clone(),
+            c,
+            r.epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.images_per_sec))
+                .collect(),
+        ));
+        by_time_acc.push((
+            name,
+            c,
+            r.epochs
+                .iter()
+                .map(|e| (e.wall_secs, 100.0 * e.test_accuracy))
+                .collect(),
+        ));
+    }
+    let _ = write!(
+        o,
+        "<h2>Curves</h2><div class=\"charts\">{}{}{}{}</div>",
+        chart("Test accuracy (%)", "epoch", &by_epoch_acc),
+        chart("Training loss", "epoch", &by_epoch_loss),
+        chart("Images/s", "epoch", &by_epoch_speed),
+        chart("Test accuracy (%) vs wall time", "seconds", &by_time_acc)
+    );
+    let _ = write!(
+        o,
+        "<h2>Step time breakdown (ms per optimiser step)</h2><table><tr><th>arm</th>"
+    );
+    for p in Phase::ALL {
+        let _ = write!(o, "<th>{}</th>", esc(p.label()));
+    }
+    o.push_str("</tr>");
+    for a in &s.summary {
+        let _ = write!(o, "<tr><td>{}</td>", esc(&a.arm));
+        for p in Phase::ALL {
+            let v = a
+                .phase_ms_per_step
+                .iter()
+                .find(|x| x.0 == p)
+                .map_or("–".into(), |x| format!("{:.1}", x.1));
+            let _ = write!(o, "<td>{v}</td>");
+        }
+        o.push_str("</tr>");
+    }
+    let _ = write!(
+        o,
+        "</table><h2>Runs</h2><table><tr><th>run</th><th>status</th><th>micro-batch</th><th>k</th><th>effective batch</th><th>optimiser steps/epoch</th><th>steps</th><th>skipped (fp16)</th><th>final scale</th><th>test accuracy</th><th>wall (s)</th></tr>"
+    );
+    for r in &s.runs {
+        let status = format!("{:?}", r.status).to_lowercase();
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{:.1}</td></tr>",
+            esc(&run_name(r, s.repeats)),
+            esc(&status),
+            r.micro_batch,
+            r.switches.grad_accum_steps,
+            r.effective_batch,
+            r.optimizer_steps_per_epoch,
+            r.optimizer_steps,
+            r.amp.skipped_steps,
+            r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
+            100.0 * r.final_test_accuracy,
+            r.wall_secs
+        );
+    }
+    o.push_str("</table>");
+    for r in s.runs.iter().filter(|r| r.error.is_some()) {
+        let _ = write!(
+            o,
+            "<p><b>{} failed:</b> {}</p>",
+            esc(&r.arm),
+            esc(r.error.as_deref().unwrap_or(""))
+        );
+    }
+    if !s.notes.is_empty() {
+        o.push_str("<h2>What changed in this session</h2><ul>");
+        for n in &s.notes {
+            let _ = write!(o, "<li>{}</li>", esc(n));
+        }
+        o.push_str("</ul>");
+    }
+    o.push_str("<h2>What each switch changes</h2><ul>");
+    for (name, text) in SWITCHES_EXPLAINED {
+        let _ = write!(o, "<li><b>{}</b> {}</li>", esc(name), esc(text));
+    }
+    o.push_str("</ul></body></html>\n");
+    o
+}

@@ -1,0 +1,112 @@
+//! The comparison as Markdown tables.
+
+use std::fmt::Write as _;
+
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct};
+use crate::bench::result::{RunStatus, SessionResult};
+use crate::train::timing::Phase;
+
+pub fn render(s: &SessionResult) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# annt report: {} ({} plan, {} repeat(s))\n",
+        s.preset_name, s.plan, s.repeats
+    );
+    let _ = writeln!(
+        o,
+        "Data **{}**, model **{}**, device **{}**.",
+        s.data_name, s.model_name, s.device
+    );
+    if let Some(env) = &s.environment {
+        let _ = writeln!(
+            o,
+            "\nEnvironment: {} (captured {}).",
+            env.one_line(),
+            env.captured_at
+        );
+    }
+    let _ = writeln!(o, "\n## Comparison\n");
+    let _ = writeln!(
+        o,
+        "| arm | test accuracy | macro-F1 | wall time (s) | train time (s) | images/s | peak memory (MiB) | speed-up vs baseline |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    for a in &s.summary {
+        let partial = if a.partial { " (partial)" } else { "" };
+        let _ = writeln!(
+            o,
+            "| {}{partial} | {} | {} | {} | {} | {} | {} | {:.2}× |",
+            a.arm,
+            pct(&a.test_accuracy),
+            num(&a.macro_f1, 3),
+            num(&a.wall_secs, 1),
+            num(&a.train_secs, 1),
+            num(&a.images_per_sec, 1),
+            mib(a.peak_device_bytes.or(a.peak_host_bytes)),
+            a.speedup_vs_baseline
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nSpeed-up = baseline's mean training time (wall time minus evaluation) / the arm's."
+    );
+    let _ = writeln!(o, "\n## Step time breakdown (ms per optimiser step)\n");
+    let _ = writeln!(o, "| arm | {} |", Phase::ALL.map(|p| p.label()).join(" | "));
+    let _ = writeln!(o, "|---|{}", "---|".repeat(Phase::ALL.len()));
+    for a in &s.summary {
+        let cells: Vec<String> = Phase::ALL
+            .iter()
+            .map(|p| {
+                a.phase_ms_per_step
+                    .iter()
+                    .find(|x| x.0 == *p)
+                    .map_or("–".into(), |x| format!("{:.1}", x.1))
+            })
+            .collect();
+        let _ = writeln!(o, "| {} | {} |", a.arm, cells.join(" | "));
+    }
+    let _ = writeln!(o, "\n## Runs\n");
+    let _ = writeln!(
+        o,
+        "| arm | repeat | status | micro-batch | k | effective batch | optimiser steps/epoch | steps | skipped (fp16) | final scale | test accuracy | wall (s) |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &s.runs {
+        let status = match r.status {
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::ReachedTarget => "reached target",
+            RunStatus::Finished => "finished",
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {status} | {} | {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} |",
+            r.arm,
+            r.repeat + 1,
+            r.micro_batch,
+            r.switches.grad_accum_steps,
+            r.effective_batch,
+            r.optimizer_steps_per_epoch,
+            r.optimizer_steps,
+            r.amp.skipped_steps,
+            r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
+            100.0 * r.final_test_accuracy,
+            r.wall_secs
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(o, "\n> {} failed: {e}\n", r.arm);
+        }
+    }
+    if !s.notes.is_empty() {
+        let _ = writeln!(o, "\n## What changed in this session\n");
+        for n in &s.notes {
+            let _ = writeln!(o, "- {n}");
+        }
+    }
+    let _ = writeln!(o, "\n## What each switch changes\n");
+    for (name, text) in SWITCHES_EXPLAINED {
+        let _ = writeln!(o, "- **{name}** {text}");
+    }
+    o
+}

@@ -21,7 +21,7 @@ fn esc(s: &str) -> String {
 
 /// A "nice" tick step for a range.
 fn tick_step(span: f64) -> f64 {
-    if !(span > 0.0) {
+    if span.is_nan() || span <= 0.0 {
         return 1.0;
     }
     let raw = span / 5.0;
@@ -38,8 +38,11 @@ fn tick_step(span: f64) -> f64 {
     }) * mag
 }
 
-/// One line chart: a polyline per run of (x, y) points.
-fn chart(title: &str, x_label: &str, series: &[(String, &str, Vec<(f64, f64)>)]) -> String {
+/// A named, coloured line of (x, y) points.
+type Series<'a> = (String, &'a str, Vec<(f64, f64)>);
+
+/// One line chart: a polyline per run.
+fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
     let (w, h, left, right, top, bottom) = (560.0, 300.0, 60.0, 150.0, 30.0, 40.0);
     let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (

@@ -1,0 +1,262 @@
+//! Reports: every format shows the session's numbers, JSON round-trips and is versioned,
+//! files are replaced atomically, and `annt bench` writes what it measured.
+
+use annt::bench::result::{EpochRecord, RunResult, RunStatus, SCHEMA_VERSION, SessionResult};
+use annt::config::Switches;
+use annt::report::{ReportError, ReportFormat, read_json, render, write_report};
+use annt::train::timing::{Phase, TimingSummary};
+use std::process::Command;
+
+fn run(
+    arm: &str,
+    repeat: usize,
+    acc: f64,
+    train_secs: f64,
+    switches: Switches,
+    status: RunStatus,
+) -> RunResult {
+    RunResult {
+        arm: arm.into(),
+        repeat,
+        switches,
+        status,
+        epochs: (1..=3)
+            .map(|e| EpochRecord {
+                epoch: e,
+                train_loss: 2.0 / e as f64,
+                test_accuracy: acc * e as f64 / 3.0,
+                wall_secs: train_secs * e as f64 / 3.0,
+                images_per_sec: 100.0,
+                ..EpochRecord::default()
+            })
+            .collect(),
+        micro_batch: 64,
+        effective_batch: 64 * switches.grad_accum_steps,
+        optimizer_steps: 90 / switches.grad_accum_steps as u64,
+        optimizer_steps_per_epoch: 30 / switches.grad_accum_steps as u64,
+        final_test_accuracy: acc,
+        final_macro_f1: acc - 0.01,
+        wall_secs: train_secs + 2.0,
+        train_secs,
+        eval_secs: 2.0,
+        timing: TimingSummary {
+            measured_steps: 27,
+            images_per_sec: 6400.0 / train_secs,
+            ms_per_step: 10.0,
+            phase_ms_per_step: Phase::ALL.iter().map(|p| (*p, 2.0)).collect(),
+            ..TimingSummary::default()
+        },
+        peak_host_bytes: Some(300 << 20),
+        ..RunResult::default()
+    }
+}
+
+fn session() -> SessionResult {
+    let tuned = Switches {
+        grad_accum_steps: 2,
+        amp: annt::accel::amp::AmpMode::Bf16,
+        pinned_memory: false,
+    };
+    let mut s = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        preset_name: "test, with a comma <script>alert(1)</script>".into(),
+        plan: "ab".into(),
+        repeats: 2,
+        data_name: "built-in".into(),
+        model_name: "resnet8-tiny".into(),
+        device: "cpu".into(),
+        runs: vec![
+            run(
+                "baseline",
+                0,
+                0.80,
+                40.0,
+                Switches::default(),
+                RunStatus::Finished,
+            ),
+            run("GA×2, bf16", 0, 0.78, 20.0, tuned, RunStatus::Finished),
+            run(
+                "baseline",
+                1,
+                0.82,
+                40.0,
+                Switches::default(),
+                RunStatus::Finished,
+            ),
+            run("GA×2, bf16", 1, 0.76, 20.0, tuned, RunStatus::Partial),
+        ],
+        ..SessionResult::default()
+    };
+    s.summarize();
+    s
+}
+
+#[test]
+fn every_format_shows_the_numbers() {
+    let s = session();
+    assert!((s.summary[1].speedup_vs_baseline - 2.0).abs() < 1e-12);
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = render(&s, format).expect("render");
+        assert!(
+            text.contains("81.0 ± 1.4 %"),
+            "{format:?}: baseline accuracy mean ± sd"
+        );
+        assert!(text.contains("2.00×"), "{format:?}: speed-up");
+        assert!(text.contains("partial"), "{format:?}: partial run marked");
+        assert!(
+            text.contains("Gradient accumulation"),
+            "{format:?}: switch explanations"
+        );
+    }
+    let html = render(&s, ReportFormat::Html).expect("html");
+    assert!(
+        html.contains("<svg") && !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "self-contained"
+    );
+    assert!(
+        !html.contains("<script>") && html.contains("&lt;script&gt;"),
+        "text is escaped"
+    );
+    let csv = render(&s, ReportFormat::Csv).expect("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + s.runs.len());
+    let columns = lines[0].split(',').count();
+    assert!(
+        lines[2].starts_with("\"GA×2, bf16\","),
+        "a label with a comma is quoted: {}",
+        lines[2]
+    );
+    assert_eq!(lines[1].split(',').count(), columns);
+    assert!(lines[4].contains(",partial,"));
+}
+
+#[test]
+fn json_round_trips_and_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.json");
+    let s = session();
+    assert_eq!(write_report(&s, &path).expect("write"), ReportFormat::Json);
+    assert_eq!(read_json(&path).expect("read"), s);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("text")).expect("json");
+    for key in [
+        "schema_version",
+        "environment",
+        "config",
+        "runs",
+        "summary",
+        "notes",
+    ] {
+        assert!(v.get(key).is_some(), "schema: {key}");
+    }
+    for key in [
+        "arm",
+        "switches",
+        "status",
+        "epochs",
+        "micro_batch",
+        "effective_batch",
+        "optimizer_steps",
+        "final_test_accuracy",
+        "final_macro_f1",
+        "per_class",
+        "confusion",
+        "wall_secs",
+        "train_secs",
+        "eval_secs",
+        "timing",
+        "peak_host_bytes",
+        "amp",
+    ] {
+        assert!(v["runs"][0].get(key).is_some(), "schema: runs[].{key}");
+    }
+    v["schema_version"] = serde_json::json!(SCHEMA_VERSION + 1);
+    std::fs::write(&path, v.to_string()).expect("write");
+    let err = read_json(&path).expect_err("newer");
+    assert!(
+        matches!(err, ReportError::NewerSchema { .. }) && err.to_string().contains("r.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn writing_is_atomic_and_paths_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("report.md");
+    std::fs::write(&path, "old").expect("old");
+    write_report(&session(), &path).expect("write");
+    assert!(
+        std::fs::read_to_string(&path)
+            .expect("read")
+            .starts_with("# annt report")
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        1,
+        "no temporary files left"
+    );
+    let err = write_report(&session(), &dir.path().join("report.pdf")).expect_err("pdf");
+    assert!(err.to_string().contains("report.pdf"));
+    let missing = dir.path().join("no/such/folder/r.html");
+    let err = write_report(&session(), &missing).expect_err("missing folder");
+    assert!(err.to_string().contains("r.html"), "{err}");
+    assert!(!dir.path().join("no").exists());
+}
+
+#[test]
+fn annt_bench_writes_reports_whose_numbers_match_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("ab.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_annt"))
+        .args([
+            "bench",
+            "--plan",
+            "ab",
+            "--epochs",
+            "1",
+            "--batch",
+            "32",
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "128",
+            "--report",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_json(&json).expect("report");
+    assert_eq!(s.runs.len(), 2);
+    assert_eq!(s.runs[0].optimizer_steps, 8);
+    assert_eq!(
+        s.runs[1].optimizer_steps, 4,
+        "GA×2 halves the optimiser steps"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let acc = format!("{:.1} %", 100.0 * s.runs[0].final_test_accuracy);
+    assert!(
+        stdout.contains(&acc),
+        "the printed table shows the run's accuracy {acc}:\n{stdout}"
+    );
+    // The other formats from the same session.
+    for ext in ["csv", "md", "html"] {
+        let path = dir.path().join(format!("ab.{ext}"));
+        write_report(&s, &path).expect("write");
+        assert!(
+            std::fs::read_to_string(&path).expect("read").contains(
+                &format!("{:.1}", 100.0 * s.runs[1].final_test_accuracy).replace(" %", "")
+            ) || ext == "csv"
+        );
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_annt"))
+        .args(["bench", "--report", "x.pdf"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("x.pdf"));
+}

@@ -257,3 +257,34 @@ fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs(
     }
     assert!((session.summary[0].speedup_vs_baseline - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn reaching_the_target_accuracy_ends_the_run_and_records_the_time() {
+    let mut run = quick("resnet8-tiny", 32, 1);
+    run.data.train_limit = Some(256);
+    run.data.test_limit = Some(64);
+    run.train.epochs = 5;
+    // Any accuracy reaches 0: the run must stop after its first evaluation.
+    run.train.target_accuracy = Some(0.0);
+    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    let arm = Arm {
+        label: "t".into(),
+        run,
+    };
+    let r = train_run(
+        &arm,
+        0,
+        0,
+        1,
+        &data,
+        &Device::Cpu,
+        &mut VecSink::default(),
+        &StopFlag::new(),
+    )
+    .expect("train")
+    .result;
+    assert_eq!(r.status, RunStatus::ReachedTarget);
+    assert_eq!(r.epochs.len(), 1);
+    let t = r.time_to_target_secs.expect("time to target");
+    assert!(t > 0.0 && t <= r.wall_secs + 1e-9);
+}

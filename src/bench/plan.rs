@@ -81,3 +81,75 @@ impl Plan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(kind: PlanKind, tuned: Switches) -> Plan {
+        Plan {
+            kind,
+            repeats: 1,
+            preset: Preset {
+                name: "p".into(),
+                description: String::new(),
+                run: RunConfig::quick_cpu(),
+                tuned,
+            },
+        }
+    }
+
+    #[test]
+    fn ab_is_baseline_then_tuned_and_ablation_is_every_combination() {
+        let tuned = Switches {
+            grad_accum_steps: 4,
+            amp: AmpMode::Fp16,
+            pinned_memory: true,
+        };
+        let ab = plan(PlanKind::Ab, tuned).arms();
+        assert_eq!(
+            ab.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(),
+            ["baseline", "GA×4 + fp16 + PM"]
+        );
+        let arms = plan(PlanKind::Ablation, tuned).arms();
+        assert_eq!(arms.len(), 8);
+        let mut seen: Vec<(usize, AmpMode, bool)> = arms
+            .iter()
+            .map(|a| {
+                (
+                    a.run.switches.grad_accum_steps,
+                    a.run.switches.amp,
+                    a.run.switches.pinned_memory,
+                )
+            })
+            .collect();
+        seen.sort_by_key(|s| (s.0, s.1 as u8, s.2));
+        seen.dedup();
+        assert_eq!(seen.len(), 8, "all combinations, each once");
+        assert_eq!(arms[0].label, "baseline");
+        for a in &arms {
+            let mut base = a.run.clone();
+            base.switches = Switches::default();
+            assert_eq!(
+                base,
+                RunConfig::quick_cpu(),
+                "arms differ only in their switches (same seed, data, model)"
+            );
+        }
+        // A tuned arm that leaves a switch off still gets it in the ablation, at its default.
+        let partial = plan(
+            PlanKind::Ablation,
+            Switches {
+                grad_accum_steps: 1,
+                amp: AmpMode::Off,
+                pinned_memory: false,
+            },
+        )
+        .arms();
+        assert!(
+            partial.iter().any(
+                |a| a.run.switches.grad_accum_steps == 2 && a.run.switches.amp == AmpMode::Bf16
+            )
+        );
+    }
+}

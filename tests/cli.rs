@@ -64,6 +64,21 @@ fn bad_data_exits_1_naming_the_file_and_bad_usage_exits_2() {
         err.trim_end().ends_with(&bad.display().to_string()),
         "{err}"
     );
-    assert_eq!(annt(&[]).status.code(), Some(2));
+    // No arguments open the window; without a display that fails with a clear message.
+    let windowless = Command::new(env!("CARGO_BIN_EXE_annt"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("run");
+    if cfg!(feature = "gui") {
+        assert_eq!(windowless.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&windowless.stderr).contains("cannot open the window"),
+            "{}",
+            String::from_utf8_lossy(&windowless.stderr)
+        );
+    } else {
+        assert_eq!(windowless.status.code(), Some(2));
+    }
     assert_eq!(annt(&["data", "download", "mnist"]).status.code(), Some(2));
 }

@@ -1,4 +1,6 @@
-//! One CSV row per run (RFC 4180 quoting).
+//! One CSV row per run, a header first. Fields holding a comma, quote or line break are
+//! quoted with inner quotes doubled (RFC 4180); lines end in `\n`. Numbers are plain
+//! (fractions, seconds, bytes) so a spreadsheet can compute with them.
 
 use crate::bench::result::SessionResult;
 use crate::train::timing::Phase;
@@ -37,7 +39,11 @@ pub fn render(s: &SessionResult) -> String {
     .iter()
     .map(|h| h.to_string())
     .collect();
-    header.extend(Phase::ALL.iter().map(|p| format!("{}_ms", serde_plain(*p))));
+    header.extend(
+        Phase::ALL
+            .iter()
+            .map(|p| format!("{}_ms", serde_plain(*p).replace('-', "_"))),
+    );
     header.extend(
         [
             "peak_host_bytes",
@@ -53,7 +59,7 @@ pub fn render(s: &SessionResult) -> String {
         let mut row = vec![
             field(&r.arm),
             r.repeat.to_string(),
-            format!("{:?}", r.status).to_lowercase(),
+            field(&serde_plain(r.status)),
             r.switches.grad_accum_steps.to_string(),
             r.switches.amp.label().to_string(),
             r.switches.pinned_memory.to_string(),
@@ -89,9 +95,11 @@ pub fn render(s: &SessionResult) -> String {
     out
 }
 
-fn serde_plain(p: Phase) -> String {
-    serde_json::to_value(p)
+/// A unit enum's serde name (`partial`, `reached-target`, `data-wait`): the words the JSON
+/// report uses.
+fn serde_plain<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
         .ok()
-        .and_then(|v| v.as_str().map(|s| s.replace('-', "_")))
+        .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }

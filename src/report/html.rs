@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct};
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, status};
 use crate::bench::result::{RunResult, RunStatus, SessionResult};
 use crate::train::timing::Phase;
 
@@ -43,7 +43,9 @@ type Series<'a> = (String, &'a str, Vec<(f64, f64)>);
 
 /// One line chart: a polyline per run.
 fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
-    let (w, h, left, right, top, bottom) = (560.0, 300.0, 60.0, 150.0, 30.0, 40.0);
+    let (w, left, right, top, bottom) = (560.0, 60.0, 150.0, 30.0, 40.0);
+    // Tall enough for the legend (one line per run) beside the plot.
+    let h = f64::max(300.0, top + 16.0 * series.len() as f64 + 12.0);
     let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
@@ -93,9 +95,7 @@ fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
         svg,
         r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
     );
-    let ys = tick_step(y1 - y0);
-    let mut t = (y0 / ys).ceil() * ys;
-    while t <= y1 + 1e-9 {
+    for t in ticks(y0, y1) {
         let y = sy(t);
         let _ = write!(
             svg,
@@ -105,11 +105,8 @@ fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
             y + 3.0,
             trim(t)
         );
-        t += ys;
     }
-    let xs = tick_step(x1 - x0);
-    let mut t = (x0 / xs).ceil() * xs;
-    while t <= x1 + 1e-9 {
+    for t in ticks(x0, x1) {
         let x = sx(t);
         let _ = write!(
             svg,
@@ -117,7 +114,6 @@ fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
             top + ph + 14.0,
             trim(t)
         );
-        t += xs;
     }
     let _ = write!(
         svg,
@@ -159,9 +155,22 @@ fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
     svg
 }
 
+/// Tick values at a "nice" step within `[lo, hi]`: computed from an index, so a step lost in
+/// rounding can never loop, and never more than a dozen.
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let step = tick_step(hi - lo);
+    let first = (lo / step).ceil();
+    (0..12)
+        .map(|i| (first + f64::from(i)) * step)
+        .take_while(|t| t.is_finite() && *t <= hi + step * 1e-9)
+        .collect()
+}
+
+/// A tick label: at most 3 decimals, no trailing zeros, never "-0".
 fn trim(v: f64) -> String {
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    let s = format!("{:.3}", v + 0.0);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.into() }
 }
 
 fn run_name(r: &RunResult, repeats: usize) -> String {
@@ -283,7 +292,8 @@ pub fn render(s: &SessionResult) -> String {
     }
     o.push_str("</tr>");
     for a in &s.summary {
-        let _ = write!(o, "<tr><td>{}</td>", esc(&a.arm));
+        let partial = if a.partial { " (partial)" } else { "" };
+        let _ = write!(o, "<tr><td>{}{partial}</td>", esc(&a.arm));
         for p in Phase::ALL {
             let v = a
                 .phase_ms_per_step
@@ -299,12 +309,12 @@ pub fn render(s: &SessionResult) -> String {
         "</table><h2>Runs</h2><table><tr><th>run</th><th>status</th><th>micro-batch</th><th>k</th><th>effective batch</th><th>optimiser steps/epoch</th><th>steps</th><th>skipped (fp16)</th><th>final scale</th><th>test accuracy</th><th>wall (s)</th></tr>"
     );
     for r in &s.runs {
-        let status = format!("{:?}", r.status).to_lowercase();
+        let status = status(r.status);
         let _ = write!(
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{:.1}</td></tr>",
             esc(&run_name(r, s.repeats)),
-            esc(&status),
+            esc(status),
             r.micro_batch,
             r.switches.grad_accum_steps,
             r.effective_batch,
@@ -321,7 +331,7 @@ pub fn render(s: &SessionResult) -> String {
         let _ = write!(
             o,
             "<p><b>{} failed:</b> {}</p>",
-            esc(&r.arm),
+            esc(&run_name(r, s.repeats)),
             esc(r.error.as_deref().unwrap_or(""))
         );
     }

@@ -2,28 +2,39 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct};
-use crate::bench::result::{RunStatus, SessionResult};
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, status};
+use crate::bench::result::SessionResult;
 use crate::train::timing::Phase;
+
+/// Text for a table cell or a line: a `|` would end the cell, a line break the row.
+fn cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\r', '\n'], " ")
+}
 
 pub fn render(s: &SessionResult) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
         "# annt report: {} ({} plan, {} repeat(s))\n",
-        s.preset_name, s.plan, s.repeats
+        cell(&s.preset_name),
+        cell(&s.plan),
+        s.repeats
     );
     let _ = writeln!(
         o,
         "Data **{}**, model **{}**, device **{}**.",
-        s.data_name, s.model_name, s.device
+        cell(&s.data_name),
+        cell(&s.model_name),
+        cell(&s.device)
     );
     if let Some(env) = &s.environment {
         let _ = writeln!(
             o,
             "\nEnvironment: {} (captured {}).",
-            env.one_line(),
-            env.captured_at
+            cell(&env.one_line()),
+            cell(&env.captured_at)
         );
     }
     let _ = writeln!(o, "\n## Comparison\n");
@@ -37,7 +48,7 @@ pub fn render(s: &SessionResult) -> String {
         let _ = writeln!(
             o,
             "| {}{partial} | {} | {} | {} | {} | {} | {} | {:.2}× |",
-            a.arm,
+            cell(&a.arm),
             pct(&a.test_accuracy),
             num(&a.macro_f1, 3),
             num(&a.wall_secs, 1),
@@ -64,7 +75,8 @@ pub fn render(s: &SessionResult) -> String {
                     .map_or("–".into(), |x| format!("{:.1}", x.1))
             })
             .collect();
-        let _ = writeln!(o, "| {} | {} |", a.arm, cells.join(" | "));
+        let partial = if a.partial { " (partial)" } else { "" };
+        let _ = writeln!(o, "| {}{partial} | {} |", cell(&a.arm), cells.join(" | "));
     }
     let _ = writeln!(o, "\n## Runs\n");
     let _ = writeln!(
@@ -73,16 +85,11 @@ pub fn render(s: &SessionResult) -> String {
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &s.runs {
-        let status = match r.status {
-            RunStatus::Partial => "partial",
-            RunStatus::Failed => "failed",
-            RunStatus::ReachedTarget => "reached target",
-            RunStatus::Finished => "finished",
-        };
+        let status = status(r.status);
         let _ = writeln!(
             o,
             "| {} | {} | {status} | {} | {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} |",
-            r.arm,
+            cell(&r.arm),
             r.repeat + 1,
             r.micro_batch,
             r.switches.grad_accum_steps,
@@ -94,14 +101,23 @@ pub fn render(s: &SessionResult) -> String {
             100.0 * r.final_test_accuracy,
             r.wall_secs
         );
+    }
+    // After the table: a line between its rows would end it.
+    for r in &s.runs {
         if let Some(e) = &r.error {
-            let _ = writeln!(o, "\n> {} failed: {e}\n", r.arm);
+            let _ = writeln!(
+                o,
+                "\n> {} (repeat {}) failed: {}",
+                cell(&r.arm),
+                r.repeat + 1,
+                cell(e)
+            );
         }
     }
     if !s.notes.is_empty() {
         let _ = writeln!(o, "\n## What changed in this session\n");
         for n in &s.notes {
-            let _ = writeln!(o, "- {n}");
+            let _ = writeln!(o, "- {}", cell(n));
         }
     }
     let _ = writeln!(o, "\n## What each switch changes\n");

@@ -4,24 +4,34 @@
 
 mod csv;
 mod html;
+mod json;
 mod markdown;
 
 use std::path::{Path, PathBuf};
 
-use crate::bench::result::{SCHEMA_VERSION, SessionResult};
+use crate::bench::result::SessionResult;
 use crate::util::atomic_write::write_atomic;
 
+/// The kinds of report annt writes; [`ReportFormat::from_path`] picks one by extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportFormat {
+    /// The complete [`SessionResult`], versioned, readable back with [`read_json`].
     Json,
+    /// One row per run, RFC 4180 quoting.
     Csv,
+    /// The comparison tables, run details, notes and what each switch changes.
     Markdown,
+    /// A single self-contained page: the Markdown tables plus inline SVG curves.
     Html,
 }
 
+/// What can go wrong writing or reading a report. Messages end with the file's path.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("unknown report format (use .json, .csv, .md or .html): {}", path.display())]
+    #[error(
+        "unknown report format (use .json, .csv, .md/.markdown or .html/.htm): {}",
+        path.display()
+    )]
     UnknownFormat { path: PathBuf },
     #[error("cannot write report ({source}): {}", path.display())]
     Write {
@@ -35,7 +45,10 @@ pub enum ReportError {
     },
     #[error("not an annt JSON report ({reason}): {}", path.display())]
     Parse { path: PathBuf, reason: String },
-    #[error("report schema version {found} is newer than this annt reads ({supported}): {}", path.display())]
+    #[error(
+        "report schema version {found} is newer than this annt reads ({supported}); update annt: {}",
+        path.display()
+    )]
     NewerSchema {
         path: PathBuf,
         found: u32,
@@ -46,6 +59,8 @@ pub enum ReportError {
 }
 
 impl ReportFormat {
+    /// The format for a file name: `.json`, `.csv`, `.md`/`.markdown`, `.html`/`.htm`
+    /// (any case). Anything else is [`ReportError::UnknownFormat`] naming the file.
     pub fn from_path(path: &Path) -> Result<Self, ReportError> {
         let ext = path
             .extension()
@@ -63,18 +78,20 @@ impl ReportFormat {
     }
 }
 
+/// The report's text in `format`. Tables come from `session.summary`: call
+/// [`SessionResult::summarize`] after changing `runs`.
 pub fn render(session: &SessionResult, format: ReportFormat) -> Result<String, ReportError> {
     match format {
-        ReportFormat::Json => serde_json::to_string_pretty(session)
-            .map(|s| s + "\n")
-            .map_err(|e| ReportError::Serialize(e.to_string())),
+        ReportFormat::Json => json::render(session),
         ReportFormat::Csv => Ok(csv::render(session)),
         ReportFormat::Markdown => Ok(markdown::render(session)),
         ReportFormat::Html => Ok(html::render(session)),
     }
 }
 
-/// Renders by the path's extension and writes atomically.
+/// Renders by the path's extension and writes atomically (temp file in the same folder +
+/// rename: [`write_atomic`]), so an existing report is either kept whole or replaced whole.
+/// A missing folder is an error; nothing is created.
 pub fn write_report(session: &SessionResult, path: &Path) -> Result<ReportFormat, ReportError> {
     let format = ReportFormat::from_path(path)?;
     let text = render(session, format)?;
@@ -85,36 +102,31 @@ pub fn write_report(session: &SessionResult, path: &Path) -> Result<ReportFormat
     Ok(format)
 }
 
-/// Reads a JSON report back (e.g. one made by a headless run on a GPU server).
+/// Reads a JSON report back (the GUI's "Open report…", or one made by a headless run on a
+/// GPU server). A file with a `schema_version` newer than
+/// [`SCHEMA_VERSION`](crate::bench::result::SCHEMA_VERSION) is refused with
+/// [`ReportError::NewerSchema`].
 pub fn read_json(path: &Path) -> Result<SessionResult, ReportError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Parse {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let found = value
-        .get("schema_version")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0) as u32;
-    if found > SCHEMA_VERSION {
-        return Err(ReportError::NewerSchema {
-            path: path.to_path_buf(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    serde_json::from_value(value).map_err(|e| ReportError::Parse {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    json::parse(path, &text)
 }
 
 /// Shared number formatting.
 pub(crate) mod fmt {
-    use crate::bench::result::Stat;
+    use crate::bench::result::{RunStatus, Stat};
+
+    /// How a run ended, in words ("partial" for a run the user stopped).
+    pub fn status(s: RunStatus) -> &'static str {
+        match s {
+            RunStatus::Finished => "finished",
+            RunStatus::ReachedTarget => "reached target",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+        }
+    }
 
     pub fn pct(s: &Stat) -> String {
         if s.n > 1 {

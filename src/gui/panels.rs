@@ -227,11 +227,17 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         ui.label(egui::RichText::new(text).color(colour));
     }
     if let Some(avg) = frame_p99(app) {
-        ui.label(egui::RichText::new(format!("frame time p99: {avg:.1} ms")).weak());
+        ui.label(
+            egui::RichText::new(format!(
+                "UI time per frame, p99 of the last {}: {avg:.2} ms",
+                app.frame_ms.len()
+            ))
+            .weak(),
+        );
     }
 }
 
-/// The 99th percentile of recent frame intervals (includes idle waits between repaints).
+/// The 99th percentile of the UI's own time per recent frame.
 pub fn frame_p99(app: &AnntApp) -> Option<f32> {
     if app.frame_ms.len() < 10 {
         return None;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starts annt under Xvfb, waits for its window to render, runs optional actions, and saves a
+# screenshot:   packaging/linux/screenshot.sh OUT.png [BINARY] [ACTION…]
+# ACTIONS, in order, after the first frame: click X Y · wait SECONDS · drop PATH (a real XDND
+# drop through ../shared/tools/xdnd_drop.py, as a file manager does).
+# Needs (apt): xvfb xauth xdotool imagemagick python3-xlib.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "${1:-}" != "--inner" ]; then
+  export XDG_RUNTIME_DIR=$(mktemp -d)
+  unset WAYLAND_DISPLAY
+  exec xvfb-run -a -s "-screen 0 1280x820x24" "$0" --inner "$@"
+fi
+shift
+out=$1; bin=${2:-target/release/annt}; shift 2 || shift $#
+"$bin" & pid=$!
+wid=
+for _ in $(seq 1 150); do
+  wid=$(xdotool search --name '^annt' 2>/dev/null | head -1 || true)
+  [ -n "$wid" ] && break
+  sleep 0.2
+done
+[ -n "$wid" ] || { echo "no annt window appeared" >&2; kill $pid; exit 1; }
+sleep 3
+while [ $# -gt 0 ]; do
+  case $1 in
+    click) xdotool mousemove --window "$wid" "$2" "$3" click 1; shift 3 ;;
+    wait) sleep "$2"; shift 2 ;;
+    drop) /usr/bin/python3 "$here/../shared/tools/xdnd_drop.py" "$wid" "$2"; shift 2 ;;
+    *) echo "unknown action $1" >&2; kill $pid; exit 2 ;;
+  esac
+done
+sleep 1
+import -window "$wid" "$out"
+kill $pid; wait $pid 2>/dev/null || true
+echo "screenshot: $out"

@@ -128,6 +128,121 @@ fn every_format_shows_the_numbers() {
     );
     assert_eq!(lines[1].split(',').count(), columns);
     assert!(lines[4].contains(",partial,"));
+    let rows = parse_csv(&csv);
+    assert_eq!(rows.len(), 1 + s.runs.len());
+    for row in &rows {
+        assert_eq!(
+            row.len(),
+            columns,
+            "every row has the header's columns: {row:?}"
+        );
+    }
+    assert_eq!(
+        rows[2][0], "GA×2, bf16",
+        "the quoted label reads back whole"
+    );
+    let col = |name: &str| rows[0].iter().position(|h| h == name).expect(name);
+    assert_eq!(rows[1][col("final_test_accuracy")], "0.800000");
+    assert_eq!(rows[2][col("grad_accum_steps")], "2");
+    assert_eq!(rows[2][col("amp")], "bf16");
+    assert_eq!(rows[2][col("effective_batch")], "128");
+    assert_eq!(rows[1][col("forward_ms")], "2.000");
+    assert_eq!(rows[4][col("status")], "partial");
+    let json = render(&s, ReportFormat::Json).expect("json");
+    assert!(json.contains("\"partial\"") && json.contains("\"schema_version\": 1"));
+}
+
+/// A strict reader for what the CSV writer produces (RFC 4180 quoting).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let (mut row, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => {
+                assert!(field.is_empty(), "quote inside an unquoted field");
+                quoted = true;
+            }
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    assert!(
+        !quoted && field.is_empty() && row.is_empty(),
+        "text ends with a line end"
+    );
+    rows
+}
+
+#[test]
+fn labels_are_escaped_in_every_format() {
+    let mut s = session();
+    for r in &mut s.runs {
+        if r.arm != "baseline" {
+            r.arm = "<script>alert(\"x\")</script> | a, b".into();
+        }
+    }
+    s.summarize();
+    let html = render(&s, ReportFormat::Html).expect("html");
+    assert!(!html.contains("<script"), "no raw script tag in the page");
+    assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; | a, b"));
+    let csv = render(&s, ReportFormat::Csv).expect("csv");
+    let rows = parse_csv(&csv);
+    assert_eq!(rows[2][0], "<script>alert(\"x\")</script> | a, b");
+    assert!(csv.contains("\"<script>alert(\"\"x\"\")</script> | a, b\""));
+    let md = render(&s, ReportFormat::Markdown).expect("md");
+    let header_cells = md
+        .lines()
+        .find(|l| l.starts_with("| arm | test accuracy"))
+        .expect("comparison header")
+        .matches(" | ")
+        .count();
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| <script>"))
+        .expect("arm row");
+    assert_eq!(
+        row.replace("\\|", "").matches(" | ").count(),
+        header_cells,
+        "a | in a label does not add a column: {row}"
+    );
+}
+
+#[test]
+fn formats_come_from_the_extension() {
+    use std::path::Path;
+    for (name, format) in [
+        ("a.json", ReportFormat::Json),
+        ("a.CSV", ReportFormat::Csv),
+        ("a.md", ReportFormat::Markdown),
+        ("a.markdown", ReportFormat::Markdown),
+        ("a.html", ReportFormat::Html),
+        ("dir.v2/a.HTM", ReportFormat::Html),
+    ] {
+        assert_eq!(
+            ReportFormat::from_path(Path::new(name)).expect(name),
+            format
+        );
+    }
+    for name in ["report.pdf", "report", "dir.json/report"] {
+        let err = ReportFormat::from_path(Path::new(name)).expect_err(name);
+        let msg = err.to_string();
+        assert!(matches!(err, ReportError::UnknownFormat { .. }), "{msg}");
+        assert!(msg.ends_with(name), "the file is named last: {msg}");
+        for choice in [".json", ".csv", ".md", ".html"] {
+            assert!(msg.contains(choice), "the choices are listed: {msg}");
+        }
+    }
 }
 
 #[test]
@@ -174,9 +289,24 @@ fn json_round_trips_and_refuses_a_newer_schema() {
     std::fs::write(&path, v.to_string()).expect("write");
     let err = read_json(&path).expect_err("newer");
     assert!(
-        matches!(err, ReportError::NewerSchema { .. }) && err.to_string().contains("r.json"),
+        matches!(err, ReportError::NewerSchema { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION)
+            && err.to_string().contains("r.json"),
         "{err}"
     );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&(SCHEMA_VERSION + 1).to_string())
+            && msg.contains(&SCHEMA_VERSION.to_string()),
+        "{msg}"
+    );
+    // A version past u32 is newer too, not wrapped round to an old one.
+    v["schema_version"] = serde_json::json!(u64::from(u32::MAX) + 1);
+    std::fs::write(&path, v.to_string()).expect("write");
+    assert!(matches!(
+        read_json(&path),
+        Err(ReportError::NewerSchema { .. })
+    ));
 }
 
 #[test]
@@ -195,12 +325,34 @@ fn writing_is_atomic_and_paths_are_checked() {
         1,
         "no temporary files left"
     );
+    for ext in ["json", "csv", "html"] {
+        let other = dir.path().join(format!("report.{ext}"));
+        std::fs::write(&other, "an older, longer report ".repeat(10_000)).expect("old");
+        write_report(&session(), &other).expect("replace");
+        let text = std::fs::read_to_string(&other).expect("read");
+        assert!(!text.contains("older"), "{ext}: replaced whole");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        4,
+        "no temporary files left"
+    );
     let err = write_report(&session(), &dir.path().join("report.pdf")).expect_err("pdf");
     assert!(err.to_string().contains("report.pdf"));
+    assert!(!dir.path().join("report.pdf").exists());
     let missing = dir.path().join("no/such/folder/r.html");
     let err = write_report(&session(), &missing).expect_err("missing folder");
-    assert!(err.to_string().contains("r.html"), "{err}");
+    assert!(matches!(err, ReportError::Write { .. }), "{err}");
+    assert!(
+        err.to_string().ends_with(&missing.display().to_string()),
+        "{err}"
+    );
     assert!(!dir.path().join("no").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 4);
+    let err = read_json(&dir.path().join("absent.json")).expect_err("absent");
+    assert!(matches!(err, ReportError::Read { .. }) && err.to_string().contains("absent.json"));
+    let err = read_json(&dir.path().join("report.csv")).expect_err("not json");
+    assert!(matches!(err, ReportError::Parse { .. }) && err.to_string().contains("report.csv"));
 }
 
 #[test]

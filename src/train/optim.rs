@@ -3,11 +3,18 @@
 //! clipping. Candle-nn's optimisers have no momentum, no decay groups and no clipping.
 //!
 //! Groups: rules are tried in order and the first match wins; parameters no rule matches
-//! form the "default" group with the base learning rate. With `no_decay_on_norm_and_bias`,
-//! biases and norm scales/shifts of every group get weight decay 0 (their own subgroup).
+//! form the "default" group with the base learning rate and decay. With
+//! `no_decay_on_norm_and_bias`, the biases and norm scales/shifts of every group (and the
+//! head's bias: a rank-1 `Head` tensor) get weight decay 0, in a subgroup named
+//! "<group> (no decay)". Buffers (batch-norm running statistics) are never in a group.
+//!
+//! State (momentum buffers, Adam moments) lives in candle tensors on each parameter's
+//! device and in its dtype; updates are tensor ops written back with `Var::set`, in the
+//! operation order of PyTorch's single-tensor (CPU) kernels so f64 results agree to the
+//! last few bits.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::models::params::{Param, ParamKind, ParamStore};
@@ -31,6 +38,7 @@ fn yes() -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum OptimizerConfig {
+    /// `torch.optim.SGD` (dampening 0): the momentum buffer starts as the first gradient.
     Sgd {
         lr: f64,
         #[serde(default)]
@@ -67,6 +75,7 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { lr, .. }
@@ -74,6 +83,7 @@ impl OptimizerConfig {
             | OptimizerConfig::AdamW { lr, .. } => *lr,
         }
     }
+    /// The base weight decay.
     pub fn weight_decay(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { weight_decay, .. }
@@ -83,10 +93,13 @@ impl OptimizerConfig {
     }
 }
 
-/// Which parameters get which learning rate and decay.
+/// Which parameters get which learning rate and decay. A parameter matches when its name
+/// starts with one of `prefixes` (or `prefixes` is empty) and its kind is one of `kinds`
+/// (or `kinds` is empty).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupRule {
+    /// Shown in reports.
     pub name: String,
     /// Parameter-name prefixes (e.g. `features.0.`, `classifier.`); empty = any name.
     #[serde(default)]
@@ -94,9 +107,10 @@ pub struct GroupRule {
     /// Parameter kinds; empty = any kind.
     #[serde(default)]
     pub kinds: Vec<ParamKind>,
-    /// This group's learning rate (None = the optimiser's).
+    /// This group's absolute learning rate (None = the optimiser's).
     #[serde(default)]
     pub lr: Option<f64>,
+    /// This group's weight decay (None = the optimiser's).
     #[serde(default)]
     pub weight_decay: Option<f64>,
 }
@@ -116,8 +130,10 @@ impl GroupRule {
 #[serde(deny_unknown_fields)]
 pub struct OptimSpec {
     pub optimizer: OptimizerConfig,
+    /// Bias and Norm tensors (and the head's bias) get weight decay 0.
     #[serde(default = "yes")]
     pub no_decay_on_norm_and_bias: bool,
+    /// Tried in order, first match wins.
     #[serde(default)]
     pub groups: Vec<GroupRule>,
 }
@@ -126,11 +142,13 @@ pub struct OptimSpec {
 pub enum OptimError {
     #[error("{what} must be {rule}, got {value}")]
     Invalid {
-        what: &'static str,
+        what: String,
         rule: &'static str,
         value: f64,
     },
-    #[error("parameter group {0:?} matches no parameter of this model")]
+    #[error(
+        "parameter group {0:?} matches no parameter of this model (or only parameters an earlier rule already took)"
+    )]
     EmptyGroup(String),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -139,20 +157,25 @@ pub enum OptimError {
 /// A set of parameters sharing a learning rate and weight decay.
 pub struct ParamGroup {
     pub name: String,
+    /// The rate before any schedule factor.
     pub base_lr: f64,
     pub weight_decay: f64,
     pub params: Vec<Param>,
     lr: f64,
 }
 
+/// Per-parameter state.
+#[derive(Default)]
 struct State {
     /// SGD momentum buffer, or Adam's first moment.
     m: Option<Tensor>,
     /// Adam's second moment.
     v: Option<Tensor>,
+    /// Updates this parameter received (Adam's bias-correction step).
     steps: u64,
 }
 
+/// SGD / Adam / AdamW over parameter groups.
 pub struct Optimizer {
     config: OptimizerConfig,
     groups: Vec<ParamGroup>,
@@ -160,11 +183,15 @@ pub struct Optimizer {
     steps: u64,
 }
 
-fn check(what: &'static str, value: f64, ok: bool, rule: &'static str) -> Result<(), OptimError> {
+fn check(what: &str, value: f64, ok: bool, rule: &'static str) -> Result<(), OptimError> {
     if ok && value.is_finite() {
         Ok(())
     } else {
-        Err(OptimError::Invalid { what, rule, value })
+        Err(OptimError::Invalid {
+            what: what.to_string(),
+            rule,
+            value,
+        })
     }
 }
 
@@ -174,15 +201,13 @@ fn decay_exempt(p: &Param) -> bool {
 }
 
 impl Optimizer {
+    /// Builds the groups from `spec.groups` over the trainable tensors of `store`, after
+    /// checking the hyper-parameters.
     pub fn new(spec: &OptimSpec, store: &ParamStore) -> Result<Self, OptimError> {
         let c = &spec.optimizer;
         check("lr", c.lr(), c.lr() >= 0.0, "≥ 0")?;
-        check(
-            "weight_decay",
-            c.weight_decay(),
-            c.weight_decay() >= 0.0,
-            "≥ 0",
-        )?;
+        let wd = c.weight_decay();
+        check("weight_decay", wd, wd >= 0.0, "≥ 0")?;
         match *c {
             OptimizerConfig::Sgd { momentum, .. } => check(
                 "momentum",
@@ -201,6 +226,18 @@ impl Optimizer {
                 check("eps", eps, eps > 0.0, "> 0")?;
             }
         }
+        for r in &spec.groups {
+            if let Some(lr) = r.lr {
+                check(&format!("lr of group {:?}", r.name), lr, lr >= 0.0, "≥ 0")?;
+            }
+            if let Some(wd) = r.weight_decay {
+                let what = format!("weight_decay of group {:?}", r.name);
+                check(&what, wd, wd >= 0.0, "≥ 0")?;
+            }
+        }
+
+        // Groups keyed by (matching rule, decay-exempt), in order of first appearance.
+        let mut keys: Vec<(Option<usize>, bool)> = Vec::new();
         let mut groups: Vec<ParamGroup> = Vec::new();
         let mut used = vec![false; spec.groups.len()];
         for p in store.trainable() {
@@ -212,24 +249,28 @@ impl Optimizer {
                     (
                         r.name.clone(),
                         r.lr.unwrap_or(c.lr()),
-                        r.weight_decay.unwrap_or(c.weight_decay()),
+                        r.weight_decay.unwrap_or(wd),
                     )
                 }
-                None => ("default".to_string(), c.lr(), c.weight_decay()),
+                None => ("default".to_string(), c.lr(), wd),
             };
-            if spec.no_decay_on_norm_and_bias && decay_exempt(p) && wd != 0.0 {
+            let exempt = spec.no_decay_on_norm_and_bias && decay_exempt(p) && wd != 0.0;
+            if exempt {
                 wd = 0.0;
                 name.push_str(" (no decay)");
             }
-            match groups.iter_mut().find(|g| g.name == name) {
-                Some(g) => g.params.push(p.clone()),
-                None => groups.push(ParamGroup {
-                    name,
-                    base_lr: lr,
-                    weight_decay: wd,
-                    params: vec![p.clone()],
-                    lr,
-                }),
+            match keys.iter().position(|k| *k == (rule, exempt)) {
+                Some(i) => groups[i].params.push(p.clone()),
+                None => {
+                    keys.push((rule, exempt));
+                    groups.push(ParamGroup {
+                        name,
+                        base_lr: lr,
+                        weight_decay: wd,
+                        params: vec![p.clone()],
+                        lr,
+                    });
+                }
             }
         }
         if let Some(i) = used.iter().position(|u| !u) {
@@ -237,16 +278,7 @@ impl Optimizer {
         }
         let state = groups
             .iter()
-            .map(|g| {
-                g.params
-                    .iter()
-                    .map(|_| State {
-                        m: None,
-                        v: None,
-                        steps: 0,
-                    })
-                    .collect()
-            })
+            .map(|g| g.params.iter().map(|_| State::default()).collect())
             .collect();
         Ok(Self {
             config: c.clone(),
@@ -259,22 +291,27 @@ impl Optimizer {
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
+
     /// Sets every group's learning rate to its base rate × `factor` (from a schedule).
     pub fn set_lr_factor(&mut self, factor: f64) {
         for g in &mut self.groups {
             g.lr = g.base_lr * factor;
         }
     }
+
+    /// The current learning rate of group `i` (0 when there is no such group).
     pub fn lr_of_group(&self, i: usize) -> f64 {
         self.groups.get(i).map_or(0.0, |g| g.lr)
     }
+
+    /// Calls of [`Optimizer::step`] so far.
     pub fn steps_taken(&self) -> u64 {
         self.steps
     }
 
     /// One update from `grads`. A parameter without a gradient is left alone and its state
-    /// does not advance (as PyTorch skips parameters whose `.grad` is None). Returns how
-    /// many parameters were updated.
+    /// does not advance (PyTorch skips parameters whose `.grad` is None). Returns how many
+    /// parameters were updated.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<usize> {
         let mut updated = 0;
         for (g, states) in self.groups.iter().zip(self.state.iter_mut()) {
@@ -287,58 +324,13 @@ impl Optimizer {
                 let new = match self.config {
                     OptimizerConfig::Sgd {
                         momentum, nesterov, ..
-                    } => {
-                        let mut d = if g.weight_decay != 0.0 {
-                            (&grad + (w * g.weight_decay)?)?
-                        } else {
-                            grad
-                        };
-                        if momentum != 0.0 {
-                            let buf = match st.m.take() {
-                                None => d.clone(),
-                                Some(b) => ((b * momentum)? + &d)?,
-                            };
-                            d = if nesterov {
-                                (&d + (&buf * momentum)?)?
-                            } else {
-                                buf.clone()
-                            };
-                            st.m = Some(buf);
-                        }
-                        (w - (d * g.lr)?)?
-                    }
+                    } => sgd_update(w, grad, st, g.lr, g.weight_decay, momentum, nesterov)?,
                     OptimizerConfig::Adam {
                         beta1, beta2, eps, ..
-                    }
-                    | OptimizerConfig::AdamW {
+                    } => adam_update(w, grad, st, g, (beta1, beta2, eps), false)?,
+                    OptimizerConfig::AdamW {
                         beta1, beta2, eps, ..
-                    } => {
-                        let decoupled = matches!(self.config, OptimizerConfig::AdamW { .. });
-                        let (w0, d) = if decoupled {
-                            ((w * (1.0 - g.lr * g.weight_decay))?, grad)
-                        } else if g.weight_decay != 0.0 {
-                            (w.clone(), (&grad + (w * g.weight_decay)?)?)
-                        } else {
-                            (w.clone(), grad)
-                        };
-                        st.steps += 1;
-                        let m = match st.m.take() {
-                            None => (&d * (1.0 - beta1))?,
-                            Some(m) => ((m * beta1)? + (&d * (1.0 - beta1))?)?,
-                        };
-                        let v = match st.v.take() {
-                            None => (d.sqr()? * (1.0 - beta2))?,
-                            Some(v) => ((v * beta2)? + (d.sqr()? * (1.0 - beta2))?)?,
-                        };
-                        let t = st.steps as i32;
-                        let bc1 = 1.0 - beta1.powi(t);
-                        let bc2 = 1.0 - beta2.powi(t);
-                        let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
-                        let new = (w0 - (m.div(&denom)? * (g.lr / bc1))?)?;
-                        st.m = Some(m);
-                        st.v = Some(v);
-                        new
-                    }
+                    } => adam_update(w, grad, st, g, (beta1, beta2, eps), true)?,
                 };
                 p.var.set(&new)?;
                 updated += 1;
@@ -349,26 +341,122 @@ impl Optimizer {
     }
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before
-/// clipping (as `torch.nn.utils.clip_grad_norm_`, including its 1e-6 guard).
+/// `torch.optim.SGD` (`_single_tensor_sgd`, dampening 0).
+fn sgd_update(
+    w: &Tensor,
+    grad: Tensor,
+    st: &mut State,
+    lr: f64,
+    weight_decay: f64,
+    momentum: f64,
+    nesterov: bool,
+) -> candle_core::Result<Tensor> {
+    // d_p = grad.add(param, alpha=weight_decay)
+    let mut d = if weight_decay != 0.0 {
+        (&grad + (w * weight_decay)?)?
+    } else {
+        grad
+    };
+    if momentum != 0.0 {
+        // buf = clone(d_p) on the first step, else buf.mul_(momentum).add_(d_p)
+        let buf = match st.m.take() {
+            None => d.clone(),
+            Some(b) => ((b * momentum)? + &d)?,
+        };
+        d = if nesterov {
+            (&d + (&buf * momentum)?)?
+        } else {
+            buf.clone()
+        };
+        st.m = Some(buf);
+    }
+    st.steps += 1;
+    // param.add_(d_p, alpha=-lr)
+    w - (d * lr)?
+}
+
+/// `torch.optim.Adam` / `AdamW` (`_single_tensor_adam`, amsgrad off).
+fn adam_update(
+    w: &Tensor,
+    grad: Tensor,
+    st: &mut State,
+    g: &ParamGroup,
+    (beta1, beta2, eps): (f64, f64, f64),
+    decoupled: bool,
+) -> candle_core::Result<Tensor> {
+    let (w0, d) = if decoupled {
+        // param.mul_(1 - lr * weight_decay)
+        if g.weight_decay != 0.0 {
+            ((w * (1.0 - g.lr * g.weight_decay))?, grad)
+        } else {
+            (w.clone(), grad)
+        }
+    } else if g.weight_decay != 0.0 {
+        // grad = grad.add(param, alpha=weight_decay)
+        (w.clone(), (&grad + (w * g.weight_decay)?)?)
+    } else {
+        (w.clone(), grad)
+    };
+    st.steps += 1;
+    // exp_avg.lerp_(grad, 1 - beta1): self + weight·(end − self) for weight < 0.5.
+    let w1 = 1.0 - beta1;
+    let m = match st.m.take() {
+        None => (&d * w1)?,
+        Some(m) if w1 < 0.5 => (&m + ((&d - &m)? * w1)?)?,
+        Some(m) => (&d - ((&d - &m)? * (1.0 - w1))?)?,
+    };
+    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    let dd = ((&d * (1.0 - beta2))? * &d)?;
+    let v = match st.v.take() {
+        None => dd,
+        Some(v) => ((v * beta2)? + dd)?,
+    };
+    let t = st.steps as f64;
+    let bc1 = 1.0 - beta1.powf(t);
+    let bc2_sqrt = (1.0 - beta2.powf(t)).sqrt();
+    let step_size = g.lr / bc1;
+    // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
+    // param.addcdiv_(exp_avg, denom, value=-step_size): param + (value·exp_avg) / denom
+    let new = (w0 + ((&m * -step_size)? / &denom)?)?;
+    st.m = Some(m);
+    st.v = Some(v);
+    Ok(new)
+}
+
+/// Scales the gradients of `params` so their global L2 norm is at most `max_norm`; returns
+/// the norm before clipping (as `torch.nn.utils.clip_grad_norm_`, including its
+/// `max_norm / (norm + 1e-6)` coefficient). Parameters without a gradient are skipped. One
+/// device synchronisation in all.
 pub fn clip_grad_norm(
     grads: &mut GradStore,
     params: &[&Var],
     max_norm: f64,
 ) -> candle_core::Result<f64> {
-    let mut total = 0.0f64;
+    let mut squares: Vec<Tensor> = Vec::new();
     for p in params {
         if let Some(g) = grads.get(p.as_tensor()) {
-            total += g
-                .to_dtype(candle_core::DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            let g = match g.dtype() {
+                DType::F16 | DType::BF16 => g.to_dtype(DType::F32)?,
+                _ => g.clone(),
+            };
+            let s = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+            let s = match squares.first() {
+                Some(first) => s.to_device(first.device())?,
+                None => s,
+            };
+            squares.push(s);
         }
     }
-    let norm = total.sqrt();
+    if squares.is_empty() {
+        return Ok(0.0);
+    }
+    let norm = Tensor::stack(&squares, 0)?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt();
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    if coef < 1.0 || !coef.is_finite() {
         for p in params {
             if let Some(g) = grads.remove(p.as_tensor()) {
                 grads.insert(p.as_tensor(), (g * coef)?);
@@ -378,7 +466,8 @@ pub fn clip_grad_norm(
     Ok(norm)
 }
 
-/// Clamps every gradient element to `[-clip, clip]` (`torch.nn.utils.clip_grad_value_`).
+/// Clamps every gradient element of `params` to `[-clip, clip]`
+/// (`torch.nn.utils.clip_grad_value_`).
 pub fn clip_grad_value(
     grads: &mut GradStore,
     params: &[&Var],
@@ -395,63 +484,100 @@ pub fn clip_grad_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::params::{Builder, Init};
     use crate::models::{Model, ModelSpec};
-    use candle_core::{DType, Device};
+    use candle_core::Device;
+
+    fn spec(optimizer: OptimizerConfig) -> OptimSpec {
+        OptimSpec {
+            optimizer,
+            no_decay_on_norm_and_bias: true,
+            groups: vec![],
+        }
+    }
+
+    /// An f64 store with the named vectors.
+    fn store(values: &[(&str, &[f64])]) -> (ParamStore, Vec<Var>) {
+        let mut b = Builder::new(0, &Device::Cpu).with_dtype(DType::F64);
+        let vars = values
+            .iter()
+            .map(|(name, v)| {
+                let var = b
+                    .tensor(name, &[v.len()], Init::Zeros, ParamKind::Weight)
+                    .expect("var");
+                var.set(&Tensor::new(*v, &Device::Cpu).expect("t"))
+                    .expect("set");
+                var
+            })
+            .collect();
+        (b.finish(), vars)
+    }
+
+    /// Gradients of `Σ coef·var` (the gradient of each var is its coefficient vector).
+    fn grads_of(terms: &[(&Var, &[f64])]) -> GradStore {
+        let mut loss = Tensor::zeros((), DType::F64, &Device::Cpu).expect("zero");
+        for (v, c) in terms {
+            let c = Tensor::new(*c, &Device::Cpu).expect("c");
+            let term = (v.as_tensor() * c).and_then(|x| x.sum_all()).expect("term");
+            loss = (loss + term).expect("sum");
+        }
+        loss.backward().expect("backward")
+    }
 
     /// Three steps on p = [1, −2, 3] (f64) with gradients g_t = [0.5, −1, 2]·t.
     fn three_steps(config: OptimizerConfig) -> Vec<f64> {
-        let mut b = crate::models::params::Builder::new(0, &Device::Cpu).with_dtype(DType::F64);
-        let v = b
-            .tensor(
-                "w",
-                &[3],
-                crate::models::params::Init::Zeros,
-                ParamKind::Weight,
-            )
-            .expect("var");
-        v.set(&Tensor::new(&[1f64, -2.0, 3.0], &Device::Cpu).expect("t"))
-            .expect("set");
-        let store = b.finish();
-        let spec = OptimSpec {
-            optimizer: config,
-            no_decay_on_norm_and_bias: true,
-            groups: vec![],
-        };
-        let mut opt = Optimizer::new(&spec, &store).expect("optimizer");
+        let (store, vars) = store(&[("w", &[1.0, -2.0, 3.0])]);
+        let mut opt = Optimizer::new(&spec(config), &store).expect("optimizer");
         for t in 1..=3 {
-            let loss = (v.as_tensor()
-                * &Tensor::new(
-                    &[0.5f64 * t as f64, -(t as f64), 2.0 * t as f64],
-                    &Device::Cpu,
-                )
-                .expect("g"))
-                .and_then(|x| x.sum_all())
-                .expect("loss");
-            let grads = loss.backward().expect("backward");
-            opt.step(&grads).expect("step");
+            let t = t as f64;
+            let grads = grads_of(&[(&vars[0], &[0.5 * t, -t, 2.0 * t])]);
+            assert_eq!(opt.step(&grads).expect("step"), 1);
         }
-        v.as_tensor().to_vec1().expect("values")
+        assert_eq!(opt.steps_taken(), 3);
+        vars[0].as_tensor().to_vec1().expect("values")
     }
 
     fn close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() < 1e-12, "{a:?} vs {b:?}");
         }
     }
 
-    // Expected values from torch 2.15:
-    // p = torch.tensor([1., -2., 3.], dtype=torch.float64, requires_grad=True)
-    // opt = torch.optim.<Opt>([p], ...)
-    // for t in (1, 2, 3): opt.zero_grad(); (p * torch.tensor([0.5, -1., 2.], dtype=torch.float64) * t).sum().backward(); opt.step()
+    // Expected values from torch 2.15 (/tmp/tv/bin/python):
+    // def run(make):
+    //     p = torch.tensor([1., -2., 3.], dtype=torch.float64, requires_grad=True)
+    //     opt = make([p])
+    //     for t in (1, 2, 3):
+    //         opt.zero_grad()
+    //         (p * torch.tensor([0.5, -1., 2.], dtype=torch.float64) * t).sum().backward()
+    //         opt.step()
+    //     return p.tolist()
+    // run(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    const SGD_NESTEROV: [f64; 3] = [0.2716913789117676, -0.5433827578235352, 0.08716793087792767];
+    // run(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4))
+    const SGD_MOMENTUM: [f64; 3] = [0.524234011874875, -1.04846802374975, 1.097216535499625];
+    // run(lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-3))
+    const ADAM: [f64; 3] = [0.9707660379368027, -1.9707660481608382, 2.9707665798892373];
+    // run(lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05))
+    const ADAMW: [f64; 3] = [0.9692837411964048, -1.967784490866167, 2.9662852406385483];
+
     #[test]
-    fn sgd_nesterov_with_decay_matches_pytorch() {
+    fn sgd_matches_pytorch() {
         let got = three_steps(OptimizerConfig::Sgd {
             lr: 0.1,
             momentum: 0.9,
             nesterov: true,
             weight_decay: 5e-4,
         });
-        close(&got, &SGD_EXPECTED);
+        close(&got, &SGD_NESTEROV);
+        let got = three_steps(OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+        });
+        close(&got, &SGD_MOMENTUM);
     }
 
     #[test]
@@ -463,7 +589,7 @@ mod tests {
             eps: 1e-8,
             weight_decay: 1e-3,
         });
-        close(&got, &ADAM_EXPECTED);
+        close(&got, &ADAM);
         let got = three_steps(OptimizerConfig::AdamW {
             lr: 0.01,
             beta1: 0.9,
@@ -471,12 +597,32 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.05,
         });
-        close(&got, &ADAMW_EXPECTED);
+        close(&got, &ADAMW);
     }
 
-    const SGD_EXPECTED: [f64; 3] = [0.2716913789117676, -0.5433827578235352, 0.08716793087792767];
-    const ADAM_EXPECTED: [f64; 3] = [0.9707660379368027, -1.9707660481608382, 2.9707665798892373];
-    const ADAMW_EXPECTED: [f64; 3] = [0.9692837411964048, -1.967784490866167, 2.9662852406385483];
+    #[test]
+    fn a_parameter_without_gradient_is_untouched_and_its_state_waits() {
+        let (store, vars) = store(&[("w", &[1.0, 2.0]), ("u", &[5.0, -5.0])]);
+        let config = OptimizerConfig::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut opt = Optimizer::new(&spec(config), &store).expect("optimizer");
+        for _ in 0..2 {
+            let grads = grads_of(&[(&vars[0], &[1.0, 1.0])]);
+            assert_eq!(opt.step(&grads).expect("step"), 1);
+        }
+        let u: Vec<f64> = vars[1].as_tensor().to_vec1().expect("u");
+        assert_eq!(u, [5.0, -5.0]);
+        // u's first update is Adam's step 1 (moves by lr·g/|g|), as in PyTorch, not step 3.
+        let grads = grads_of(&[(&vars[0], &[1.0, 1.0]), (&vars[1], &[2.0, -3.0])]);
+        assert_eq!(opt.step(&grads).expect("step"), 2);
+        let u: Vec<f64> = vars[1].as_tensor().to_vec1().expect("u");
+        close(&u, &[4.9 + 5e-10, -4.9 - 3.3333333e-10]);
+    }
 
     #[test]
     fn groups_exempt_norms_and_biases_and_rules_set_their_own_rates() {
@@ -496,7 +642,7 @@ mod tests {
                 ..GroupRule::default()
             }],
         };
-        let opt = Optimizer::new(&spec, model.params()).expect("optimizer");
+        let mut opt = Optimizer::new(&spec, model.params()).expect("optimizer");
         let names: Vec<&str> = opt.groups().iter().map(|g| g.name.as_str()).collect();
         assert_eq!(
             names,
@@ -505,47 +651,93 @@ mod tests {
         for g in opt.groups() {
             let exempt = g.name.ends_with("(no decay)");
             assert_eq!(g.weight_decay == 0.0, exempt, "{}", g.name);
-            assert!(
-                g.params.iter().all(|p| p.kind.is_trainable()),
-                "buffers are never optimised"
-            );
-            if g.name.starts_with("head") {
-                assert_eq!(g.base_lr, 0.5);
-                assert!(g.params.iter().all(|p| p.name.starts_with("fc.")));
+            assert!(g.params.iter().all(|p| p.kind.is_trainable()));
+            for p in &g.params {
+                let bias_or_norm = matches!(p.kind, ParamKind::Bias | ParamKind::Norm)
+                    || (p.kind == ParamKind::Head && p.var.rank() == 1);
+                assert_eq!(bias_or_norm, exempt, "{}", p.name);
             }
+            let head = g.name.starts_with("head");
+            assert_eq!(g.base_lr, if head { 0.5 } else { 0.1 }, "{}", g.name);
+            assert!(g.params.iter().all(|p| p.name.starts_with("fc.") == head));
         }
-        let count: usize = opt.groups().iter().map(|g| g.params.len()).sum();
-        assert_eq!(count, model.params().trainable().count());
+        opt.set_lr_factor(0.5);
+        assert_eq!((opt.lr_of_group(0), opt.lr_of_group(2)), (0.05, 0.25));
+        // Every trainable tensor is in exactly one group; no buffer is.
+        let mut grouped: Vec<&str> = opt
+            .groups()
+            .iter()
+            .flat_map(|g| g.params.iter().map(|p| p.name.as_str()))
+            .collect();
+        grouped.sort_unstable();
+        let mut trainable: Vec<&str> = model
+            .params()
+            .trainable()
+            .map(|p| p.name.as_str())
+            .collect();
+        trainable.sort_unstable();
+        assert_eq!(grouped, trainable);
+        assert!(model.params().iter().any(|p| p.kind == ParamKind::Buffer));
+
+        // Without the exemption, everything is decayed.
+        let plain = OptimSpec {
+            no_decay_on_norm_and_bias: false,
+            ..spec.clone()
+        };
+        let opt = Optimizer::new(&plain, model.params()).expect("optimizer");
+        assert!(opt.groups().iter().all(|g| g.weight_decay == 5e-4));
+
         let bad = OptimSpec {
             groups: vec![GroupRule {
                 name: "nothing".into(),
                 prefixes: vec!["nope.".into()],
                 ..GroupRule::default()
             }],
-            ..spec
+            ..spec.clone()
         };
         assert!(
             matches!(Optimizer::new(&bad, model.params()), Err(OptimError::EmptyGroup(n)) if n == "nothing")
         );
+        let bad = OptimSpec {
+            optimizer: OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 1.5,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            ..spec
+        };
+        let err = Optimizer::new(&bad, model.params())
+            .err()
+            .expect("momentum 1.5 is refused")
+            .to_string();
+        assert!(err.contains("momentum") && err.contains("1.5"), "{err}");
     }
 
     #[test]
     fn clipping_by_norm_returns_the_norm_and_scales_to_the_limit() {
+        // torch: v = torch.tensor([3., 4.], requires_grad=True); (v * v.detach()).sum().backward()
+        // clip_grad_norm_([v], 1.0) -> 5.0, v.grad = [0.5999999046, 0.7999998331]
         let v = Var::new(&[3f32, 4.0], &Device::Cpu).expect("var");
+        let u = Var::new(&[1f32], &Device::Cpu).expect("var");
         let mut grads = (v.as_tensor() * &Tensor::new(&[3f32, 4.0], &Device::Cpu).expect("t"))
             .and_then(|x| x.sum_all())
             .and_then(|l| l.backward())
             .expect("grads");
-        // gradient = [3, 4], norm 5
-        let norm = clip_grad_norm(&mut grads, &[&v], 1.0).expect("clip");
+        let norm = clip_grad_norm(&mut grads, &[&v, &u], 10.0).expect("clip");
+        assert!((norm - 5.0).abs() < 1e-6);
+        let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
+        assert_eq!(g, [3.0, 4.0], "under the limit: unchanged");
+        let norm = clip_grad_norm(&mut grads, &[&v, &u], 1.0).expect("clip");
         assert!((norm - 5.0).abs() < 1e-6);
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
         assert!(
-            (g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5,
+            (g[0] - 0.599_999_9).abs() < 1e-6 && (g[1] - 0.799_999_8).abs() < 1e-6,
             "{g:?}"
         );
-        clip_grad_value(&mut grads, &[&v], 0.7).expect("clip");
+        clip_grad_value(&mut grads, &[&v, &u], 0.7).expect("clip");
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
-        assert!((g[1] - 0.7).abs() < 1e-6);
+        assert!((g[0] - 0.599_999_9).abs() < 1e-6 && g[1] == 0.7, "{g:?}");
+        assert!(grads.get(u.as_tensor()).is_none());
     }
 }

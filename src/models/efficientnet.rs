@@ -27,6 +27,9 @@ use super::params::{Builder, Init, ParamKind, join};
 /// (1e-5, 0.1; only its B5–B7 pass these values): with torchvision's pretrained B0 weights
 /// the larger eps shifts normalised activations slightly (a channel with running variance v
 /// is scaled by √((v + 1e-5)/(v + 1e-3))), which fine-tuning absorbs in its first steps.
+/// These are only the defaults of [`EfficientNetConfig::bn_eps`] and
+/// [`EfficientNetConfig::bn_momentum`]: setting those fields to 1e-5 and 0.1 gives
+/// torchvision's B0 exactly (the PyTorch reference tests do).
 const BN_EPS: f64 = 1e-3;
 /// PyTorch's convention: the weight of the new batch statistic.
 const BN_MOMENTUM: f64 = 0.01;
@@ -151,6 +154,12 @@ impl EfficientNetConfig {
         }
         if self.classes == 0 {
             return bad("0 classes".into());
+        }
+        if !positive(self.bn_eps) || !(0.0..=1.0).contains(&self.bn_momentum) {
+            return bad(format!(
+                "batch-norm eps {} and momentum {} (eps must be positive, momentum in [0, 1])",
+                self.bn_eps, self.bn_momentum
+            ));
         }
         // A probability of 1 would scale the kept values by 1/0.
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.stochastic_depth) {

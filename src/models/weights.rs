@@ -241,8 +241,11 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
         path: path.to_path_buf(),
         reason,
     };
-    if !path.is_file() {
+    if !path.exists() {
         return Err(read_err("no such file".into()));
+    }
+    if !path.is_file() {
+        return Err(read_err("not a file".into()));
     }
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
@@ -250,7 +253,8 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
         .iter()
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
         .collect();
-    let (convention, _, ignored, unknown) = to_native(&entries);
+    let (convention, _, mut ignored, unknown) = to_native(&entries);
+    ignored.sort();
 
     // Native tensors, with q/k/v concatenated in order.
     let mut native: HashMap<String, Tensor> = HashMap::new();
@@ -271,9 +275,17 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
     let mut problems = Vec::new();
     for (name, parts) in qkv {
         match parts {
-            [Some(q), Some(k), Some(v)] => {
+            [Some(q), Some(k), Some(v)]
+                if q.dims() == k.dims() && q.dims() == v.dims() && q.rank() >= 1 =>
+            {
                 native.insert(name, Tensor::cat(&[q, k, v], 0)?);
             }
+            [Some(q), Some(k), Some(v)] => problems.push(format!(
+                "{name}: query {:?}, key {:?} and value {:?} differ in shape",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            )),
             _ => problems.push(format!(
                 "{name} needs query, key and value; some are missing"
             )),
@@ -293,23 +305,24 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
         let want = p.var.dims();
         if t.dims() == want {
             to_copy.push((p, t));
-        } else if p.kind == ParamKind::Head {
+        } else if p.kind == ParamKind::Head
+            && t.rank() == want.len()
+            && t.dims().get(1..) == want.get(1..)
+        {
+            // Only the class count (the first dimension) differs: keep the fresh head.
             head_replaced = true;
         } else if p.name == "encoder.pos_embedding"
             && t.rank() == 3
             && want.len() == 3
             && t.dim(2)? == want[2]
         {
-            let resized = resize_pos_embedding(&t, want[1]).map_err(|reason| {
-                ModelError::WeightsMismatch {
-                    model: model.name.clone(),
-                    detail: reason,
-                    path: path.to_path_buf(),
+            match resize_pos_embedding(&t, want[1]) {
+                Ok((resized, grids)) => {
+                    pos_resized = Some(grids);
+                    to_copy.push((p, resized));
                 }
-            })?;
-            let grids = (grid_of(t.dim(1)? - 1), grid_of(want[1] - 1));
-            pos_resized = Some((grids.0.unwrap_or(0), grids.1.unwrap_or(0)));
-            to_copy.push((p, resized));
+                Err(reason) => mismatched.push(format!("{}: {reason}", p.name)),
+            }
         } else {
             mismatched.push(format!(
                 "{} is {:?} in the file, {:?} in the model",
@@ -361,15 +374,22 @@ pub fn load_pretrained(model: &Model, path: &Path) -> Result<ImportReport, Model
 
 fn grid_of(positions: usize) -> Option<usize> {
     let g = (positions as f64).sqrt().round() as usize;
-    (g * g == positions).then_some(g)
+    (g > 0 && g * g == positions).then_some(g)
 }
 
-/// `[1, 1 + g², d]` → `[1, 1 + h², d]`: the class-token row is kept, the grid resampled.
-fn resize_pos_embedding(t: &Tensor, want_len: usize) -> Result<Tensor, String> {
-    let (_, len, d) = t.dims3().map_err(|e| e.to_string())?;
-    let (Some(from), Some(to)) = (grid_of(len - 1), grid_of(want_len - 1)) else {
+/// `[1, 1 + g², d]` → `[1, 1 + h², d]`: the class-token row is kept, the grid resampled
+/// (bicubic, half-pixel centres: what Hugging Face's `interpolate_pos_encoding` does).
+/// Returns the tensor and the grid sides (g, h).
+fn resize_pos_embedding(t: &Tensor, want_len: usize) -> Result<(Tensor, (usize, usize)), String> {
+    let (batch, len, d) = t.dims3().map_err(|e| e.to_string())?;
+    let squares = (
+        len.checked_sub(1).and_then(grid_of),
+        want_len.checked_sub(1).and_then(grid_of),
+    );
+    let (1, (Some(from), Some(to))) = (batch, squares) else {
         return Err(format!(
-            "position embedding of {len} positions cannot be resampled to {want_len} (not square grids)"
+            "{:?} in the file cannot be resampled to {want_len} positions (class token + square grid)",
+            t.dims()
         ));
     };
     let values: Vec<f32> = t
@@ -379,7 +399,8 @@ fn resize_pos_embedding(t: &Tensor, want_len: usize) -> Result<Tensor, String> {
     let (cls, grid) = values.split_at(d);
     let mut out = cls.to_vec();
     out.extend(interpolate_pos_grid(grid, from, to, d));
-    Tensor::from_vec(out, (1, want_len, d), &Device::Cpu).map_err(|e| e.to_string())
+    let t = Tensor::from_vec(out, (1, want_len, d), &Device::Cpu).map_err(|e| e.to_string())?;
+    Ok((t, (from, to)))
 }
 
 /// Saves every parameter and buffer under its native name, in f32, atomically (a temporary
@@ -406,8 +427,16 @@ pub fn save(model: &Model, path: &Path) -> Result<(), ModelError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| write_err(e.to_string()))?;
+    // Dropped (and deleted) on any error before the rename.
+    let tmp = tempfile::Builder::new()
+        .prefix(".annt-partial-")
+        .tempfile_in(dir)
+        .map_err(|e| write_err(e.to_string()))?;
     candle_core::safetensors::save(&tensors, tmp.path()).map_err(|e| write_err(e.to_string()))?;
+    // candle wrote through its own handle; flush the data to disk before the rename.
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| write_err(e.to_string()))?;
     tmp.persist(path)
         .map_err(|e| write_err(e.error.to_string()))?;
     Ok(())

@@ -1,17 +1,26 @@
 //! Mixed precision: the mode, a dynamic loss scaler with PyTorch `GradScaler`'s rules, and a
 //! finite check over gradients.
+//!
+//! bf16 has f32's exponent range, so it needs no scaling; fp16 tops out at 65504 and flushes
+//! magnitudes below ~6·10⁻⁸ to zero, so small gradients vanish unless the loss is scaled up
+//! before backward and the gradients scaled back down before the optimiser sees them.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-/// The compute precision of a run. Parameters stay f32 in every mode.
+/// The compute precision of a run. Parameters (and so optimiser state) stay f32 in every
+/// mode; only activations and matrix products run in the lower precision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AmpMode {
+    /// Plain f32 everywhere: the baseline every acceleration is compared with.
     #[default]
     Off,
+    /// bfloat16 compute: f32's range with 8 bits of mantissa, no loss scaling needed.
     Bf16,
+    /// IEEE half compute: 11 bits of mantissa but a narrow range, so it needs a
+    /// [`LossScaler`].
     Fp16,
 }
 
@@ -24,12 +33,19 @@ impl AmpMode {
             AmpMode::Fp16 => DType::F16,
         }
     }
+
+    /// Short name used in reports, arm labels and the CLI's output.
     pub fn label(self) -> &'static str {
         match self {
             AmpMode::Off => "fp32",
             AmpMode::Bf16 => "bf16",
             AmpMode::Fp16 => "fp16",
         }
+    }
+
+    /// Whether this mode needs dynamic loss scaling (only fp16's range is too narrow).
+    pub fn needs_loss_scaling(self) -> bool {
+        self == AmpMode::Fp16
     }
 }
 
@@ -42,9 +58,11 @@ pub enum Unscaled {
     Overflow,
 }
 
-/// Dynamic loss scaling for fp16: the loss is multiplied by `scale` before backward so small
-/// gradients survive f16's range; gradients are divided back before the step. An overflow
-/// halves the scale and skips the step; `growth_interval` clean steps in a row double it.
+/// Dynamic loss scaling for fp16 with PyTorch `GradScaler`'s rules: the loss is multiplied by
+/// `scale` before backward so small gradients survive f16's range; gradients are divided back
+/// before the step. An overflow multiplies the scale by `backoff_factor` and skips the step;
+/// `growth_interval` finite steps in a row multiply it by `growth_factor` (a grown scale that
+/// would be infinite is not applied, as in PyTorch).
 #[derive(Clone, Debug, Serialize)]
 pub struct LossScaler {
     scale: f64,
@@ -54,6 +72,8 @@ pub struct LossScaler {
     clean_steps: u32,
     skipped: u64,
     grown: u64,
+    backoffs: u64,
+    min_scale: f64,
 }
 
 impl Default for LossScaler {
@@ -63,10 +83,27 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    /// PyTorch's defaults: scale 2¹⁶, ×2 after 2000 clean steps, ×0.5 on overflow.
+    /// PyTorch's default initial scale, 2¹⁶.
+    pub const DEFAULT_INIT_SCALE: f64 = 65536.0;
+    /// PyTorch's default growth factor.
+    pub const DEFAULT_GROWTH_FACTOR: f64 = 2.0;
+    /// PyTorch's default backoff factor.
+    pub const DEFAULT_BACKOFF_FACTOR: f64 = 0.5;
+    /// PyTorch's default number of consecutive finite steps before the scale grows.
+    pub const DEFAULT_GROWTH_INTERVAL: u32 = 2000;
+
+    /// PyTorch's defaults: scale 2¹⁶, ×2 after 2000 finite steps, ×0.5 on overflow.
     pub fn new() -> Self {
-        Self::with_params(65536.0, 2.0, 0.5, 2000)
+        Self::with_params(
+            Self::DEFAULT_INIT_SCALE,
+            Self::DEFAULT_GROWTH_FACTOR,
+            Self::DEFAULT_BACKOFF_FACTOR,
+            Self::DEFAULT_GROWTH_INTERVAL,
+        )
     }
+
+    /// A scaler with explicit constants (tests use a short interval; a run may start lower
+    /// to skip the first few backoffs).
     pub fn with_params(
         init_scale: f64,
         growth_factor: f64,
@@ -81,74 +118,113 @@ impl LossScaler {
             clean_steps: 0,
             skipped: 0,
             grown: 0,
+            backoffs: 0,
+            min_scale: init_scale,
         }
     }
+
+    /// The current loss scale.
     pub fn scale(&self) -> f64 {
         self.scale
     }
-    /// Steps skipped because of an overflow.
+
+    /// The smallest scale reached so far (how far overflows pushed it down).
+    pub fn min_scale(&self) -> f64 {
+        self.min_scale
+    }
+
+    /// Optimiser steps skipped because of an overflow.
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
     }
+
     /// Times the scale grew.
     pub fn growth_events(&self) -> u64 {
         self.grown
     }
+
+    /// Times the scale backed off (equals [`LossScaler::skipped_steps`]; kept separately so
+    /// reports read naturally).
+    pub fn backoff_events(&self) -> u64 {
+        self.backoffs
+    }
+
+    /// Consecutive finite steps since the last growth or overflow.
+    pub fn clean_steps(&self) -> u32 {
+        self.clean_steps
+    }
+
+    /// Multiplies the loss by the scale before backward, so the whole backward pass runs on
+    /// scaled values.
     pub fn scale_loss(&self, loss: &Tensor) -> candle_core::Result<Tensor> {
         loss * self.scale
     }
-    /// Divides the gradients of `params` by the scale in place, after checking them.
+
+    /// Checks every gradient of `params` for inf/NaN and, when all are finite, divides them
+    /// by the scale in place (a power-of-two scale divides exactly). On
+    /// [`Unscaled::Overflow`] the gradients are left untouched and the caller must skip the
+    /// optimiser step. Parameters without a gradient are ignored.
     pub fn unscale(&self, grads: &mut GradStore, params: &[&Var]) -> candle_core::Result<Unscaled> {
-        let present: Vec<Tensor> = params
+        let present: Vec<&Tensor> = params
             .iter()
-            .filter_map(|p| grads.get(p.as_tensor()).cloned())
+            .filter_map(|p| grads.get(p.as_tensor()))
             .collect();
-        if !all_finite(&present.iter().collect::<Vec<_>>())? {
+        if !all_finite(&present)? {
             return Ok(Unscaled::Overflow);
         }
         let inv = 1.0 / self.scale;
         for p in params {
-            if let Some(g) = grads.remove(p.as_tensor()) {
-                grads.insert(p.as_tensor(), (g * inv)?);
-            }
+            let unscaled = match grads.get(p.as_tensor()) {
+                Some(g) => (g * inv)?,
+                None => continue,
+            };
+            grads.insert(p.as_tensor(), unscaled);
         }
         Ok(Unscaled::Finite)
     }
-    /// Call once per optimiser step with what [`LossScaler::unscale`] found.
+
+    /// Updates the scale after a step attempt: an overflow backs off and resets the counter;
+    /// a finite step counts, and the scale grows after `growth_interval` of them. Call once
+    /// per optimiser step (not per micro-batch) with what [`LossScaler::unscale`] found.
     pub fn update(&mut self, outcome: Unscaled) {
         match outcome {
             Unscaled::Overflow => {
                 self.scale *= self.backoff_factor;
+                self.min_scale = self.min_scale.min(self.scale);
                 self.clean_steps = 0;
                 self.skipped += 1;
+                self.backoffs += 1;
             }
             Unscaled::Finite => {
                 self.clean_steps += 1;
                 if self.clean_steps >= self.growth_interval {
-                    self.scale *= self.growth_factor;
+                    let grown = self.scale * self.growth_factor;
+                    if grown.is_finite() {
+                        self.scale = grown;
+                        self.grown += 1;
+                    }
                     self.clean_steps = 0;
-                    self.grown += 1;
                 }
             }
         }
     }
 }
 
-/// Whether every element of every tensor is finite, with one device sync in total: `t − t`
-/// is 0 for finite values and NaN for inf/NaN, and a sum carries a NaN through.
+/// Whether every element of every tensor is finite, with one device→host copy in total:
+/// `t − t` is 0 for finite values and NaN for inf/NaN, a sum carries a NaN through, and the
+/// per-tensor sums (each a single value, widened to f32) are stacked and summed once more
+/// before the only read-back. The subtraction and first sum run in the tensor's own dtype,
+/// so no f32 copy of a large f16 gradient is made. Integer tensors are always finite.
 pub fn all_finite(tensors: &[&Tensor]) -> candle_core::Result<bool> {
-    if tensors.is_empty() {
-        return Ok(true);
-    }
     let sums = tensors
         .iter()
-        .map(|t| {
-            t.to_dtype(DType::F32)?
-                .sub(&t.to_dtype(DType::F32)?)?
-                .sum_all()
-        })
+        .filter(|t| t.dtype().is_float() && t.elem_count() > 0)
+        .map(|t| t.sub(t)?.sum_all()?.to_dtype(DType::F32)?.reshape(1))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let total: f32 = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar()?;
+    if sums.is_empty() {
+        return Ok(true);
+    }
+    let total: f32 = Tensor::cat(&sums, 0)?.sum_all()?.to_scalar()?;
     Ok(total.is_finite())
 }
 
@@ -158,58 +234,141 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn all_finite_catches_nan_and_infinities_in_every_float_dtype() {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let ok = Tensor::new(&[1f32, -2.0, 0.0], &Device::Cpu)
-                .and_then(|t| t.to_dtype(dtype))
-                .expect("t");
-            assert!(all_finite(&[&ok]).expect("check"));
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                let t = Tensor::new(&[1f32, bad], &Device::Cpu)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .expect("t");
-                assert!(!all_finite(&[&ok, &t]).expect("check"), "{dtype:?} {bad}");
-            }
-        }
+    fn modes_map_to_dtypes_and_serialise_in_kebab_case() {
+        assert_eq!(AmpMode::default(), AmpMode::Off);
+        assert_eq!(AmpMode::Off.compute_dtype(), DType::F32);
+        assert_eq!(AmpMode::Bf16.compute_dtype(), DType::BF16);
+        assert_eq!(AmpMode::Fp16.compute_dtype(), DType::F16);
+        assert_eq!(
+            serde_json::to_string(&[AmpMode::Off, AmpMode::Bf16, AmpMode::Fp16]).expect("json"),
+            r#"["off","bf16","fp16"]"#
+        );
+        assert!(AmpMode::Fp16.needs_loss_scaling() && !AmpMode::Bf16.needs_loss_scaling());
     }
 
     #[test]
-    fn overflow_halves_the_scale_and_clean_steps_double_it() {
+    fn all_finite_catches_nan_and_infinities_in_every_float_dtype() {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+            let ok = Tensor::new(&[1f32, -2.0, 0.0, 1e-30, -3e4], &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .expect("t");
+            assert!(all_finite(&[&ok]).expect("check"), "{dtype:?}");
+            // Many finite values: the sum of zeros stays exactly zero.
+            let big = Tensor::full(60000f32, (300, 300), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .expect("t");
+            assert!(all_finite(&[&ok, &big]).expect("check"), "{dtype:?}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let t = Tensor::new(&[[1f32, 2.0], [bad, 3.0]], &Device::Cpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .expect("t");
+                assert!(!all_finite(&[&t]).expect("check"), "{dtype:?} {bad}");
+                assert!(
+                    !all_finite(&[&ok, &big, &t]).expect("check"),
+                    "{dtype:?} {bad}"
+                );
+            }
+        }
+        assert!(all_finite(&[]).expect("empty list"));
+        let empty = Tensor::zeros(0, DType::F16, &Device::Cpu).expect("t");
+        let ints = Tensor::new(&[1u32, 2], &Device::Cpu).expect("t");
+        assert!(all_finite(&[&empty, &ints]).expect("check"));
+    }
+
+    #[test]
+    fn an_inf_gradient_overflows_halves_the_scale_and_skips_the_step() {
         let v = Var::new(&[1f32, 2.0], &Device::Cpu).expect("var");
+        let w = Var::new(&[3f32], &Device::Cpu).expect("var");
         let mut s = LossScaler::with_params(8.0, 2.0, 0.5, 3);
-        let loss = (v.as_tensor().sum_all().expect("sum") * f64::INFINITY).expect("inf");
+        let loss = (v.as_tensor().sum_all().expect("sum") * f64::INFINITY
+            + w.as_tensor().sum_all().expect("sum"))
+        .expect("loss");
         let mut grads = s
             .scale_loss(&loss)
             .and_then(|l| l.backward())
             .expect("backward");
-        let out = s.unscale(&mut grads, &[&v]).expect("unscale");
+        let before: Vec<f32> = grads.get(w.as_tensor()).expect("g").to_vec1().expect("v");
+        let out = s.unscale(&mut grads, &[&v, &w]).expect("unscale");
         assert_eq!(out, Unscaled::Overflow);
+        let after: Vec<f32> = grads.get(w.as_tensor()).expect("g").to_vec1().expect("v");
+        assert_eq!(before, after, "an overflow leaves the gradients alone");
         s.update(out);
-        assert_eq!((s.scale(), s.skipped_steps()), (4.0, 1));
-        let loss = (v.as_tensor().sum_all().expect("sum") * 3.0).expect("mul");
-        let mut grads = s
-            .scale_loss(&loss)
-            .and_then(|l| l.backward())
-            .expect("backward");
+        assert_eq!(
+            (s.scale(), s.skipped_steps(), s.backoff_events()),
+            (4.0, 1, 1)
+        );
+        assert_eq!((s.min_scale(), s.clean_steps()), (4.0, 0));
+    }
+
+    #[test]
+    fn a_nan_gradient_overflows_too() {
+        let v = Var::new(&[1f32, 2.0], &Device::Cpu).expect("var");
+        let s = LossScaler::new();
+        let loss = (v.as_tensor().sum_all().expect("sum") * f64::NAN).expect("nan");
+        let mut grads = loss.backward().expect("backward");
         assert_eq!(
             s.unscale(&mut grads, &[&v]).expect("unscale"),
+            Unscaled::Overflow
+        );
+    }
+
+    #[test]
+    fn unscale_divides_exactly_and_skips_parameters_without_gradients() {
+        let v = Var::new(&[1f32, 2.0], &Device::Cpu).expect("var");
+        let unused = Var::new(&[5f32], &Device::Cpu).expect("var");
+        let s = LossScaler::new();
+        // d/dv of sum(v²·0.3) = 0.6·v; an f32 value times 2¹⁶ and back is exact.
+        let loss = (v.as_tensor().sqr().expect("sqr").sum_all().expect("sum") * 0.3).expect("loss");
+        let plain: Vec<f32> = loss
+            .backward()
+            .expect("backward")
+            .get(v.as_tensor())
+            .expect("g")
+            .to_vec1()
+            .expect("v");
+        let mut grads = s
+            .scale_loss(&loss)
+            .and_then(|l| l.backward())
+            .expect("backward");
+        let scaled: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
+        assert_eq!(
+            scaled,
+            plain.iter().map(|g| g * 65536.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            s.unscale(&mut grads, &[&v, &unused]).expect("unscale"),
             Unscaled::Finite
         );
-        let g: Vec<f32> = grads
-            .get(v.as_tensor())
-            .expect("grad")
-            .to_vec1()
-            .expect("vec");
+        let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
+        assert_eq!(g, plain, "unscaling divides the scale back out exactly");
+        assert!(grads.get(unused.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn finite_steps_grow_the_scale_after_the_interval_and_overflow_resets_the_count() {
+        let mut s = LossScaler::with_params(8.0, 2.0, 0.5, 3);
+        s.update(Unscaled::Finite);
+        s.update(Unscaled::Finite);
+        s.update(Unscaled::Overflow);
+        assert_eq!(s.scale(), 4.0);
+        s.update(Unscaled::Finite);
+        s.update(Unscaled::Finite);
         assert_eq!(
-            g,
-            vec![3.0, 3.0],
-            "unscaling divides the scale back out exactly"
+            (s.scale(), s.growth_events()),
+            (4.0, 0),
+            "counter was reset"
         );
-        for _ in 0..3 {
-            s.update(Unscaled::Finite);
-        }
-        assert_eq!((s.scale(), s.growth_events()), (8.0, 1));
-        let d = LossScaler::new();
+        s.update(Unscaled::Finite);
+        assert_eq!((s.scale(), s.growth_events(), s.clean_steps()), (8.0, 1, 0));
+        // A growth that would overflow f64 is not applied.
+        let mut huge = LossScaler::with_params(f64::MAX, 2.0, 0.5, 1);
+        huge.update(Unscaled::Finite);
+        assert_eq!((huge.scale(), huge.growth_events()), (f64::MAX, 0));
+    }
+
+    #[test]
+    fn default_constants_are_pytorchs_and_2000_finite_steps_double_the_scale() {
+        let mut d = LossScaler::new();
         assert_eq!(
             (
                 d.scale(),
@@ -219,5 +378,13 @@ mod tests {
             ),
             (65536.0, 2000, 0.5, 2.0)
         );
+        for _ in 0..1999 {
+            d.update(Unscaled::Finite);
+        }
+        assert_eq!(d.scale(), 65536.0);
+        d.update(Unscaled::Finite);
+        assert_eq!((d.scale(), d.growth_events()), (131072.0, 1));
+        d.update(Unscaled::Overflow);
+        assert_eq!((d.scale(), d.skipped_steps()), (65536.0, 1));
     }
 }

@@ -23,6 +23,26 @@ fn quick(model: &str, batch: usize, accum: usize) -> RunConfig {
     run
 }
 
+/// Trains one arm on the CPU with its own data.
+fn train_one(run: RunConfig) -> annt::engine::trainer::TrainedRun {
+    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    let arm = Arm {
+        label: "arm".into(),
+        run,
+    };
+    train_run(
+        &arm,
+        0,
+        0,
+        1,
+        &data,
+        &Device::Cpu,
+        &mut VecSink::default(),
+        &StopFlag::new(),
+    )
+    .expect("train")
+}
+
 fn flat(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .and_then(|t| t.flatten_all())
@@ -33,29 +53,15 @@ fn flat(t: &Tensor) -> Vec<f64> {
 /// Weight change of every trainable tensor after `run` trains, relative to a fresh model
 /// with the same seed.
 fn updates(run: RunConfig) -> Vec<(String, Vec<f64>)> {
-    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    // The built-in set has 10 classes; the same seed gives the run's initial weights.
     let spec = ModelSpec {
         name: run.model.name.clone(),
-        classes: data.num_classes(),
+        classes: 10,
         resolution: run.model.resolution,
         seed: run.train.seed,
     };
     let initial = Model::build(&spec, &Device::Cpu).expect("build");
-    let arm = Arm {
-        label: "x".into(),
-        run,
-    };
-    let trained = train_run(
-        &arm,
-        0,
-        0,
-        1,
-        &data,
-        &Device::Cpu,
-        &mut VecSink::default(),
-        &StopFlag::new(),
-    )
-    .expect("train");
+    let trained = train_one(run);
     initial
         .params()
         .trainable()
@@ -121,23 +127,7 @@ fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
             "{name} changed although the step overflowed"
         );
     }
-    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
-    let arm = Arm {
-        label: "fp16".into(),
-        run,
-    };
-    let r = train_run(
-        &arm,
-        0,
-        0,
-        1,
-        &data,
-        &Device::Cpu,
-        &mut VecSink::default(),
-        &StopFlag::new(),
-    )
-    .expect("train")
-    .result;
+    let r = train_one(run).result;
     assert_eq!(r.amp.skipped_steps, 1);
     assert_eq!(r.amp.final_scale, Some(5e29), "the scale backs off by half");
 }
@@ -266,23 +256,7 @@ fn reaching_the_target_accuracy_ends_the_run_and_records_the_time() {
     run.train.epochs = 5;
     // Any accuracy reaches 0: the run must stop after its first evaluation.
     run.train.target_accuracy = Some(0.0);
-    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
-    let arm = Arm {
-        label: "t".into(),
-        run,
-    };
-    let r = train_run(
-        &arm,
-        0,
-        0,
-        1,
-        &data,
-        &Device::Cpu,
-        &mut VecSink::default(),
-        &StopFlag::new(),
-    )
-    .expect("train")
-    .result;
+    let r = train_one(run).result;
     assert_eq!(r.status, RunStatus::ReachedTarget);
     assert_eq!(r.epochs.len(), 1);
     let t = r.time_to_target_secs.expect("time to target");

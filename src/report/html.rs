@@ -207,9 +207,8 @@ pub fn render(s: &SessionResult) -> String {
     if let Some(env) = &s.environment {
         let _ = write!(
             o,
-            "<p class=\"note\">Environment: {} (captured {}).</p>",
-            esc(&env.one_line()),
-            esc(&env.captured_at)
+            "<p class=\"note\">Environment: {}.</p>",
+            esc(&env.one_line())
         );
     }
     let _ = write!(

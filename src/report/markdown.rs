@@ -30,12 +30,7 @@ pub fn render(s: &SessionResult) -> String {
         cell(&s.device)
     );
     if let Some(env) = &s.environment {
-        let _ = writeln!(
-            o,
-            "\nEnvironment: {} (captured {}).",
-            cell(&env.one_line()),
-            cell(&env.captured_at)
-        );
+        let _ = writeln!(o, "\nEnvironment: {}.", cell(&env.one_line()));
     }
     let _ = writeln!(o, "\n## Comparison\n");
     let _ = writeln!(

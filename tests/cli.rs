@@ -82,3 +82,17 @@ fn bad_data_exits_1_naming_the_file_and_bad_usage_exits_2() {
     }
     assert_eq!(annt(&["data", "download", "mnist"]).status.code(), Some(2));
 }
+
+/// A CUDA device asked of a build (or machine) without one: exit 1 and a sentence that
+/// says why and what to choose instead, before any data is loaded or model built.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_device_without_cuda_says_why_and_offers_the_cpu() {
+    let out = annt(&["run", "--device", "cuda:0", "--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cuda:0"), "{err}");
+    assert!(err.contains("no CUDA support"), "{err}");
+    assert!(err.contains("--device cpu"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}

@@ -167,6 +167,14 @@ pub struct TrainConfig {
     /// The fp16 loss scaler's starting scale (PyTorch's GradScaler: 2¹⁶).
     #[serde(default = "init_scale")]
     pub fp16_init_scale: f64,
+    /// Memory split: every arm accumulates this many times more micro-batches than its
+    /// switches say, so that `batch_size` can be a fraction of the batch that ran out of
+    /// memory while each arm's effective batch stays the same. 1 (the default) changes
+    /// nothing; the window's out-of-memory retry halves `batch_size` and doubles this, so
+    /// the baseline keeps its name and its effective batch. (With batch norm, statistics
+    /// are then taken over the smaller micro-batch: a split is not bit-identical.)
+    #[serde(default = "one")]
+    pub memory_split: usize,
 }
 
 /// One complete run description.
@@ -211,6 +219,9 @@ fn warmup() -> u64 {
 }
 fn init_scale() -> f64 {
     65536.0
+}
+fn one() -> usize {
+    1
 }
 
 /// A configuration that cannot be used, or a preset file that cannot be read.
@@ -260,6 +271,9 @@ impl RunConfig {
         }
         if t.epochs == 0 && t.max_steps.is_none() {
             return bad("train.epochs must be at least 1 (or set train.max_steps)".into());
+        }
+        if t.memory_split == 0 {
+            return bad("train.memory_split must be at least 1".into());
         }
         if self.switches.grad_accum_steps == 0 {
             return bad("switches.grad_accum_steps must be at least 1".into());
@@ -320,6 +334,7 @@ impl RunConfig {
                 seed: 0,
                 timing_warmup_steps: 3,
                 fp16_init_scale: 65536.0,
+                memory_split: 1,
             },
             switches: Switches::default(),
             device: DeviceChoice::Cpu,

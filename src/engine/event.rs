@@ -58,6 +58,11 @@ pub enum Event {
         arm: String,
         repeat: usize,
         error: String,
+        /// The device ran out of memory: a smaller micro-batch with more accumulation
+        /// (same effective batch) may fit.
+        out_of_memory: bool,
+        /// The micro-batch the failed run used.
+        micro_batch: usize,
     },
     SessionFinished {
         result: Box<SessionResult>,

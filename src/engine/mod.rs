@@ -33,3 +33,49 @@ pub enum EngineError {
     #[error("the training thread stopped unexpectedly: {0}")]
     Worker(String),
 }
+
+impl EngineError {
+    /// Whether the device ran out of memory: CUDA's driver, cuBLAS and cuDNN each say so in
+    /// their own words, and Candle passes their messages through as text. (Host memory
+    /// exhaustion on the CPU aborts the process in Rust's allocator; it cannot be caught.)
+    pub fn is_out_of_memory(&self) -> bool {
+        let text = match self {
+            EngineError::Tensor(e) => e.to_string(),
+            EngineError::Device { reason, .. } => reason.clone(),
+            _ => return false,
+        };
+        let t = text.to_ascii_lowercase();
+        [
+            "out of memory",
+            "out_of_memory",
+            "alloc_failed",
+            "memoryallocation",
+        ]
+        .iter()
+        .any(|needle| t.contains(needle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_is_recognised_in_the_words_of_cuda_cublas_and_cudnn() {
+        // The texts cudarc's error types print (DriverError, CublasError, CudnnError).
+        for text in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+            "CudnnError(CUDNN_STATUS_ALLOC_FAILED)",
+        ] {
+            let e = EngineError::Tensor(candle_core::Error::Msg(text.into()));
+            assert!(e.is_out_of_memory(), "{text}");
+        }
+        for e in [
+            EngineError::Tensor(candle_core::Error::Msg("shape mismatch in matmul".into())),
+            EngineError::Optim("out of memory".into()),
+        ] {
+            assert!(!e.is_out_of_memory(), "{e}");
+        }
+    }
+}

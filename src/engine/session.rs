@@ -28,10 +28,29 @@ pub struct SessionOptions {
 pub fn open_device(choice: DeviceChoice) -> Result<Device, EngineError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda(i) => Device::new_cuda(i).map_err(|e| EngineError::Device {
-            device: choice.to_string(),
-            reason: format!("{e} (this build or machine has no usable CUDA; choose --device cpu)"),
-        }),
+        DeviceChoice::Cuda(i) => {
+            // Ask the driver first: its reasons (no CUDA in this build, no driver, no such
+            // ordinal) are sentences a user can act on; Candle's are not always.
+            let devices =
+                crate::util::gpu::cuda_devices().map_err(|reason| EngineError::Device {
+                    device: choice.to_string(),
+                    reason: format!("{reason}; choose the CPU (--device cpu)"),
+                })?;
+            if !devices.iter().any(|d| d.ordinal == i) {
+                return Err(EngineError::Device {
+                    device: choice.to_string(),
+                    reason: format!(
+                        "there are {} CUDA devices (cuda:0…cuda:{}); choose one of them or the CPU",
+                        devices.len(),
+                        devices.len().saturating_sub(1)
+                    ),
+                });
+            }
+            Device::new_cuda(i).map_err(|e| EngineError::Device {
+                device: choice.to_string(),
+                reason: format!("{e}; choose the CPU (--device cpu)"),
+            })
+        }
     }
 }
 
@@ -94,11 +113,17 @@ pub fn run_session(
 ) -> Result<SessionResult, EngineError> {
     let base = &plan.preset.run;
     base.validate()?;
-    let data = Arc::new(open_data(&base.data, options)?);
+    // The device first: a missing GPU is reported before minutes of data loading.
     let device = open_device(base.device)?;
+    let data = Arc::new(open_data(&base.data, options)?);
     let arms = plan.arms();
     let repeats = plan.repeats.max(1);
-    let environment = Environment::capture();
+    let mut environment = Environment::capture();
+    if let DeviceChoice::Cuda(i) = base.device
+        && let Some(gpu) = crate::util::gpu::cuda_device(i)
+    {
+        environment = environment.with_gpu(gpu);
+    }
     sink.emit(Event::SessionStarted {
         plan: format!("{:?}", plan.kind).to_lowercase(),
         arms: arms.iter().map(|a| a.label.clone()).collect(),
@@ -141,11 +166,22 @@ pub fn run_session(
                     }
                 }
                 Err(e) => {
-                    let error = format!("{e}");
+                    let out_of_memory = e.is_out_of_memory();
+                    let micro_batch = arm.run.train.batch_size;
+                    let error = if out_of_memory {
+                        format!(
+                            "out of device memory at micro-batch {micro_batch}: {e}. A micro-batch of {} with twice the accumulation keeps the effective batch.",
+                            micro_batch.div_ceil(2)
+                        )
+                    } else {
+                        format!("{e}")
+                    };
                     sink.emit(Event::RunFailed {
                         arm: arm.label.clone(),
                         repeat,
                         error: error.clone(),
+                        out_of_memory,
+                        micro_batch,
                     });
                     session.runs.push(RunResult {
                         arm: arm.label.clone(),
@@ -182,7 +218,7 @@ fn notes(session: &SessionResult) -> Vec<String> {
         if s.grad_accum_steps > 1 {
             notes.push(format!(
                 "{}: gradient accumulation ×{} makes the effective batch {} ({} micro-batches of {}); the optimiser takes {} steps per epoch instead of {}. Forward and backward arithmetic per image is unchanged.",
-                r.arm, s.grad_accum_steps, r.effective_batch, s.grad_accum_steps, r.micro_batch, r.optimizer_steps_per_epoch, base.optimizer_steps_per_epoch
+                r.arm, s.grad_accum_steps, r.effective_batch, r.effective_batch / r.micro_batch.max(1), r.micro_batch, r.optimizer_steps_per_epoch, base.optimizer_steps_per_epoch
             ));
         }
         if s.amp != crate::accel::amp::AmpMode::Off {
@@ -206,6 +242,14 @@ fn notes(session: &SessionResult) -> Vec<String> {
                 r.arm
             ));
         }
+    }
+    if let Some(cfg) = &session.config
+        && cfg.train.memory_split > 1
+    {
+        notes.push(format!(
+            "Every arm split its batch into {} micro-batches of {} for memory (accumulated, so each arm's effective batch is unchanged).",
+            cfg.train.memory_split, cfg.train.batch_size
+        ));
     }
     notes.dedup();
     notes

@@ -55,7 +55,9 @@ pub fn train_run(
     let cfg: &RunConfig = &arm.run;
     let t = &cfg.train;
     let sw = cfg.switches;
-    let k = sw.grad_accum_steps.max(1);
+    // Micro-batches per optimiser step: the switch's k, times the memory split that an
+    // out-of-memory retry adds to every arm alike.
+    let k = sw.grad_accum_steps.max(1) * t.memory_split.max(1);
     let classes = data.num_classes();
     let spec = ModelSpec {
         name: cfg.model.name.clone(),

@@ -2,15 +2,16 @@
 //! table at the bottom. The engine runs on a worker thread ([`worker`]); the UI only sends
 //! Start/Stop and renders the events it receives, so a frame never waits on training.
 
+mod jobs;
 mod panels;
 mod results;
 pub mod state;
 pub mod worker;
 
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use annt::bench::result::SessionResult;
+use annt::bench::result::{RunResult, SessionResult};
 use annt::engine::Event;
 pub use state::Settings;
 use worker::{Worker, WorkerMsg};
@@ -62,18 +63,56 @@ pub struct AnntApp {
     pub session: Option<SessionResult>,
     /// Messages for the user (errors in red, with what to do next).
     pub messages: Vec<(bool, String)>,
-    /// A dropped or chosen data path being validated, and its result.
-    pub data_check: Option<Receiver<Result<String, String>>>,
+    /// A data set being opened for its summary (a dropped or chosen path, or the current
+    /// choice), with the path when it is a drop: a rejected drop keeps the old choice.
+    pub data_check: Option<(jobs::PreviewJob, Option<String>)>,
+    /// The last check's one-line summary or the reason the data was rejected.
     pub data_summary: Option<Result<String, String>>,
+    /// The current data choice's preview (sample images), and what it was made for.
+    pub preview: Option<jobs::DataPreview>,
+    preview_for: Option<(state::DataChoice, bool)>,
+    sample_textures: Vec<(String, egui::TextureHandle)>,
+    pub download: Option<jobs::Download>,
+    /// Trainable parameters per model variant, for `param_classes` outputs.
+    pub param_counts: std::collections::HashMap<String, usize>,
+    param_classes: usize,
+    param_job: Option<Receiver<Vec<(String, usize)>>>,
+    pub weights_check: Option<Result<String, String>>,
+    weights_job: Option<Receiver<Result<String, String>>>,
+    /// A native file dialog that is open, and what its answer is for.
+    dialog: Option<(jobs::Dialog, Receiver<Option<std::path::PathBuf>>)>,
     pub report_path: String,
-    pub save_result: Option<Receiver<Option<std::path::PathBuf>>>,
+    pub preset_path: String,
+    /// The last run failed for want of device memory at this micro-batch: the window
+    /// offers a retry with half of it and twice the accumulation.
+    pub oom_batch: Option<usize>,
+    /// Runs finished so far in this session: the table fills from them live.
+    pub finished: Vec<RunResult>,
+    pub live: Option<SessionResult>,
+    /// Table sort: column and descending.
+    pub sort: (results::Column, bool),
+    /// The arm whose confusion matrix is shown.
+    pub selected_arm: Option<String>,
+    /// Curves against wall time instead of epochs.
+    pub x_wall_time: bool,
+    /// The CUDA devices (listed once, at start), or why there are none.
+    pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, String>,
     /// UI time per frame for the built-in readout (ms, last 600 frames).
     pub frame_ms: std::collections::VecDeque<f32>,
     title: Option<String>,
 }
 
 impl AnntApp {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(mut settings: Settings) -> Self {
+        let gpus = annt::util::gpu::cuda_devices();
+        if let annt::config::DeviceChoice::Cuda(i) = settings.device
+            && !gpus
+                .as_ref()
+                .is_ok_and(|g| g.iter().any(|d| d.ordinal == i))
+        {
+            // Settings saved on a machine with that GPU: this one trains on the CPU.
+            settings.device = annt::config::DeviceChoice::Cpu;
+        }
         Self {
             settings,
             worker: None,
@@ -82,8 +121,25 @@ impl AnntApp {
             messages: Vec::new(),
             data_check: None,
             data_summary: None,
+            preview: None,
+            preview_for: None,
+            sample_textures: Vec::new(),
+            download: None,
+            param_counts: Default::default(),
+            param_classes: 0,
+            param_job: None,
+            weights_check: None,
+            weights_job: None,
+            dialog: None,
             report_path: "annt-report.html".into(),
-            save_result: None,
+            preset_path: "my-preset.toml".into(),
+            oom_batch: None,
+            finished: Vec::new(),
+            live: None,
+            sort: (results::Column::Order, false),
+            selected_arm: None,
+            x_wall_time: false,
+            gpus,
             frame_ms: Default::default(),
             title: None,
         }
@@ -103,6 +159,9 @@ impl AnntApp {
                 self.runs.clear();
                 self.session = None;
                 self.messages.clear();
+                self.finished.clear();
+                self.live = None;
+                self.oom_batch = None;
                 let ctx = ctx.clone();
                 self.worker = Some(Worker::start(plan, Box::new(move || ctx.request_repaint())));
             }
@@ -131,24 +190,244 @@ impl AnntApp {
         for m in msgs {
             self.apply(m);
         }
-        if let Some(rx) = &self.data_check
+        self.poll_jobs();
+    }
+
+    /// Answers from helper threads: data checks, downloads, counts, dialogs.
+    fn poll_jobs(&mut self) {
+        if let Some((rx, dropped)) = &self.data_check
             && let Ok(result) = rx.try_recv()
         {
-            if let Err(e) = &result {
-                self.messages.push((true, e.clone()));
-            }
-            self.data_summary = Some(result);
+            let dropped = dropped.clone();
             self.data_check = None;
+            match result {
+                Ok(p) => {
+                    if let Some(path) = dropped {
+                        self.settings.data = state::DataChoice::Path(path);
+                        self.settings.base = None;
+                    }
+                    self.preview_for =
+                        Some((self.settings.data.clone(), self.settings.coarse_labels));
+                    self.data_summary = Some(Ok(p.summary.clone()));
+                    self.sample_textures.clear();
+                    self.preview = Some(p);
+                }
+                Err(e) => {
+                    if dropped.is_some() {
+                        self.messages.push((true, e.clone()));
+                    } else {
+                        self.preview_for =
+                            Some((self.settings.data.clone(), self.settings.coarse_labels));
+                        self.preview = None;
+                        self.sample_textures.clear();
+                    }
+                    self.data_summary = Some(Err(e));
+                }
+            }
         }
-        if let Some(rx) = &self.save_result
+        if let Some(d) = &self.download
+            && let Ok(result) = d.result.try_recv()
+        {
+            self.download = None;
+            match result {
+                Ok(m) => {
+                    self.messages.push((false, m));
+                    // Opens the new copy if it is the current choice.
+                    self.preview_for = None;
+                }
+                Err(e) => self.messages.push((true, e)),
+            }
+        }
+        if let Some(rx) = &self.param_job
+            && let Ok(counts) = rx.try_recv()
+        {
+            self.param_job = None;
+            self.param_counts = counts.into_iter().collect();
+        }
+        if let Some(rx) = &self.weights_job
+            && let Ok(r) = rx.try_recv()
+        {
+            self.weights_job = None;
+            self.weights_check = Some(r);
+        }
+        if let Some((kind, rx)) = &self.dialog
             && let Ok(choice) = rx.try_recv()
         {
-            self.save_result = None;
+            let kind = *kind;
+            self.dialog = None;
             if let Some(path) = choice {
+                self.dialog_answer(kind, path);
+            }
+        }
+        // Keep the preview and the parameter counts in step with the settings.
+        let current = (self.settings.data.clone(), self.settings.coarse_labels);
+        if self.data_check.is_none() && self.preview_for.as_ref() != Some(&current) {
+            self.check_current_data();
+        }
+        let classes = self.preview.as_ref().map_or(10, |p| p.classes);
+        if self.param_job.is_none() && self.param_classes != classes {
+            self.param_classes = classes;
+            self.param_job = Some(jobs::param_counts(classes));
+        }
+    }
+
+    fn check_current_data(&mut self) {
+        self.preview_for = Some((self.settings.data.clone(), self.settings.coarse_labels));
+        let data = self.settings.data_config();
+        self.data_check = Some((jobs::preview(data), None));
+    }
+
+    fn dialog_answer(&mut self, kind: jobs::Dialog, path: std::path::PathBuf) {
+        use jobs::Dialog;
+        match kind {
+            Dialog::SaveReport => {
                 self.report_path = path.display().to_string();
                 self.save_report_to_path();
             }
+            Dialog::OpenReport => {
+                self.report_path = path.display().to_string();
+                self.open_report_from_path();
+            }
+            Dialog::OpenWeights => {
+                self.settings.weights = Some(path.display().to_string());
+                self.check_weights();
+            }
+            Dialog::OpenData => self.choose_data_path(path),
+            Dialog::OpenPreset => {
+                self.preset_path = path.display().to_string();
+                self.load_preset_from_path();
+            }
+            Dialog::SavePreset => {
+                self.preset_path = path.display().to_string();
+                self.save_preset_to_path();
+            }
         }
+    }
+
+    /// Opens a native dialog unless one is already open.
+    pub fn open_dialog(&mut self, kind: jobs::Dialog) {
+        if self.dialog.is_none() {
+            self.dialog = Some((kind, jobs::dialog(kind)));
+        }
+    }
+
+    /// Checks the chosen weights file against the chosen model, off the UI thread.
+    pub fn check_weights(&mut self) {
+        let Some(path) = self
+            .settings
+            .weights
+            .clone()
+            .filter(|w| !w.trim().is_empty())
+        else {
+            self.weights_check = None;
+            return;
+        };
+        let classes = self.preview.as_ref().map_or(10, |p| p.classes);
+        let resolution = (self.settings.resolution > 0).then_some(self.settings.resolution);
+        self.weights_check = None;
+        self.weights_job = Some(jobs::check_weights(
+            self.settings.model.clone(),
+            classes,
+            resolution,
+            path.trim().into(),
+        ));
+    }
+
+    /// Loads the preset at `preset_path` into the settings.
+    pub fn load_preset_from_path(&mut self) {
+        let path = std::path::PathBuf::from(self.preset_path.trim());
+        match annt::config::Preset::load(&path) {
+            Ok(p) => {
+                self.settings.apply_preset(&p);
+                self.messages
+                    .push((false, format!("preset loaded: {}", path.display())));
+            }
+            Err(e) => self.messages.push((true, e.to_string())),
+        }
+    }
+
+    /// Saves the current settings as a preset file at `preset_path` (atomically).
+    pub fn save_preset_to_path(&mut self) {
+        let path = std::path::PathBuf::from(self.preset_path.trim());
+        let result = self.settings.plan().and_then(|plan| {
+            let mut preset = plan.preset;
+            if let Some(stem) = path.file_stem() {
+                preset.name = stem.to_string_lossy().into_owned();
+            }
+            let text = preset.to_toml().map_err(|e| e.to_string())?;
+            annt::util::atomic_write::write_atomic(&path, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
+        match result {
+            Ok(()) => self
+                .messages
+                .push((false, format!("preset saved: {}", path.display()))),
+            Err(e) => self
+                .messages
+                .push((true, format!("cannot save the preset: {e}"))),
+        }
+    }
+
+    /// Loads a JSON report at `report_path` into the plots and the table.
+    pub fn open_report_from_path(&mut self) {
+        let path = std::path::PathBuf::from(self.report_path.trim());
+        match annt::report::read_json(&path) {
+            Ok(s) => {
+                self.runs = s
+                    .runs
+                    .iter()
+                    .map(|r| RunView {
+                        arm: r.arm.clone(),
+                        repeat: r.repeat,
+                        epochs: r.epochs.clone(),
+                        step: r.optimizer_steps,
+                        total_steps: r.optimizer_steps,
+                        started: None,
+                        finished: true,
+                        status: format!("{:?} (from {})", r.status, path.display()).to_lowercase(),
+                    })
+                    .collect();
+                self.finished = s.runs.clone();
+                self.session = Some(s);
+                self.messages
+                    .push((false, format!("report opened: {}", path.display())));
+            }
+            Err(e) => self
+                .messages
+                .push((true, format!("{e} (give the path of a .json report)"))),
+        }
+    }
+
+    /// After an out-of-memory failure: half the micro-batch, twice the accumulation in
+    /// every arm (the effective batch is unchanged), and start again.
+    pub fn retry_with_smaller_micro_batch(&mut self, ctx: &egui::Context) {
+        if self.settings.batch < 2 {
+            return;
+        }
+        self.settings.batch = self.settings.batch.div_ceil(2);
+        self.settings.memory_split = self.settings.memory_split.max(1) * 2;
+        self.oom_batch = None;
+        self.start(ctx);
+    }
+
+    /// Textures of the preview's samples, made on first use (on the UI thread).
+    pub fn sample_textures(&mut self, ctx: &egui::Context) -> &[(String, egui::TextureHandle)] {
+        if self.sample_textures.is_empty()
+            && let Some(p) = &self.preview
+        {
+            self.sample_textures = p
+                .samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let img = egui::ColorImage::from_rgb([s.width, s.height], &s.rgb);
+                    let tex =
+                        ctx.load_texture(format!("sample-{i}"), img, egui::TextureOptions::NEAREST);
+                    (s.class.clone(), tex)
+                })
+                .collect();
+        }
+        &self.sample_textures
     }
 
     fn run_mut(&mut self, arm: &str, repeat: usize) -> Option<&mut RunView> {
@@ -194,9 +473,29 @@ impl AnntApp {
                     r.finished = true;
                     r.status = format!("{:?}", result.status).to_lowercase();
                 }
+                self.finished.push(*result);
+                let mut live = SessionResult {
+                    runs: self.finished.clone(),
+                    ..SessionResult::default()
+                };
+                live.summarize();
+                self.live = Some(live);
             }
             WorkerMsg::Event(Event::Warning { message }) => self.messages.push((false, message)),
-            WorkerMsg::Event(Event::RunFailed { arm, error, .. }) => {
+            WorkerMsg::Event(Event::RunFailed {
+                arm,
+                error,
+                out_of_memory,
+                micro_batch,
+                ..
+            }) => {
+                if out_of_memory {
+                    self.oom_batch = Some(micro_batch);
+                }
+                if let Some(r) = self.runs.iter_mut().rev().find(|r| r.arm == arm) {
+                    r.finished = true;
+                    r.status = "failed".into();
+                }
                 self.messages.push((true, format!("{arm} failed: {error}")))
             }
             WorkerMsg::Event(Event::SessionFinished { result }) => self.session = Some(*result),
@@ -210,28 +509,13 @@ impl AnntApp {
         }
     }
 
-    /// Validates a dropped or chosen data path off the UI thread.
+    /// Validates a dropped or chosen data path off the UI thread; it becomes the data
+    /// choice only if it opens.
     pub fn choose_data_path(&mut self, path: std::path::PathBuf) {
-        self.settings.data = state::DataChoice::Path(path.display().to_string());
         self.data_summary = None;
-        let (tx, rx) = channel();
-        let options = self.settings.open_options();
-        std::thread::spawn(move || {
-            let result = annt::data::open(&path, &options)
-                .map(|d| {
-                    let s = d.summary();
-                    format!(
-                        "{}: {} classes, {} train / {} test images",
-                        d.name,
-                        s.classes.len(),
-                        s.train,
-                        s.test
-                    )
-                })
-                .map_err(|e| format!("{e}"));
-            let _ = tx.send(result);
-        });
-        self.data_check = Some(rx);
+        let mut data = self.settings.data_config();
+        data.source = path.display().to_string();
+        self.data_check = Some((jobs::preview(data), Some(path.display().to_string())));
     }
 
     /// Writes the session report to `report_path` (format from the extension), atomically.
@@ -250,21 +534,6 @@ impl AnntApp {
                 .messages
                 .push((true, format!("{e} — choose another path or extension"))),
         }
-    }
-
-    /// The native save dialog, on a helper thread (it may wait on the desktop portal).
-    pub fn open_save_dialog(&mut self) {
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let file = pollster::block_on(
-                rfd::AsyncFileDialog::new()
-                    .add_filter("Report", &["html", "md", "csv", "json"])
-                    .set_file_name("annt-report.html")
-                    .save_file(),
-            );
-            let _ = tx.send(file.map(|f| f.path().to_path_buf()));
-        });
-        self.save_result = Some(rx);
     }
 
     /// Everything the window draws, in one `Ui` (also what the kittest tests drive).
@@ -292,7 +561,13 @@ impl AnntApp {
             .resizable(true)
             .show(ui, |ui| results::table_ui(self, ui));
         egui::CentralPanel::default().show(ui, |ui| results::curves_ui(self, ui));
-        if self.is_running() || self.data_check.is_some() {
+        if self.is_running()
+            || self.data_check.is_some()
+            || self.download.is_some()
+            || self.dialog.is_some()
+            || self.param_job.is_some()
+            || self.weights_job.is_some()
+        {
             ui.ctx().request_repaint_after(Duration::from_millis(100));
         }
         // UI work per frame (draining events + layout), what must stay under 16 ms.

@@ -4,7 +4,10 @@ use annt::accel::amp::AmpMode;
 use annt::models::VARIANTS;
 
 use super::AnntApp;
-use super::state::{DataChoice, OptimizerChoice};
+use super::jobs::{Dialog, Download};
+use super::state::{DataChoice, OptimizerChoice, ScheduleChoice};
+use annt::config::DeviceChoice;
+use annt::data::download::CifarVariant;
 
 pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     let running = app.is_running();
@@ -21,33 +24,11 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         if ui.add_enabled(running, egui::Button::new("Stop")).clicked() {
             app.stop();
         }
-        ui.menu_button("Presets", |ui| {
-            let dir = std::path::Path::new("presets");
-            let mut files: Vec<_> = std::fs::read_dir(dir)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            files.sort();
-            for f in files
-                .iter()
-                .filter(|f| f.extension().is_some_and(|e| e == "toml"))
-            {
-                let name = f
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if ui.button(&name).clicked() {
-                    match annt::config::Preset::load(f) {
-                        Ok(p) => app.settings.apply_preset(&p),
-                        Err(e) => app.messages.push((true, e.to_string())),
-                    }
-                    ui.close();
-                }
-            }
-            if files.is_empty() {
-                ui.label("no presets/ folder here");
-            }
-        });
+        ui.menu_button("Presets", |ui| presets_menu(app, ui));
     });
+    if let Some(batch) = app.oom_batch {
+        oom_offer(app, ui, batch);
+    }
     ui.separator();
 
     egui::CollapsingHeader::new("Data")
@@ -81,6 +62,16 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 )
                 .weak(),
             );
+            ui.horizontal(|ui| {
+                if ui
+                    .add_enabled(!running, egui::Button::new("Folder…"))
+                    .on_hover_text("Choose a data folder (ImageFolder layout or a CIFAR folder)")
+                    .clicked()
+                {
+                    app.open_dialog(Dialog::OpenData);
+                }
+                download_ui(app, ui);
+            });
             match &app.data_summary {
                 Some(Ok(s)) => {
                     ui.label(egui::RichText::new(s).color(egui::Color32::DARK_GREEN));
@@ -95,30 +86,12 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 }
                 None => {}
             }
-            ui.label(
-                egui::RichText::new("CIFAR: `annt data download cifar10|cifar100` first.").weak(),
-            );
+            samples_ui(app, ui);
         });
 
     egui::CollapsingHeader::new("Model")
         .default_open(true)
-        .show(ui, |ui| {
-            ui.add_enabled_ui(!running, |ui| {
-                egui::ComboBox::from_label("Model")
-                    .selected_text(app.settings.model.clone())
-                    .show_ui(ui, |ui| {
-                        for v in VARIANTS {
-                            let label = format!(
-                                "{} ({} px{})",
-                                v.name,
-                                v.resolution,
-                                if v.cpu_friendly { ", CPU-friendly" } else { "" }
-                            );
-                            ui.selectable_value(&mut app.settings.model, v.name.to_string(), label);
-                        }
-                    });
-            });
-        });
+        .show(ui, |ui| model_ui(app, ui, running));
 
     egui::CollapsingHeader::new("Accelerations (tuned arm)").default_open(true).show(ui, |ui| {
         ui.add_enabled_ui(!running, |ui| {
@@ -179,8 +152,27 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     )
                     .labelled_by(l.id);
                     ui.end_row();
-                    ui.label("");
-                    ui.checkbox(&mut s.one_cycle, "One-cycle schedule");
+                    let l = ui.label("Schedule");
+                    egui::ComboBox::from_id_salt("schedule")
+                        .selected_text(s.schedule.label())
+                        .show_ui(ui, |ui| {
+                            for c in ScheduleChoice::ALL {
+                                ui.selectable_value(&mut s.schedule, c, c.label());
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id);
+                    ui.end_row();
+                    let mut on = s.target_accuracy.is_some();
+                    ui.checkbox(&mut on, "Stop at test accuracy");
+                    let mut pct = 100.0 * s.target_accuracy.unwrap_or(0.9);
+                    ui.add_enabled(
+                        on,
+                        egui::DragValue::new(&mut pct)
+                            .range(1.0..=100.0)
+                            .suffix(" %"),
+                    );
+                    s.target_accuracy = on.then_some(pct / 100.0);
                     ui.end_row();
                     let l = ui.label("Seed");
                     ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
@@ -205,17 +197,8 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         });
 
     egui::CollapsingHeader::new("Device")
-        .default_open(false)
-        .show(ui, |ui| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            ui.label(format!("CPU ({cores} cores)"));
-            ui.label(
-                egui::RichText::new(
-                    "This build has no CUDA; GPU devices appear in the CUDA build.",
-                )
-                .weak(),
-            );
-        });
+        .default_open(true)
+        .show(ui, |ui| device_ui(app, ui, running));
 
     ui.separator();
     for (is_error, text) in &app.messages {
@@ -245,4 +228,266 @@ pub fn frame_p99(app: &AnntApp) -> Option<f32> {
     let mut v: Vec<f32> = app.frame_ms.iter().copied().collect();
     v.sort_by(f32::total_cmp);
     v.get((v.len() * 99) / 100).copied()
+}
+
+fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in preset_dirs() {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            files.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|f| f.extension().is_some_and(|e| e == "toml")),
+            );
+        }
+    }
+    files.sort();
+    for f in &files {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if ui
+            .button(&name)
+            .on_hover_text(f.display().to_string())
+            .clicked()
+        {
+            app.preset_path = f.display().to_string();
+            app.load_preset_from_path();
+            ui.close();
+        }
+    }
+    if files.is_empty() {
+        ui.label("no presets/ folder found");
+    }
+    ui.separator();
+    if ui.button("Open preset file…").clicked() {
+        app.open_dialog(Dialog::OpenPreset);
+        ui.close();
+    }
+    if ui.button("Save settings as preset…").clicked() {
+        app.open_dialog(Dialog::SavePreset);
+        ui.close();
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("Preset path:");
+        ui.text_edit_singleline(&mut app.preset_path)
+            .labelled_by(l.id);
+    });
+    ui.horizontal(|ui| {
+        if ui.button("Load from path").clicked() {
+            app.load_preset_from_path();
+            ui.close();
+        }
+        if ui.button("Save to path").clicked() {
+            app.save_preset_to_path();
+            ui.close();
+        }
+    });
+}
+
+/// Where presets are listed from: `presets/` in the working directory (a source checkout),
+/// the user's own folder, and the installed copy.
+fn preset_dirs() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::path::PathBuf::from("presets")];
+    if let Some(d) = dirs::data_dir() {
+        dirs.push(d.join("annt").join("presets"));
+    }
+    dirs.push(std::path::PathBuf::from("/usr/share/annt/presets"));
+    dirs
+}
+
+fn oom_offer(app: &mut AnntApp, ui: &mut egui::Ui, batch: usize) {
+    let half = batch.div_ceil(2);
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.colored_label(
+            egui::Color32::RED,
+            format!("Out of device memory at micro-batch {batch}."),
+        );
+        ui.label(format!(
+            "Retry with micro-batches of {half} and twice the gradient accumulation in every arm: each arm keeps its effective batch."
+        ));
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(
+                    batch >= 2,
+                    egui::Button::new(format!("Retry with micro-batch {half}")),
+                )
+                .clicked()
+            {
+                app.retry_with_smaller_micro_batch(ui.ctx());
+            }
+            if ui.button("Dismiss").clicked() {
+                app.oom_batch = None;
+            }
+        });
+    });
+}
+
+fn download_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
+    if let Some(d) = &app.download {
+        let done = d.done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+        ui.add(
+            egui::ProgressBar::new(d.fraction().unwrap_or(0.0))
+                .desired_width(150.0)
+                .text(format!("{} {done:.0} MB", d.what)),
+        );
+        if ui.button("Cancel").clicked() {
+            d.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        return;
+    }
+    ui.menu_button("Download…", |ui| {
+        for (label, v) in [
+            ("CIFAR-10", CifarVariant::Cifar10),
+            ("CIFAR-100", CifarVariant::Cifar100),
+        ] {
+            if ui.button(label).clicked() {
+                app.download = Some(Download::start(v));
+                ui.close();
+            }
+        }
+    });
+}
+
+fn samples_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
+    let more = app
+        .preview
+        .as_ref()
+        .map_or(0, |p| p.classes.saturating_sub(p.samples.len()));
+    let textures = app.sample_textures(ui.ctx()).to_vec();
+    if textures.is_empty() {
+        return;
+    }
+    egui::Grid::new("samples")
+        .spacing([4.0, 2.0])
+        .show(ui, |ui| {
+            for (i, (class, tex)) in textures.iter().enumerate() {
+                ui.vertical(|ui| {
+                    ui.set_width(56.0);
+                    ui.add(egui::Image::new((tex.id(), egui::vec2(52.0, 52.0))))
+                        .on_hover_text(class);
+                    ui.add(egui::Label::new(egui::RichText::new(class).small()).truncate());
+                });
+                if i % 5 == 4 {
+                    ui.end_row();
+                }
+            }
+        });
+    if more > 0 {
+        ui.label(egui::RichText::new(format!("… and {more} more classes")).weak());
+    }
+}
+
+fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
+    let count = |app: &AnntApp, name: &str| {
+        app.param_counts.get(name).map_or_else(String::new, |n| {
+            format!(", {:.2} M params", *n as f64 / 1e6)
+        })
+    };
+    ui.add_enabled_ui(!running, |ui| {
+        let selected = format!("{}{}", app.settings.model, count(app, &app.settings.model));
+        let mut model = app.settings.model.clone();
+        egui::ComboBox::from_label("Variant")
+            .selected_text(selected)
+            .width(230.0)
+            .show_ui(ui, |ui| {
+                for v in VARIANTS {
+                    let label = format!(
+                        "{} ({} px{}{})",
+                        v.name,
+                        v.resolution,
+                        count(app, v.name),
+                        if v.cpu_friendly { ", CPU-friendly" } else { "" }
+                    );
+                    ui.selectable_value(&mut model, v.name.to_string(), label);
+                }
+            });
+        if model != app.settings.model {
+            app.settings.model = model;
+            app.check_weights();
+        }
+        ui.horizontal(|ui| {
+            let l = ui.label("Resolution");
+            ui.add(
+                egui::DragValue::new(&mut app.settings.resolution)
+                    .range(0..=1024)
+                    .suffix(" px"),
+            )
+            .labelled_by(l.id)
+            .on_hover_text("0 = the model's own; images are resized to it");
+            ui.label(egui::RichText::new("(0 = the model's)").weak());
+        });
+        ui.horizontal(|ui| {
+            if ui
+                .button("Weights file…")
+                .on_hover_text(
+                    "Pretrained weights (safetensors with torchvision, timm or Hugging Face names)",
+                )
+                .clicked()
+            {
+                app.open_dialog(Dialog::OpenWeights);
+            }
+            let mut path = app.settings.weights.clone().unwrap_or_default();
+            let l = ui.label("path:");
+            let edit = ui
+                .add(egui::TextEdit::singleline(&mut path).desired_width(130.0))
+                .labelled_by(l.id);
+            app.settings.weights = (!path.is_empty()).then_some(path);
+            if edit.lost_focus() {
+                app.check_weights();
+            }
+            if app.settings.weights.is_some()
+                && ui
+                    .button("clear")
+                    .on_hover_text("No pretrained weights")
+                    .clicked()
+            {
+                app.settings.weights = None;
+                app.weights_check = None;
+            }
+        });
+    });
+    match &app.weights_check {
+        Some(Ok(s)) => {
+            ui.label(egui::RichText::new(s).color(egui::Color32::DARK_GREEN));
+        }
+        Some(Err(e)) => {
+            ui.label(
+                egui::RichText::new(format!("Weights rejected: {e}")).color(egui::Color32::RED),
+            );
+        }
+        None => {}
+    }
+}
+
+fn device_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ui.add_enabled_ui(!running, |ui| {
+        ui.radio_value(
+            &mut app.settings.device,
+            DeviceChoice::Cpu,
+            format!("CPU ({cores} cores)"),
+        );
+        match &app.gpus {
+            Ok(devices) => {
+                for d in devices {
+                    ui.radio_value(
+                        &mut app.settings.device,
+                        DeviceChoice::Cuda(d.ordinal),
+                        format!(
+                            "cuda:{} {} ({:.0} GiB)",
+                            d.ordinal,
+                            d.info.name,
+                            d.info.memory_bytes as f64 / (1u64 << 30) as f64
+                        ),
+                    );
+                }
+            }
+            Err(reason) => {
+                ui.label(egui::RichText::new(format!("No GPU: {reason}.")).weak());
+            }
+        }
+    });
 }

@@ -2,7 +2,11 @@
 
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
+use annt::bench::result::{ArmSummary, SessionResult};
+use annt::train::timing::Phase;
+
 use super::AnntApp;
+use super::jobs::Dialog;
 
 /// A run's curve: name, colour, (epoch, value) points.
 type Curve = (String, egui::Color32, Vec<[f64; 2]>);
@@ -49,6 +53,12 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     if app.runs.is_empty() {
         ui.label("Press Start: the baseline and the tuned arm train one after the other, and their curves appear here.");
     }
+    ui.horizontal(|ui| {
+        ui.label("x axis:");
+        ui.radio_value(&mut app.x_wall_time, false, "epoch");
+        ui.radio_value(&mut app.x_wall_time, true, "wall time (s)");
+    });
+    let x_time = app.x_wall_time;
     let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
     let series = |f: &dyn Fn(&annt::bench::result::EpochRecord) -> f64| -> Vec<Curve> {
@@ -59,7 +69,13 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 (
                     format!("{} #{}", r.arm, r.repeat + 1),
                     COLOURS[i % COLOURS.len()],
-                    r.epochs.iter().map(|e| [e.epoch as f64, f(e)]).collect(),
+                    r.epochs
+                        .iter()
+                        .map(|e| {
+                            let x = if x_time { e.wall_secs } else { e.epoch as f64 };
+                            [x, f(e)]
+                        })
+                        .collect(),
                 )
             })
             .collect()
@@ -78,7 +94,7 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     .legend(Legend::default())
                     .height(height - 20.0)
                     .width(width)
-                    .x_axis_label("epoch")
+                    .x_axis_label(if x_time { "wall time (s)" } else { "epoch" })
                     .show(ui, |p| {
                         for (name, colour, points) in lines {
                             p.line(Line::new(name, PlotPoints::from(points)).color(colour));
@@ -92,6 +108,89 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     });
 }
 
+/// Columns of the comparison table; a click on a header sorts by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// Plan order (the baseline first).
+    Order,
+    Accuracy,
+    MacroF1,
+    Wall,
+    Train,
+    ImagesPerSec,
+    Memory,
+    StepMs,
+    Speedup,
+}
+
+const COLUMNS: [(Column, &str); 10] = [
+    (Column::Order, "arm"),
+    (Column::Accuracy, "test accuracy"),
+    (Column::MacroF1, "macro-F1"),
+    (Column::Wall, "wall time (s)"),
+    (Column::Train, "train time (s)"),
+    (Column::ImagesPerSec, "images/s"),
+    (Column::Memory, "peak memory (MiB)"),
+    (Column::StepMs, "ms/step (data / h2d / fwd / bwd / opt)"),
+    (Column::Order, "optimiser steps"),
+    (Column::Speedup, "speed-up"),
+];
+
+fn peak_bytes(a: &ArmSummary) -> Option<u64> {
+    a.peak_device_bytes.or(a.peak_host_bytes)
+}
+
+fn phase(a: &ArmSummary, p: Phase) -> f64 {
+    a.phase_ms_per_step
+        .iter()
+        .find(|x| x.0 == p)
+        .map_or(0.0, |x| x.1)
+}
+
+fn step_ms(a: &ArmSummary) -> f64 {
+    a.phase_ms_per_step.iter().map(|x| x.1).sum()
+}
+
+fn key(a: &ArmSummary, c: Column) -> f64 {
+    match c {
+        Column::Order => 0.0,
+        Column::Accuracy => a.test_accuracy.mean,
+        Column::MacroF1 => a.macro_f1.mean,
+        Column::Wall => a.wall_secs.mean,
+        Column::Train => a.train_secs.mean,
+        Column::ImagesPerSec => a.images_per_sec.mean,
+        Column::Memory => peak_bytes(a).unwrap_or(0) as f64,
+        Column::StepMs => step_ms(a),
+        Column::Speedup => a.speedup_vs_baseline,
+    }
+}
+
+/// Row order for a sort: indices into `rows` (stable, so ties keep plan order).
+pub fn sorted(rows: &[ArmSummary], (column, descending): (Column, bool)) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..rows.len()).collect();
+    if column != Column::Order {
+        idx.sort_by(|&i, &j| key(&rows[i], column).total_cmp(&key(&rows[j], column)));
+    }
+    if descending {
+        idx.reverse();
+    }
+    idx
+}
+
+/// "mean ± sd" when there are repeats.
+fn stat(s: &annt::bench::result::Stat, scale: f64, digits: usize) -> String {
+    if s.n > 1 {
+        format!(
+            "{:.digits$} ± {:.digits$}",
+            s.mean * scale,
+            s.sd * scale,
+            digits = digits
+        )
+    } else {
+        format!("{:.digits$}", s.mean * scale, digits = digits)
+    }
+}
+
 pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.heading("Comparison");
@@ -100,7 +199,7 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .add_enabled(has, egui::Button::new("Save report…"))
             .clicked()
         {
-            app.open_save_dialog();
+            app.open_dialog(Dialog::SaveReport);
         }
         let l = ui.label("or to path:");
         ui.text_edit_singleline(&mut app.report_path)
@@ -112,72 +211,197 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             app.save_report_to_path();
         }
         if ui.button("Open report…").clicked() {
-            let path = std::path::PathBuf::from(app.report_path.trim());
-            match annt::report::read_json(&path) {
-                Ok(s) => app.session = Some(s),
-                Err(e) => app
-                    .messages
-                    .push((true, format!("{e} (give the path of a .json report)"))),
-            }
+            app.open_dialog(Dialog::OpenReport);
+        }
+        if ui.button("Open path").clicked() {
+            app.open_report_from_path();
         }
     });
-    let Some(session) = &app.session else {
-        ui.label("The table fills when the session ends; each finished arm shows its curves above meanwhile.");
+    let session = app.session.as_ref().or(app.live.as_ref());
+    let Some(session) = session.cloned() else {
+        ui.label(
+            "Rows appear as each arm finishes; the report can be saved when the session ends.",
+        );
         return;
     };
-    egui::ScrollArea::both().show(ui, |ui| {
-        egui::Grid::new("comparison")
-            .striped(true)
-            .num_columns(9)
-            .show(ui, |ui| {
-                for h in [
-                    "arm",
-                    "test accuracy",
-                    "macro-F1",
-                    "wall time (s)",
-                    "train time (s)",
-                    "images/s",
-                    "peak memory (MiB)",
-                    "ms/step (fwd / bwd / opt)",
-                    "speed-up",
-                ] {
-                    ui.strong(h);
-                }
-                ui.end_row();
-                for a in &session.summary {
-                    let phase = |p: annt::train::timing::Phase| {
-                        a.phase_ms_per_step
-                            .iter()
-                            .find(|x| x.0 == p)
-                            .map_or(0.0, |x| x.1)
-                    };
-                    use annt::train::timing::Phase;
-                    ui.label(format!(
-                        "{}{}",
-                        a.arm,
-                        if a.partial { " (partial)" } else { "" }
-                    ));
-                    ui.label(format!("{:.1} %", 100.0 * a.test_accuracy.mean));
-                    ui.label(format!("{:.3}", a.macro_f1.mean));
-                    ui.label(format!("{:.1}", a.wall_secs.mean));
-                    ui.label(format!("{:.1}", a.train_secs.mean));
-                    ui.label(format!("{:.1}", a.images_per_sec.mean));
-                    ui.label(
-                        a.peak_host_bytes
-                            .map_or("–".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
-                    );
-                    ui.label(format!(
-                        "{:.0} / {:.0} / {:.0}",
-                        phase(Phase::Forward),
-                        phase(Phase::Backward),
-                        phase(Phase::Optimizer)
-                    ));
-                    ui.label(format!("{:.2}×", a.speedup_vs_baseline));
-                    ui.end_row();
-                }
-            });
-        for n in &session.notes {
-            ui.label(egui::RichText::new(n).weak());
-        }
+    ui.columns(2, |cols| {
+        egui::ScrollArea::both()
+            .id_salt("table-scroll")
+            .show(&mut cols[0], |ui| table_grid(app, ui, &session));
+        confusion_ui(app, &mut cols[1], &session);
     });
+}
+
+fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
+    let rows = &session.summary;
+    let order = sorted(rows, app.sort);
+    egui::Grid::new("comparison")
+        .striped(true)
+        .num_columns(COLUMNS.len())
+        .show(ui, |ui| {
+            for (i, (column, title)) in COLUMNS.iter().enumerate() {
+                // "optimiser steps" is not sortable: it shares `Order` with "arm".
+                let sortable = i == 0 || *column != Column::Order;
+                let arrow =
+                    if app.sort.0 == *column && sortable && app.sort != (Column::Order, false) {
+                        if app.sort.1 { " (desc)" } else { " (asc)" }
+                    } else {
+                        ""
+                    };
+                let text = egui::RichText::new(format!("{title}{arrow}")).strong();
+                if sortable {
+                    if ui
+                        .add(egui::Button::new(text).frame(false))
+                        .on_hover_text("sort by this column (click again to reverse)")
+                        .clicked()
+                    {
+                        app.sort = if app.sort.0 == *column {
+                            (*column, !app.sort.1)
+                        } else {
+                            // Bigger is better first, except for times and memory.
+                            let desc = !matches!(
+                                column,
+                                Column::Wall | Column::Train | Column::Memory | Column::StepMs
+                            ) && *column != Column::Order;
+                            (*column, desc)
+                        };
+                    }
+                } else {
+                    ui.label(text);
+                }
+            }
+            ui.end_row();
+            for i in order {
+                let a = &rows[i];
+                let run = session.runs.iter().find(|r| r.arm == a.arm);
+                let name = format!("{}{}", a.arm, if a.partial { " (partial)" } else { "" });
+                let selected = app.selected_arm.as_deref() == Some(a.arm.as_str());
+                if ui
+                    .selectable_label(selected, name)
+                    .on_hover_text("show its confusion matrix")
+                    .clicked()
+                {
+                    app.selected_arm = Some(a.arm.clone());
+                }
+                ui.label(format!("{} %", stat(&a.test_accuracy, 100.0, 1)));
+                ui.label(stat(&a.macro_f1, 1.0, 3));
+                ui.label(stat(&a.wall_secs, 1.0, 1));
+                ui.label(stat(&a.train_secs, 1.0, 1));
+                ui.label(stat(&a.images_per_sec, 1.0, 1));
+                ui.label(
+                    peak_bytes(a).map_or("–".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+                );
+                ui.label(format!(
+                    "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
+                    phase(a, Phase::DataWait),
+                    phase(a, Phase::HostToDevice),
+                    phase(a, Phase::Forward),
+                    phase(a, Phase::Backward),
+                    phase(a, Phase::Optimizer)
+                ));
+                ui.label(run.map_or("–".into(), |r| {
+                    format!(
+                        "{} ({}×{})",
+                        r.optimizer_steps,
+                        r.micro_batch,
+                        r.effective_batch / r.micro_batch.max(1)
+                    )
+                }));
+                ui.label(format!("{:.2}×", a.speedup_vs_baseline));
+                ui.end_row();
+            }
+        });
+    for n in &session.notes {
+        ui.label(egui::RichText::new(n).weak());
+    }
+}
+
+/// The confusion matrix of the selected arm's last finished run: rows are true classes,
+/// columns predictions, shaded by the share of the row.
+fn confusion_ui(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
+    let arm = app
+        .selected_arm
+        .clone()
+        .filter(|a| session.runs.iter().any(|r| &r.arm == a))
+        .or_else(|| session.runs.first().map(|r| r.arm.clone()));
+    let Some(arm) = arm else {
+        return;
+    };
+    let Some(run) = session
+        .runs
+        .iter()
+        .rev()
+        .find(|r| r.arm == arm && !r.confusion.is_empty())
+    else {
+        ui.label(format!(
+            "{arm}: no confusion matrix (the run did not evaluate)"
+        ));
+        return;
+    };
+    let n = run.classes.len();
+    ui.label(
+        egui::RichText::new(format!(
+            "Confusion matrix, {arm} (rows: true class, columns: predicted)"
+        ))
+        .strong(),
+    );
+    let avail = ui.available_size();
+    let label_w = 90.0;
+    let cell = ((avail.x - label_w) / n as f32)
+        .min((avail.y - 10.0) / n as f32)
+        .clamp(3.0, 26.0);
+    let (rect, response) = ui.allocate_exact_size(
+        egui::vec2(label_w + cell * n as f32, cell * n as f32),
+        egui::Sense::hover(),
+    );
+    let painter = ui.painter_at(rect);
+    let text_colour = ui.visuals().text_color();
+    let mut hovered = None;
+    for t in 0..n {
+        let row = &run.confusion[t * n..(t + 1) * n];
+        let total: u64 = row.iter().sum::<u64>().max(1);
+        let y = rect.top() + t as f32 * cell;
+        if cell >= 10.0 {
+            painter.text(
+                egui::pos2(rect.left() + label_w - 4.0, y + cell / 2.0),
+                egui::Align2::RIGHT_CENTER,
+                &run.classes[t],
+                egui::FontId::proportional((cell * 0.6).min(12.0)),
+                text_colour,
+            );
+        }
+        for (p, &count) in row.iter().enumerate() {
+            let share = count as f32 / total as f32;
+            let r = egui::Rect::from_min_size(
+                egui::pos2(rect.left() + label_w + p as f32 * cell, y),
+                egui::vec2(cell - 1.0, cell - 1.0),
+            );
+            let colour = if t == p {
+                egui::Color32::from_rgb(30, 110 + (145.0 * share) as u8, 60)
+            } else {
+                egui::Color32::from_rgb(60 + (195.0 * share.sqrt()) as u8, 40, 40)
+            };
+            painter.rect_filled(r, 1.0, colour);
+            if cell >= 18.0 && count > 0 {
+                painter.text(
+                    r.center(),
+                    egui::Align2::CENTER_CENTER,
+                    count.to_string(),
+                    egui::FontId::proportional(9.0),
+                    egui::Color32::WHITE,
+                );
+            }
+            if response.hovered() && response.hover_pos().is_some_and(|pos| r.contains(pos)) {
+                hovered = Some((t, p, count, total));
+            }
+        }
+    }
+    if let Some((t, p, count, total)) = hovered {
+        response.on_hover_text(format!(
+            "true {}, predicted {}: {count} of {total} ({:.1} %)",
+            run.classes[t],
+            run.classes[p],
+            100.0 * count as f64 / total as f64
+        ));
+    }
 }

@@ -21,7 +21,8 @@ fn quick() -> Settings {
 
 fn harness(settings: Settings) -> Harness<'static, AnntApp> {
     Harness::builder()
-        .with_size(egui::vec2(1280.0, 820.0))
+        // Tall enough that every section of the left panel is on screen.
+        .with_size(egui::vec2(1280.0, 1500.0))
         .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), AnntApp::new(settings))
 }
 
@@ -47,7 +48,7 @@ fn start_a_quick_run_and_see_the_table_fill() {
     h.step();
     assert!(h.state().is_running());
     run_until(&mut h, Duration::from_secs(240), |a| a.session.is_some());
-    let s = h.state().session.as_ref().expect("session");
+    let s = h.state().session.clone().expect("session");
     assert_eq!(s.summary.len(), 2, "baseline and tuned rows");
     assert!(
         h.state()
@@ -59,6 +60,139 @@ fn start_a_quick_run_and_see_the_table_fill() {
     let acc = format!("{:.1} %", 100.0 * s.summary[0].test_accuracy.mean);
     h.run_steps(2);
     assert!(h.query_by_label(&acc).is_some(), "table shows {acc}");
+
+    // Sorting by images/s puts the faster arm first; a second click reverses.
+    let rows = s.summary.clone();
+    h.get_by_label_contains("images/s").click();
+    h.run_steps(2);
+    let order = super::results::sorted(&rows, h.state().sort);
+    assert!(rows[order[0]].images_per_sec.mean >= rows[order[1]].images_per_sec.mean);
+    h.get_by_label_contains("images/s").click();
+    h.run_steps(2);
+    let reversed = super::results::sorted(&rows, h.state().sort);
+    assert_eq!(reversed, order.iter().rev().copied().collect::<Vec<_>>());
+
+    // A row click shows that arm's confusion matrix.
+    let tuned = rows[1].arm.clone();
+    h.get_by_label(&tuned).click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains(&format!("Confusion matrix, {tuned}"))
+            .is_some()
+    );
+
+    // The report round-trips through "Save to path" and "Open path".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.json");
+    h.state_mut().report_path = path.display().to_string();
+    h.get_by_label("Save to path").click();
+    h.run_steps(2);
+    assert!(path.exists(), "{:?}", h.state().messages);
+    h.state_mut().session = None;
+    h.get_by_label("Open path").click();
+    h.run_steps(2);
+    assert_eq!(h.state().session.as_ref().expect("reopened").summary, rows);
+}
+
+#[test]
+fn the_data_section_shows_samples_and_the_model_picker_parameter_counts() {
+    let mut h = harness(quick());
+    run_until(&mut h, Duration::from_secs(60), |a| {
+        a.preview.is_some() && !a.param_counts.is_empty()
+    });
+    h.run_steps(2);
+    let p = h.state().preview.as_ref().expect("preview");
+    assert_eq!(p.samples.len(), 10, "one sample per class");
+    assert!(
+        h.query_by_label_contains("10 classes, 128 train / 2000 test")
+            .is_some()
+    );
+    for class in annt::data::synthetic::CLASS_NAMES {
+        assert!(
+            h.query_all_by_label(class).next().is_some(),
+            "sample labelled {class}"
+        );
+    }
+    // The same count `annt models` prints (Model::param_count), in millions.
+    let n = annt::models::Model::build_shapes_only(&annt::models::ModelSpec {
+        name: "resnet8-tiny".into(),
+        classes: 10,
+        resolution: None,
+        seed: 0,
+    })
+    .expect("model")
+    .param_count();
+    let shown = format!("resnet8-tiny (32 px, {:.2} M params", n as f64 / 1e6);
+    h.get_by_label("Variant").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains(&shown).is_some(), "{shown}");
+    assert!(
+        h.query_by_label_contains("vit-b16 (224 px, 85.8").is_some(),
+        "every variant has its count"
+    );
+}
+
+#[test]
+fn out_of_memory_offers_a_retry_that_keeps_the_effective_batch() {
+    use super::worker::WorkerMsg;
+    use annt::engine::Event;
+    let mut settings = quick();
+    settings.batch = 64;
+    settings.accum = 2;
+    let before = settings.plan().expect("plan").arms();
+    let mut h = harness(settings);
+    // What the engine emits when CUDA reports CUDA_ERROR_OUT_OF_MEMORY (the classification
+    // itself is tested in the engine).
+    h.state_mut().apply(WorkerMsg::Event(Event::RunFailed {
+        arm: "baseline".into(),
+        repeat: 0,
+        error: "out of device memory at micro-batch 64".into(),
+        out_of_memory: true,
+        micro_batch: 64,
+    }));
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("Out of device memory at micro-batch 64")
+            .is_some()
+    );
+    h.get_by_label("Retry with micro-batch 32").click();
+    h.step();
+    assert!(h.state().is_running(), "the retry starts at once");
+    h.state_mut().stop();
+    let s = &h.state().settings;
+    assert_eq!((s.batch, s.memory_split), (32, 2));
+    let after = s.plan().expect("plan").arms();
+    for (b, a) in before.iter().zip(&after) {
+        let eff = |arm: &annt::bench::plan::Arm| {
+            arm.run.train.batch_size
+                * arm.run.switches.grad_accum_steps
+                * arm.run.train.memory_split
+        };
+        assert_eq!(b.label, a.label, "the baseline is still the baseline");
+        assert_eq!(eff(b), eff(a), "{}: same effective batch", a.label);
+    }
+    run_until(&mut h, Duration::from_secs(30), |a| !a.is_running());
+}
+
+#[test]
+fn settings_saved_as_a_preset_load_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mine.toml");
+    let mut settings = quick();
+    settings.epochs = 7;
+    settings.schedule = super::state::ScheduleChoice::CosineWarmup;
+    let mut h = harness(settings);
+    h.state_mut().preset_path = path.display().to_string();
+    h.state_mut().save_preset_to_path();
+    let saved = annt::config::Preset::load(&path).expect("a valid preset file");
+    assert_eq!(saved.name, "mine");
+    assert_eq!(saved.run.train.epochs, 7);
+    h.state_mut().settings = Settings::default();
+    h.state_mut().load_preset_from_path();
+    let s = &h.state().settings;
+    assert_eq!(s.epochs, 7);
+    assert_eq!(s.schedule, super::state::ScheduleChoice::CosineWarmup);
+    assert_eq!(s.plan().expect("plan").preset.run, saved.run);
 }
 
 #[test]

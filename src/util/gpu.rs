@@ -1,0 +1,123 @@
+//! The CUDA devices this process can use, for the device pickers and for the environment
+//! recorded in reports.
+//!
+//! Enumeration goes through the CUDA driver API directly (cuInit, cuDeviceGet…) rather
+//! than by opening a Candle device per ordinal: that would create a context (and allocate
+//! memory) on every card just to read its name.
+
+use super::env::GpuInfo;
+
+/// One CUDA device: its ordinal and what the driver says about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CudaDevice {
+    pub ordinal: usize,
+    pub info: GpuInfo,
+}
+
+/// Every CUDA device, or why there are none: a build without the `cuda` feature, no
+/// driver library, or a driver that reports no device. The reason is meant for the user.
+pub fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+    imp::cuda_devices()
+}
+
+/// The device `ordinal`, if it exists.
+pub fn cuda_device(ordinal: usize) -> Option<GpuInfo> {
+    cuda_devices()
+        .ok()?
+        .into_iter()
+        .find(|d| d.ordinal == ordinal)
+        .map(|d| d.info)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, String> {
+        Err("this build has no CUDA support (the annt-cuda build has it)".into())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::{CudaDevice, GpuInfo};
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+
+    /// The NVIDIA kernel module's version (e.g. "580.65.06"), as Linux exposes it.
+    fn kernel_module_version() -> Option<String> {
+        let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+        super::module_version_from(&text)
+    }
+
+    /// `cuDriverGetVersion`'s 13000 → "13.0": the newest CUDA the driver supports.
+    fn version_string(v: i32) -> String {
+        format!("{}.{}", v / 1000, (v % 1000) / 10)
+    }
+
+    pub fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+        // cudarc loads libcuda lazily and panics when it is missing; a machine without the
+        // NVIDIA driver must get a sentence, not a crash.
+        std::panic::catch_unwind(list).unwrap_or_else(|_| {
+            Err("the NVIDIA driver library (libcuda.so.1) could not be loaded".into())
+        })
+    }
+
+    fn list() -> Result<Vec<CudaDevice>, String> {
+        result::init().map_err(|e| format!("CUDA could not start: {e}"))?;
+        let mut api = 0i32;
+        // SAFETY: writes one int; the driver API is initialised above.
+        let cuda = unsafe { sys::cuDriverGetVersion(&mut api) }
+            .result()
+            .map_or_else(|_| "unknown".to_string(), |_| version_string(api));
+        let driver = kernel_module_version().unwrap_or_else(|| "unknown".into());
+        let count = result::device::get_count().map_err(|e| format!("CUDA: {e}"))?;
+        if count <= 0 {
+            return Err("the NVIDIA driver reports no CUDA device".into());
+        }
+        (0..count)
+            .map(|i| {
+                let dev = result::device::get(i).map_err(|e| format!("cuda:{i}: {e}"))?;
+                let name = result::device::get_name(dev).map_err(|e| format!("cuda:{i}: {e}"))?;
+                // SAFETY: `dev` came from `device::get` just above.
+                let memory = unsafe { result::device::total_mem(dev) }
+                    .map_err(|e| format!("cuda:{i}: {e}"))?;
+                Ok(CudaDevice {
+                    ordinal: i as usize,
+                    info: GpuInfo {
+                        name,
+                        driver: driver.clone(),
+                        cuda: cuda.clone(),
+                        memory_bytes: memory as u64,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+/// The version in `/proc/driver/nvidia/version`'s first line ("NVRM version: NVIDIA UNIX
+/// x86_64 Kernel Module  580.65.06  Sun Jul 27 …").
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn module_version_from(text: &str) -> Option<String> {
+    let line = text.lines().next()?;
+    let rest = line.split("Kernel Module").nth(1)?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_version_is_read_from_the_kernel_module_line() {
+        let text = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 06:00:00 UTC 2025\nGCC version:  gcc 12\n";
+        assert_eq!(module_version_from(text).as_deref(), Some("580.65.06"));
+        assert_eq!(module_version_from("garbage"), None);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_says_why_it_lists_no_gpu() {
+        let e = cuda_devices().expect_err("no CUDA in this build");
+        assert!(e.contains("no CUDA support"), "{e}");
+        assert_eq!(cuda_device(0), None);
+    }
+}

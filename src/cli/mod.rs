@@ -4,6 +4,7 @@
 
 mod data_cmd;
 mod models_cmd;
+mod speed_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ pub enum Command {
     /// Train a plan — baseline vs tuned (ab) or all 8 switch combinations (ablation) —
     /// and write a report (.json, .csv, .md or .html).
     Bench(train_cmd::BenchArgs),
+    /// Training throughput on synthetic data (the PyTorch peer's workload): one JSON line
+    /// per precision mode.
+    Speed(speed_cmd::SpeedArgs),
 }
 
 /// Runs the parsed command line; the caller turns an error into exit code 1.
@@ -38,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(args) => models_cmd::run(args),
         Command::Run(args) => train_cmd::run(args),
         Command::Bench(args) => train_cmd::bench(args),
+        Command::Speed(args) => speed_cmd::run(args),
     }
 }
 

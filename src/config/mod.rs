@@ -190,6 +190,11 @@ pub struct RunConfig {
     pub device: DeviceChoice,
     #[serde(default)]
     pub kernels: Kernels,
+    /// TF32 for f32 matrix products on CUDA (cuBLAS; Ampere and newer). Off by default, as
+    /// in PyTorch, so "fp32" means full f32; reports record it with the config. No effect
+    /// on the CPU.
+    #[serde(default)]
+    pub tf32: bool,
 }
 
 /// A preset file: a baseline run and the switches of its tuned twin.
@@ -339,6 +344,7 @@ impl RunConfig {
             switches: Switches::default(),
             device: DeviceChoice::Cpu,
             kernels: Kernels::Annt,
+            tf32: false,
         }
     }
 }

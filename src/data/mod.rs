@@ -52,6 +52,8 @@ pub enum DataFormat {
     ImageFolder,
     /// The procedurally generated built-in set (no files).
     Builtin,
+    /// Random pixels and labels, for throughput benchmarks only (`annt speed`).
+    Random,
 }
 
 impl DataFormat {
@@ -65,6 +67,7 @@ impl DataFormat {
             Self::Cifar100Python => "CIFAR-100 python",
             Self::ImageFolder => "image folder",
             Self::Builtin => "built-in synthetic",
+            Self::Random => "random pixels (benchmark)",
         }
     }
 }

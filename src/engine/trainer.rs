@@ -133,6 +133,15 @@ pub fn train_run(
     }
 
     let mut timer = StepTimer::new(t.timing_warmup_steps);
+    if device.is_cuda() {
+        // GPU work is asynchronous: every clock read waits for the device first.
+        let dev = device.clone();
+        timer = timer.with_sync(Box::new(move || {
+            let _ = dev.synchronize();
+        }));
+    }
+    crate::util::gpu::set_tf32(cfg.tf32);
+    let mut peak_device: Option<u64> = None;
     let mut epochs_done: Vec<EpochRecord> = Vec::new();
     let mut status = RunStatus::Finished;
     let mut step: u64 = 0;
@@ -227,6 +236,11 @@ pub fn train_run(
             }
             drop(grads);
             timer.end_step((t.batch_size * k) as u64);
+            if device.is_cuda()
+                && let Some(used) = crate::util::gpu::device_used_bytes()
+            {
+                peak_device = Some(peak_device.map_or(used, |p| p.max(used)));
+            }
             step += 1;
             if last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_SECS {
                 last_progress = Instant::now();
@@ -327,7 +341,7 @@ pub fn train_run(
         time_to_target_secs: time_to_target,
         timing: timer.summary(),
         peak_host_bytes: peak_rss_bytes(),
-        peak_device_bytes: None,
+        peak_device_bytes: peak_device,
         amp: AmpReport {
             skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped_steps()),
             final_scale: scaler.as_ref().map(|s| s.scale()),

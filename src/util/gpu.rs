@@ -29,11 +29,28 @@ pub fn cuda_device(ordinal: usize) -> Option<GpuInfo> {
         .map(|d| d.info)
 }
 
+/// Device memory in use on the current CUDA context (total − free, as the driver reports
+/// it: this process's tensors and Candle's pool, plus anything else on the card). Sampled
+/// after every step for the peak-memory figure; `None` without CUDA.
+pub fn device_used_bytes() -> Option<u64> {
+    imp::device_used_bytes()
+}
+
+/// Lets cuBLAS use TF32 for f32 matrix products (a process-wide Candle setting); a no-op
+/// without CUDA.
+pub fn set_tf32(on: bool) {
+    imp::set_tf32(on);
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, String> {
         Err("this build has no CUDA support (the annt-cuda build has it)".into())
     }
+    pub fn device_used_bytes() -> Option<u64> {
+        None
+    }
+    pub fn set_tf32(_: bool) {}
 }
 
 #[cfg(feature = "cuda")]
@@ -58,6 +75,15 @@ mod imp {
         std::panic::catch_unwind(list).unwrap_or_else(|_| {
             Err("the NVIDIA driver library (libcuda.so.1) could not be loaded".into())
         })
+    }
+
+    pub fn device_used_bytes() -> Option<u64> {
+        let (free, total) = result::mem_get_info().ok()?;
+        Some(total.saturating_sub(free) as u64)
+    }
+
+    pub fn set_tf32(on: bool) {
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
     }
 
     fn list() -> Result<Vec<CudaDevice>, String> {

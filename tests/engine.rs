@@ -272,3 +272,94 @@ fn reaching_the_target_accuracy_ends_the_run_and_records_the_time() {
     let t = r.time_to_target_secs.expect("time to target");
     assert!(t > 0.0 && t <= r.wall_secs + 1e-9);
 }
+
+/// The mixed-precision accuracy check: bf16 and fp16 runs end within 1 point of the
+/// f32 run. All three start from the same weights and see the same batches; only the
+/// precision differs.
+///
+/// The setting was chosen from measurements (release build, `annt run --preset … --amp
+/// MODE`, the README's "Mixed precision accuracy" has the commands): with SGD at lr 0.1 the
+/// three trajectories drift apart (up to 3.8 points after 10 epochs, as much as two f32
+/// seeds differ), while Adam at 3e-3 with one-cycle keeps them together (within 0.35 points
+/// after 10 epochs of 4 000 images, within 0.85 after 6 epochs of 2 000). Scoring on the
+/// run's own 2 000-image test split would add ±0.9 points of sampling noise to the
+/// difference of two classifiers that disagree on ~15 % of images, so the final models are
+/// scored on 10 000 further held-out images of the same distribution instead.
+///
+/// Not part of `cargo test`: it trains three runs (5.4 min in the test profile on the
+/// 2-core reference machine), and CI must stay under 30 minutes. Run it with
+/// `cargo test --test engine -- --ignored --nocapture bf16_and_fp16`; measured there:
+/// f32 59.32 %, bf16 60.29 %, fp16 59.79 % on the held-out images.
+#[test]
+#[ignore = "trains three runs (~5 min); run with --ignored"]
+fn bf16_and_fp16_runs_end_within_a_point_of_f32() {
+    use annt::data::synthetic::{SyntheticSpec, generate};
+    use annt::engine::trainer::evaluate;
+    let mut run = quick("resnet8-tiny", 64, 1);
+    run.model.resolution = Some(16);
+    run.data.train_limit = Some(2000);
+    run.data.test_limit = Some(64);
+    run.train.epochs = 6;
+    run.train.optim.optimizer = OptimizerConfig::Adam {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 5e-4,
+    };
+    run.train.schedule = annt::train::schedule::ScheduleConfig::OneCycle {
+        pct_start: 0.3,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+        anneal_cos: true,
+    };
+    let train = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    // Another seed draws other images of the same ten shapes.
+    let mut held_out = generate(&SyntheticSpec {
+        seed: 20_231_210,
+        train: 10,
+        test: 10_000,
+    });
+    held_out.normalization = train.normalization;
+    let held_out = Arc::new(held_out);
+    let mut accuracy = Vec::new();
+    for amp in [AmpMode::Off, AmpMode::Bf16, AmpMode::Fp16] {
+        let mut r = run.clone();
+        r.switches.amp = amp;
+        let arm = Arm {
+            label: format!("{amp:?}"),
+            run: r.clone(),
+        };
+        let trained = train_run(
+            &arm,
+            0,
+            0,
+            1,
+            &train,
+            &Device::Cpu,
+            &mut VecSink::default(),
+            &StopFlag::new(),
+        )
+        .expect("train");
+        let (_, confusion) = evaluate(
+            &trained.model,
+            &held_out,
+            &Device::Cpu,
+            Some(16),
+            amp.compute_dtype(),
+            &r,
+            &StopFlag::new(),
+        )
+        .expect("evaluate");
+        accuracy.push((amp, 100.0 * confusion.accuracy()));
+    }
+    eprintln!("held-out accuracy (%): {accuracy:?}");
+    let f32_acc = accuracy[0].1;
+    assert!(f32_acc > 40.0, "the f32 run learned: {f32_acc:.2} %");
+    for (amp, acc) in &accuracy[1..] {
+        assert!(
+            (acc - f32_acc).abs() <= 1.0,
+            "{amp:?} ended at {acc:.2} %, f32 at {f32_acc:.2} %"
+        );
+    }
+}

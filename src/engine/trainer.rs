@@ -356,7 +356,9 @@ pub fn train_run(
 }
 
 /// Test-split loss and confusion matrix in evaluation mode; `None` loss when stopped.
-fn evaluate(
+/// Public so a trained model can also be scored on another data set's test split (the
+/// mixed-precision accuracy test scores on a larger held-out set than the run's).
+pub fn evaluate(
     model: &Model,
     data: &Arc<Dataset>,
     device: &Device,

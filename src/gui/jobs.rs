@@ -56,9 +56,15 @@ pub fn preview(data: DataConfig) -> PreviewJob {
         let mut samples = Vec::new();
         for (class, name) in d.classes.iter().enumerate().take(SAMPLE_CLASSES) {
             if let Some(i) = set.labels.iter().position(|&l| l as usize == class) {
+                // Stored planar (CHW, as the model reads it); egui wants RGBRGB….
+                let planar = set.image(i);
+                let plane = set.width * set.height;
+                let rgb = (0..plane)
+                    .flat_map(|p| (0..3).map(move |c| planar[c * plane + p]))
+                    .collect();
                 samples.push(Sample {
                     class: name.clone(),
-                    rgb: set.image(i).to_vec(),
+                    rgb,
                     width: set.width,
                     height: set.height,
                 });

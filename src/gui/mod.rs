@@ -556,8 +556,11 @@ impl AnntApp {
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| panels::settings_ui(self, ui));
             });
+        // Room for the table and the confusion matrix once there is something to show.
+        let has_rows = self.session.is_some() || self.live.is_some();
         egui::Panel::bottom("table")
-            .default_size(260.0)
+            .default_size(300.0)
+            .min_size(if has_rows { 300.0 } else { 60.0 })
             .resizable(true)
             .show(ui, |ui| results::table_ui(self, ui));
         egui::CentralPanel::default().show(ui, |ui| results::curves_ui(self, ui));

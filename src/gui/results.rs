@@ -224,11 +224,20 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         );
         return;
     };
-    ui.columns(2, |cols| {
-        egui::ScrollArea::both()
-            .id_salt("table-scroll")
-            .show(&mut cols[0], |ui| table_grid(app, ui, &session));
-        confusion_ui(app, &mut cols[1], &session);
+    // The table takes what the confusion matrix (at most ~380 px) leaves.
+    let matrix_w = (ui.available_width() * 0.32).min(380.0);
+    let height = ui.available_height();
+    ui.horizontal_top(|ui| {
+        let table_w = ui.available_width() - matrix_w - 8.0;
+        ui.allocate_ui(egui::vec2(table_w, height), |ui| {
+            egui::ScrollArea::both()
+                .id_salt("table-scroll")
+                .max_width(table_w)
+                .show(ui, |ui| table_grid(app, ui, &session));
+        });
+        ui.allocate_ui(egui::vec2(matrix_w, height), |ui| {
+            ui.vertical(|ui| confusion_ui(app, ui, &session));
+        });
     });
 }
 

@@ -3,3 +3,4 @@
 //! loss scaler and a finite check ([`amp`]).
 
 pub mod amp;
+pub mod pinned;

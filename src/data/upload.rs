@@ -28,12 +28,44 @@ pub fn to_device<S: BatchStorage>(
 ) -> Result<DeviceBatch, DataError> {
     let (n, h, w) = (batch.len, batch.height, batch.width);
     let raw = Tensor::from_slice(batch.pixel_bytes(), (n, CHANNELS, h, w), device)?;
-    let images = normalize_u8(&raw, norm)?;
+    finish(&raw, &batch.labels, norm, device, resize)
+}
+
+/// Like [`to_device`] for the training loader's buffers: a pinned buffer (the pinned-memory
+/// switch on CUDA) goes up as an asynchronous DMA copy, a heap buffer as [`to_device`] does.
+pub fn to_device_staged(
+    batch: &Batch<crate::accel::pinned::HostBuffer>,
+    norm: &Normalization,
+    device: &Device,
+    resize: Option<usize>,
+) -> Result<DeviceBatch, DataError> {
+    #[cfg(feature = "cuda")]
+    if let crate::accel::pinned::HostBuffer::Pinned(p) = &batch.pixels {
+        let (n, h, w) = (batch.len, batch.height, batch.width);
+        let flat = crate::accel::pinned::cuda::upload(p, device)?;
+        let raw = flat
+            .narrow(0, 0, n * CHANNELS * h * w)?
+            .reshape((n, CHANNELS, h, w))?;
+        return finish(&raw, &batch.labels, norm, device, resize);
+    }
+    to_device(batch, norm, device, resize)
+}
+
+/// u8 pixels on the device → normalised (and resized) f32, plus the labels.
+fn finish(
+    raw: &Tensor,
+    labels: &[u32],
+    norm: &Normalization,
+    device: &Device,
+    resize: Option<usize>,
+) -> Result<DeviceBatch, DataError> {
+    let (n, _, h, w) = raw.dims4()?;
+    let images = normalize_u8(raw, norm)?;
     let images = match resize {
         Some(r) if r != h || r != w => images.upsample_bilinear2d(r, r, false)?,
         _ => images,
     };
-    let labels = Tensor::from_slice(&batch.labels, n, device)?;
+    let labels = Tensor::from_slice(labels, n, device)?;
     Ok(DeviceBatch { images, labels })
 }
 

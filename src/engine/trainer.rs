@@ -156,7 +156,10 @@ pub fn train_run(
     }
 
     'epochs: for epoch in 0..epochs {
-        let mut batches = Prefetcher::new(Arc::clone(data), Split::Train, loader_cfg, epoch);
+        // The pinned-memory switch decides where batches wait (see accel::pinned).
+        let alloc = crate::accel::pinned::allocator(sw.pinned_memory, device)?;
+        let mut batches =
+            Prefetcher::with_storage(Arc::clone(data), Split::Train, loader_cfg, epoch, alloc);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
         let epoch_start = Instant::now();
         let epoch_images_start = timer.summary().measured_images;
@@ -171,7 +174,7 @@ pub fn train_run(
                 let Some(batch) = batches.next() else { break };
                 let batch = batch?;
                 timer.phase(Phase::HostToDevice);
-                let db = upload::to_device(&batch, &data.normalization, device, resize)?;
+                let db = upload::to_device_staged(&batch, &data.normalization, device, resize)?;
                 batches.recycle(batch.pixels);
                 timer.phase(Phase::Forward);
                 let seed = mix_seed(&[t.seed, step, micro as u64]);

@@ -95,6 +95,8 @@ pub struct AnntApp {
     pub selected_arm: Option<String>,
     /// Curves against wall time instead of epochs.
     pub x_wall_time: bool,
+    /// The CUDA device could not be used: the window offers the CPU.
+    pub cpu_offer: bool,
     /// The CUDA devices (listed once, at start), or why there are none.
     pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, String>,
     /// UI time per frame for the built-in readout (ms, last 600 frames).
@@ -139,6 +141,7 @@ impl AnntApp {
             sort: (results::Column::Order, false),
             selected_arm: None,
             x_wall_time: false,
+            cpu_offer: false,
             gpus,
             frame_ms: Default::default(),
             title: None,
@@ -500,7 +503,13 @@ impl AnntApp {
             }
             WorkerMsg::Event(Event::SessionFinished { result }) => self.session = Some(*result),
             WorkerMsg::Event(Event::SessionStarted { .. }) => {}
-            WorkerMsg::Failed(e) => self.messages.push((true, e)),
+            WorkerMsg::Failed(e) => {
+                // The engine opens the device first: "device cuda:N: why".
+                if e.starts_with("device cuda") {
+                    self.cpu_offer = true;
+                }
+                self.messages.push((true, e))
+            }
             WorkerMsg::Done => {
                 if let Some(w) = &mut self.worker {
                     w.finished = true;

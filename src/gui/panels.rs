@@ -29,6 +29,16 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     if let Some(batch) = app.oom_batch {
         oom_offer(app, ui, batch);
     }
+    if app.cpu_offer && !running {
+        ui.horizontal(|ui| {
+            ui.colored_label(egui::Color32::RED, "The GPU could not be used.");
+            if ui.button("Run on the CPU instead").clicked() {
+                app.cpu_offer = false;
+                app.settings.device = DeviceChoice::Cpu;
+                app.start(ui.ctx());
+            }
+        });
+    }
     ui.separator();
 
     egui::CollapsingHeader::new("Data")

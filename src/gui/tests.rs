@@ -287,3 +287,31 @@ fn pinned_memory_is_greyed_out_on_the_cpu_and_switches_toggle() {
     assert!(h.state().settings.ablation);
     assert_eq!(h.state().settings.plan().expect("plan").arms().len(), 8);
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
+    let mut settings = quick();
+    // As if saved on a GPU machine and chosen again here: the engine refuses cuda:0.
+    settings.device = annt::config::DeviceChoice::Cuda(0);
+    let mut h = harness(settings);
+    h.state_mut().settings.device = annt::config::DeviceChoice::Cuda(0);
+    h.get_by_label("Start").click();
+    run_until(&mut h, Duration::from_secs(30), |a| {
+        !a.is_running() && a.cpu_offer
+    });
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|(err, m)| *err && m.contains("cuda:0") && m.contains("no CUDA support")),
+        "{:?}",
+        h.state().messages
+    );
+    h.get_by_label("Run on the CPU instead").click();
+    h.step();
+    assert_eq!(h.state().settings.device, annt::config::DeviceChoice::Cpu);
+    assert!(h.state().is_running());
+    h.state_mut().stop();
+    run_until(&mut h, Duration::from_secs(30), |a| !a.is_running());
+}

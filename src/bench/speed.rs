@@ -45,9 +45,7 @@ impl std::str::FromStr for SpeedMode {
             "tf32" => Ok(SpeedMode::Tf32),
             "amp-bf16" | "bf16" => Ok(SpeedMode::Bf16),
             "amp-fp16" | "fp16" => Ok(SpeedMode::Fp16),
-            _ => Err(format!(
-                "mode {s:?}: use fp32, tf32, amp-bf16 or amp-fp16"
-            )),
+            _ => Err(format!("mode {s:?}: use fp32, tf32, amp-bf16 or amp-fp16")),
         }
     }
 }
@@ -184,8 +182,9 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
         annt: env!("CARGO_PKG_VERSION"),
         device: match cfg.device {
             DeviceChoice::Cpu => "cpu".into(),
-            DeviceChoice::Cuda(i) => crate::util::gpu::cuda_device(i)
-                .map_or_else(|| format!("cuda:{i}"), |g| g.name),
+            DeviceChoice::Cuda(i) => {
+                crate::util::gpu::cuda_device(i).map_or_else(|| format!("cuda:{i}"), |g| g.name)
+            }
         },
         model: cfg.model.clone(),
         res,

@@ -204,10 +204,9 @@ pub fn load(
         DataFormat::Cifar100Binary => load_binary100(src, options.cifar100_labels),
         DataFormat::Cifar10Python => load_python10(src, &names),
         DataFormat::Cifar100Python => load_python100(src, options.cifar100_labels),
-        DataFormat::ImageFolder | DataFormat::Builtin | DataFormat::Random => Err(DataError::InvalidOption(format!(
-            "{} is not a CIFAR layout",
-            format.label()
-        ))),
+        DataFormat::ImageFolder | DataFormat::Builtin | DataFormat::Random => Err(
+            DataError::InvalidOption(format!("{} is not a CIFAR layout", format.label())),
+        ),
     }
 }
 

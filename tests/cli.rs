@@ -6,6 +6,8 @@ use std::process::Command;
 fn annt(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_annt"))
         .args(args)
+        // Keep the user's log file out of the tests.
+        .env("ANNT_LOG", "off")
         .output()
         .expect("run annt")
 }

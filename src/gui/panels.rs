@@ -241,18 +241,22 @@ pub fn frame_p99(app: &AnntApp) -> Option<f32> {
 }
 
 fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
+    // A name found in several folders comes from the first (the checkout before the
+    // installed copy).
     let mut files: Vec<std::path::PathBuf> = Vec::new();
     for dir in preset_dirs() {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            files.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|f| f.extension().is_some_and(|e| e == "toml")),
-            );
-        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut here: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|f| f.extension().is_some_and(|e| e == "toml"))
+            .filter(|f| !files.iter().any(|g| g.file_name() == f.file_name()))
+            .collect();
+        here.sort();
+        files.extend(here);
     }
-    files.sort();
     for f in &files {
         let name = f
             .file_stem()
@@ -297,14 +301,13 @@ fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
     });
 }
 
-/// Where presets are listed from: `presets/` in the working directory (a source checkout),
-/// the user's own folder, and the installed copy.
+/// Where presets are listed from: `presets/` in the working directory (a source checkout)
+/// and the installed copies (see `install_paths`), then the user's own folder.
 fn preset_dirs() -> Vec<std::path::PathBuf> {
-    let mut dirs = vec![std::path::PathBuf::from("presets")];
+    let mut dirs = crate::install_paths::presets_dirs();
     if let Some(d) = dirs::data_dir() {
         dirs.push(d.join("annt").join("presets"));
     }
-    dirs.push(std::path::PathBuf::from("/usr/share/annt/presets"));
     dirs
 }
 

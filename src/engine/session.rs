@@ -117,6 +117,16 @@ pub fn run_session(
     let device = open_device(base.device)?;
     let data = Arc::new(open_data(&base.data, options)?);
     let arms = plan.arms();
+    if let DeviceChoice::Cuda(i) = base.device
+        && let Ok(gpus) = crate::util::gpu::cuda_devices()
+        && let Some(gpu) = gpus.iter().find(|d| d.ordinal == i)
+        && let Some(why) = arms.iter().find_map(|a| gpu.lacks(a.run.switches.amp))
+    {
+        return Err(EngineError::Device {
+            device: base.device.to_string(),
+            reason: format!("{why}; choose another precision or device"),
+        });
+    }
     let repeats = plan.repeats.max(1);
     let mut environment = Environment::capture();
     if let DeviceChoice::Cuda(i) = base.device

@@ -114,8 +114,23 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             ui.horizontal(|ui| {
                 ui.label("Mixed precision");
                 ui.radio_value(&mut s.amp, AmpMode::Off, "off");
-                ui.radio_value(&mut s.amp, AmpMode::Bf16, "bf16");
-                ui.radio_value(&mut s.amp, AmpMode::Fp16, "fp16");
+                for (mode, name) in [(AmpMode::Bf16, "bf16"), (AmpMode::Fp16, "fp16")] {
+                    // Greyed out, with the reason, where the chosen GPU lacks the format.
+                    let gap = match (s.device, &app.gpus) {
+                        (DeviceChoice::Cuda(i), Ok(gpus)) => gpus
+                            .iter()
+                            .find(|d| d.ordinal == i)
+                            .and_then(|d| d.lacks(mode)),
+                        _ => None,
+                    };
+                    let r = ui.add_enabled(gap.is_none(), egui::RadioButton::new(s.amp == mode, name));
+                    if r.clicked() {
+                        s.amp = mode;
+                    }
+                    if let Some(why) = gap {
+                        r.on_disabled_hover_text(why);
+                    }
+                }
             });
             ui.label(egui::RichText::new("Half-precision math with f32 master weights (fp16 with loss scaling). On a CPU: numerics only, no speed-up.").weak());
             // Pinned memory needs a host-to-device copy: there is none on the CPU.

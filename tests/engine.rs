@@ -23,6 +23,23 @@ fn quick(model: &str, batch: usize, accum: usize) -> RunConfig {
     run
 }
 
+/// An A/B plan of ResNet-8 (micro-batch 32) on the first `train_limit` built-in images.
+fn ab_plan(name: &str, tuned: Switches, train_limit: usize, epochs: usize) -> Plan {
+    let mut run = quick("resnet8-tiny", 32, 1);
+    run.data.train_limit = Some(train_limit);
+    run.train.epochs = epochs;
+    Plan {
+        kind: PlanKind::Ab,
+        repeats: 1,
+        preset: Preset {
+            name: name.into(),
+            description: String::new(),
+            run,
+            tuned,
+        },
+    }
+}
+
 /// Trains one arm on the CPU with its own data.
 fn train_one(run: RunConfig) -> annt::engine::trainer::TrainedRun {
     let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
@@ -144,23 +161,16 @@ fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
 
 #[test]
 fn stop_returns_within_a_second_and_keeps_finished_arms() {
-    let mut preset = Preset {
-        name: "stop".into(),
-        description: String::new(),
-        run: quick("resnet8-tiny", 32, 1),
-        tuned: Switches {
+    let plan = ab_plan(
+        "stop",
+        Switches {
             grad_accum_steps: 2,
             amp: AmpMode::Off,
             pinned_memory: false,
         },
-    };
-    preset.run.data.train_limit = Some(640);
-    preset.run.train.epochs = 1;
-    let plan = Plan {
-        kind: PlanKind::Ab,
-        repeats: 1,
-        preset: preset.clone(),
-    };
+        640,
+        1,
+    );
     // Let the first (short) arm finish, then stop the second one mid-epoch.
     let mut long = plan.clone();
     long.preset.run.train.epochs = 50;
@@ -192,23 +202,16 @@ fn stop_returns_within_a_second_and_keeps_finished_arms() {
 
 #[test]
 fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs() {
-    let mut preset = Preset {
-        name: "ab".into(),
-        description: String::new(),
-        run: quick("resnet8-tiny", 32, 1),
-        tuned: Switches {
+    let plan = ab_plan(
+        "ab",
+        Switches {
             grad_accum_steps: 2,
             amp: AmpMode::Bf16,
             pinned_memory: true,
         },
-    };
-    preset.run.data.train_limit = Some(512);
-    preset.run.train.epochs = 2;
-    let plan = Plan {
-        kind: PlanKind::Ab,
-        repeats: 1,
-        preset,
-    };
+        512,
+        2,
+    );
     let mut sink = VecSink::default();
     let session = run_session(
         &plan,

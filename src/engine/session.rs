@@ -115,24 +115,29 @@ pub fn run_session(
     base.validate()?;
     // The device first: a missing GPU is reported before minutes of data loading.
     let device = open_device(base.device)?;
-    let data = Arc::new(open_data(&base.data, options)?);
     let arms = plan.arms();
-    if let DeviceChoice::Cuda(i) = base.device
-        && let Ok(gpus) = crate::util::gpu::cuda_devices()
-        && let Some(gpu) = gpus.iter().find(|d| d.ordinal == i)
-        && let Some(why) = arms.iter().find_map(|a| gpu.lacks(a.run.switches.amp))
+    // The GPU, listed once: whether it has the arms' precisions is checked before any data
+    // is loaded, and it goes into the environment every result records.
+    let gpu = match base.device {
+        DeviceChoice::Cuda(i) => crate::util::gpu::cuda_devices()
+            .ok()
+            .and_then(|gpus| gpus.into_iter().find(|d| d.ordinal == i)),
+        DeviceChoice::Cpu => None,
+    };
+    if let Some(why) = gpu
+        .as_ref()
+        .and_then(|g| arms.iter().find_map(|a| g.lacks(a.run.switches.amp)))
     {
         return Err(EngineError::Device {
             device: base.device.to_string(),
             reason: format!("{why}; choose another precision or device"),
         });
     }
+    let data = Arc::new(open_data(&base.data, options)?);
     let repeats = plan.repeats.max(1);
     let mut environment = Environment::capture();
-    if let DeviceChoice::Cuda(i) = base.device
-        && let Some(gpu) = crate::util::gpu::cuda_device(i)
-    {
-        environment = environment.with_gpu(gpu);
+    if let Some(gpu) = gpu {
+        environment = environment.with_gpu(gpu.info);
     }
     sink.emit(Event::SessionStarted {
         plan: format!("{:?}", plan.kind).to_lowercase(),

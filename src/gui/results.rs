@@ -3,6 +3,7 @@
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use annt::bench::result::{ArmSummary, SessionResult};
+use annt::report::fmt::{mib, num, pct};
 use annt::train::timing::Phase;
 
 use super::AnntApp;
@@ -177,20 +178,6 @@ pub fn sorted(rows: &[ArmSummary], (column, descending): (Column, bool)) -> Vec<
     idx
 }
 
-/// "mean ± sd" when there are repeats.
-fn stat(s: &annt::bench::result::Stat, scale: f64, digits: usize) -> String {
-    if s.n > 1 {
-        format!(
-            "{:.digits$} ± {:.digits$}",
-            s.mean * scale,
-            s.sd * scale,
-            digits = digits
-        )
-    } else {
-        format!("{:.digits$}", s.mean * scale, digits = digits)
-    }
-}
-
 pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.heading("Comparison");
@@ -292,14 +279,12 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 {
                     app.selected_arm = Some(a.arm.clone());
                 }
-                ui.label(format!("{} %", stat(&a.test_accuracy, 100.0, 1)));
-                ui.label(stat(&a.macro_f1, 1.0, 3));
-                ui.label(stat(&a.wall_secs, 1.0, 1));
-                ui.label(stat(&a.train_secs, 1.0, 1));
-                ui.label(stat(&a.images_per_sec, 1.0, 1));
-                ui.label(
-                    peak_bytes(a).map_or("–".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
-                );
+                ui.label(pct(&a.test_accuracy));
+                ui.label(num(&a.macro_f1, 3));
+                ui.label(num(&a.wall_secs, 1));
+                ui.label(num(&a.train_secs, 1));
+                ui.label(num(&a.images_per_sec, 1));
+                ui.label(mib(peak_bytes(a)));
                 ui.label(format!(
                     "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
                     phase(a, Phase::DataWait),

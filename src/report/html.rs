@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, status};
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, run_cells, status};
 use crate::bench::result::{RunResult, RunStatus, SessionResult};
 use crate::train::timing::Phase;
 
@@ -311,18 +311,10 @@ pub fn render(s: &SessionResult) -> String {
         let status = status(r.status);
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{:.1}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&run_name(r, s.repeats)),
             esc(status),
-            r.micro_batch,
-            r.switches.grad_accum_steps,
-            r.effective_batch,
-            r.optimizer_steps_per_epoch,
-            r.optimizer_steps,
-            r.amp.skipped_steps,
-            r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
-            100.0 * r.final_test_accuracy,
-            r.wall_secs
+            run_cells(r).join("</td><td>")
         );
     }
     o.push_str("</table>");

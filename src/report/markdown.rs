@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, status};
+use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, run_cells, status};
 use crate::bench::result::SessionResult;
 use crate::train::timing::Phase;
 
@@ -83,18 +83,10 @@ pub fn render(s: &SessionResult) -> String {
         let status = status(r.status);
         let _ = writeln!(
             o,
-            "| {} | {} | {status} | {} | {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} |",
+            "| {} | {} | {status} | {} |",
             cell(&r.arm),
             r.repeat + 1,
-            r.micro_batch,
-            r.switches.grad_accum_steps,
-            r.effective_batch,
-            r.optimizer_steps_per_epoch,
-            r.optimizer_steps,
-            r.amp.skipped_steps,
-            r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
-            100.0 * r.final_test_accuracy,
-            r.wall_secs
+            run_cells(r).join(" | ")
         );
     }
     // After the table: a line between its rows would end it.

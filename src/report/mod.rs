@@ -115,8 +115,26 @@ pub fn read_json(path: &Path) -> Result<SessionResult, ReportError> {
 }
 
 /// Shared number formatting.
-pub(crate) mod fmt {
-    use crate::bench::result::{RunStatus, Stat};
+/// How numbers read in every report and in the window's table (one place, so they agree).
+pub mod fmt {
+    use crate::bench::result::{RunResult, RunStatus, Stat};
+
+    /// The "Runs" table's columns after a run's name and status, shared by the Markdown
+    /// and HTML reports: micro-batch, k, effective batch, optimiser steps per epoch, steps,
+    /// skipped fp16 steps, final loss scale, test accuracy, wall seconds.
+    pub fn run_cells(r: &RunResult) -> [String; 9] {
+        [
+            r.micro_batch.to_string(),
+            r.switches.grad_accum_steps.to_string(),
+            r.effective_batch.to_string(),
+            r.optimizer_steps_per_epoch.to_string(),
+            r.optimizer_steps.to_string(),
+            r.amp.skipped_steps.to_string(),
+            r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
+            format!("{:.1} %", 100.0 * r.final_test_accuracy),
+            format!("{:.1}", r.wall_secs),
+        ]
+    }
 
     /// How a run ended, in words ("partial" for a run the user stopped).
     pub fn status(s: RunStatus) -> &'static str {

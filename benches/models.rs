@@ -41,8 +41,19 @@ fn step_secs(
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    median(&mut times)
+}
+
+/// The median: the middle value of an odd count, the mean of the two middle values of an
+/// even one (with 2 steps that is their mean, not the slower step).
+fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
 }
 
 fn main() {

@@ -98,3 +98,90 @@ fn a_cuda_device_without_cuda_says_why_and_offers_the_cpu() {
     assert!(err.contains("--device cpu"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// The README's Ctrl-C behaviour: the run in progress stops after its current micro-batch
+/// and is kept, marked partial, with every finished run; the report is still written; the
+/// exit code is 1 with a sentence saying so.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_keeps_the_finished_run_writes_the_report_and_exits_1() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("r.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annt"))
+        .args([
+            "bench",
+            "--preset",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/presets/quick-cpu.toml"),
+            "--train-limit",
+            "128",
+            "--test-limit",
+            "64",
+            "--epochs",
+            "8",
+            "--report",
+        ])
+        .arg(&report)
+        .env("ANNT_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start annt bench");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Ctrl-C once the second run's first epoch has been reported: the first run has then
+    // finished all its epochs and the second is mid-run.
+    let mut seen = Vec::new();
+    let mut second_started = false;
+    for line in rx.iter() {
+        second_started |= line.starts_with("run 2/2");
+        let in_second_run_epoch = second_started && line.contains(" epoch 1:");
+        seen.push(line);
+        if in_second_run_epoch {
+            break;
+        }
+    }
+    assert!(second_started, "stderr: {seen:#?}");
+    let pid = child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    seen.extend(rx.iter());
+    reader.join().expect("reader");
+    let text = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("stopping after the current"), "{text}");
+    assert!(text.contains("stopped by the user"), "{text}");
+    let session = annt::report::read_json(&report).expect("the report was written");
+    assert_eq!(session.runs.len(), 2, "{text}");
+    assert_eq!(
+        session.runs[0].status,
+        annt::bench::result::RunStatus::Finished
+    );
+    assert_eq!(session.runs[0].epochs.len(), 8);
+    assert_eq!(
+        session.runs[1].status,
+        annt::bench::result::RunStatus::Partial
+    );
+    assert!(session.runs[1].epochs.len() < 8);
+    let cut = &session
+        .summary
+        .iter()
+        .find(|a| a.arm == session.runs[1].arm)
+        .expect("row");
+    assert_eq!(
+        cut.runs_counted, 0,
+        "the stopped run is kept out of the means"
+    );
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NAME: &str = "tiny.tar.gz";
 
@@ -48,12 +48,11 @@ impl Server {
             let paths = Arc::clone(&paths);
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                // No deadline of its own: the server lives until its test is done with it
+                // (`finish`, or `Drop` when the test panics), however slow a loaded
+                // machine makes the test.
                 let mut served = 0;
-                while served < max_requests
-                    && !stop.load(Ordering::SeqCst)
-                    && Instant::now() < deadline
-                {
+                while served < max_requests && !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             served += 1;
@@ -101,9 +100,12 @@ impl Drop for Server {
 /// are ignored: a client that stops reading (the `stop` test) resets the connection.
 fn handle(mut stream: TcpStream, reply: &Reply) -> Option<String> {
     stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // Only a guard against a client that hangs; far above what a loaded machine needs.
     stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(300)))
         .ok()?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];

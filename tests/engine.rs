@@ -2,14 +2,13 @@
 //! a run stops when asked, and the event stream is complete.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Arm, Plan, PlanKind};
 use annt::bench::result::RunStatus;
 use annt::config::{Preset, RunConfig, Switches};
 use annt::engine::session::open_data;
-use annt::engine::trainer::train_run;
+use annt::engine::trainer::{RunPlace, train_run};
 use annt::engine::{Event, SessionOptions, StopFlag, VecSink, run_session};
 use annt::models::{Model, ModelSpec};
 use annt::train::optim::OptimizerConfig;
@@ -49,9 +48,7 @@ fn train_one(run: RunConfig) -> annt::engine::trainer::TrainedRun {
     };
     train_run(
         &arm,
-        0,
-        0,
-        1,
+        RunPlace::single(),
         &data,
         &Device::Cpu,
         &mut VecSink::default(),
@@ -101,7 +98,7 @@ fn accumulating_four_micro_batches_of_8_equals_one_batch_of_32() {
     // zero-initialised head (torchvision's init) stops every other gradient in the first.
     let set = |batch, accum| {
         let mut run = quick("vit-ti4", batch, accum);
-        run.train.max_steps = Some(2);
+        run.train.max_images = Some(64);
         run.data.test_limit = Some(64);
         run.train.epochs = 1;
         run.train.optim.optimizer = OptimizerConfig::Sgd {
@@ -139,7 +136,7 @@ fn accumulating_four_micro_batches_of_8_equals_one_batch_of_32() {
 fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
     let mut run = quick("resnet8-tiny", 16, 1);
     run.switches.amp = AmpMode::Fp16;
-    run.train.max_steps = Some(1);
+    run.train.max_images = Some(16);
     run.train.epochs = 1;
     // Scaled by 1e30 the gradients overflow f16 (max 65504) on their way back.
     run.train.fp16_init_scale = 1e30;
@@ -159,8 +156,35 @@ fn an_fp16_overflow_skips_the_step_and_leaves_the_weights_unchanged() {
     assert_eq!(r.amp.final_scale, Some(5e29), "the scale backs off by half");
 }
 
+/// A sink that records every event and presses Stop when the session's second run reports
+/// its first progress: a stop at a known step, whatever the machine's speed.
+struct StopInSecondRun {
+    events: Vec<Event>,
+    stop: StopFlag,
+    stopped_at_step: Option<u64>,
+}
+
+impl annt::engine::EventSink for StopInSecondRun {
+    fn emit(&mut self, event: Event) {
+        let second_run_started = self
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::RunStarted { .. }))
+            .count()
+            == 2;
+        if let Event::Progress { step, .. } = &event
+            && second_run_started
+            && self.stopped_at_step.is_none()
+        {
+            self.stop.stop();
+            self.stopped_at_step = Some(*step);
+        }
+        self.events.push(event);
+    }
+}
+
 #[test]
-fn stop_returns_within_a_second_and_keeps_finished_arms() {
+fn stop_ends_the_current_micro_batch_and_keeps_the_finished_arm() {
     let plan = ab_plan(
         "stop",
         Switches {
@@ -171,29 +195,49 @@ fn stop_returns_within_a_second_and_keeps_finished_arms() {
         640,
         1,
     );
-    // Let the first (short) arm finish, then stop the second one mid-epoch.
-    let mut long = plan.clone();
-    long.preset.run.train.epochs = 50;
     let stop = StopFlag::new();
-    let s2 = stop.clone();
-    let mut sink = VecSink::default();
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        let at = Instant::now();
-        s2.stop();
-        at
-    });
+    let mut sink = StopInSecondRun {
+        events: Vec::new(),
+        stop: stop.clone(),
+        stopped_at_step: None,
+    };
     let session =
-        run_session(&long, &SessionOptions::default(), &mut sink, &stop).expect("session");
-    let returned = Instant::now();
-    let stopped_at = stopper.join().expect("stopper");
-    assert!(
-        returned.duration_since(stopped_at) < Duration::from_secs(1),
-        "took {:?} to stop",
-        returned.duration_since(stopped_at)
+        run_session(&plan, &SessionOptions::default(), &mut sink, &stop).expect("session");
+    let stopped_at = sink
+        .stopped_at_step
+        .expect("the second run reported progress");
+    assert_eq!(session.runs.len(), 2, "the stopped session keeps both runs");
+    let (first, second) = (&session.runs[0], &session.runs[1]);
+    assert_eq!(first.status, RunStatus::Finished, "the first arm finished");
+    assert_eq!(first.epochs.len(), 1);
+    assert_eq!(
+        first.optimizer_steps, first.optimizer_steps_per_epoch,
+        "its whole budget"
     );
-    let last = session.runs.last().expect("a run");
-    assert_eq!(last.status, RunStatus::Partial);
+    assert_eq!(second.status, RunStatus::Partial);
+    // Stop is checked after every micro-batch: the run ends inside the step after the
+    // one it was stopped in, before that step's update.
+    assert_eq!(
+        second.optimizer_steps, stopped_at,
+        "no optimiser step ran after Stop"
+    );
+    assert!(second.optimizer_steps < second.optimizer_steps_per_epoch);
+    assert!(second.epochs.is_empty(), "no evaluation after Stop");
+    // The finished arm's figures stand; the stopped one's are kept out of the means.
+    let kept = session
+        .summary
+        .iter()
+        .find(|a| a.arm == first.arm)
+        .expect("row");
+    assert_eq!((kept.runs_counted, kept.runs_total), (1, 1));
+    assert_eq!(kept.test_accuracy.mean, first.final_test_accuracy);
+    let cut = session
+        .summary
+        .iter()
+        .find(|a| a.arm == second.arm)
+        .expect("row");
+    assert_eq!((cut.runs_counted, cut.runs_total), (0, 1));
+    assert!(cut.partial && cut.speedup_vs_baseline.is_none());
     assert!(matches!(
         sink.events.last(),
         Some(Event::SessionFinished { .. })
@@ -240,7 +284,14 @@ fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs(
         ]
     );
     assert_eq!(session.runs.len(), 2);
-    let (base, tuned) = (&session.runs[0], &session.runs[1]);
+    let by_arm = |label: &str| {
+        session
+            .runs
+            .iter()
+            .find(|r| r.arm == label)
+            .expect("each arm ran")
+    };
+    let (base, tuned) = (by_arm("baseline"), by_arm("GA×2 + bf16 + PM"));
     assert_eq!(base.optimizer_steps_per_epoch, 16);
     assert_eq!(
         tuned.optimizer_steps_per_epoch, 8,
@@ -258,7 +309,29 @@ fn a_session_emits_the_lifecycle_in_order_and_its_report_numbers_match_the_runs(
         assert!(r.wall_secs >= r.train_secs && r.train_secs > 0.0);
         assert!(r.timing.measured_steps > 0 && r.timing.images_per_sec > 0.0);
     }
-    assert!((session.summary[0].speedup_vs_baseline - 1.0).abs() < 1e-12);
+    // The runs' order is recorded, and each summary row is its arm's finished run.
+    let mut orders: Vec<usize> = session.runs.iter().map(|r| r.order).collect();
+    orders.sort_unstable();
+    assert_eq!(orders, [0, 1]);
+    assert_eq!(session.summary[0].arm, "baseline", "rows in plan order");
+    for row in &session.summary {
+        let r = session.runs.iter().find(|r| r.arm == row.arm).expect("run");
+        assert_eq!(row.images_per_sec.mean, r.timing.images_per_sec);
+        assert_eq!(row.test_accuracy.mean, r.final_test_accuracy);
+        assert_eq!(row.peak_host.mean, r.peak_host_bytes.expect("Linux") as f64);
+        assert_eq!((row.runs_counted, row.runs_total), (1, 1));
+        assert_eq!(r.trained_images, 2 * 16 * 32, "two epochs of 16 steps × 32");
+    }
+    let speedup = session.summary[1]
+        .speedup_vs_baseline
+        .expect("both finished");
+    assert!(
+        (speedup - tuned.timing.images_per_sec / base.timing.images_per_sec).abs() < 1e-12,
+        "speed-up is the ratio of images/s: {speedup}"
+    );
+    for r in &session.runs {
+        assert!(r.epochs.iter().all(|e| e.images_per_sec > 0.0));
+    }
 }
 
 #[test]
@@ -335,9 +408,7 @@ fn bf16_and_fp16_runs_end_within_a_point_of_f32() {
         };
         let trained = train_run(
             &arm,
-            0,
-            0,
-            1,
+            RunPlace::single(),
             &train,
             &Device::Cpu,
             &mut VecSink::default(),

@@ -181,6 +181,13 @@ fn mixed_precision_forward_keeps_f32_master_weights() {
             diff <= 0.05 * scale,
             "{dtype:?}: max difference {diff} at scale {scale}"
         );
+        // And it really ran in half precision: a path that silently computed in f32
+        // would match f32 (to its summation order), far below a half's rounding.
+        let floor = if dtype == DType::BF16 { 1e-4 } else { 1e-5 };
+        assert!(
+            diff >= floor * scale,
+            "{dtype:?}: max difference {diff} at scale {scale} is too small for half precision"
+        );
         let grads = logits
             .sum_all()
             .and_then(|l| l.backward())

@@ -46,7 +46,10 @@ fn run(
             phase_ms_per_step: Phase::ALL.iter().map(|p| (*p, 2.0)).collect(),
             ..TimingSummary::default()
         },
-        peak_host_bytes: Some(300 << 20),
+        trained_images: 64 * 90,
+        order: repeat % 2,
+        peak_host_bytes: Some((300 << 20) + (repeat as u64) * (10 << 20)),
+        host_bytes_at_start: Some(200 << 20),
         ..RunResult::default()
     }
 }
@@ -94,7 +97,10 @@ fn session() -> SessionResult {
 #[test]
 fn every_format_shows_the_numbers() {
     let s = session();
-    assert!((s.summary[1].speedup_vs_baseline - 2.0).abs() < 1e-12);
+    let speedup = s.summary[1]
+        .speedup_vs_baseline
+        .expect("both arms finished a run");
+    assert!((speedup - 2.0).abs() < 1e-12, "{speedup}");
     for format in [ReportFormat::Markdown, ReportFormat::Html] {
         let text = render(&s, format).expect("render");
         assert!(
@@ -148,8 +154,145 @@ fn every_format_shows_the_numbers() {
     assert_eq!(rows[2][col("effective_batch")], "128");
     assert_eq!(rows[1][col("forward_ms")], "2.000");
     assert_eq!(rows[4][col("status")], "partial");
+    // Every CSV row carries its run's numbers, not only its labels.
+    for (row, r) in rows[1..].iter().zip(&s.runs) {
+        let number = |name: &str| row[col(name)].parse::<f64>().expect(name);
+        assert_eq!(number("repeat"), r.repeat as f64);
+        assert_eq!(number("order"), r.order as f64);
+        assert!((number("images_per_sec") - r.timing.images_per_sec).abs() < 0.01);
+        assert!((number("train_secs") - r.train_secs).abs() < 0.001);
+        assert!((number("wall_secs") - r.wall_secs).abs() < 0.001);
+        assert_eq!(number("trained_images"), r.trained_images as f64);
+        assert_eq!(
+            number("peak_host_bytes"),
+            r.peak_host_bytes.expect("set") as f64
+        );
+        assert_eq!(
+            number("host_bytes_at_start"),
+            r.host_bytes_at_start.expect("set") as f64
+        );
+        assert!((number("final_test_accuracy") - r.final_test_accuracy).abs() < 1e-6);
+    }
     let json = render(&s, ReportFormat::Json).expect("json");
-    assert!(json.contains("\"partial\"") && json.contains("\"schema_version\": 1"));
+    assert!(
+        json.contains("\"partial\"")
+            && json.contains(&format!("\"schema_version\": {SCHEMA_VERSION}"))
+    );
+}
+
+#[test]
+fn failed_and_stopped_runs_stay_out_of_the_means() {
+    let tuned = Switches {
+        grad_accum_steps: 2,
+        amp: annt::accel::amp::AmpMode::Bf16,
+        pinned_memory: false,
+    };
+    let failed = RunResult {
+        arm: "baseline".into(),
+        repeat: 1,
+        status: RunStatus::Failed,
+        error: Some("out of device memory".into()),
+        ..RunResult::default()
+    };
+    // A stopped run: a short time and a high rate over what it ran, a low accuracy.
+    let mut partial = run("GA×2, bf16", 1, 0.30, 2.0, tuned, RunStatus::Partial);
+    partial.timing.images_per_sec = 9999.0;
+    let mut s = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        preset_name: "p".into(),
+        plan: "ab".into(),
+        repeats: 2,
+        device: "cpu".into(),
+        arms: vec!["baseline".into(), "GA×2, bf16".into()],
+        runs: vec![
+            run(
+                "baseline",
+                0,
+                0.80,
+                40.0,
+                Switches::default(),
+                RunStatus::Finished,
+            ),
+            run("GA×2, bf16", 0, 0.78, 20.0, tuned, RunStatus::Finished),
+            failed,
+            partial,
+        ],
+        ..SessionResult::default()
+    };
+    s.summarize();
+    let (base, arm) = (&s.summary[0], &s.summary[1]);
+    assert_eq!((base.runs_counted, base.runs_total), (1, 2));
+    assert_eq!((arm.runs_counted, arm.runs_total), (1, 2));
+    assert!(base.failed && !base.partial && arm.partial && !arm.failed);
+    assert_eq!(
+        base.test_accuracy.mean, 0.80,
+        "the failed run's zeros are not averaged in"
+    );
+    assert_eq!(base.test_accuracy.n, 1);
+    assert_eq!(
+        arm.test_accuracy.mean, 0.78,
+        "the stopped run is not averaged in"
+    );
+    assert_eq!(arm.images_per_sec.mean, 6400.0 / 20.0);
+    let speedup = arm.speedup_vs_baseline.expect("one finished run each");
+    assert!((speedup - 2.0).abs() < 1e-12, "{speedup}");
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = render(&s, format).expect("render");
+        assert!(
+            text.contains("1/2"),
+            "{format:?}: how many runs a row rests on"
+        );
+        assert!(text.contains("2.00×"), "{format:?}");
+        assert!(text.contains("failed"), "{format:?}");
+    }
+    // With no finished baseline there is nothing to compare: "–", not 0.00×.
+    s.runs.remove(0);
+    s.summarize();
+    assert_eq!(s.summary[0].runs_counted, 0);
+    assert!(s.summary.iter().all(|a| a.speedup_vs_baseline.is_none()));
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = render(&s, format).expect("render");
+        assert!(!text.contains("0.00×"), "{format:?}");
+        assert!(!text.contains("inf"), "{format:?}");
+    }
+    let md = render(&s, ReportFormat::Markdown).expect("md");
+    let base_row = md
+        .lines()
+        .find(|l| l.starts_with("| baseline (failed)"))
+        .expect("baseline row");
+    assert!(
+        base_row.starts_with("| baseline (failed) | – |"),
+        "{base_row}"
+    );
+}
+
+#[test]
+fn per_arm_memory_and_the_figures_definitions_are_in_every_format() {
+    let s = session();
+    // Host peak is the mean of the arm's finished runs (300 and 310 MiB for the baseline),
+    // and "above start" subtracts the 200 MiB resident when each run began.
+    assert_eq!(s.summary[0].peak_host.mean, (305u64 << 20) as f64);
+    assert_eq!(
+        s.summary[0].peak_host_above_start.mean,
+        (105u64 << 20) as f64
+    );
+    assert_eq!(s.summary[0].peak_device.n, 0, "no device on the CPU");
+    for format in [ReportFormat::Markdown, ReportFormat::Html] {
+        let text = render(&s, format).expect("render");
+        assert!(text.contains("305 ± 7"), "{format:?}: host peak mean ± sd");
+        for header in ["host peak (MiB)", "device peak (MiB)", "n (finished/runs)"] {
+            assert!(text.contains(header), "{format:?}: {header}");
+        }
+        for definition in annt::bench::result::definitions::ALL {
+            // Up to the first quote or apostrophe (which HTML escapes), at most 30 chars.
+            let start: String = definition
+                .chars()
+                .take_while(|c| !matches!(c, '\'' | '"'))
+                .take(30)
+                .collect();
+            assert!(text.contains(&start), "{format:?}: {start}");
+        }
+    }
 }
 
 /// A strict reader for what the CSV writer produces (RFC 4180 quoting).
@@ -203,7 +346,7 @@ fn labels_are_escaped_in_every_format() {
     let md = render(&s, ReportFormat::Markdown).expect("md");
     let header_cells = md
         .lines()
-        .find(|l| l.starts_with("| arm | test accuracy"))
+        .find(|l| l.starts_with("| arm | speed-up"))
         .expect("comparison header")
         .matches(" | ")
         .count();

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::accel::amp::AmpMode;
-use crate::config::{Preset, RunConfig, Switches};
+use crate::config::{DeviceChoice, Preset, RunConfig, Switches};
+use crate::util::rng::{Rng, mix_seed};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -13,7 +14,10 @@ pub enum PlanKind {
     /// Baseline vs tuned.
     #[default]
     Ab,
-    /// Every switch of the tuned arm alone and in every combination: 2³ = 8 arms.
+    /// Every switch of the tuned arm alone and in every combination: 2³ = 8 arms on a GPU.
+    /// On the CPU pinned memory does not apply (there is no host-to-device copy), so its
+    /// four arms would train exactly what the other four do and their "speed-ups" would be
+    /// noise: the CPU ablation is the 2² = 4 arms of GA × AMP.
     Ablation,
     /// One arm: the preset's run as given (what `annt run` does).
     Single,
@@ -68,7 +72,12 @@ impl Plan {
                 } else {
                     AmpMode::Bf16
                 };
-                (0..8u8)
+                let masks = if base.device == DeviceChoice::Cpu {
+                    0..4u8
+                } else {
+                    0..8u8
+                };
+                masks
                     .map(|mask| {
                         with(Switches {
                             grad_accum_steps: if mask & 1 != 0 { ga } else { 1 },
@@ -79,6 +88,23 @@ impl Plan {
                     .collect()
             }
         }
+    }
+
+    /// The order the arms run in repeat `repeat`, as indices into [`Plan::arms`]: seeded by
+    /// the run's seed and changing per repeat, so that no arm always runs first (warm
+    /// caches, a cool CPU's boost clock) or last. Two arms alternate; more are shuffled.
+    pub fn order(&self, repeat: usize) -> Vec<usize> {
+        let n = self.arms().len();
+        let seed = self.preset.run.train.seed;
+        let mut order: Vec<usize> = (0..n).collect();
+        if n == 2 {
+            if (mix_seed(&[seed, 0x4f52_4445]) as usize + repeat) % 2 == 1 {
+                order.swap(0, 1);
+            }
+        } else {
+            Rng::new(mix_seed(&[seed, repeat as u64, 0x4f52_4445])).shuffle(&mut order);
+        }
+        order
     }
 }
 
@@ -111,7 +137,9 @@ mod tests {
             ab.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(),
             ["baseline", "GA×4 + fp16 + PM"]
         );
-        let arms = plan(PlanKind::Ablation, tuned).arms();
+        let mut gpu = plan(PlanKind::Ablation, tuned);
+        gpu.preset.run.device = DeviceChoice::Cuda(0);
+        let arms = gpu.arms();
         assert_eq!(arms.len(), 8);
         let mut seen: Vec<(usize, AmpMode, bool)> = arms
             .iter()
@@ -130,12 +158,17 @@ mod tests {
         for a in &arms {
             let mut base = a.run.clone();
             base.switches = Switches::default();
+            let mut reference = RunConfig::quick_cpu();
+            reference.device = DeviceChoice::Cuda(0);
             assert_eq!(
-                base,
-                RunConfig::quick_cpu(),
+                base, reference,
                 "arms differ only in their switches (same seed, data, model)"
             );
         }
+        // On the CPU pinned memory does not apply: the ablation is GA × AMP, 4 arms.
+        let cpu = plan(PlanKind::Ablation, tuned).arms();
+        assert_eq!(cpu.len(), 4);
+        assert!(cpu.iter().all(|a| !a.run.switches.pinned_memory));
         // A tuned arm that leaves a switch off still gets it in the ablation, at its default.
         let partial = plan(
             PlanKind::Ablation,
@@ -151,5 +184,38 @@ mod tests {
                 |a| a.run.switches.grad_accum_steps == 2 && a.run.switches.amp == AmpMode::Bf16
             )
         );
+    }
+
+    #[test]
+    fn arm_order_changes_per_repeat_and_is_seeded() {
+        let tuned = Switches {
+            grad_accum_steps: 2,
+            amp: AmpMode::Bf16,
+            pinned_memory: false,
+        };
+        let ab = plan(PlanKind::Ab, tuned);
+        let firsts: Vec<usize> = (0..4).map(|r| ab.order(r)[0]).collect();
+        assert_eq!(firsts[0], firsts[2]);
+        assert_ne!(firsts[0], firsts[1], "two arms alternate: {firsts:?}");
+        let mut gpu = plan(PlanKind::Ablation, tuned);
+        gpu.preset.run.device = DeviceChoice::Cuda(0);
+        let orders: Vec<Vec<usize>> = (0..6).map(|r| gpu.order(r)).collect();
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..8).collect::<Vec<_>>(), "a permutation");
+        }
+        assert_eq!(orders, (0..6).map(|r| gpu.order(r)).collect::<Vec<_>>());
+        assert!(
+            orders.iter().any(|o| o[0] != 0),
+            "the baseline is not always first"
+        );
+        assert!(
+            orders.iter().any(|o| o[7] < 4),
+            "the pinned-memory arms (4..8) are not always last"
+        );
+        let mut other = gpu.clone();
+        other.preset.run.train.seed = 1;
+        assert_ne!(orders, (0..6).map(|r| other.order(r)).collect::<Vec<_>>());
     }
 }

@@ -10,7 +10,34 @@ use crate::train::timing::TimingSummary;
 use crate::util::env::Environment;
 
 /// Bumped whenever a field changes meaning or disappears (adding fields keeps it).
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `peak_host_bytes` is the arm's own peak (was the process's since start), the speed-up
+/// is a ratio of images/s over finished runs (was of mean training time over every run) and
+/// may be absent, summaries count only finished runs.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// What each figure of a summary means. The code computes them as written here, and every
+/// report (and the window's table tooltips) prints these sentences, so a header never
+/// means something else than its number.
+pub mod definitions {
+    pub const IMAGES_PER_SEC: &str = "images/s: training images per second over the timed optimiser steps, after the warm-up steps. A step is timed from its first batch request to the end of the optimiser update (data wait, host→device, forward, backward, optimiser); evaluation, warm-up steps and the loader restart between epochs are outside it. The per-epoch images/s of the curves is the same ratio over that epoch's timed steps.";
+    pub const SPEEDUP: &str = "speed-up: the arm's mean images/s ÷ the baseline's, over finished repeats only, i.e. the baseline's time per trained image ÷ the arm's (> 1: faster). Being per image, it stays fair when arms train different numbers of images (an image budget rounds down to whole optimiser steps of each arm). \"–\" where either side has no finished run.";
+    pub const TRAIN_TIME: &str = "wall time: the whole run, evaluation included; train time: wall time minus evaluation, end to end (warm-up steps and loader restarts included). Neither is the basis of the speed-up.";
+    pub const PEAK_HOST: &str = "host peak: the largest resident memory (RSS) of the annt process while the arm trained, mean over finished repeats. On Linux the kernel's high-water mark is reset when the arm starts, so each arm shows its own peak, which can be lower than an earlier arm's; elsewhere it is the largest RSS seen at the ends of steps and epochs. It counts the whole process: the loaded data set, the model and its gradients, the batch pipeline and, in the window, the GUI; \"above start\" subtracts what was resident when the arm began.";
+    pub const PEAK_DEVICE: &str = "device peak: GPU memory in use (total − free, as the driver reports it) sampled after every optimiser step: the arm's tensors and Candle's memory pool, plus anything else on the card. \"–\" on the CPU.";
+    pub const REPEATS: &str = "n: the finished repeats a figure rests on (a run that reached its target accuracy counts as finished). Failed and stopped runs are listed under Runs but kept out of every mean.";
+    pub const ORDER: &str = "order: the arms run in a seeded order that changes with every repeat (alternating for two arms), so that warm caches and clock boosts do not favour one arm; the Runs table gives each run's position.";
+
+    /// Every definition, in the order reports print them.
+    pub const ALL: [&str; 7] = [
+        IMAGES_PER_SEC,
+        SPEEDUP,
+        TRAIN_TIME,
+        PEAK_HOST,
+        PEAK_DEVICE,
+        REPEATS,
+        ORDER,
+    ];
+}
 
 /// Metrics after one epoch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -22,7 +49,8 @@ pub struct EpochRecord {
     pub test_loss: f64,
     pub test_accuracy: f64,
     pub test_macro_f1: f64,
-    /// Training images per second over the epoch (warm-up steps excluded in the first).
+    /// Training images per second over this epoch's timed steps (see
+    /// [`definitions::IMAGES_PER_SEC`]); 0 when every step of the epoch was warm-up.
     pub images_per_sec: f64,
     /// Seconds since the run started, at the end of this epoch's evaluation.
     pub wall_secs: f64,
@@ -68,6 +96,13 @@ pub struct RunResult {
     pub effective_batch: usize,
     pub optimizer_steps: u64,
     pub optimizer_steps_per_epoch: u64,
+    /// Training images the run trained on, warm-up included.
+    #[serde(default)]
+    pub trained_images: u64,
+    /// 0-based position of this run within its repeat (the order is shuffled per repeat:
+    /// [`definitions::ORDER`]).
+    #[serde(default)]
+    pub order: usize,
     pub final_test_accuracy: f64,
     pub final_macro_f1: f64,
     pub per_class: Vec<ClassMetrics>,
@@ -82,10 +117,17 @@ pub struct RunResult {
     /// Seconds until test accuracy first reached the target, if one was set and reached.
     pub time_to_target_secs: Option<f64>,
     pub timing: TimingSummary,
-    /// Peak resident memory of the process (host), bytes.
+    /// The process's peak resident memory while this run trained, bytes
+    /// ([`definitions::PEAK_HOST`]).
     pub peak_host_bytes: Option<u64>,
-    /// Peak device memory (CUDA), bytes.
+    /// Resident memory when the run started, bytes.
+    #[serde(default)]
+    pub host_bytes_at_start: Option<u64>,
+    /// Peak device memory in use (CUDA), bytes ([`definitions::PEAK_DEVICE`]).
     pub peak_device_bytes: Option<u64>,
+    /// Device memory in use when the run started (CUDA), bytes.
+    #[serde(default)]
+    pub device_bytes_at_start: Option<u64>,
     pub amp: AmpReport,
     /// Pinned memory was requested but does not apply here (CPU: no host-to-device copy).
     pub pinned_memory_applicable: bool,
@@ -126,14 +168,40 @@ pub struct ArmSummary {
     pub wall_secs: Stat,
     pub train_secs: Stat,
     pub images_per_sec: Stat,
-    pub peak_host_bytes: Option<u64>,
-    pub peak_device_bytes: Option<u64>,
+    /// [`definitions::PEAK_HOST`], bytes; `n` 0 when not measured.
+    pub peak_host: Stat,
+    /// Host peak minus the resident memory at the arm's start, bytes.
+    pub peak_host_above_start: Stat,
+    /// [`definitions::PEAK_DEVICE`], bytes; `n` 0 on the CPU.
+    pub peak_device: Stat,
     /// Mean step-time breakdown, ms per optimiser step, by phase.
     pub phase_ms_per_step: Vec<(crate::train::timing::Phase, f64)>,
-    /// Baseline's mean training time / this arm's (> 1: faster).
-    pub speedup_vs_baseline: f64,
+    /// [`definitions::SPEEDUP`]; None where the arm or the baseline has no finished run.
+    pub speedup_vs_baseline: Option<f64>,
     pub time_to_target_secs: Option<Stat>,
+    /// Runs of this arm in the session, whatever their status.
+    pub runs_total: usize,
+    /// Of which finished (or reached the target): the runs every figure above rests on.
+    pub runs_counted: usize,
+    /// Some run of this arm was stopped before the end.
     pub partial: bool,
+    /// Some run of this arm failed.
+    pub failed: bool,
+}
+
+impl ArmSummary {
+    /// Whether any run of this arm finished, i.e. whether the figures mean anything.
+    pub fn has_figures(&self) -> bool {
+        self.runs_counted > 0
+    }
+}
+
+impl RunStatus {
+    /// Whether a run with this status enters the summaries' means: it ran its whole budget
+    /// (or stopped because it reached the target). Stopped and failed runs do not.
+    pub fn counts(self) -> bool {
+        matches!(self, RunStatus::Finished | RunStatus::ReachedTarget)
+    }
 }
 
 /// A whole benchmark session.
@@ -149,6 +217,13 @@ pub struct SessionResult {
     pub environment: Option<Environment>,
     /// The baseline run's full configuration (arms differ only in `switches`).
     pub config: Option<RunConfig>,
+    /// The plan's arm labels in plan order; the first is the baseline of every speed-up.
+    /// (Empty in reports written before it existed: then the first arm seen.)
+    #[serde(default)]
+    pub arms: Vec<String>,
+    /// The seed of the per-repeat arm order ([`definitions::ORDER`]).
+    #[serde(default)]
+    pub order_seed: u64,
     pub runs: Vec<RunResult>,
     pub summary: Vec<ArmSummary>,
     /// What each switch changed, in words, for the report.
@@ -156,9 +231,11 @@ pub struct SessionResult {
 }
 
 impl SessionResult {
-    /// Recomputes `summary` from `runs` (arms in first-seen order; the first is the baseline).
+    /// Recomputes `summary` from `runs`: one row per arm in plan order (`arms`, else first
+    /// seen), each figure a mean over that arm's finished runs only
+    /// ([`definitions::REPEATS`]), speed-ups as [`definitions::SPEEDUP`] says.
     pub fn summarize(&mut self) {
-        let mut arms: Vec<String> = Vec::new();
+        let mut arms: Vec<String> = self.arms.clone();
         for r in &self.runs {
             if !arms.contains(&r.arm) {
                 arms.push(r.arm.clone());
@@ -167,53 +244,63 @@ impl SessionResult {
         let mut rows: Vec<ArmSummary> = arms
             .iter()
             .map(|arm| {
-                let runs: Vec<&RunResult> = self.runs.iter().filter(|r| &r.arm == arm).collect();
-                let stat = |f: &dyn Fn(&RunResult) -> f64| {
-                    Stat::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                let all: Vec<&RunResult> = self.runs.iter().filter(|r| &r.arm == arm).collect();
+                let runs: Vec<&RunResult> =
+                    all.iter().copied().filter(|r| r.status.counts()).collect();
+                let stat = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+                    Stat::of(&runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
                 };
-                let phases = runs
-                    .first()
-                    .map(|r| r.timing.phase_ms_per_step.clone())
-                    .unwrap_or_default();
-                let phase_ms_per_step = phases
+                let phase_ms_per_step = crate::train::timing::Phase::ALL
                     .iter()
-                    .enumerate()
-                    .map(|(i, (phase, _))| {
+                    .map(|phase| {
                         let values: Vec<f64> = runs
                             .iter()
-                            .filter_map(|r| r.timing.phase_ms_per_step.get(i).map(|p| p.1))
+                            .filter_map(|r| {
+                                r.timing
+                                    .phase_ms_per_step
+                                    .iter()
+                                    .find(|p| p.0 == *phase)
+                                    .map(|p| p.1)
+                            })
                             .collect();
-                        (*phase, Stat::of(&values).mean)
+                        (*phase, Stat::of(&values))
                     })
+                    .filter(|(_, s)| s.n > 0)
+                    .map(|(p, s)| (p, s.mean))
                     .collect();
                 let ttt: Vec<f64> = runs.iter().filter_map(|r| r.time_to_target_secs).collect();
+                let bytes = |b: Option<u64>| b.map(|b| b as f64);
                 ArmSummary {
                     arm: arm.clone(),
-                    switches: runs.first().map(|r| r.switches).unwrap_or_default(),
-                    test_accuracy: stat(&|r| r.final_test_accuracy),
-                    macro_f1: stat(&|r| r.final_macro_f1),
-                    wall_secs: stat(&|r| r.wall_secs),
-                    train_secs: stat(&|r| r.train_secs),
-                    images_per_sec: stat(&|r| r.timing.images_per_sec),
-                    peak_host_bytes: runs.iter().filter_map(|r| r.peak_host_bytes).max(),
-                    peak_device_bytes: runs.iter().filter_map(|r| r.peak_device_bytes).max(),
+                    switches: all.first().map(|r| r.switches).unwrap_or_default(),
+                    test_accuracy: stat(&|r| Some(r.final_test_accuracy)),
+                    macro_f1: stat(&|r| Some(r.final_macro_f1)),
+                    wall_secs: stat(&|r| Some(r.wall_secs)),
+                    train_secs: stat(&|r| Some(r.train_secs)),
+                    images_per_sec: stat(&|r| Some(r.timing.images_per_sec)),
+                    peak_host: stat(&|r| bytes(r.peak_host_bytes)),
+                    peak_host_above_start: stat(&|r| {
+                        Some(r.peak_host_bytes?.saturating_sub(r.host_bytes_at_start?) as f64)
+                    }),
+                    peak_device: stat(&|r| bytes(r.peak_device_bytes)),
                     phase_ms_per_step,
-                    speedup_vs_baseline: 1.0,
+                    speedup_vs_baseline: None,
                     time_to_target_secs: (!ttt.is_empty()).then(|| Stat::of(&ttt)),
-                    partial: runs
-                        .iter()
-                        .any(|r| r.status == crate::bench::result::RunStatus::Partial),
+                    runs_total: all.len(),
+                    runs_counted: runs.len(),
+                    partial: all.iter().any(|r| r.status == RunStatus::Partial),
+                    failed: all.iter().any(|r| r.status == RunStatus::Failed),
                 }
             })
             .collect();
-        if let Some(base) = rows.first().map(|r| r.train_secs.mean) {
-            for row in &mut rows {
-                row.speedup_vs_baseline = if row.train_secs.mean > 0.0 {
-                    base / row.train_secs.mean
-                } else {
-                    0.0
-                };
-            }
+        let base = rows
+            .first()
+            .filter(|b| b.has_figures() && b.images_per_sec.mean > 0.0)
+            .map(|b| b.images_per_sec.mean);
+        for row in &mut rows {
+            row.speedup_vs_baseline = base
+                .filter(|_| row.has_figures() && row.images_per_sec.mean > 0.0)
+                .map(|b| row.images_per_sec.mean / b);
         }
         self.summary = rows;
     }

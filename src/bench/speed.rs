@@ -92,8 +92,14 @@ pub struct SpeedResult {
     pub images_per_s: f64,
     pub ms_per_step: f64,
     pub params: usize,
-    /// Peak device memory on CUDA, peak resident host memory on the CPU.
+    /// Peak device memory in MiB on CUDA (the peer's key, which it fills with
+    /// `torch.cuda.max_memory_allocated`); absent on the CPU, which has no device memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_mem_mib: Option<f64>,
+    /// This measurement's own peak resident host memory in MiB (the whole process: the
+    /// pool of batches, the model, gradients and optimiser state); not comparable with the
+    /// peer's `peak_mem_mib`.
+    pub peak_host_mib: Option<f64>,
     /// Mean milliseconds per step in each phase (data wait, host-to-device, forward,
     /// backward, optimiser): where the time goes.
     pub phase_ms: Vec<(String, f64)>,
@@ -131,6 +137,12 @@ fn pool(cfg: &SpeedConfig, res: usize) -> Dataset {
 
 /// Trains `cfg.warmup + cfg.steps` optimiser steps in `mode` and reports the timed part.
 pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, EngineError> {
+    if mode == SpeedMode::Tf32 && cfg.device == DeviceChoice::Cpu {
+        return Err(EngineError::Device {
+            device: "cpu".into(),
+            reason: "tf32 does not apply on the CPU (it is a GPU matrix-unit mode: it would measure fp32 again)".into(),
+        });
+    }
     let variant = crate::models::variant(&cfg.model)?;
     let res = cfg.resolution.unwrap_or(variant.resolution);
     let device = open_device(cfg.device)?;
@@ -147,7 +159,7 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
     let total = cfg.warmup + cfg.steps;
     let per_epoch = (POOL_BATCHES / cfg.accum.max(1)).max(1) as u64;
     run.train.epochs = total.div_ceil(per_epoch) as usize;
-    run.train.max_steps = Some(total);
+    run.train.max_images = Some(total * (cfg.batch * cfg.accum.max(1)) as u64);
     run.train.optim.optimizer = OptimizerConfig::Sgd {
         lr: 0.01,
         momentum: 0.9,
@@ -167,16 +179,14 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
     };
     let trained = train_run(
         &arm,
-        0,
-        0,
-        1,
+        crate::engine::trainer::RunPlace::single(),
         &data,
         &device,
         &mut VecSink::default(),
         &StopFlag::new(),
     )?;
     let r = trained.result;
-    let peak = r.peak_device_bytes.or(r.peak_host_bytes);
+    let to_mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
     Ok(SpeedResult {
         peer: "annt",
         annt: env!("CARGO_PKG_VERSION"),
@@ -196,7 +206,8 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
         images_per_s: (r.timing.images_per_sec * 10.0).round() / 10.0,
         ms_per_step: (r.timing.ms_per_step * 1000.0).round() / 1000.0,
         params: trained.model.param_count(),
-        peak_mem_mib: peak.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
+        peak_mem_mib: r.peak_device_bytes.map(to_mib),
+        peak_host_mib: r.peak_host_bytes.map(to_mib),
         phase_ms: r
             .timing
             .phase_ms_per_step
@@ -227,16 +238,30 @@ mod tests {
         assert_eq!(r.steps, 3, "warm-up steps are not counted");
         assert_eq!(r.res, 32);
         assert!(r.images_per_s > 0.0 && r.ms_per_step > 0.0);
-        // images/s and ms/step describe the same measured steps.
-        let implied = 1000.0 * 8.0 / r.ms_per_step;
+        // The phases are timed inside the steps: they cannot add up to more than a step,
+        // and forward and backward, which every step runs, take part of it.
+        let phases: f64 = r.phase_ms.iter().map(|p| p.1).sum();
         assert!(
-            (implied - r.images_per_s).abs() / implied < 0.02,
-            "{implied} vs {}",
-            r.images_per_s
+            phases <= r.ms_per_step * 1.001 + 0.01,
+            "{phases} > {}",
+            r.ms_per_step
         );
+        for name in ["Forward", "Backward"] {
+            let ms = r.phase_ms.iter().find(|p| p.0 == name).expect("phase").1;
+            assert!(ms > 0.0, "{name}: {ms}");
+        }
         assert!(!r.pinned, "no pinned memory on the CPU");
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["mode"], "amp-bf16");
         assert_eq!(json["peer"], "annt");
+        assert!(
+            json.get("peak_mem_mib").is_none(),
+            "the peer's key means device memory: not written on the CPU"
+        );
+        assert!(json["peak_host_mib"].as_f64().is_some_and(|m| m > 1.0));
+        let tf32 = measure(&cfg, SpeedMode::Tf32)
+            .map(|_| ())
+            .expect_err("tf32 on the CPU");
+        assert!(tf32.to_string().contains("does not apply"), "{tf32}");
     }
 }

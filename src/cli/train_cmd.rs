@@ -45,9 +45,10 @@ pub struct RunFlags {
     /// Micro-batch size.
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Stop after this many optimiser steps.
+    /// Stop after this many training images (the same budget for every arm; each rounds
+    /// it down to whole optimiser steps, at least one).
     #[arg(long)]
-    pub max_steps: Option<u64>,
+    pub max_images: Option<u64>,
     /// Train on only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -129,8 +130,8 @@ fn load_preset(flags: &RunFlags) -> anyhow::Result<Preset> {
     if let Some(b) = flags.batch {
         run.train.batch_size = b;
     }
-    if flags.max_steps.is_some() {
-        run.train.max_steps = flags.max_steps;
+    if flags.max_images.is_some() {
+        run.train.max_images = flags.max_images;
     }
     if flags.train_limit.is_some() {
         run.data.train_limit = flags.train_limit;
@@ -226,9 +227,11 @@ impl ConsoleSink {
         }
     }
     fn println(&self, line: String) {
+        // A bar that is not drawn (stderr is not a terminal: a log file, a pipe, CI) would
+        // swallow the line: print it plainly then.
         match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }

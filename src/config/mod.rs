@@ -137,9 +137,12 @@ pub enum ClipConfig {
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub epochs: usize,
-    /// Stop after this many optimiser steps (a step budget), if set.
+    /// Stop after this many training images, if set: a budget in images, the same for
+    /// every arm whatever its accumulation (a budget in optimiser steps would give a GA×k
+    /// arm k times the baseline's images). Each arm rounds it down to whole optimiser
+    /// steps of its effective batch, and takes at least one step.
     #[serde(default)]
-    pub max_steps: Option<u64>,
+    pub max_images: Option<u64>,
     /// Stop once test accuracy reaches this fraction (time-to-accuracy), if set.
     #[serde(default)]
     pub target_accuracy: Option<f64>,
@@ -229,6 +232,21 @@ fn one() -> usize {
     1
 }
 
+/// How an out-of-memory retry splits a micro-batch of `micro` images exactly: into
+/// `factor` micro-batches of `micro / factor`, with `factor` the smallest prime dividing
+/// `micro` (2 for an even one; 70 → 2 × 35, then 35 → 5 × 7), so that every arm's
+/// effective batch stays exactly what it was. None when `micro` is 1 (nothing to split).
+pub fn split_micro_batch(micro: usize) -> Option<(usize, usize)> {
+    if micro < 2 {
+        return None;
+    }
+    let factor = (2..)
+        .take_while(|f| f * f <= micro)
+        .find(|f| micro.is_multiple_of(*f))
+        .unwrap_or(micro);
+    Some((micro / factor, factor))
+}
+
 /// A configuration that cannot be used, or a preset file that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -274,8 +292,8 @@ impl RunConfig {
         if t.batch_size == 0 {
             return bad("train.batch_size must be at least 1".into());
         }
-        if t.epochs == 0 && t.max_steps.is_none() {
-            return bad("train.epochs must be at least 1 (or set train.max_steps)".into());
+        if t.epochs == 0 && t.max_images.is_none() {
+            return bad("train.epochs must be at least 1 (or set train.max_images)".into());
         }
         if t.memory_split == 0 {
             return bad("train.memory_split must be at least 1".into());
@@ -318,7 +336,7 @@ impl RunConfig {
             },
             train: TrainConfig {
                 epochs: 3,
-                max_steps: None,
+                max_images: None,
                 target_accuracy: None,
                 batch_size: 64,
                 eval_batch_size: 256,
@@ -345,6 +363,25 @@ impl RunConfig {
             device: DeviceChoice::Cpu,
             kernels: Kernels::Annt,
             tf32: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_of_memory_split_keeps_the_effective_batch_exact() {
+        // ViT-B/16's recipe: 70 → 2 × 35 → 5 × 7 (div_ceil would have made 18 × 4 = 72).
+        assert_eq!(split_micro_batch(70), Some((35, 2)));
+        assert_eq!(split_micro_batch(35), Some((7, 5)));
+        assert_eq!(split_micro_batch(7), Some((1, 7)));
+        assert_eq!(split_micro_batch(1), None);
+        for micro in 2..500 {
+            let (smaller, factor) = split_micro_batch(micro).expect("splittable");
+            assert_eq!(smaller * factor, micro, "{micro}");
+            assert!(factor >= 2 && smaller < micro);
         }
     }
 }

@@ -136,6 +136,9 @@ pub struct Batch<S = Vec<u8>> {
     /// At least `len * 3 * height * width` bytes; only that prefix is meaningful.
     pub pixels: S,
     pub labels: Vec<u32>,
+    /// The images' indices in their split, in batch order (what per-image randomness is
+    /// keyed on).
+    pub images: Vec<u32>,
 }
 
 impl<S: BatchStorage> Batch<S> {
@@ -215,6 +218,7 @@ fn make_batch<S: BatchStorage>(
         width: set.width,
         pixels,
         labels,
+        images: idx.to_vec(),
     }
 }
 

@@ -104,6 +104,7 @@ mod tests {
             width: 2,
             pixels,
             labels: vec![4, 9],
+            images: vec![0, 1],
         }
     }
 

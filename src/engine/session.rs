@@ -15,7 +15,7 @@ use crate::util::env::Environment;
 
 use super::EngineError;
 use super::event::{Event, EventSink, StopFlag};
-use super::trainer::train_run;
+use super::trainer::{RunPlace, train_run};
 
 /// Settings of a session that are not part of the plan.
 #[derive(Clone, Debug, Default)]
@@ -157,6 +157,8 @@ pub fn run_session(
         device: base.device.to_string(),
         environment: Some(environment),
         config: Some(base.clone()),
+        arms: arms.iter().map(|a| a.label.clone()).collect(),
+        order_seed: base.train.seed,
         runs: Vec::new(),
         summary: Vec::new(),
         notes: Vec::new(),
@@ -164,15 +166,20 @@ pub fn run_session(
     let total_runs = arms.len() * repeats;
     // Repeats outermost: a stopped session has whole rounds of every arm, not all repeats
     // of the first arm and none of the last.
+    // Within a repeat the arms run in a seeded order that changes per repeat.
     'outer: for repeat in 0..repeats {
-        for (i, arm) in arms.iter().enumerate() {
+        for (position, &i) in plan.order(repeat).iter().enumerate() {
+            let arm = &arms[i];
             if stop.is_stopped() {
                 break 'outer;
             }
-            let run_index = repeat * arms.len() + i;
-            match train_run(
-                arm, repeat, run_index, total_runs, &data, &device, sink, stop,
-            ) {
+            let place = RunPlace {
+                repeat,
+                run_index: repeat * arms.len() + position,
+                total_runs,
+                order: position,
+            };
+            match train_run(arm, place, &data, &device, sink, stop) {
                 Ok(trained) => {
                     let partial = trained.result.status == RunStatus::Partial;
                     session.runs.push(trained.result);
@@ -184,10 +191,14 @@ pub fn run_session(
                     let out_of_memory = e.is_out_of_memory();
                     let micro_batch = arm.run.train.batch_size;
                     let error = if out_of_memory {
-                        format!(
-                            "out of device memory at micro-batch {micro_batch}: {e}. A micro-batch of {} with twice the accumulation keeps the effective batch.",
-                            micro_batch.div_ceil(2)
-                        )
+                        match crate::config::split_micro_batch(micro_batch) {
+                            Some((smaller, factor)) => format!(
+                                "out of device memory at micro-batch {micro_batch}: {e}. A micro-batch of {smaller} with {factor}× the accumulation keeps the effective batch exactly."
+                            ),
+                            None => format!(
+                                "out of device memory at micro-batch {micro_batch}: {e}. The micro-batch cannot be split further; choose a smaller model, resolution or precision."
+                            ),
+                        }
                     } else {
                         format!("{e}")
                     };
@@ -201,6 +212,7 @@ pub fn run_session(
                     session.runs.push(RunResult {
                         arm: arm.label.clone(),
                         repeat,
+                        order: position,
                         switches: arm.run.switches,
                         status: RunStatus::Failed,
                         error: Some(error),
@@ -218,22 +230,33 @@ pub fn run_session(
     Ok(session)
 }
 
-/// Plain statements of what each switch changed in this session.
+/// Plain statements of what each switch changed in this session, and of what its figures
+/// mean (the definitions every table follows).
 fn notes(session: &SessionResult) -> Vec<String> {
     let mut notes = Vec::new();
-    let Some(base) = session.runs.first() else {
-        return notes;
-    };
-    for r in session
-        .runs
-        .iter()
-        .filter(|r| r.repeat == 0 && r.arm != base.arm && r.status != RunStatus::Failed)
-    {
+    let cpu = session.device == "cpu";
+    let model = session.config.as_ref().map(|c| c.model.name.as_str());
+    let batch_norm = model.is_some_and(crate::models::uses_batch_norm);
+    for r in session.runs.iter().filter(|r| {
+        r.repeat == 0 && r.switches != Default::default() && r.status != RunStatus::Failed
+    }) {
         let s = r.switches;
         if s.grad_accum_steps > 1 {
+            let base_steps = session
+                .runs
+                .iter()
+                .find(|b| b.switches == Default::default() && b.status != RunStatus::Failed)
+                .map_or("–".to_string(), |b| {
+                    b.optimizer_steps_per_epoch.to_string()
+                });
+            let equivalence = if batch_norm {
+                " The model has batch norm, whose statistics are taken over each micro-batch, so this is not the same computation as one batch of the effective size (it is for models without batch norm, e.g. the ViTs)."
+            } else {
+                " The model has no batch norm, so the summed gradient equals that of one batch of the effective size, up to summation order."
+            };
             notes.push(format!(
-                "{}: gradient accumulation ×{} makes the effective batch {} ({} micro-batches of {}); the optimiser takes {} steps per epoch instead of {}. Forward and backward arithmetic per image is unchanged.",
-                r.arm, s.grad_accum_steps, r.effective_batch, r.effective_batch / r.micro_batch.max(1), r.micro_batch, r.optimizer_steps_per_epoch, base.optimizer_steps_per_epoch
+                "{}: gradient accumulation ×{} makes the effective batch {} ({} micro-batches of {}); the optimiser takes {} steps per epoch instead of {base_steps}. Forward and backward arithmetic per image is unchanged.{equivalence}",
+                r.arm, s.grad_accum_steps, r.effective_batch, r.effective_batch / r.micro_batch.max(1), r.micro_batch, r.optimizer_steps_per_epoch
             ));
         }
         if s.amp != crate::accel::amp::AmpMode::Off {
@@ -244,12 +267,19 @@ fn notes(session: &SessionResult) -> Vec<String> {
                 ),
                 None => String::new(),
             };
-            notes.push(format!(
-                "{}: {} computes convolutions, matrix products and activations in {} with f32 master weights; normalisation, softmax and the loss stay in f32{extra}.",
-                r.arm,
-                s.amp.label(),
-                s.amp.label()
-            ));
+            let what = if cpu {
+                format!(
+                    "on the CPU, {0} rounds activations and weights to {0} between layers, but convolutions and matrix products compute in f32 on those rounded inputs (f32 accumulation, no {0} instructions) and round their outputs back; normalisation, softmax and the loss are f32. It shows {0}'s effect on accuracy, not a speed-up",
+                    s.amp.label()
+                )
+            } else {
+                format!(
+                    "{} computes convolutions, matrix products and activations in {} with f32 master weights; normalisation, softmax and the loss stay in f32",
+                    s.amp.label(),
+                    s.amp.label()
+                )
+            };
+            notes.push(format!("{}: {what}{extra}.", r.arm));
         }
         if s.pinned_memory && !r.pinned_memory_applicable {
             notes.push(format!(
@@ -258,12 +288,29 @@ fn notes(session: &SessionResult) -> Vec<String> {
             ));
         }
     }
-    if let Some(cfg) = &session.config
-        && cfg.train.memory_split > 1
-    {
+    if cpu && session.plan == "ablation" {
+        notes.push("On the CPU the ablation has 4 arms (GA × AMP): pinned memory does not apply without a host-to-device copy, so its arms would repeat the others and their differences would be noise.".into());
+    }
+    if let Some(cfg) = &session.config {
+        if cfg.tf32 && cpu {
+            notes.push("TF32 does not apply on the CPU (it is a GPU matrix-unit mode): f32 ran in full f32.".into());
+        }
+        if cfg.train.memory_split > 1 {
+            notes.push(format!(
+                "Every arm split its batch into {} micro-batches of {} for memory (accumulated, so each arm's effective batch is unchanged).",
+                cfg.train.memory_split, cfg.train.batch_size
+            ));
+        }
+        if let Some(images) = cfg.train.max_images {
+            notes.push(format!(
+                "Budget: {images} training images per run, rounded down to whole optimiser steps of each arm's effective batch."
+            ));
+        }
+    }
+    let excluded = session.runs.iter().filter(|r| !r.status.counts()).count();
+    if excluded > 0 {
         notes.push(format!(
-            "Every arm split its batch into {} micro-batches of {} for memory (accumulated, so each arm's effective batch is unchanged).",
-            cfg.train.memory_split, cfg.train.batch_size
+            "{excluded} run(s) failed or were stopped: they are listed under Runs and kept out of every mean."
         ));
     }
     notes.dedup();

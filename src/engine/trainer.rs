@@ -18,7 +18,7 @@ use crate::models::{ForwardCtx, Model, ModelSpec, weights};
 use crate::train::metrics::{ConfusionMatrix, argmax_rows};
 use crate::train::optim::{Optimizer, clip_grad_norm, clip_grad_value};
 use crate::train::schedule::Schedule;
-use crate::train::timing::{Phase, StepTimer, peak_rss_bytes};
+use crate::train::timing::{HostPeak, Phase, StepTimer};
 use crate::util::rng::mix_seed;
 
 use super::EngineError;
@@ -40,13 +40,32 @@ pub fn steps_per_epoch(train_images: usize, micro_batch: usize, accum: usize) ->
     ((train_images / micro_batch.max(1)) / accum.max(1)) as u64
 }
 
+/// Where a run stands in its session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunPlace {
+    /// 0-based repeat.
+    pub repeat: usize,
+    /// 0-based index of this run among all of the session's, in the order they run.
+    pub run_index: usize,
+    pub total_runs: usize,
+    /// 0-based position within its repeat (the order is shuffled per repeat).
+    pub order: usize,
+}
+
+impl RunPlace {
+    /// A run alone in its session.
+    pub fn single() -> Self {
+        Self {
+            total_runs: 1,
+            ..Self::default()
+        }
+    }
+}
+
 /// Trains one arm on `data` (already opened) and reports through `sink`.
-#[allow(clippy::too_many_arguments)] // the run's place in its session travels with it
 pub fn train_run(
     arm: &Arm,
-    repeat: usize,
-    run_index: usize,
-    total_runs: usize,
+    place: RunPlace,
     data: &Arc<Dataset>,
     device: &Device,
     sink: &mut dyn EventSink,
@@ -97,9 +116,11 @@ pub fn train_run(
             ),
         )));
     }
+    let effective_batch = (t.batch_size * k) as u64;
     let mut total_steps = per_epoch * t.epochs as u64;
-    if let Some(max) = t.max_steps {
-        total_steps = total_steps.min(max).max(1);
+    if let Some(images) = t.max_images {
+        // An image budget, the same for every arm: whole steps of this arm's batch.
+        total_steps = total_steps.min(images / effective_batch).max(1);
     }
     let epochs = total_steps.div_ceil(per_epoch) as usize;
     let (sched_total, sched_per_epoch) = if t.schedule_per_micro_batch {
@@ -116,6 +137,12 @@ pub fn train_run(
     let dtype = sw.amp.compute_dtype();
     let pinned_applicable = !device.is_cpu();
 
+    let RunPlace {
+        repeat,
+        run_index,
+        total_runs,
+        order,
+    } = place;
     sink.emit(Event::RunStarted {
         arm: arm.label.clone(),
         repeat,
@@ -141,7 +168,15 @@ pub fn train_run(
         }));
     }
     crate::util::gpu::set_tf32(cfg.tf32);
-    let mut peak_device: Option<u64> = None;
+    // This arm's own peak host memory (the high-water mark is reset here) and the device's
+    // level at its start.
+    let mut host_peak = HostPeak::start();
+    let device_at_start = device
+        .is_cuda()
+        .then(crate::util::gpu::device_used_bytes)
+        .flatten();
+    let mut peak_device: Option<u64> = device_at_start;
+    let mut trained_images: u64 = 0;
     let mut epochs_done: Vec<EpochRecord> = Vec::new();
     let mut status = RunStatus::Finished;
     let mut step: u64 = 0;
@@ -161,8 +196,7 @@ pub fn train_run(
         let mut batches =
             Prefetcher::with_storage(Arc::clone(data), Split::Train, loader_cfg, epoch, alloc);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
-        let epoch_start = Instant::now();
-        let epoch_images_start = timer.summary().measured_images;
+        let epoch_timed_start = timer.summary();
         for _ in 0..per_epoch {
             if step >= total_steps {
                 break;
@@ -178,7 +212,16 @@ pub fn train_run(
                 batches.recycle(batch.pixels);
                 timer.phase(Phase::Forward);
                 let seed = mix_seed(&[t.seed, step, micro as u64]);
-                let mut ctx = ForwardCtx::train(dtype, seed).with_kernels(cfg.kernels);
+                // Dropout and stochastic depth are keyed on (seed, epoch, image), so every
+                // arm draws the same masks for an image however it groups its batches.
+                let sample_seeds = batch
+                    .images
+                    .iter()
+                    .map(|&i| mix_seed(&[t.seed, epoch as u64, u64::from(i), 0x4452_4f50]))
+                    .collect();
+                let mut ctx = ForwardCtx::train(dtype, seed)
+                    .with_kernels(cfg.kernels)
+                    .with_sample_seeds(sample_seeds);
                 let logits = model.forward(&db.images, &mut ctx)?;
                 let loss = cross_entropy(&logits, &db.labels, t.label_smoothing)?;
                 // Each micro-batch's mean loss weighs 1/k: the k gradients sum to the
@@ -203,6 +246,7 @@ pub fn train_run(
                     .count() as u64;
                 loss_sum += loss_value * labels.len() as f64;
                 seen += labels.len() as u64;
+                trained_images += labels.len() as u64;
                 if stop.is_stopped() {
                     status = RunStatus::Partial;
                     break 'epochs;
@@ -238,7 +282,8 @@ pub fn train_run(
                 optimizer.step(&grads)?;
             }
             drop(grads);
-            timer.end_step((t.batch_size * k) as u64);
+            timer.end_step(effective_batch);
+            host_peak.sample();
             if device.is_cuda()
                 && let Some(used) = crate::util::gpu::device_used_bytes()
             {
@@ -265,8 +310,11 @@ pub fn train_run(
             }
         }
         drop(batches);
-        let train_epoch_secs = epoch_start.elapsed().as_secs_f64();
-        let epoch_images = timer.summary().measured_images - epoch_images_start;
+        host_peak.sample();
+        // The epoch's images/s is the run's definition over this epoch's timed steps.
+        let timed = timer.summary();
+        let epoch_images = timed.measured_images - epoch_timed_start.measured_images;
+        let epoch_timed_secs = timed.measured_secs - epoch_timed_start.measured_secs;
 
         let eval_start = Instant::now();
         let (test_loss, confusion) = evaluate(&model, data, device, resize, dtype, cfg, stop)?;
@@ -291,10 +339,10 @@ pub fn train_run(
             test_loss,
             test_accuracy: confusion.accuracy(),
             test_macro_f1: confusion.macro_f1(),
-            images_per_sec: if train_epoch_secs > 0.0 && epoch_images > 0 {
-                epoch_images as f64 / train_epoch_secs
+            images_per_sec: if epoch_timed_secs > 0.0 && epoch_images > 0 {
+                epoch_images as f64 / epoch_timed_secs
             } else {
-                seen as f64 / train_epoch_secs.max(1e-9)
+                0.0
             },
             wall_secs: run_start.elapsed().as_secs_f64(),
             eval_secs,
@@ -333,6 +381,8 @@ pub fn train_run(
         effective_batch: t.batch_size * k,
         optimizer_steps: step,
         optimizer_steps_per_epoch: per_epoch,
+        trained_images,
+        order,
         final_test_accuracy: last.test_accuracy,
         final_macro_f1: last.test_macro_f1,
         per_class: last_confusion.per_class(),
@@ -343,8 +393,10 @@ pub fn train_run(
         eval_secs: eval_secs_total,
         time_to_target_secs: time_to_target,
         timing: timer.summary(),
-        peak_host_bytes: peak_rss_bytes(),
+        peak_host_bytes: host_peak.peak(),
+        host_bytes_at_start: host_peak.at_start(),
         peak_device_bytes: peak_device,
+        device_bytes_at_start: device_at_start,
         amp: AmpReport {
             skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped_steps()),
             final_scale: scaler.as_ref().map(|s| s.scale()),

@@ -75,6 +75,9 @@ pub struct RunView {
     pub started: Option<Instant>,
     pub finished: bool,
     pub status: String,
+    pub micro_batch: usize,
+    /// The latest images/s the engine reported (0 before the first timed step).
+    pub images_per_sec: f64,
 }
 
 /// The whole app: persisted settings plus runtime state.
@@ -119,6 +122,8 @@ pub struct AnntApp {
     pub x_wall_time: bool,
     /// The CUDA device could not be used: the window offers the CPU.
     pub cpu_offer: bool,
+    /// When Stop was pressed, while the session winds down.
+    pub stopping_since: Option<Instant>,
     /// The CUDA devices (listed once, at start), or why there are none.
     pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, String>,
     /// UI time per frame for the built-in readout (ms, last 600 frames).
@@ -164,6 +169,7 @@ impl AnntApp {
             selected_arm: None,
             x_wall_time: false,
             cpu_offer: false,
+            stopping_since: None,
             gpus,
             frame_ms: Default::default(),
             title: None,
@@ -182,6 +188,7 @@ impl AnntApp {
         match self.settings.plan() {
             Ok(plan) => {
                 self.runs.clear();
+                self.stopping_since = None;
                 self.session = None;
                 self.messages.clear();
                 self.finished.clear();
@@ -195,9 +202,32 @@ impl AnntApp {
     }
 
     pub fn stop(&mut self) {
-        if let Some(w) = &self.worker {
+        if let Some(w) = &self.worker
+            && !w.finished
+        {
             w.stop.stop();
+            self.stopping_since.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// While a stop is pending: what the window says at once — the engine finishes the
+    /// micro-batch it is on (it checks after every one), and about how long that takes at
+    /// the run's own measured speed.
+    pub fn stopping_message(&self) -> Option<String> {
+        self.stopping_since?;
+        if !self.is_running() {
+            return None;
+        }
+        let run = self.runs.iter().rev().find(|r| !r.finished);
+        let eta = run
+            .filter(|r| r.images_per_sec > 0.0 && r.micro_batch > 0)
+            .map(|r| r.micro_batch as f64 / r.images_per_sec);
+        Some(match eta {
+            Some(secs) => format!(
+                "Stopping: finishing the current micro-batch (at most about {secs:.1} s at this run's speed). Finished runs are kept."
+            ),
+            None => "Stopping: finishing the current micro-batch. Finished runs are kept.".into(),
+        })
     }
 
     /// Drains worker events for at most 8 ms, then polls background checks.
@@ -409,7 +439,13 @@ impl AnntApp {
                         total_steps: r.optimizer_steps,
                         started: None,
                         finished: true,
-                        status: format!("{:?} (from {})", r.status, path.display()).to_lowercase(),
+                        status: format!(
+                            "{} (from {})",
+                            annt::report::fmt::status(r.status),
+                            path.display()
+                        ),
+                        micro_batch: r.micro_batch,
+                        images_per_sec: r.timing.images_per_sec,
                     })
                     .collect();
                 self.finished = s.runs.clone();
@@ -423,14 +459,15 @@ impl AnntApp {
         }
     }
 
-    /// After an out-of-memory failure: half the micro-batch, twice the accumulation in
-    /// every arm (the effective batch is unchanged), and start again.
+    /// After an out-of-memory failure: split the micro-batch exactly (half of an even one;
+    /// see [`annt::config::split_micro_batch`]) with as many times the accumulation in
+    /// every arm, so each arm's effective batch is unchanged, and start again.
     pub fn retry_with_smaller_micro_batch(&mut self, ctx: &egui::Context) {
-        if self.settings.batch < 2 {
+        let Some((smaller, factor)) = annt::config::split_micro_batch(self.settings.batch) else {
             return;
-        }
-        self.settings.batch = self.settings.batch.div_ceil(2);
-        self.settings.memory_split = self.settings.memory_split.max(1) * 2;
+        };
+        self.settings.batch = smaller;
+        self.settings.memory_split = self.settings.memory_split.max(1) * factor;
         self.oom_batch = None;
         self.start(ctx);
     }
@@ -467,20 +504,27 @@ impl AnntApp {
                 arm,
                 repeat,
                 total_steps,
+                micro_batch,
                 ..
             }) => self.runs.push(RunView {
                 arm,
                 repeat,
                 total_steps,
+                micro_batch,
                 started: Some(Instant::now()),
                 status: "running".into(),
                 ..RunView::default()
             }),
             WorkerMsg::Event(Event::Progress {
-                arm, repeat, step, ..
+                arm,
+                repeat,
+                step,
+                images_per_sec,
+                ..
             }) => {
                 if let Some(r) = self.run_mut(&arm, repeat) {
                     r.step = step;
+                    r.images_per_sec = images_per_sec;
                 }
             }
             WorkerMsg::Event(Event::EpochFinished {
@@ -496,7 +540,7 @@ impl AnntApp {
             WorkerMsg::Event(Event::RunFinished { result }) => {
                 if let Some(r) = self.run_mut(&result.arm, result.repeat) {
                     r.finished = true;
-                    r.status = format!("{:?}", result.status).to_lowercase();
+                    r.status = annt::report::fmt::status(result.status).to_string();
                 }
                 self.finished.push(*result);
                 let mut live = SessionResult {

@@ -26,6 +26,9 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         }
         ui.menu_button("Presets", |ui| presets_menu(app, ui));
     });
+    if let Some(message) = app.stopping_message() {
+        ui.colored_label(egui::Color32::from_rgb(200, 120, 0), message);
+    }
     if let Some(batch) = app.oom_batch {
         oom_offer(app, ui, batch);
     }
@@ -212,7 +215,13 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             ui.add_enabled_ui(!running, |ui| {
                 let s = &mut app.settings;
                 ui.radio_value(&mut s.ablation, false, "A/B: baseline vs tuned");
-                ui.radio_value(&mut s.ablation, true, "Ablation: all 8 combinations");
+                // On the CPU pinned memory does not apply, so the ablation is GA × AMP.
+                let ablation = if s.device == annt::config::DeviceChoice::Cpu {
+                    "Ablation: all 4 combinations of GA × AMP (PM does not apply on the CPU)"
+                } else {
+                    "Ablation: all 8 combinations"
+                };
+                ui.radio_value(&mut s.ablation, true, ablation);
                 ui.horizontal(|ui| {
                     let l = ui.label("Repeats");
                     ui.add(egui::DragValue::new(&mut s.repeats).range(1..=20))
@@ -327,19 +336,23 @@ fn preset_dirs() -> Vec<std::path::PathBuf> {
 }
 
 fn oom_offer(app: &mut AnntApp, ui: &mut egui::Ui, batch: usize) {
-    let half = batch.div_ceil(2);
+    let split = annt::config::split_micro_batch(batch);
+    let (half, factor) = split.unwrap_or((batch, 1));
     egui::Frame::group(ui.style()).show(ui, |ui| {
         ui.colored_label(
             egui::Color32::RED,
             format!("Out of device memory at micro-batch {batch}."),
         );
-        ui.label(format!(
-            "Retry with micro-batches of {half} and twice the gradient accumulation in every arm: each arm keeps its effective batch."
-        ));
+        ui.label(match split {
+            Some(_) => format!(
+                "Retry with micro-batches of {half} and {factor}× the gradient accumulation in every arm: each arm keeps its effective batch exactly."
+            ),
+            None => "A micro-batch of 1 cannot be split: choose a smaller model, resolution or precision.".into(),
+        });
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(
-                    batch >= 2,
+                    split.is_some(),
                     egui::Button::new(format!("Retry with micro-batch {half}")),
                 )
                 .clicked()

@@ -2,8 +2,8 @@
 
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use annt::bench::result::{ArmSummary, SessionResult};
-use annt::report::fmt::{mib, num, pct};
+use annt::bench::result::{ArmSummary, SessionResult, definitions};
+use annt::report::fmt::{arm_name, mib_stat, num, pct, speedup};
 use annt::train::timing::Phase;
 
 use super::AnntApp;
@@ -120,26 +120,37 @@ pub enum Column {
     Train,
     ImagesPerSec,
     Memory,
+    DeviceMemory,
     StepMs,
     Speedup,
 }
 
-const COLUMNS: [(Column, &str); 10] = [
-    (Column::Order, "arm"),
-    (Column::Accuracy, "test accuracy"),
-    (Column::MacroF1, "macro-F1"),
-    (Column::Wall, "wall time (s)"),
-    (Column::Train, "train time (s)"),
-    (Column::ImagesPerSec, "images/s"),
-    (Column::Memory, "peak memory (MiB)"),
-    (Column::StepMs, "ms/step (data / h2d / fwd / bwd / opt)"),
-    (Column::Order, "optimiser steps"),
-    (Column::Speedup, "speed-up"),
+/// The columns, each with the definition its tooltip shows (the reports print the same).
+const COLUMNS: [(Column, &str, &str); 11] = [
+    (Column::Order, "arm", definitions::REPEATS),
+    (Column::Speedup, "speed-up", definitions::SPEEDUP),
+    (
+        Column::ImagesPerSec,
+        "images/s",
+        definitions::IMAGES_PER_SEC,
+    ),
+    (Column::Accuracy, "test accuracy", definitions::REPEATS),
+    (Column::MacroF1, "macro-F1", definitions::REPEATS),
+    (Column::Wall, "wall time (s)", definitions::TRAIN_TIME),
+    (Column::Train, "train time (s)", definitions::TRAIN_TIME),
+    (Column::Memory, "host peak (MiB)", definitions::PEAK_HOST),
+    (
+        Column::DeviceMemory,
+        "device peak (MiB)",
+        definitions::PEAK_DEVICE,
+    ),
+    (
+        Column::StepMs,
+        "ms/step (data / h2d / fwd / bwd / opt)",
+        definitions::IMAGES_PER_SEC,
+    ),
+    (Column::Order, "optimiser steps", definitions::REPEATS),
 ];
-
-fn peak_bytes(a: &ArmSummary) -> Option<u64> {
-    a.peak_device_bytes.or(a.peak_host_bytes)
-}
 
 fn phase(a: &ArmSummary, p: Phase) -> f64 {
     a.phase_ms_per_step
@@ -160,9 +171,11 @@ fn key(a: &ArmSummary, c: Column) -> f64 {
         Column::Wall => a.wall_secs.mean,
         Column::Train => a.train_secs.mean,
         Column::ImagesPerSec => a.images_per_sec.mean,
-        Column::Memory => peak_bytes(a).unwrap_or(0) as f64,
+        Column::Memory => a.peak_host.mean,
+        Column::DeviceMemory => a.peak_device.mean,
         Column::StepMs => step_ms(a),
-        Column::Speedup => a.speedup_vs_baseline,
+        // An arm with nothing to compare sorts below every measured one.
+        Column::Speedup => a.speedup_vs_baseline.unwrap_or(f64::NEG_INFINITY),
     }
 }
 
@@ -235,7 +248,7 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
         .striped(true)
         .num_columns(COLUMNS.len())
         .show(ui, |ui| {
-            for (i, (column, title)) in COLUMNS.iter().enumerate() {
+            for (i, (column, title, definition)) in COLUMNS.iter().enumerate() {
                 // "optimiser steps" is not sortable: it shares `Order` with "arm".
                 let sortable = i == 0 || *column != Column::Order;
                 let arrow =
@@ -248,7 +261,9 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 if sortable {
                     if ui
                         .add(egui::Button::new(text).frame(false))
-                        .on_hover_text("sort by this column (click again to reverse)")
+                        .on_hover_text(format!(
+                            "{definition}\n\nClick to sort by this column (again to reverse)."
+                        ))
                         .clicked()
                     {
                         app.sort = if app.sort.0 == *column {
@@ -257,20 +272,24 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                             // Bigger is better first, except for times and memory.
                             let desc = !matches!(
                                 column,
-                                Column::Wall | Column::Train | Column::Memory | Column::StepMs
+                                Column::Wall
+                                    | Column::Train
+                                    | Column::Memory
+                                    | Column::DeviceMemory
+                                    | Column::StepMs
                             ) && *column != Column::Order;
                             (*column, desc)
                         };
                     }
                 } else {
-                    ui.label(text);
+                    ui.label(text).on_hover_text(*definition);
                 }
             }
             ui.end_row();
             for i in order {
                 let a = &rows[i];
                 let run = session.runs.iter().find(|r| r.arm == a.arm);
-                let name = format!("{}{}", a.arm, if a.partial { " (partial)" } else { "" });
+                let name = format!("{} [{}/{}]", arm_name(a), a.runs_counted, a.runs_total);
                 let selected = app.selected_arm.as_deref() == Some(a.arm.as_str());
                 if ui
                     .selectable_label(selected, name)
@@ -279,12 +298,14 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 {
                     app.selected_arm = Some(a.arm.clone());
                 }
+                ui.label(speedup(a.speedup_vs_baseline));
+                ui.label(num(&a.images_per_sec, 1));
                 ui.label(pct(&a.test_accuracy));
                 ui.label(num(&a.macro_f1, 3));
                 ui.label(num(&a.wall_secs, 1));
                 ui.label(num(&a.train_secs, 1));
-                ui.label(num(&a.images_per_sec, 1));
-                ui.label(mib(peak_bytes(a)));
+                ui.label(mib_stat(&a.peak_host));
+                ui.label(mib_stat(&a.peak_device));
                 ui.label(format!(
                     "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
                     phase(a, Phase::DataWait),
@@ -301,7 +322,6 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                         r.effective_batch / r.micro_batch.max(1)
                     )
                 }));
-                ui.label(format!("{:.2}×", a.speedup_vs_baseline));
                 ui.end_row();
             }
         });

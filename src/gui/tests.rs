@@ -26,6 +26,11 @@ fn harness(settings: Settings) -> Harness<'static, AnntApp> {
         .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), AnntApp::new(settings))
 }
 
+/// How long [`run_until`] waits before it calls a test hung. It bounds nothing a test
+/// proves (those bounds are counts, or the run's own measured step time): it only turns a
+/// hang into a failure, so it is far above anything a loaded 2-core machine needs.
+const HANG: Duration = Duration::from_secs(900);
+
 /// Steps the UI until `done` or the timeout.
 fn run_until(h: &mut Harness<'_, AnntApp>, timeout: Duration, done: impl Fn(&AnntApp) -> bool) {
     let start = Instant::now();
@@ -47,7 +52,7 @@ fn start_a_quick_run_and_see_the_table_fill() {
     h.get_by_label("Start").click();
     h.step();
     assert!(h.state().is_running());
-    run_until(&mut h, Duration::from_secs(240), |a| a.session.is_some());
+    run_until(&mut h, HANG, |a| a.session.is_some());
     let s = h.state().session.clone().expect("session");
     assert_eq!(s.summary.len(), 2, "baseline and tuned rows");
     assert!(
@@ -61,20 +66,29 @@ fn start_a_quick_run_and_see_the_table_fill() {
     h.run_steps(2);
     assert!(h.query_by_label(&acc).is_some(), "table shows {acc}");
 
-    // Sorting by images/s puts the faster arm first; a second click reverses.
+    // Sorting by images/s draws the faster arm's row above the slower one's; a second
+    // click reverses what is drawn. (Read from the rows' positions on screen, not from
+    // the sort function the table calls.)
     let rows = s.summary.clone();
-    h.get_by_label_contains("images/s").click();
+    let row_label = |a: &annt::bench::result::ArmSummary| {
+        format!("{} [{}/{}]", a.arm, a.runs_counted, a.runs_total)
+    };
+    let (fast, slow) = if rows[0].images_per_sec.mean >= rows[1].images_per_sec.mean {
+        (row_label(&rows[0]), row_label(&rows[1]))
+    } else {
+        (row_label(&rows[1]), row_label(&rows[0]))
+    };
+    let y = |h: &Harness<'_, AnntApp>, label: &str| h.get_by_label(label).rect().center().y;
+    h.get_by_label("images/s").click();
     h.run_steps(2);
-    let order = super::results::sorted(&rows, h.state().sort);
-    assert!(rows[order[0]].images_per_sec.mean >= rows[order[1]].images_per_sec.mean);
-    h.get_by_label_contains("images/s").click();
+    assert!(y(&h, &fast) < y(&h, &slow), "faster arm first");
+    h.get_by_label_contains("images/s (").click();
     h.run_steps(2);
-    let reversed = super::results::sorted(&rows, h.state().sort);
-    assert_eq!(reversed, order.iter().rev().copied().collect::<Vec<_>>());
+    assert!(y(&h, &slow) < y(&h, &fast), "reversed");
 
     // A row click shows that arm's confusion matrix.
     let tuned = rows[1].arm.clone();
-    h.get_by_label(&tuned).click();
+    h.get_by_label(&row_label(&rows[1])).click();
     h.run_steps(2);
     assert!(
         h.query_by_label_contains(&format!("Confusion matrix, {tuned}"))
@@ -97,7 +111,7 @@ fn start_a_quick_run_and_see_the_table_fill() {
 #[test]
 fn the_data_section_shows_samples_and_the_model_picker_parameter_counts() {
     let mut h = harness(quick());
-    run_until(&mut h, Duration::from_secs(60), |a| {
+    run_until(&mut h, HANG, |a| {
         a.preview.is_some() && !a.param_counts.is_empty()
     });
     h.run_steps(2);
@@ -171,7 +185,7 @@ fn out_of_memory_offers_a_retry_that_keeps_the_effective_batch() {
         assert_eq!(b.label, a.label, "the baseline is still the baseline");
         assert_eq!(eff(b), eff(a), "{}: same effective batch", a.label);
     }
-    run_until(&mut h, Duration::from_secs(30), |a| !a.is_running());
+    run_until(&mut h, HANG, |a| !a.is_running());
 }
 
 #[test]
@@ -202,23 +216,40 @@ fn stop_mid_run_returns_control_within_a_second() {
     settings.train_limit = 2000;
     let mut h = harness(settings);
     h.get_by_label("Start").click();
-    run_until(&mut h, Duration::from_secs(120), |a| {
-        a.runs.first().is_some_and(|r| r.step > 0)
-    });
+    run_until(&mut h, HANG, |a| a.runs.first().is_some_and(|r| r.step > 0));
     h.get_by_label("Stop").click();
     let pressed = Instant::now();
-    run_until(&mut h, Duration::from_secs(10), |a| !a.is_running());
+    h.step();
     assert!(
-        pressed.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        pressed.elapsed()
+        h.query_by_label_contains("Stopping: finishing the current micro-batch")
+            .is_some(),
+        "the window says at once that it is stopping"
     );
+    run_until(&mut h, HANG, |a| !a.is_running());
+    let waited = pressed.elapsed().as_secs_f64();
     let s = h
         .state()
         .session
         .as_ref()
         .expect("the session still reports");
     assert!(s.summary.iter().any(|a| a.partial));
+    // Bounded by the stopped run's own measured step time (on a loaded machine a step is
+    // slower, and so is the bound): the engine ends the micro-batch it is on, not the
+    // epoch (62 steps here).
+    let run = s
+        .runs
+        .iter()
+        .find(|r| r.status == annt::bench::result::RunStatus::Partial)
+        .expect("the stopped run");
+    let step_secs = run.wall_secs / run.optimizer_steps.max(1) as f64;
+    assert!(
+        waited < 3.0 * step_secs + 1.0,
+        "took {waited:.2} s to stop; a step takes {step_secs:.2} s"
+    );
+    assert!(
+        h.query_by_label_contains("Stopping:").is_none(),
+        "the message goes when the session has ended"
+    );
 }
 
 #[derive(Debug)]
@@ -237,7 +268,7 @@ fn drop_path(h: &mut Harness<'_, AnntApp>, path: &std::path::Path) {
         .dropped_files
         .push(std::sync::Arc::new(Dropped(path.to_path_buf())));
     h.step();
-    run_until(h, Duration::from_secs(30), |a| a.data_summary.is_some());
+    run_until(h, HANG, |a| a.data_summary.is_some());
 }
 
 #[test]
@@ -282,10 +313,13 @@ fn pinned_memory_is_greyed_out_on_the_cpu_and_switches_toggle() {
     h.get_by_label("bf16").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.amp, annt::accel::amp::AmpMode::Bf16);
-    h.get_by_label("Ablation: all 8 combinations").click();
+    h.get_by_label_contains("Ablation: all 4 combinations")
+        .click();
     h.run_steps(2);
     assert!(h.state().settings.ablation);
-    assert_eq!(h.state().settings.plan().expect("plan").arms().len(), 8);
+    let arms = h.state().settings.plan().expect("plan").arms();
+    assert_eq!(arms.len(), 4, "no duplicate pinned-memory arms on the CPU");
+    assert!(arms.iter().all(|a| !a.run.switches.pinned_memory));
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -297,9 +331,7 @@ fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
     let mut h = harness(settings);
     h.state_mut().settings.device = annt::config::DeviceChoice::Cuda(0);
     h.get_by_label("Start").click();
-    run_until(&mut h, Duration::from_secs(30), |a| {
-        !a.is_running() && a.cpu_offer
-    });
+    run_until(&mut h, HANG, |a| !a.is_running() && a.cpu_offer);
     assert!(
         h.state()
             .messages
@@ -313,5 +345,5 @@ fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
     assert_eq!(h.state().settings.device, annt::config::DeviceChoice::Cpu);
     assert!(h.state().is_running());
     h.state_mut().stop();
-    run_until(&mut h, Duration::from_secs(30), |a| !a.is_running());
+    run_until(&mut h, HANG, |a| !a.is_running());
 }

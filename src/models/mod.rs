@@ -154,6 +154,13 @@ pub const VARIANTS: &[Variant] = &[
     },
 ];
 
+/// Whether a model normalises with batch norm (ResNets, EfficientNet), whose statistics
+/// depend on the micro-batch, so that gradient accumulation is not the same computation as
+/// one large batch. The ViTs use layer norm (per sample). False for an unknown name.
+pub fn uses_batch_norm(name: &str) -> bool {
+    variant(name).is_ok_and(|v| matches!(v.family, Family::ResNet | Family::EfficientNet))
+}
+
 /// Looks a variant up by name.
 pub fn variant(name: &str) -> Result<&'static Variant, ModelError> {
     VARIANTS

@@ -597,6 +597,11 @@ mod tests {
                 .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
                 .expect("diff");
             assert!(err < 0.1, "{dtype:?}: max error {err}");
+            let floor = if dtype == DType::BF16 { 1e-4 } else { 1e-5 };
+            assert!(
+                err > floor,
+                "{dtype:?}: max error {err}: the forward did not run in half precision"
+            );
         }
     }
 

@@ -27,7 +27,9 @@ pub fn render(s: &SessionResult) -> String {
         "pinned_memory",
         "micro_batch",
         "effective_batch",
+        "order",
         "optimizer_steps",
+        "trained_images",
         "final_test_accuracy",
         "final_macro_f1",
         "wall_secs",
@@ -47,7 +49,9 @@ pub fn render(s: &SessionResult) -> String {
     header.extend(
         [
             "peak_host_bytes",
+            "host_bytes_at_start",
             "peak_device_bytes",
+            "device_bytes_at_start",
             "skipped_steps",
             "final_scale",
             "time_to_target_secs",
@@ -65,7 +69,9 @@ pub fn render(s: &SessionResult) -> String {
             r.switches.pinned_memory.to_string(),
             r.micro_batch.to_string(),
             r.effective_batch.to_string(),
+            r.order.to_string(),
             r.optimizer_steps.to_string(),
+            r.trained_images.to_string(),
             format!("{:.6}", r.final_test_accuracy),
             format!("{:.6}", r.final_macro_f1),
             format!("{:.3}", r.wall_secs),
@@ -85,7 +91,9 @@ pub fn render(s: &SessionResult) -> String {
         }
         row.extend([
             opt(r.peak_host_bytes),
+            opt(r.host_bytes_at_start),
             opt(r.peak_device_bytes),
+            opt(r.device_bytes_at_start),
             r.amp.skipped_steps.to_string(),
             opt(r.amp.final_scale),
             opt(r.time_to_target_secs),

@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, run_cells, status};
-use crate::bench::result::{RunResult, RunStatus, SessionResult};
+use super::fmt::{
+    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, arm_name, comparison_cells, run_cells,
+    status,
+};
+use crate::bench::result::{RunResult, RunStatus, SessionResult, definitions};
 use crate::train::timing::Phase;
 
 const COLOURS: [&str; 8] = [
@@ -211,29 +214,23 @@ pub fn render(s: &SessionResult) -> String {
             esc(&env.one_line())
         );
     }
-    let _ = write!(
-        o,
-        "<h2>Comparison</h2><table><tr><th>arm</th><th>test accuracy</th><th>macro-F1</th><th>wall time (s)</th><th>train time (s)</th><th>images/s</th><th>peak memory (MiB)</th><th>speed-up vs baseline</th></tr>"
-    );
-    for a in &s.summary {
-        let partial = if a.partial { " (partial)" } else { "" };
-        let _ = write!(
-            o,
-            "<tr><td>{}{partial}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}×</td></tr>",
-            esc(&a.arm),
-            esc(&pct(&a.test_accuracy)),
-            esc(&num(&a.macro_f1, 3)),
-            esc(&num(&a.wall_secs, 1)),
-            esc(&num(&a.train_secs, 1)),
-            esc(&num(&a.images_per_sec, 1)),
-            mib(a.peak_device_bytes.or(a.peak_host_bytes)),
-            a.speedup_vs_baseline
-        );
+    o.push_str("<h2>Comparison</h2><table><tr>");
+    for h in COMPARISON_HEADER {
+        let _ = write!(o, "<th>{}</th>", esc(h));
     }
-    let _ = write!(
-        o,
-        "</table><p class=\"note\">Speed-up = baseline's mean training time (wall time minus evaluation) / the arm's.</p>"
-    );
+    o.push_str("</tr>");
+    for a in &s.summary {
+        o.push_str("<tr>");
+        for c in comparison_cells(a) {
+            let _ = write!(o, "<td>{}</td>", esc(&c));
+        }
+        o.push_str("</tr>");
+    }
+    o.push_str("</table><ul class=\"note\">");
+    for d in definitions::ALL {
+        let _ = write!(o, "<li>{}</li>", esc(d));
+    }
+    o.push_str("</ul>");
     let mut by_epoch_acc = Vec::new();
     let mut by_epoch_loss = Vec::new();
     let mut by_epoch_speed = Vec::new();
@@ -291,8 +288,7 @@ pub fn render(s: &SessionResult) -> String {
     }
     o.push_str("</tr>");
     for a in &s.summary {
-        let partial = if a.partial { " (partial)" } else { "" };
-        let _ = write!(o, "<tr><td>{}{partial}</td>", esc(&a.arm));
+        let _ = write!(o, "<tr><td>{}</td>", esc(&arm_name(a)));
         for p in Phase::ALL {
             let v = a
                 .phase_ms_per_step
@@ -305,8 +301,12 @@ pub fn render(s: &SessionResult) -> String {
     }
     let _ = write!(
         o,
-        "</table><h2>Runs</h2><table><tr><th>run</th><th>status</th><th>micro-batch</th><th>k</th><th>effective batch</th><th>optimiser steps/epoch</th><th>steps</th><th>skipped (fp16)</th><th>final scale</th><th>test accuracy</th><th>wall (s)</th></tr>"
+        "</table><h2>Runs</h2><table><tr><th>run</th><th>status</th>"
     );
+    for h in RUN_HEADER {
+        let _ = write!(o, "<th>{}</th>", esc(h));
+    }
+    o.push_str("</tr>");
     for r in &s.runs {
         let status = status(r.status);
         let _ = write!(

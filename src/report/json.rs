@@ -32,8 +32,29 @@ pub fn parse(path: &Path, text: &str) -> Result<SessionResult, ReportError> {
             });
         }
     }
-    serde_json::from_value(value).map_err(|e| ReportError::Parse {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let version = value
+        .get("schema_version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let mut value = value;
+    if version < 2
+        && let Some(summary) = value.get_mut("summary")
+    {
+        // Schema 1's summary averaged failed and stopped runs and defined the speed-up by
+        // training time: it is recomputed from the runs under today's definitions.
+        *summary = serde_json::Value::Array(Vec::new());
+    }
+    let mut session: SessionResult =
+        serde_json::from_value(value).map_err(|e| ReportError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if version < 2 {
+        session.summarize();
+        session.notes.push(format!(
+            "Read from a schema {version} report: its host peaks are the process's high-water mark since it started, not each arm's own; the summary was recomputed from the runs."
+        ));
+        session.schema_version = SCHEMA_VERSION;
+    }
+    Ok(session)
 }

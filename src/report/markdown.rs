@@ -2,8 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::fmt::{SWITCHES_EXPLAINED, mib, num, pct, run_cells, status};
-use crate::bench::result::SessionResult;
+use super::fmt::{
+    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, arm_name, comparison_cells, run_cells,
+    status,
+};
+use crate::bench::result::{SessionResult, definitions};
 use crate::train::timing::Phase;
 
 /// Text for a table cell or a line: a `|` would end the cell, a line break the row.
@@ -33,30 +36,16 @@ pub fn render(s: &SessionResult) -> String {
         let _ = writeln!(o, "\nEnvironment: {}.", cell(&env.one_line()));
     }
     let _ = writeln!(o, "\n## Comparison\n");
-    let _ = writeln!(
-        o,
-        "| arm | test accuracy | macro-F1 | wall time (s) | train time (s) | images/s | peak memory (MiB) | speed-up vs baseline |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| {} |", COMPARISON_HEADER.join(" | "));
+    let _ = writeln!(o, "|{}", "---|".repeat(COMPARISON_HEADER.len()));
     for a in &s.summary {
-        let partial = if a.partial { " (partial)" } else { "" };
-        let _ = writeln!(
-            o,
-            "| {}{partial} | {} | {} | {} | {} | {} | {} | {:.2}× |",
-            cell(&a.arm),
-            pct(&a.test_accuracy),
-            num(&a.macro_f1, 3),
-            num(&a.wall_secs, 1),
-            num(&a.train_secs, 1),
-            num(&a.images_per_sec, 1),
-            mib(a.peak_device_bytes.or(a.peak_host_bytes)),
-            a.speedup_vs_baseline
-        );
+        let cells = comparison_cells(a).map(|c| cell(&c));
+        let _ = writeln!(o, "| {} |", cells.join(" | "));
     }
-    let _ = writeln!(
-        o,
-        "\nSpeed-up = baseline's mean training time (wall time minus evaluation) / the arm's."
-    );
+    let _ = writeln!(o);
+    for d in definitions::ALL {
+        let _ = writeln!(o, "- {}", cell(d));
+    }
     let _ = writeln!(o, "\n## Step time breakdown (ms per optimiser step)\n");
     let _ = writeln!(o, "| arm | {} |", Phase::ALL.map(|p| p.label()).join(" | "));
     let _ = writeln!(o, "|---|{}", "---|".repeat(Phase::ALL.len()));
@@ -70,15 +59,11 @@ pub fn render(s: &SessionResult) -> String {
                     .map_or("–".into(), |x| format!("{:.1}", x.1))
             })
             .collect();
-        let partial = if a.partial { " (partial)" } else { "" };
-        let _ = writeln!(o, "| {}{partial} | {} |", cell(&a.arm), cells.join(" | "));
+        let _ = writeln!(o, "| {} | {} |", cell(&arm_name(a)), cells.join(" | "));
     }
     let _ = writeln!(o, "\n## Runs\n");
-    let _ = writeln!(
-        o,
-        "| arm | repeat | status | micro-batch | k | effective batch | optimiser steps/epoch | steps | skipped (fp16) | final scale | test accuracy | wall (s) |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| arm | repeat | status | {} |", RUN_HEADER.join(" | "));
+    let _ = writeln!(o, "|---|---|---|{}", "---|".repeat(RUN_HEADER.len()));
     for r in &s.runs {
         let status = status(r.status);
         let _ = writeln!(

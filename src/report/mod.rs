@@ -117,18 +117,101 @@ pub fn read_json(path: &Path) -> Result<SessionResult, ReportError> {
 /// Shared number formatting.
 /// How numbers read in every report and in the window's table (one place, so they agree).
 pub mod fmt {
-    use crate::bench::result::{RunResult, RunStatus, Stat};
+    use crate::bench::result::{ArmSummary, RunResult, RunStatus, Stat};
+
+    /// The comparison table's header, shared by the Markdown and HTML reports and the
+    /// window: speed-up first after the arm, then what it rests on. Each column means what
+    /// [`crate::bench::result::definitions`] says, and reports print those definitions
+    /// under the table.
+    pub const COMPARISON_HEADER: [&str; 11] = [
+        "arm",
+        "speed-up vs baseline",
+        "images/s",
+        "n (finished/runs)",
+        "test accuracy",
+        "macro-F1",
+        "wall time (s)",
+        "train time (s)",
+        "host peak (MiB)",
+        "host above start (MiB)",
+        "device peak (MiB)",
+    ];
+
+    /// An arm's name with what kept runs out of its figures.
+    pub fn arm_name(a: &ArmSummary) -> String {
+        let mut flags = Vec::new();
+        if a.partial {
+            flags.push("partial");
+        }
+        if a.failed {
+            flags.push("failed");
+        }
+        if flags.is_empty() {
+            a.arm.clone()
+        } else {
+            format!("{} ({})", a.arm, flags.join(", "))
+        }
+    }
+
+    /// A speed-up, or "–" where there is nothing to compare.
+    pub fn speedup(v: Option<f64>) -> String {
+        v.map_or("–".into(), |v| format!("{v:.2}×"))
+    }
+
+    /// The cells of one comparison row, in [`COMPARISON_HEADER`] order (plain text; each
+    /// format escapes them its own way).
+    pub fn comparison_cells(a: &ArmSummary) -> [String; 11] {
+        [
+            arm_name(a),
+            speedup(a.speedup_vs_baseline),
+            num(&a.images_per_sec, 1),
+            format!("{}/{}", a.runs_counted, a.runs_total),
+            pct(&a.test_accuracy),
+            num(&a.macro_f1, 3),
+            num(&a.wall_secs, 1),
+            num(&a.train_secs, 1),
+            mib_stat(&a.peak_host),
+            mib_stat(&a.peak_host_above_start),
+            mib_stat(&a.peak_device),
+        ]
+    }
+
+    /// A byte figure in MiB, mean ± sd over repeats; "–" when not measured.
+    pub fn mib_stat(s: &Stat) -> String {
+        let m = 1024.0 * 1024.0;
+        match s.n {
+            0 => "–".into(),
+            1 => format!("{:.0}", s.mean / m),
+            _ => format!("{:.0} ± {:.0}", s.mean / m, s.sd / m),
+        }
+    }
 
     /// The "Runs" table's columns after a run's name and status, shared by the Markdown
-    /// and HTML reports: micro-batch, k, effective batch, optimiser steps per epoch, steps,
-    /// skipped fp16 steps, final loss scale, test accuracy, wall seconds.
-    pub fn run_cells(r: &RunResult) -> [String; 9] {
+    /// and HTML reports.
+    pub const RUN_HEADER: [&str; 11] = [
+        "order in repeat",
+        "micro-batch",
+        "k",
+        "effective batch",
+        "optimiser steps/epoch",
+        "steps",
+        "images trained",
+        "skipped (fp16)",
+        "final scale",
+        "test accuracy",
+        "wall (s)",
+    ];
+
+    /// One run's cells in [`RUN_HEADER`] order.
+    pub fn run_cells(r: &RunResult) -> [String; 11] {
         [
+            (r.order + 1).to_string(),
             r.micro_batch.to_string(),
             r.switches.grad_accum_steps.to_string(),
             r.effective_batch.to_string(),
             r.optimizer_steps_per_epoch.to_string(),
             r.optimizer_steps.to_string(),
+            r.trained_images.to_string(),
             r.amp.skipped_steps.to_string(),
             r.amp.final_scale.map_or("–".into(), |v| format!("{v}")),
             format!("{:.1} %", 100.0 * r.final_test_accuracy),
@@ -146,15 +229,21 @@ pub mod fmt {
         }
     }
 
+    /// A fraction as a percentage, mean ± sd over repeats; "–" with no finished run.
     pub fn pct(s: &Stat) -> String {
-        if s.n > 1 {
+        if s.n == 0 {
+            "–".into()
+        } else if s.n > 1 {
             format!("{:.1} ± {:.1} %", 100.0 * s.mean, 100.0 * s.sd)
         } else {
             format!("{:.1} %", 100.0 * s.mean)
         }
     }
+    /// A number, mean ± sd over repeats; "–" with no finished run.
     pub fn num(s: &Stat, decimals: usize) -> String {
-        if s.n > 1 {
+        if s.n == 0 {
+            "–".into()
+        } else if s.n > 1 {
             format!("{:.*} ± {:.*}", decimals, s.mean, decimals, s.sd)
         } else {
             format!("{:.*}", decimals, s.mean)

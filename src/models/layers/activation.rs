@@ -74,9 +74,10 @@ pub fn stochastic_depth(x: &Tensor, p: f32, ctx: &mut ForwardCtx) -> Result<Tens
 /// from the step's seeded stream (reproducible on every device).
 fn random_mask(len: usize, keep: f32, ctx: &mut ForwardCtx) -> Result<Tensor> {
     let scale = if keep > 0.0 { 1.0 / keep } else { 0.0 };
-    let rng = ctx.rng();
-    let values: Vec<f32> = (0..len)
-        .map(|_| if rng.next_f32() < keep { scale } else { 0.0 })
+    let values: Vec<f32> = ctx
+        .uniform_mask(len)
+        .into_iter()
+        .map(|u| if u < keep { scale } else { 0.0 })
         .collect();
     Tensor::from_vec(values, len, &candle_core::Device::Cpu)?.to_dtype(DType::F32)
 }

@@ -43,6 +43,14 @@ pub struct ForwardCtx {
     pub dtype: DType,
     pub kernels: Kernels,
     rng: Rng,
+    /// One seed per sample of the batch (row 0 first), when the caller keys randomness on
+    /// the images: then a sample's dropout and stochastic-depth masks depend only on its
+    /// seed and the layer, not on which other images share its micro-batch, so arms that
+    /// group the same images differently (gradient accumulation, a memory split) draw the
+    /// same masks for them.
+    samples: Option<Vec<u64>>,
+    /// Masks drawn so far in this forward pass (tells the layers apart).
+    draws: u64,
 }
 
 impl ForwardCtx {
@@ -53,6 +61,8 @@ impl ForwardCtx {
             dtype,
             kernels: Kernels::Annt,
             rng: Rng::new(seed),
+            samples: None,
+            draws: 0,
         }
     }
     pub fn eval(dtype: DType) -> Self {
@@ -61,14 +71,37 @@ impl ForwardCtx {
             dtype,
             kernels: Kernels::Annt,
             rng: Rng::new(0),
+            samples: None,
+            draws: 0,
         }
+    }
+    /// Keys every random mask on the samples (one seed per row of the batch).
+    pub fn with_sample_seeds(mut self, seeds: Vec<u64>) -> Self {
+        self.samples = Some(seeds);
+        self
     }
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
         self
     }
-    pub(crate) fn rng(&mut self) -> &mut Rng {
-        &mut self.rng
+    /// `len` uniform values in [0, 1) for one mask over a batch: from the per-sample seeds
+    /// when there are as many of them as rows (`len` a multiple of the row count), from the
+    /// step's stream otherwise.
+    pub(crate) fn uniform_mask(&mut self, len: usize) -> Vec<f32> {
+        let draw = self.draws;
+        self.draws += 1;
+        match &self.samples {
+            Some(seeds) if !seeds.is_empty() && len.is_multiple_of(seeds.len()) => {
+                let per_row = len / seeds.len();
+                let mut out = Vec::with_capacity(len);
+                for &seed in seeds {
+                    let mut rng = Rng::new(crate::util::rng::mix_seed(&[seed, draw]));
+                    out.extend((0..per_row).map(|_| rng.next_f32()));
+                }
+                out
+            }
+            _ => (0..len).map(|_| self.rng.next_f32()).collect(),
+        }
     }
 }
 

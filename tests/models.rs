@@ -30,6 +30,39 @@ fn parameter_counts_equal_pytorch() {
     }
 }
 
+/// The README's model table, row by row: what it says is what annt builds, and no model
+/// is missing from it.
+#[test]
+fn the_readme_model_table_is_what_annt_builds() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let number = |cell: &str| -> usize { cell.trim().replace(',', "").parse().expect(cell) };
+    let mut seen = Vec::new();
+    for line in readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| model | params, 10 classes"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').collect();
+        assert_eq!(cells.len(), 5, "{line}");
+        let name = cells[0].split('`').nth(1).expect("a `name` in the first cell");
+        let v = VARIANTS
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("README names {name}, which annt does not build"));
+        assert_eq!(number(cells[1]), count(name, 10), "{name}, 10 classes");
+        assert_eq!(number(cells[2]), count(name, 100), "{name}, 100 classes");
+        assert_eq!(number(cells[3]), v.resolution, "{name}: native resolution");
+        let pretrained = if v.pretrained { "yes" } else { "no" };
+        assert_eq!(cells[4].trim(), pretrained, "{name}: pretrained");
+        seen.push(name.to_string());
+    }
+    for v in VARIANTS {
+        assert!(seen.iter().any(|n| n == v.name), "{} has no README row", v.name);
+    }
+}
+
 #[test]
 fn parameter_counts_equal_the_torch_reference_file() {
     // Counts recorded by tests/fixtures/torch/generate.py from the real libraries.

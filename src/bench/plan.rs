@@ -90,19 +90,17 @@ impl Plan {
         }
     }
 
-    /// The order the arms run in repeat `repeat`, as indices into [`Plan::arms`]: seeded by
-    /// the run's seed and changing per repeat, so that no arm always runs first (warm
-    /// caches, a cool CPU's boost clock) or last. Two arms alternate; more are shuffled.
+    /// The order the arms run in repeat `repeat`, as indices into [`Plan::arms`]: a seeded
+    /// shuffle of the arms (by the run's seed), rotated by one place per repeat. Over any
+    /// `n` consecutive repeats of `n` arms each arm runs once in every position, so no arm
+    /// always runs first (warm caches, a cool CPU's boost clock) or last; two arms simply
+    /// alternate.
     pub fn order(&self, repeat: usize) -> Vec<usize> {
         let n = self.arms().len();
-        let seed = self.preset.run.train.seed;
         let mut order: Vec<usize> = (0..n).collect();
-        if n == 2 {
-            if (mix_seed(&[seed, 0x4f52_4445]) as usize + repeat) % 2 == 1 {
-                order.swap(0, 1);
-            }
-        } else {
-            Rng::new(mix_seed(&[seed, repeat as u64, 0x4f52_4445])).shuffle(&mut order);
+        Rng::new(mix_seed(&[self.preset.run.train.seed, 0x4f52_4445])).shuffle(&mut order);
+        if n > 0 {
+            order.rotate_left(repeat % n);
         }
         order
     }
@@ -199,13 +197,19 @@ mod tests {
         assert_ne!(firsts[0], firsts[1], "two arms alternate: {firsts:?}");
         let mut gpu = plan(PlanKind::Ablation, tuned);
         gpu.preset.run.device = DeviceChoice::Cuda(0);
-        let orders: Vec<Vec<usize>> = (0..6).map(|r| gpu.order(r)).collect();
+        let orders: Vec<Vec<usize>> = (0..8).map(|r| gpu.order(r)).collect();
         for o in &orders {
             let mut sorted = o.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, (0..8).collect::<Vec<_>>(), "a permutation");
         }
-        assert_eq!(orders, (0..6).map(|r| gpu.order(r)).collect::<Vec<_>>());
+        // Balanced: over 8 repeats every arm runs once in every position.
+        for position in 0..8 {
+            let mut at: Vec<usize> = orders.iter().map(|o| o[position]).collect();
+            at.sort_unstable();
+            assert_eq!(at, (0..8).collect::<Vec<_>>(), "position {position}");
+        }
+        assert_eq!(orders, (0..8).map(|r| gpu.order(r)).collect::<Vec<_>>());
         assert!(
             orders.iter().any(|o| o[0] != 0),
             "the baseline is not always first"
@@ -216,6 +220,6 @@ mod tests {
         );
         let mut other = gpu.clone();
         other.preset.run.train.seed = 1;
-        assert_ne!(orders, (0..6).map(|r| other.order(r)).collect::<Vec<_>>());
+        assert_ne!(orders, (0..8).map(|r| other.order(r)).collect::<Vec<_>>());
     }
 }

@@ -49,10 +49,10 @@ pub struct RunFlags {
     /// it down to whole optimiser steps, at least one).
     #[arg(long)]
     pub max_images: Option<u64>,
-    /// Train on only the first N training images.
+    /// Keep only the first N images of the stored training split (file order, cut once).
     #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Evaluate on only the first N test images.
+    /// Keep only the first N images of the stored test split (file order).
     #[arg(long)]
     pub test_limit: Option<usize>,
     /// Pretrained weights (safetensors).

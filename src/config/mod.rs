@@ -104,10 +104,13 @@ pub struct DataConfig {
     /// Random crop + flip on the training split.
     #[serde(default = "yes")]
     pub augment: bool,
-    /// Train on only the first N images of each epoch's order (quick runs); None = all.
+    /// Keep only the first N images of the stored training split (quick runs); None = all.
+    /// The cut is made once, in file order, before any shuffling (CIFAR and the built-in
+    /// set store their classes mixed), so every epoch shuffles the same N images.
     #[serde(default)]
     pub train_limit: Option<usize>,
-    /// Evaluate on only the first N test images (quick runs); None = the whole test split.
+    /// Keep only the first N images of the stored test split, in file order (quick runs);
+    /// None = the whole test split.
     #[serde(default)]
     pub test_limit: Option<usize>,
 }

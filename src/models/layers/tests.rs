@@ -412,6 +412,35 @@ fn dropout_and_stochastic_depth_are_identity_in_eval_and_scale_in_train() {
     assert!(s.chunks(4).all(|row| row.iter().all(|v| *v == row[0])));
 }
 
+#[test]
+fn keyed_on_samples_a_mask_is_the_same_whatever_shares_the_micro_batch() {
+    // Gradient accumulation groups the same images into other micro-batches: with the
+    // masks keyed on the images, each image draws the same dropout and stochastic-depth
+    // masks in a batch of 4 as in two batches of 2.
+    let x = Tensor::ones((4, 3, 5), DType::F32, &Device::Cpu).expect("ones");
+    let seeds = [11u64, 22, 33, 44];
+    let rows = |t: Tensor| -> Vec<Vec<f32>> {
+        t.flatten_from(1)
+            .and_then(|t| t.to_vec2())
+            .expect("rows")
+    };
+    let draw = |x: &Tensor, seeds: &[u64], step_seed: u64| {
+        let mut ctx = ForwardCtx::train(DType::F32, step_seed).with_sample_seeds(seeds.to_vec());
+        let d = dropout(x, 0.5, &mut ctx).expect("dropout");
+        let s = stochastic_depth(x, 0.5, &mut ctx).expect("depth");
+        (rows(d), rows(s))
+    };
+    let whole = draw(&x, &seeds, 1);
+    let half = x.narrow(0, 0, 2).expect("narrow");
+    let (first_d, first_s) = draw(&half, &seeds[..2], 2);
+    let (second_d, second_s) = draw(&half, &seeds[2..], 3);
+    assert_eq!(whole.0, [first_d, second_d].concat(), "dropout masks");
+    assert_eq!(whole.1, [first_s, second_s].concat(), "stochastic depth");
+    // Other images draw other masks (the masks are not constant).
+    let (other, _) = draw(&x, &[5, 6, 7, 8], 1);
+    assert_ne!(other, whole.0);
+}
+
 /// max |a − b| / max |b|.
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let diff: f32 = (a - b)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Re-measures every figure the README quotes from this folder, into this folder. Run from
+# the repository root after `cargo build --release`; each output file is named after what
+# it measured, and the README gives, beside each table, the command that made it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=benches/results
+annt=target/release/annt
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
+
+# The quick A/B (the README's first command) with the process's peak RSS from outside.
+/usr/bin/time -v "$annt" bench --preset presets/quick-cpu.toml --plan ab \
+    --report "$out/quick-cpu-ab.json" >"$out/quick-cpu-ab.md" 2>"$out/quick-cpu-ab.stderr.txt"
+
+# A CPU ablation with 2 repeats (4 arms on the CPU: GA × AMP), shortened to 2 epochs of
+# 2 000 images so that its 8 runs take minutes.
+"$annt" bench --preset presets/quick-cpu.toml --plan ablation --repeats 2 \
+    --train-limit 2000 --epochs 2 \
+    --report "$out/quick-cpu-ablation-2x.json" >"$out/quick-cpu-ablation-2x.md" \
+    2>"$out/quick-cpu-ablation-2x.stderr.txt"
+
+# Forward + backward speed per model (batch 32, f32, median of 3 steps after 1 warm-up).
+ANNT_BENCH_STEPS=3 cargo bench --bench models -- resnet8-tiny resnet18-cifar vit-ti4 \
+    >"$out/models-cpu.txt" 2>&1
+
+# Parsing and the batch pipeline.
+cargo bench --bench data_pipeline >"$out/data-pipeline.txt" 2>&1

@@ -66,7 +66,11 @@ fn held_out(train: &Dataset, test: usize) -> Arc<Dataset> {
 }
 
 /// Trains `run` and scores it on `held_out`: accuracy in percent and the final weights.
-fn train_and_score(run: &RunConfig, train: &Arc<Dataset>, held_out: &Arc<Dataset>) -> (f64, Vec<f32>) {
+fn train_and_score(
+    run: &RunConfig,
+    train: &Arc<Dataset>,
+    held_out: &Arc<Dataset>,
+) -> (f64, Vec<f32>) {
     let arm = Arm {
         label: run.switches.label(),
         run: run.clone(),
@@ -108,10 +112,19 @@ fn train_and_score(run: &RunConfig, train: &Arc<Dataset>, held_out: &Arc<Dataset
 
 /// Trains every mode of [`MODES`] for each seed; `accuracy[mode][seed]` in percent. Checks
 /// on the way that each half-precision run's weights differ from its seed's f32 run's.
-fn accuracies(seeds: &[u64], images: usize, epochs: usize, batch: usize, test: usize) -> Vec<Vec<f64>> {
+fn accuracies(
+    seeds: &[u64],
+    images: usize,
+    epochs: usize,
+    batch: usize,
+    test: usize,
+) -> Vec<Vec<f64>> {
     let train = Arc::new(
-        open_data(&setting(0, images, epochs, batch).data, &SessionOptions::default())
-            .expect("data"),
+        open_data(
+            &setting(0, images, epochs, batch).data,
+            &SessionOptions::default(),
+        )
+        .expect("data"),
     );
     let held_out = held_out(&train, test);
     let mut accuracy = vec![Vec::new(); MODES.len()];
@@ -125,7 +138,11 @@ fn accuracies(seeds: &[u64], images: usize, epochs: usize, batch: usize, test: u
             if *amp == AmpMode::Off {
                 f32_weights = weights;
             } else {
-                let moved = weights.iter().zip(&f32_weights).filter(|(a, b)| a != b).count();
+                let moved = weights
+                    .iter()
+                    .zip(&f32_weights)
+                    .filter(|(a, b)| a != b)
+                    .count();
                 assert!(
                     moved > weights.len() / 2,
                     "{amp:?}, seed {seed}: only {moved} of {} weights differ from the f32 run's: it did not train in half precision",
@@ -150,7 +167,10 @@ fn bf16_and_fp16_train_as_accurately_as_f32_over_three_seeds() {
     let seeds = [0, 1, 2];
     let accuracy = accuracies(&seeds, 1000, 4, 50, 4000);
     let f32_mean = mean(&accuracy[0]);
-    assert!(f32_mean > 30.0, "the f32 runs learned: {f32_mean:.2} %");
+    assert!(
+        f32_mean > 25.0,
+        "the f32 runs learned (chance is 10 %): {f32_mean:.2} %"
+    );
     for (m, amp) in MODES.iter().enumerate().skip(1) {
         let half_mean = mean(&accuracy[m]);
         assert!(
@@ -167,9 +187,14 @@ fn bf16_and_fp16_train_as_accurately_as_f32_over_three_seeds() {
     }
 }
 
-/// Bounds of the CI check, in points of accuracy.
-const MEAN_BOUND: f64 = 1.5;
-const SEED_BOUND: f64 = 4.0;
+/// Bounds of the CI check, in points of accuracy. Measured on the 2-core reference
+/// machine (2026-12-01, `cargo test --test amp_accuracy -- --nocapture`), held-out accuracy
+/// for seeds 0, 1, 2: f32 36.03 / 34.18 / 35.90 %, bf16 35.53 / 34.35 / 35.95 %, fp16
+/// 35.90 / 34.05 / 36.03 %: the largest difference of one seed 0.50 points, of the means
+/// 0.10. The bounds leave room for other CPUs' summation orders, not for a broken path
+/// (an fp16 run without loss scaling, or lost gradients, ends near chance, 10 %).
+const MEAN_BOUND: f64 = 1.0;
+const SEED_BOUND: f64 = 2.5;
 
 /// The longer benchmark: one seed, 2 000 images, 6 epochs, scored on 10 000 held-out images;
 /// bf16 and fp16 end within 1 point of f32. ~5 minutes on the 2-core reference machine, so

@@ -46,7 +46,10 @@ fn the_readme_model_table_is_what_annt_builds() {
     {
         let cells: Vec<&str> = line.trim_matches('|').split('|').collect();
         assert_eq!(cells.len(), 5, "{line}");
-        let name = cells[0].split('`').nth(1).expect("a `name` in the first cell");
+        let name = cells[0]
+            .split('`')
+            .nth(1)
+            .expect("a `name` in the first cell");
         let v = VARIANTS
             .iter()
             .find(|v| v.name == name)
@@ -59,7 +62,11 @@ fn the_readme_model_table_is_what_annt_builds() {
         seen.push(name.to_string());
     }
     for v in VARIANTS {
-        assert!(seen.iter().any(|n| n == v.name), "{} has no README row", v.name);
+        assert!(
+            seen.iter().any(|n| n == v.name),
+            "{} has no README row",
+            v.name
+        );
     }
 }
 

@@ -419,11 +419,8 @@ fn keyed_on_samples_a_mask_is_the_same_whatever_shares_the_micro_batch() {
     // masks in a batch of 4 as in two batches of 2.
     let x = Tensor::ones((4, 3, 5), DType::F32, &Device::Cpu).expect("ones");
     let seeds = [11u64, 22, 33, 44];
-    let rows = |t: Tensor| -> Vec<Vec<f32>> {
-        t.flatten_from(1)
-            .and_then(|t| t.to_vec2())
-            .expect("rows")
-    };
+    let rows =
+        |t: Tensor| -> Vec<Vec<f32>> { t.flatten_from(1).and_then(|t| t.to_vec2()).expect("rows") };
     let draw = |x: &Tensor, seeds: &[u64], step_seed: u64| {
         let mut ctx = ForwardCtx::train(DType::F32, step_seed).with_sample_seeds(seeds.to_vec());
         let d = dropout(x, 0.5, &mut ctx).expect("dropout");

@@ -527,13 +527,24 @@ fn annt_bench_writes_reports_whose_numbers_match_the_run() {
     );
     let s = read_json(&json).expect("report");
     assert_eq!(s.runs.len(), 2);
-    assert_eq!(s.runs[0].optimizer_steps, 8);
-    assert_eq!(
-        s.runs[1].optimizer_steps, 4,
-        "GA×2 halves the optimiser steps"
-    );
+    // The runs are listed in the order they ran (seeded, per repeat): find each by arm.
+    let base = s
+        .runs
+        .iter()
+        .find(|r| r.switches == Switches::default())
+        .expect("baseline");
+    let tuned = s
+        .runs
+        .iter()
+        .find(|r| r.switches != Switches::default())
+        .expect("tuned");
+    assert_eq!(base.optimizer_steps, 8);
+    assert_eq!(tuned.optimizer_steps, 4, "GA×2 halves the optimiser steps");
+    let mut orders = [base.order, tuned.order];
+    orders.sort_unstable();
+    assert_eq!(orders, [0, 1], "each run's position is recorded");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let acc = format!("{:.1} %", 100.0 * s.runs[0].final_test_accuracy);
+    let acc = format!("{:.1} %", 100.0 * base.final_test_accuracy);
     assert!(
         stdout.contains(&acc),
         "the printed table shows the run's accuracy {acc}:\n{stdout}"
@@ -543,9 +554,10 @@ fn annt_bench_writes_reports_whose_numbers_match_the_run() {
         let path = dir.path().join(format!("ab.{ext}"));
         write_report(&s, &path).expect("write");
         assert!(
-            std::fs::read_to_string(&path).expect("read").contains(
-                &format!("{:.1}", 100.0 * s.runs[1].final_test_accuracy).replace(" %", "")
-            ) || ext == "csv"
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .contains(&format!("{:.1}", 100.0 * tuned.final_test_accuracy).replace(" %", ""))
+                || ext == "csv"
         );
     }
     let bad = Command::new(env!("CARGO_BIN_EXE_annt"))

@@ -224,18 +224,17 @@ fn stop_ends_the_current_micro_batch_and_keeps_the_finished_arm() {
     assert!(second.optimizer_steps < second.optimizer_steps_per_epoch);
     assert!(second.epochs.is_empty(), "no evaluation after Stop");
     // The finished arm's figures stand; the stopped one's are kept out of the means.
-    let kept = session
-        .summary
-        .iter()
-        .find(|a| a.arm == first.arm)
-        .expect("row");
+    let row = |arm: &str| {
+        session
+            .summary
+            .iter()
+            .find(|a| a.arm == arm)
+            .expect("a summary row per arm")
+    };
+    let kept = row(&first.arm);
     assert_eq!((kept.runs_counted, kept.runs_total), (1, 1));
     assert_eq!(kept.test_accuracy.mean, first.final_test_accuracy);
-    let cut = session
-        .summary
-        .iter()
-        .find(|a| a.arm == second.arm)
-        .expect("row");
+    let cut = row(&second.arm);
     assert_eq!((cut.runs_counted, cut.runs_total), (0, 1));
     assert!(cut.partial && cut.speedup_vs_baseline.is_none());
     assert!(matches!(

@@ -68,30 +68,40 @@ fn session() -> SessionResult {
         data_name: "built-in".into(),
         model_name: "resnet8-tiny".into(),
         device: "cpu".into(),
-        runs: vec![
-            run(
-                "baseline",
-                0,
-                0.80,
-                40.0,
-                Switches::default(),
-                RunStatus::Finished,
-            ),
-            run("GA×2, bf16", 0, 0.78, 20.0, tuned, RunStatus::Finished),
-            run(
-                "baseline",
-                1,
-                0.82,
-                40.0,
-                Switches::default(),
-                RunStatus::Finished,
-            ),
-            run("GA×2, bf16", 1, 0.76, 20.0, tuned, RunStatus::Partial),
-        ],
+        runs: [
+            first_round(tuned).to_vec(),
+            vec![
+                run(
+                    "baseline",
+                    1,
+                    0.82,
+                    40.0,
+                    Switches::default(),
+                    RunStatus::Finished,
+                ),
+                run("GA×2, bf16", 1, 0.76, 20.0, tuned, RunStatus::Partial),
+            ],
+        ]
+        .concat(),
         ..SessionResult::default()
     };
     s.summarize();
     s
+}
+
+/// Repeat 0 of an A/B: the baseline (80 %, 40 s) and `tuned` (78 %, 20 s), both finished.
+fn first_round(tuned: Switches) -> [RunResult; 2] {
+    [
+        run(
+            "baseline",
+            0,
+            0.80,
+            40.0,
+            Switches::default(),
+            RunStatus::Finished,
+        ),
+        run("GA×2, bf16", 0, 0.78, 20.0, tuned, RunStatus::Finished),
+    ]
 }
 
 #[test]
@@ -204,19 +214,7 @@ fn failed_and_stopped_runs_stay_out_of_the_means() {
         repeats: 2,
         device: "cpu".into(),
         arms: vec!["baseline".into(), "GA×2, bf16".into()],
-        runs: vec![
-            run(
-                "baseline",
-                0,
-                0.80,
-                40.0,
-                Switches::default(),
-                RunStatus::Finished,
-            ),
-            run("GA×2, bf16", 0, 0.78, 20.0, tuned, RunStatus::Finished),
-            failed,
-            partial,
-        ],
+        runs: [first_round(tuned).to_vec(), vec![failed, partial]].concat(),
         ..SessionResult::default()
     };
     s.summarize();

@@ -252,7 +252,7 @@ impl SessionResult {
                 };
                 let phase_ms_per_step = crate::train::timing::Phase::ALL
                     .iter()
-                    .map(|phase| {
+                    .filter_map(|phase| {
                         let values: Vec<f64> = runs
                             .iter()
                             .filter_map(|r| {
@@ -263,10 +263,8 @@ impl SessionResult {
                                     .map(|p| p.1)
                             })
                             .collect();
-                        (*phase, Stat::of(&values))
+                        (!values.is_empty()).then(|| (*phase, Stat::of(&values).mean))
                     })
-                    .filter(|(_, s)| s.n > 0)
-                    .map(|(p, s)| (p, s.mean))
                     .collect();
                 let ttt: Vec<f64> = runs.iter().filter_map(|r| r.time_to_target_secs).collect();
                 let bytes = |b: Option<u64>| b.map(|b| b as f64);

@@ -51,6 +51,13 @@ impl std::str::FromStr for SpeedMode {
 }
 
 impl SpeedMode {
+    /// Why this mode cannot be measured on `device`, if it cannot: TF32 is a GPU
+    /// matrix-unit mode, and on the CPU it would time fp32 again under another name.
+    pub fn not_applicable_on(self, device: DeviceChoice) -> Option<&'static str> {
+        (self == SpeedMode::Tf32 && device == DeviceChoice::Cpu)
+            .then_some("tf32 does not apply on the CPU (it is a GPU matrix-unit mode: it would measure fp32 again)")
+    }
+
     fn amp(self) -> AmpMode {
         match self {
             SpeedMode::Fp32 | SpeedMode::Tf32 => AmpMode::Off,
@@ -137,10 +144,10 @@ fn pool(cfg: &SpeedConfig, res: usize) -> Dataset {
 
 /// Trains `cfg.warmup + cfg.steps` optimiser steps in `mode` and reports the timed part.
 pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, EngineError> {
-    if mode == SpeedMode::Tf32 && cfg.device == DeviceChoice::Cpu {
+    if let Some(reason) = mode.not_applicable_on(cfg.device) {
         return Err(EngineError::Device {
-            device: "cpu".into(),
-            reason: "tf32 does not apply on the CPU (it is a GPU matrix-unit mode: it would measure fp32 again)".into(),
+            device: cfg.device.to_string(),
+            reason: reason.into(),
         });
     }
     let variant = crate::models::variant(&cfg.model)?;

@@ -69,11 +69,9 @@ pub fn run(args: SpeedArgs) -> anyhow::Result<()> {
         device: args.device,
     };
     for mode in modes {
-        if mode == SpeedMode::Tf32 && cfg.device == annt::config::DeviceChoice::Cpu {
-            // Not applicable rather than an fp32 run under another name.
-            eprintln!(
-                "annt speed: tf32 skipped: it does not apply on the CPU (a GPU matrix-unit mode)"
-            );
+        if let Some(reason) = mode.not_applicable_on(cfg.device) {
+            // Skipped, rather than an fp32 run under another name.
+            eprintln!("annt speed: skipped: {reason}");
             continue;
         }
         let r = measure(&cfg, mode)?;

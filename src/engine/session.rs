@@ -234,7 +234,10 @@ pub fn run_session(
 /// mean (the definitions every table follows).
 fn notes(session: &SessionResult) -> Vec<String> {
     let mut notes = Vec::new();
-    let cpu = session.device == "cpu";
+    let cpu = session
+        .config
+        .as_ref()
+        .is_some_and(|c| c.device == DeviceChoice::Cpu);
     let model = session.config.as_ref().map(|c| c.model.name.as_str());
     let batch_norm = model.is_some_and(crate::models::uses_batch_norm);
     for r in session.runs.iter().filter(|r| {

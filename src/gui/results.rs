@@ -152,6 +152,12 @@ const COLUMNS: [(Column, &str, &str); 11] = [
     (Column::Order, "optimiser steps", definitions::REPEATS),
 ];
 
+/// A row's arm cell: the arm, what kept runs out of its figures, and how many runs the
+/// figures rest on (finished/all).
+pub fn row_label(a: &ArmSummary) -> String {
+    format!("{} [{}/{}]", arm_name(a), a.runs_counted, a.runs_total)
+}
+
 fn phase(a: &ArmSummary, p: Phase) -> f64 {
     a.phase_ms_per_step
         .iter()
@@ -289,7 +295,7 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
             for i in order {
                 let a = &rows[i];
                 let run = session.runs.iter().find(|r| r.arm == a.arm);
-                let name = format!("{} [{}/{}]", arm_name(a), a.runs_counted, a.runs_total);
+                let name = row_label(a);
                 let selected = app.selected_arm.as_deref() == Some(a.arm.as_str());
                 if ui
                     .selectable_label(selected, name)
@@ -345,7 +351,8 @@ fn confusion_ui(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
         .runs
         .iter()
         .rev()
-        .find(|r| r.arm == arm && !r.confusion.is_empty())
+        // A run stopped before its first evaluation has an all-zero matrix: nothing to show.
+        .find(|r| r.arm == arm && r.confusion.iter().any(|&c| c > 0))
     else {
         ui.label(format!(
             "{arm}: no confusion matrix (the run did not evaluate)"

@@ -70,9 +70,7 @@ fn start_a_quick_run_and_see_the_table_fill() {
     // click reverses what is drawn. (Read from the rows' positions on screen, not from
     // the sort function the table calls.)
     let rows = s.summary.clone();
-    let row_label = |a: &annt::bench::result::ArmSummary| {
-        format!("{} [{}/{}]", a.arm, a.runs_counted, a.runs_total)
-    };
+    let row_label = super::results::row_label;
     let (fast, slow) = if rows[0].images_per_sec.mean >= rows[1].images_per_sec.mean {
         (row_label(&rows[0]), row_label(&rows[1]))
     } else {

@@ -15,28 +15,24 @@ pub fn render(s: &SessionResult) -> Result<String, ReportError> {
 /// Parses a JSON report, refusing one written by a newer annt before looking at its fields
 /// (their meaning may have changed).
 pub fn parse(path: &Path, text: &str) -> Result<SessionResult, ReportError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ReportError::Parse {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if let Some(version) = value
-        .get("schema_version")
-        .and_then(serde_json::Value::as_u64)
-    {
-        let found = u32::try_from(version).unwrap_or(u32::MAX);
-        if found > SCHEMA_VERSION {
-            return Err(ReportError::NewerSchema {
-                path: path.to_path_buf(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-    }
+    let mut value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ReportError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    // A report without a version predates versioning: read as the oldest schema.
     let version = value
         .get("schema_version")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
-    let mut value = value;
+    let found = u32::try_from(version).unwrap_or(u32::MAX);
+    if found > SCHEMA_VERSION {
+        return Err(ReportError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
     if version < 2
         && let Some(summary) = value.get_mut("summary")
     {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Var};
+use candle_core::{Device, Tensor, Var};
 
 use crate::accel::amp::{AmpMode, LossScaler, Unscaled};
 use crate::bench::plan::Arm;
@@ -24,8 +24,73 @@ use crate::util::rng::mix_seed;
 use super::EngineError;
 use super::event::{Event, EventSink, StopFlag};
 
-/// Minimum time between two progress events.
+/// Minimum time between two progress events on the CPU.
 const PROGRESS_EVERY_SECS: f64 = 0.05;
+/// On a GPU each progress event reads the running loss back (waiting for the device), so
+/// they are further apart: the host stays ahead of the device between them.
+const PROGRESS_EVERY_SECS_GPU: f64 = 0.5;
+
+fn progress_every(device: &Device) -> f64 {
+    if device.is_cpu() {
+        PROGRESS_EVERY_SECS
+    } else {
+        PROGRESS_EVERY_SECS_GPU
+    }
+}
+
+thread_local! {
+    static HOST_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Values the training loop has read back from the device on this thread (each one waits
+/// for the device). Tests assert at most one per progress tick and epoch.
+pub fn host_reads_on_this_thread() -> u64 {
+    HOST_READS.with(std::cell::Cell::get)
+}
+
+/// The running loss sum and correct count of micro-batches not yet read back, kept on the
+/// device as two scalars.
+#[derive(Default)]
+struct DeviceTally {
+    sums: Option<Tensor>,
+}
+
+impl DeviceTally {
+    /// Adds a micro-batch: its mean loss times its `n` images, and its correct predictions.
+    fn add(
+        &mut self,
+        loss: &Tensor,
+        logits: &Tensor,
+        labels: &Tensor,
+        n: usize,
+    ) -> candle_core::Result<()> {
+        let loss_sum = (loss.detach().to_dtype(candle_core::DType::F32)? * n as f64)?;
+        let hits = logits
+            .detach()
+            .argmax(candle_core::D::Minus1)?
+            .eq(labels)?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?;
+        let pair = Tensor::stack(&[loss_sum, hits], 0)?;
+        self.sums = Some(match self.sums.take() {
+            Some(s) => (s + pair)?,
+            None => pair,
+        });
+        Ok(())
+    }
+
+    /// Reads the sums back (one device read) and adds them to the host's totals.
+    fn drain_into(&mut self, loss_sum: &mut f64, correct: &mut u64) -> candle_core::Result<()> {
+        let Some(sums) = self.sums.take() else {
+            return Ok(());
+        };
+        let v: Vec<f32> = sums.to_vec1()?;
+        HOST_READS.with(|r| r.set(r.get() + 1));
+        *loss_sum += f64::from(v[0]);
+        *correct += v[1].round() as u64;
+        Ok(())
+    }
+}
 
 /// What a run leaves behind: its result and the trained model.
 pub struct TrainedRun {
@@ -160,22 +225,17 @@ pub fn train_run(
     }
 
     let mut timer = StepTimer::new(t.timing_warmup_steps);
-    if device.is_cuda() {
-        // GPU work is asynchronous: every clock read waits for the device first.
-        let dev = device.clone();
-        timer = timer.with_sync(Box::new(move || {
-            let _ = dev.synchronize();
-        }));
+    if let Some(timeline) = crate::util::gpu::timeline(device) {
+        // GPU work is asynchronous: the device's own clock (events on its stream) times the
+        // steps, so timing never makes the host wait and the host can run ahead.
+        timer = timer.with_timeline(timeline);
     }
     crate::util::gpu::set_tf32(cfg.tf32);
-    // This arm's own peak host memory (the high-water mark is reset here) and the device's
-    // level at its start.
+    // This arm's own peak host memory (the high-water mark is reset here); on a GPU the
+    // memory pool's high-water mark is reset too, and its level now is the arm's start.
     let mut host_peak = HostPeak::start();
-    let device_at_start = device
-        .is_cuda()
-        .then(crate::util::gpu::device_used_bytes)
-        .flatten();
-    let mut peak_device: Option<u64> = device_at_start;
+    let device_at_start = crate::util::gpu::pool_reset_peak(device);
+    let progress_every = progress_every(device);
     let mut trained_images: u64 = 0;
     let mut epochs_done: Vec<EpochRecord> = Vec::new();
     let mut status = RunStatus::Finished;
@@ -196,6 +256,7 @@ pub fn train_run(
         let mut batches =
             Prefetcher::with_storage(Arc::clone(data), Split::Train, loader_cfg, epoch, alloc);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
+        let mut tally = DeviceTally::default();
         let epoch_timed_start = timer.summary();
         for _ in 0..per_epoch {
             if step >= total_steps {
@@ -236,17 +297,12 @@ pub fn train_run(
                     None => acc = Some(grads),
                     Some(a) => a.extend(grads)?,
                 }
-                let loss_value = f64::from(loss.to_scalar::<f32>()?);
-                let predicted = argmax_rows(&logits)?;
-                let labels: Vec<u32> = db.labels.to_vec1()?;
-                correct += predicted
-                    .iter()
-                    .zip(&labels)
-                    .filter(|(p, l)| p == l)
-                    .count() as u64;
-                loss_sum += loss_value * labels.len() as f64;
-                seen += labels.len() as u64;
-                trained_images += labels.len() as u64;
+                // Loss and hits stay on the device until the next progress tick or the
+                // epoch's end: reading them here would make every micro-batch wait.
+                let n = batch.labels.len();
+                tally.add(&loss, &logits, &db.labels, n)?;
+                seen += n as u64;
+                trained_images += n as u64;
                 if stop.is_stopped() {
                     status = RunStatus::Partial;
                     break 'epochs;
@@ -284,14 +340,16 @@ pub fn train_run(
             drop(grads);
             timer.end_step(effective_batch);
             host_peak.sample();
-            if device.is_cuda()
-                && let Some(used) = crate::util::gpu::device_used_bytes()
-            {
-                peak_device = Some(peak_device.map_or(used, |p| p.max(used)));
-            }
             step += 1;
-            if last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_SECS {
+            if last_progress.elapsed().as_secs_f64() >= progress_every {
                 last_progress = Instant::now();
+                // The one device read of a progress tick: it waits for the device, which
+                // then also lets the timer resolve its marks.
+                tally.drain_into(&mut loss_sum, &mut correct)?;
+                timer.flush().map_err(|reason| EngineError::Device {
+                    device: format!("{device:?}"),
+                    reason,
+                })?;
                 let s = timer.summary();
                 sink.emit(Event::Progress {
                     arm: arm.label.clone(),
@@ -309,6 +367,11 @@ pub fn train_run(
                 });
             }
         }
+        tally.drain_into(&mut loss_sum, &mut correct)?;
+        timer.flush().map_err(|reason| EngineError::Device {
+            device: format!("{device:?}"),
+            reason,
+        })?;
         drop(batches);
         host_peak.sample();
         // The epoch's images/s is the run's definition over this epoch's timed steps.
@@ -395,7 +458,7 @@ pub fn train_run(
         timing: timer.summary(),
         peak_host_bytes: host_peak.peak(),
         host_bytes_at_start: host_peak.at_start(),
-        peak_device_bytes: peak_device,
+        peak_device_bytes: crate::util::gpu::pool_peak_bytes(device),
         device_bytes_at_start: device_at_start,
         amp: AmpReport {
             skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped_steps()),

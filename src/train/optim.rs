@@ -426,13 +426,13 @@ fn adam_update(
 
 /// Scales the gradients of `params` so their global L2 norm is at most `max_norm`; returns
 /// the norm before clipping (as `torch.nn.utils.clip_grad_norm_`, including its
-/// `max_norm / (norm + 1e-6)` coefficient). Parameters without a gradient are skipped. One
-/// device synchronisation in all.
+/// `max_norm / (norm + 1e-6)` coefficient, clamped to 1) as an f64 scalar tensor on the
+/// device. Parameters without a gradient are skipped. Nothing is read back to the host.
 pub fn clip_grad_norm(
     grads: &mut GradStore,
     params: &[&Var],
     max_norm: f64,
-) -> candle_core::Result<f64> {
+) -> candle_core::Result<Tensor> {
     let mut squares: Vec<Tensor> = Vec::new();
     for p in params {
         if let Some(g) = grads.get(p.as_tensor()) {
@@ -448,19 +448,18 @@ pub fn clip_grad_norm(
             squares.push(s);
         }
     }
-    if squares.is_empty() {
-        return Ok(0.0);
-    }
-    let norm = Tensor::stack(&squares, 0)?
-        .sum_all()?
-        .to_scalar::<f64>()?
-        .sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 || !coef.is_finite() {
-        for p in params {
-            if let Some(g) = grads.remove(p.as_tensor()) {
-                grads.insert(p.as_tensor(), (g * coef)?);
-            }
+    let Some(first) = squares.first() else {
+        return Tensor::new(0f64, &candle_core::Device::Cpu);
+    };
+    let device = first.device().clone();
+    let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
+    // min(max_norm / (norm + 1e-6), 1), applied to every gradient on the device (as PyTorch
+    // does): no value comes back to the host, so the step does not wait for the device.
+    let coef = ((&norm + 1e-6)?.recip()? * max_norm)?.clamp(0f64, 1f64)?;
+    for p in params {
+        if let Some(g) = grads.remove(p.as_tensor()) {
+            let c = coef.to_device(&device)?.to_dtype(g.dtype())?;
+            grads.insert(p.as_tensor(), g.broadcast_mul(&c)?);
         }
     }
     Ok(norm)
@@ -725,11 +724,11 @@ mod tests {
             .and_then(|l| l.backward())
             .expect("grads");
         let norm = clip_grad_norm(&mut grads, &[&v, &u], 10.0).expect("clip");
-        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((norm.to_scalar::<f64>().expect("norm") - 5.0).abs() < 1e-6);
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
         assert_eq!(g, [3.0, 4.0], "under the limit: unchanged");
         let norm = clip_grad_norm(&mut grads, &[&v, &u], 1.0).expect("clip");
-        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((norm.to_scalar::<f64>().expect("norm") - 5.0).abs() < 1e-6);
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
         assert!(
             (g[0] - 0.599_999_9).abs() < 1e-6 && (g[1] - 0.799_999_8).abs() < 1e-6,

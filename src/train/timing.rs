@@ -1,6 +1,6 @@
-//! Honest step timing: per-phase wall time on a monotonic clock, warm-up steps excluded
-//! (and counted), an optional device synchronisation before every clock read, and the
-//! process's peak memory.
+//! Honest step timing: per-phase wall time on a monotonic clock — the host's, or on an
+//! asynchronous device the device's own ([`Timeline`], CUDA events) so that timing never
+//! makes a step wait — warm-up steps excluded (and counted), and peak memory.
 //!
 //! Warm-up steps are excluded because the first steps pay for one-off work (allocator
 //! growth, kernel selection, page faults on fresh buffers) that a long run amortises away;
@@ -89,10 +89,38 @@ pub struct StepTimer {
     measured_secs: f64,
     phase_secs: [f64; 5],
     step_phase_secs: [f64; 5],
-    step_start: Option<Instant>,
-    current: Option<(Phase, Instant)>,
+    /// Times in seconds since `origin` (host clock) or the timeline's origin.
+    step_start: Option<f64>,
+    current: Option<(Phase, f64)>,
+    origin: Option<Instant>,
     sync: Option<Box<dyn Fn() + Send>>,
     clock: Option<Box<dyn Fn() -> Instant + Send>>,
+    /// Set on an asynchronous device: marks are queued there and resolved at [`StepTimer::flush`].
+    timeline: Option<Box<dyn Timeline>>,
+    /// Marks queued on the timeline and not yet resolved, in order.
+    pending: Vec<Mark>,
+    timeline_error: Option<String>,
+}
+
+/// A point of a step the timer needs the time of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mark {
+    StepStart,
+    Phase(Phase),
+    StepEnd(u64),
+}
+
+/// A device's own clock for an asynchronous device (CUDA events on its stream): a mark is
+/// queued without waiting, and its time is known only once the device has reached it. The
+/// step loop then never waits for the device to time it, so the host can run ahead (queue
+/// the next batch's copy while the device computes) exactly as in a user's own training.
+pub trait Timeline: Send {
+    /// Queues a mark after the work queued so far; returns at once.
+    fn mark(&mut self) -> Result<(), String>;
+    /// Waits until the device has reached every queued mark and returns their times in
+    /// seconds (from any fixed origin), one per mark queued since the previous flush, in
+    /// order.
+    fn flush(&mut self) -> Result<Vec<f64>, String>;
 }
 
 impl std::fmt::Debug for StepTimer {
@@ -102,6 +130,7 @@ impl std::fmt::Debug for StepTimer {
             .field("steps", &self.steps)
             .field("in_step", &self.step_start.is_some())
             .field("synchronised", &self.sync.is_some())
+            .field("timeline", &self.timeline.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,8 +147,92 @@ impl StepTimer {
             step_phase_secs: [0.0; 5],
             step_start: None,
             current: None,
+            origin: None,
             sync: None,
             clock: None,
+            timeline: None,
+            pending: Vec::new(),
+            timeline_error: None,
+        }
+    }
+
+    /// Times steps on `timeline` (the device's clock) instead of the host's: no
+    /// synchronisation inside a step; the figures catch up at each [`StepTimer::flush`],
+    /// which the caller places where it reads results anyway (progress ticks, epoch ends).
+    pub fn with_timeline(mut self, timeline: Box<dyn Timeline>) -> Self {
+        self.timeline = Some(timeline);
+        self
+    }
+
+    /// Resolves the marks queued on the timeline (waits for the device); a no-op without
+    /// one. A failing device clock is an error: the figures would be wrong otherwise.
+    pub fn flush(&mut self) -> Result<(), String> {
+        let Some(tl) = self.timeline.as_mut() else {
+            return Ok(());
+        };
+        if let Some(e) = self.timeline_error.take() {
+            return Err(format!("the device clock could not queue a mark: {e}"));
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let times = tl.flush()?;
+        if times.len() != self.pending.len() {
+            return Err(format!(
+                "the device clock returned {} times for {} marks",
+                times.len(),
+                self.pending.len()
+            ));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for (mark, t) in pending.into_iter().zip(times) {
+            self.apply(mark, t);
+        }
+        Ok(())
+    }
+
+    /// Records `mark` now (host clock) or queues it on the timeline.
+    fn record(&mut self, mark: Mark) {
+        if let Some(tl) = self.timeline.as_mut() {
+            match tl.mark() {
+                Ok(()) => self.pending.push(mark),
+                // Reported by the next flush: figures with a missing mark would be wrong.
+                Err(e) => {
+                    self.timeline_error.get_or_insert(e);
+                }
+            }
+            return;
+        }
+        let now = self.now();
+        let origin = *self.origin.get_or_insert(now);
+        self.apply(mark, now.duration_since(origin).as_secs_f64());
+    }
+
+    fn apply(&mut self, mark: Mark, t: f64) {
+        match mark {
+            Mark::StepStart => {
+                self.step_phase_secs = [0.0; 5];
+                self.current = None;
+                self.step_start = Some(t);
+            }
+            Mark::Phase(phase) => {
+                self.close_phase(t);
+                self.current = Some((phase, t));
+            }
+            Mark::StepEnd(images) => {
+                self.close_phase(t);
+                let Some(start) = self.step_start.take() else {
+                    return;
+                };
+                self.steps += 1;
+                if self.steps > self.warmup_steps {
+                    self.measured_secs += (t - start).max(0.0);
+                    self.measured_images += images;
+                    for (total, step) in self.phase_secs.iter_mut().zip(self.step_phase_secs) {
+                        *total += step;
+                    }
+                }
+            }
         }
     }
 
@@ -131,15 +244,15 @@ impl StepTimer {
         self
     }
 
-    /// Calls `sync` before every clock read. On CUDA the caller passes a closure that calls
-    /// `device.synchronize()`: GPU work is asynchronous, and without it a phase would be
-    /// charged only for queuing its kernels and the next blocking call for running them.
+    /// Calls `sync` before every clock read: for a caller that wants each phase to wait for
+    /// an asynchronous device (a diagnostic; it changes what is measured, since the host can
+    /// no longer run ahead). annt's training loop uses [`StepTimer::with_timeline`] instead.
     pub fn with_sync(mut self, sync: Box<dyn Fn() + Send>) -> Self {
         self.sync = Some(sync);
         self
     }
 
-    /// Completed steps so far, warm-up included.
+    /// Completed steps so far, warm-up included (on a timeline: up to the last flush).
     pub fn steps(&self) -> u64 {
         self.steps
     }
@@ -160,40 +273,24 @@ impl StepTimer {
 
     /// Starts a step (discarding a step that was started but never ended).
     pub fn start_step(&mut self) {
-        self.step_phase_secs = [0.0; 5];
-        self.current = None;
-        self.step_start = Some(self.now());
+        self.record(Mark::StepStart);
     }
 
     /// Closes the running phase at now and starts `phase`.
     pub fn phase(&mut self, phase: Phase) {
-        let now = self.now();
-        self.close_phase(now);
-        self.current = Some((phase, now));
+        self.record(Mark::Phase(phase));
     }
 
-    fn close_phase(&mut self, now: Instant) {
+    fn close_phase(&mut self, now: f64) {
         if let Some((p, start)) = self.current.take() {
-            self.step_phase_secs[p.index()] += now.duration_since(start).as_secs_f64();
+            self.step_phase_secs[p.index()] += (now - start).max(0.0);
         }
     }
 
     /// Closes the running phase and the step, in which `images` were trained. Does nothing
     /// when no step was started.
     pub fn end_step(&mut self, images: u64) {
-        let now = self.now();
-        self.close_phase(now);
-        let Some(start) = self.step_start.take() else {
-            return;
-        };
-        self.steps += 1;
-        if self.steps > self.warmup_steps {
-            self.measured_secs += now.duration_since(start).as_secs_f64();
-            self.measured_images += images;
-            for (total, step) in self.phase_secs.iter_mut().zip(self.step_phase_secs) {
-                *total += step;
-            }
-        }
+        self.record(Mark::StepEnd(images));
     }
 
     /// The totals so far as per-step means.
@@ -423,6 +520,70 @@ mod tests {
         t.phase(Phase::Backward);
         t.end_step(1);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    /// A device clock driven by hand: each mark takes the time the test set last.
+    struct FakeTimeline {
+        now: Arc<AtomicU64>,
+        queued: Vec<f64>,
+        flushes: Arc<AtomicU64>,
+    }
+
+    impl Timeline for FakeTimeline {
+        fn mark(&mut self) -> Result<(), String> {
+            self.queued
+                .push(self.now.load(Ordering::SeqCst) as f64 / 1000.0);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<Vec<f64>, String> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(std::mem::take(&mut self.queued))
+        }
+    }
+
+    #[test]
+    fn a_device_timeline_is_read_only_at_flushes_and_gives_the_same_figures() {
+        let now = Arc::new(AtomicU64::new(0));
+        let flushes = Arc::new(AtomicU64::new(0));
+        let mut t = StepTimer::new(1).with_timeline(Box::new(FakeTimeline {
+            now: Arc::clone(&now),
+            queued: Vec::new(),
+            flushes: Arc::clone(&flushes),
+        }));
+        let at = |ms: u64| now.store(ms, Ordering::SeqCst);
+        // Three steps of 10 ms data wait + 30 ms forward; the first is warm-up.
+        for step in 0..3u64 {
+            at(step * 100);
+            t.start_step();
+            t.phase(Phase::DataWait);
+            at(step * 100 + 10);
+            t.phase(Phase::Forward);
+            at(step * 100 + 40);
+            t.end_step(8);
+        }
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            0,
+            "no read inside the steps"
+        );
+        assert_eq!(
+            t.summary().measured_steps,
+            0,
+            "nothing resolved before a flush"
+        );
+        t.flush().expect("flush");
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+        let s = t.summary();
+        assert_eq!(
+            (s.warmup_steps, s.measured_steps, s.measured_images),
+            (1, 2, 16)
+        );
+        assert!((s.ms_per_step - 40.0).abs() < 1e-9, "{s:?}");
+        assert!((phase_ms(&s, Phase::DataWait) - 10.0).abs() < 1e-9);
+        assert!((phase_ms(&s, Phase::Forward) - 30.0).abs() < 1e-9);
+        assert!((s.images_per_sec - 200.0).abs() < 1e-6);
+        t.flush().expect("an empty flush");
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "nothing queued: no wait");
     }
 
     #[test]

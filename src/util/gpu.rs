@@ -66,16 +66,47 @@ pub fn device_used_bytes() -> Option<u64> {
     imp::device_used_bytes()
 }
 
-/// Lets cuBLAS use TF32 for f32 matrix products (a process-wide Candle setting); a no-op
-/// without CUDA.
+/// Lets cuBLAS (a process-wide Candle setting) and annt's cuDNN convolutions use TF32 for
+/// f32 work; off, both do true f32 arithmetic. A no-op without CUDA.
 pub fn set_tf32(on: bool) {
     imp::set_tf32(on);
+}
+
+/// Resets the high-water mark of `device`'s stream-ordered memory pool (where Candle's
+/// tensors live) and keeps freed memory in the pool (release threshold = ∞) so it is not
+/// returned to the driver at every synchronisation. Returns the bytes in use now, or `None`
+/// on a device without a pool (the CPU).
+pub fn pool_reset_peak(device: &candle_core::Device) -> Option<u64> {
+    imp::pool_reset_peak(device)
+}
+
+/// The most bytes `device`'s memory pool held in use since [`pool_reset_peak`]: the
+/// activation peak of a run (weights, optimizer state, activations, gradients, cuDNN
+/// workspaces), not `total − free` after a sync. A driver query; it does not wait for the
+/// device.
+pub fn pool_peak_bytes(device: &candle_core::Device) -> Option<u64> {
+    imp::pool_peak_bytes(device)
+}
+
+/// The device's own clock for the step timer (CUDA events on the device's stream); `None` on
+/// the CPU, whose work is synchronous.
+pub fn timeline(device: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
+    imp::timeline(device)
 }
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
     pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, String> {
         Err("this build has no CUDA support (the annt-cuda build has it)".into())
+    }
+    pub fn pool_reset_peak(_: &candle_core::Device) -> Option<u64> {
+        None
+    }
+    pub fn pool_peak_bytes(_: &candle_core::Device) -> Option<u64> {
+        None
+    }
+    pub fn timeline(_: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
+        None
     }
     pub fn device_used_bytes() -> Option<u64> {
         None
@@ -118,6 +149,158 @@ mod imp {
 
     pub fn set_tf32(on: bool) {
         candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+        crate::models::layers::kernels::cuda::set_tf32(on);
+    }
+
+    /// The default memory pool of `device`'s GPU (cudarc's `alloc` is `cuMemAllocAsync`,
+    /// which allocates from it).
+    fn default_pool(device: &candle_core::Device) -> Option<sys::CUmemoryPool> {
+        let dev = device.as_cuda_device().ok()?;
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        ctx.bind_to_thread().ok()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: writes one pool handle for a device obtained from a live context.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+            .result()
+            .ok()?;
+        Some(pool)
+    }
+
+    fn pool_attr(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: the used-memory and threshold attributes are cuuint64_t, written to `value`.
+        unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut value as *mut u64).cast()) }
+            .result()
+            .ok()?;
+        Some(value)
+    }
+
+    pub fn pool_reset_peak(device: &candle_core::Device) -> Option<u64> {
+        use sys::CUmemPool_attribute::{
+            CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        };
+        let pool = default_pool(device)?;
+        let mut keep: u64 = u64::MAX;
+        let mut zero: u64 = 0;
+        // SAFETY: both attributes take a cuuint64_t; the high-water mark may only be set to 0.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+            .result()
+            .ok()?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+            .result()
+            .ok()?;
+        }
+        pool_attr(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+    }
+
+    pub fn pool_peak_bytes(device: &candle_core::Device) -> Option<u64> {
+        pool_attr(
+            default_pool(device)?,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        )
+    }
+
+    pub fn timeline(
+        device: &candle_core::Device,
+    ) -> Option<Box<dyn crate::train::timing::Timeline>> {
+        let stream = device.as_cuda_device().ok()?.cuda_stream();
+        Some(Box::new(EventTimeline {
+            stream,
+            base: None,
+            queued: Vec::new(),
+            free: Vec::new(),
+        }))
+    }
+
+    use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream};
+    use std::sync::Arc;
+
+    /// Timing events on the training stream, recycled after each flush. Times are kept
+    /// relative to the previous flush's last event (plus its time), so f32 milliseconds
+    /// never have to span a whole run.
+    struct EventTimeline {
+        stream: Arc<CudaStream>,
+        base: Option<(CudaEvent, f64)>,
+        queued: Vec<CudaEvent>,
+        free: Vec<CudaEvent>,
+    }
+
+    impl crate::train::timing::Timeline for EventTimeline {
+        fn mark(&mut self) -> Result<(), String> {
+            let event = match self.free.pop() {
+                Some(e) => {
+                    e.record(&self.stream).map_err(|e| e.to_string())?;
+                    e
+                }
+                None => self
+                    .stream
+                    .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(|e| e.to_string())?,
+            };
+            self.queued.push(event);
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<Vec<f64>, String> {
+            let Some(last) = self.queued.last() else {
+                return Ok(Vec::new());
+            };
+            last.synchronize().map_err(|e| e.to_string())?;
+            let queued = std::mem::take(&mut self.queued);
+            let mut times = Vec::with_capacity(queued.len());
+            let (base, base_t) = match self.base.take() {
+                Some(b) => b,
+                None => {
+                    let mut it = queued.into_iter();
+                    let Some(first) = it.next() else {
+                        return Ok(times);
+                    };
+                    times.push(0.0);
+                    let rest: Vec<CudaEvent> = it.collect();
+                    return self.finish(first, 0.0, rest, times);
+                }
+            };
+            self.finish(base, base_t, queued, times)
+        }
+    }
+
+    impl EventTimeline {
+        /// Times `events` against `base` (at `base_t`), recycles all but the last, which
+        /// becomes the next base.
+        fn finish(
+            &mut self,
+            base: CudaEvent,
+            base_t: f64,
+            events: Vec<CudaEvent>,
+            mut times: Vec<f64>,
+        ) -> Result<Vec<f64>, String> {
+            for e in &events {
+                let ms = base.elapsed_ms(e).map_err(|e| e.to_string())?;
+                times.push(base_t + f64::from(ms) / 1000.0);
+            }
+            let mut events = events;
+            match events.pop() {
+                Some(last) => {
+                    let t = times.last().copied().unwrap_or(base_t);
+                    self.free.push(base);
+                    self.free.append(&mut events);
+                    self.base = Some((last, t));
+                }
+                None => self.base = Some((base, base_t)),
+            }
+            Ok(times)
+        }
     }
 
     fn list() -> Result<Vec<CudaDevice>, String> {

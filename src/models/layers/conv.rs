@@ -5,15 +5,15 @@
 //! ([`kernels_cpu::col2im`]), so the input gradient costs what the forward costs instead of
 //! Candle's naive transposed convolution. Depthwise convolutions get direct kernels instead
 //! of Candle's one-conv-per-channel loop. [`Kernels::CandleStock`] selects Candle's own
-//! `conv2d` (and its backward) — the reference the tests and the benchmark compare against —
-//! and any non-CPU device uses it too until the CUDA issue adds cuDNN kernels behind
-//! [`conv2d`].
+//! `conv2d` (and its backward) — the reference the tests and the benchmark compare against.
+//! On CUDA (the `cudnn` build) convolutions and both gradients run on cuDNN
+//! (`kernels::cuda::conv`); [`super::kernels::Backend`] decides, once per call.
 
-use candle_core::{DType, Device, Result, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 
 use super::Kernels;
 use super::custom::{attach2, map_real, map_real2};
-use super::kernels_cpu::{self, Window};
+use super::kernels::{Backend, Window, cpu as kernels_cpu};
 
 /// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
 /// from the weight).
@@ -48,15 +48,6 @@ impl ConvSpec {
 pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, kernels: Kernels) -> Result<Tensor> {
     let dtype = x.dtype();
     let w = w.to_dtype(dtype)?;
-    if matches!(x.device(), Device::Cpu) && matches!(dtype, DType::F16 | DType::BF16) {
-        return conv2d(
-            &x.to_dtype(DType::F32)?,
-            &w.to_dtype(DType::F32)?,
-            spec,
-            kernels,
-        )?
-        .to_dtype(dtype);
-    }
     let (_, c, _, _) = x.dims4()?;
     let (c_out, c_per_group, _, _) = w.dims4()?;
     if c != c_per_group * spec.groups {
@@ -65,17 +56,22 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, kernels: Kernels) -> Resul
             spec.groups
         );
     }
-    let annt_path = kernels == Kernels::Annt && matches!(x.device(), Device::Cpu);
-    if !annt_path {
-        return x.conv2d(&w, spec.padding, spec.stride, 1, spec.groups);
-    }
-    if spec.groups == 1 {
-        dense(x, &w, spec)
-    } else if spec.groups == c && c_out == c {
-        depthwise(x, &w, spec)
-    } else {
-        // No model annt builds uses other group counts; Candle's loop is correct, just slow.
-        x.conv2d(&w, spec.padding, spec.stride, 1, spec.groups)
+    let backend = Backend::select(x.device(), kernels);
+    match backend {
+        Backend::Cpu if matches!(dtype, DType::F16 | DType::BF16) => conv2d(
+            &x.to_dtype(DType::F32)?,
+            &w.to_dtype(DType::F32)?,
+            spec,
+            kernels,
+        )?
+        .to_dtype(dtype),
+        Backend::Cpu if spec.groups == 1 => dense(x, &w, spec),
+        Backend::Cpu if spec.groups == c && c_out == c => depthwise(x, &w, spec),
+        #[cfg(feature = "cudnn")]
+        Backend::Cuda => super::kernels::cuda::conv::conv2d(x, &w, spec),
+        // Candle's reference; also other group counts on the CPU (no model annt builds uses
+        // them: Candle's loop is correct, just slow) and a `cuda` build without cuDNN.
+        _ => x.conv2d(&w, spec.padding, spec.stride, 1, spec.groups),
     }
 }
 

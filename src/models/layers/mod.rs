@@ -11,7 +11,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod custom;
-pub mod kernels_cpu;
+pub mod kernels;
 pub mod linear;
 pub mod loss;
 pub mod norm;

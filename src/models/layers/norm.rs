@@ -6,13 +6,13 @@
 //! the running estimate, `running = (1 − momentum)·running + momentum·batch`, running
 //! statistics in evaluation.
 
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{D, DType, Result, Tensor, Var};
 
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
 use super::custom::{attach2, map_real, map_real_n};
-use super::kernels_cpu;
+use super::kernels::{Backend, cpu as kernels_cpu};
 use super::{ForwardCtx, norm_dtype};
 
 #[derive(Clone, Debug)]
@@ -58,12 +58,26 @@ impl BatchNorm2d {
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(norm_dtype(dtype))?;
+        // Batch norm has no Candle op to compare against, so `Kernels::CandleStock` does not
+        // change it: the backend follows the device alone.
         let y = if !ctx.train {
             self.forward_eval(&x)?
-        } else if matches!(x.device(), Device::Cpu) {
-            self.forward_train_fused(&x)?
         } else {
-            self.forward_train_ops(&x)?
+            match Backend::select(x.device(), super::Kernels::Annt) {
+                Backend::Cpu => self.forward_train_fused(&x)?,
+                #[cfg(feature = "cuda")]
+                Backend::Cuda if x.dtype() == DType::F32 => {
+                    let (y, mean, var) = super::kernels::cuda::norm::batch_norm_train(
+                        &x,
+                        self.weight.as_tensor(),
+                        self.bias.as_tensor(),
+                        self.eps,
+                    )?;
+                    self.update_running(&mean, &var, x.elem_count() / x.dim(1)?)?;
+                    y
+                }
+                _ => self.forward_train_ops(&x)?,
+            }
         };
         y.to_dtype(dtype)
     }

@@ -1,11 +1,11 @@
 //! Pooling: max pooling with overlapping windows (the ImageNet ResNet stem's 3×3, stride 2,
 //! padding 1), whose backward Candle lacks, and global average pooling.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::Kernels;
 use super::custom::{attach1, map_real, map_real2};
-use super::kernels_cpu::{self, Window};
+use super::kernels::{Backend, Window, cpu as kernels_cpu};
 
 /// Max pooling over `k × k` windows with the given stride and padding (padding never wins).
 pub fn max_pool2d(
@@ -16,8 +16,12 @@ pub fn max_pool2d(
     kernels: Kernels,
 ) -> Result<Tensor> {
     let dtype = x.dtype();
-    let on_cpu = matches!(x.device(), Device::Cpu);
-    if kernels == Kernels::CandleStock || !on_cpu {
+    let backend = Backend::select(x.device(), kernels);
+    #[cfg(feature = "cuda")]
+    if backend == Backend::Cuda {
+        return super::kernels::cuda::pool::max_pool2d(x, k, stride, padding);
+    }
+    if backend != Backend::Cpu {
         // Candle pools without padding. Zero padding equals −∞ padding only for inputs ≥ 0,
         // which holds in the one place annt pools (after a ReLU).
         let x = if padding > 0 {

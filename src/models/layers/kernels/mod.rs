@@ -1,0 +1,75 @@
+//! Which implementation runs each of the heavy ops — convolution, max pooling, batch norm in
+//! training — decided in one place, [`Backend::select`], and matched on once per op (in
+//! `conv::conv2d`, `pool::max_pool2d`, `norm::BatchNorm2d::forward`).
+//!
+//! - [`cpu`]: plain-slice CPU kernels (im2col/col2im, direct depthwise, overlapping max-pool
+//!   backward, batch-norm passes); the layer files wrap them into tensors with a backward.
+//! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
+//!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA
+//!   kernels (`kernels/cuda/annt_kernels.cu`, compiled to PTX by `build.rs`) for max pooling and
+//!   fused batch norm.
+//! - [`Backend::CandleStock`]: Candle's own ops and their backward — the reference the tests
+//!   and the benchmark compare against, and what a device with no annt kernel for an op uses.
+//!
+//! Every CUDA kernel has a check against the CPU path in `annt selftest`
+//! (`crate::engine::selftest`), which runs the moment a GPU exists.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod plan;
+
+pub use cpu::Window;
+
+use candle_core::Device;
+
+use super::Kernels;
+
+/// The implementation one op runs on for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// annt's CPU kernels.
+    Cpu,
+    /// annt's CUDA path (cuDNN and annt's PTX kernels).
+    Cuda,
+    /// Candle's own op.
+    CandleStock,
+}
+
+impl Backend {
+    /// The backend for an op on `device` under the `kernels` choice. A CUDA device in a build
+    /// without the `cuda` feature cannot exist, and Metal has no annt kernels: both get
+    /// Candle's ops.
+    pub fn select(device: &Device, kernels: Kernels) -> Self {
+        match (kernels, device) {
+            (Kernels::CandleStock, _) => Backend::CandleStock,
+            (Kernels::Annt, Device::Cpu) => Backend::Cpu,
+            #[cfg(feature = "cuda")]
+            (Kernels::Annt, Device::Cuda(_)) => Backend::Cuda,
+            _ => Backend::CandleStock,
+        }
+    }
+
+    /// Whether convolutions on this backend go through cuDNN: the CUDA path in a build with
+    /// the `cudnn` feature. A `cuda` build without it uses Candle's convolution (whose input
+    /// gradient is a naive transposed convolution) and says so in `annt selftest`.
+    pub fn conv_on_cudnn(self) -> bool {
+        self == Backend::Cuda && cfg!(feature = "cudnn")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_gets_annt_kernels_unless_the_reference_is_asked_for() {
+        assert_eq!(Backend::select(&Device::Cpu, Kernels::Annt), Backend::Cpu);
+        assert_eq!(
+            Backend::select(&Device::Cpu, Kernels::CandleStock),
+            Backend::CandleStock
+        );
+        assert!(!Backend::Cpu.conv_on_cudnn());
+        assert_eq!(Backend::Cuda.conv_on_cudnn(), cfg!(feature = "cudnn"));
+    }
+}

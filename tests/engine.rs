@@ -347,3 +347,49 @@ fn reaching_the_target_accuracy_ends_the_run_and_records_the_time() {
     let t = r.time_to_target_secs.expect("time to target");
     assert!(t > 0.0 && t <= r.wall_secs + 1e-9);
 }
+
+/// The step loop reads nothing back from the device per step: the running loss and the
+/// correct count are read once per progress tick and once per epoch (each read would make a
+/// GPU step wait). Four micro-batches per step make a per-micro-batch read impossible to
+/// hide inside the bound.
+#[test]
+fn the_step_loop_reads_the_device_at_most_once_per_progress_tick_and_epoch() {
+    let mut run = quick("resnet8-tiny", 8, 4);
+    run.data.train_limit = Some(256);
+    run.train.epochs = 2;
+    let data = Arc::new(open_data(&run.data, &SessionOptions::default()).expect("data"));
+    let arm = Arm {
+        label: "arm".into(),
+        run,
+    };
+    let mut sink = VecSink::default();
+    let before = annt::engine::trainer::host_reads_on_this_thread();
+    let trained = train_run(
+        &arm,
+        RunPlace::single(),
+        &data,
+        &Device::Cpu,
+        &mut sink,
+        &StopFlag::new(),
+    )
+    .expect("train");
+    let reads = annt::engine::trainer::host_reads_on_this_thread() - before;
+    let ticks = sink
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Progress { .. }))
+        .count() as u64;
+    let steps = trained.result.optimizer_steps;
+    let epochs = trained.result.epochs.len() as u64;
+    assert_eq!(steps, 16, "256 images / (8 × 4) × 2 epochs");
+    assert!(reads >= epochs, "the epoch figures were read: {reads}");
+    assert!(
+        reads <= ticks + epochs,
+        "{reads} device reads for {ticks} progress ticks and {epochs} epochs ({steps} steps)"
+    );
+    assert!(reads < 4 * steps, "not one read per micro-batch");
+    // The figures read in batches are the same as reading every micro-batch would give.
+    let last = trained.result.epochs.last().expect("epoch");
+    assert!(last.train_loss.is_finite() && last.train_loss > 0.0);
+    assert!((0.0..=1.0).contains(&last.train_accuracy));
+}

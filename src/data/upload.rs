@@ -34,13 +34,13 @@ pub fn to_device<S: BatchStorage>(
 /// Like [`to_device`] for the training loader's buffers: a pinned buffer (the pinned-memory
 /// switch on CUDA) goes up as an asynchronous DMA copy, a heap buffer as [`to_device`] does.
 pub fn to_device_staged(
-    batch: &Batch<crate::accel::pinned::HostBuffer>,
+    batch: &mut Batch<crate::accel::pinned::HostBuffer>,
     norm: &Normalization,
     device: &Device,
     resize: Option<usize>,
 ) -> Result<DeviceBatch, DataError> {
     #[cfg(feature = "cuda")]
-    if let crate::accel::pinned::HostBuffer::Pinned(p) = &batch.pixels {
+    if let crate::accel::pinned::HostBuffer::Pinned(p) = &mut batch.pixels {
         let (n, h, w) = (batch.len, batch.height, batch.width);
         let flat = crate::accel::pinned::cuda::upload(p, device)?;
         let raw = flat

@@ -250,9 +250,10 @@ pub fn train_run(
         loader_cfg.augment = crate::data::augment::Augment::NONE;
     }
 
+    let staging = crate::accel::pinned::Staging::new(sw.pinned_memory, device)?;
     'epochs: for epoch in 0..epochs {
         // The pinned-memory switch decides where batches wait (see accel::pinned).
-        let alloc = crate::accel::pinned::allocator(sw.pinned_memory, device)?;
+        let alloc = staging.allocator();
         let mut batches =
             Prefetcher::with_storage(Arc::clone(data), Split::Train, loader_cfg, epoch, alloc);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
@@ -267,9 +268,9 @@ pub fn train_run(
             for micro in 0..k {
                 timer.phase(Phase::DataWait);
                 let Some(batch) = batches.next() else { break };
-                let batch = batch?;
+                let mut batch = batch?;
                 timer.phase(Phase::HostToDevice);
-                let db = upload::to_device_staged(&batch, &data.normalization, device, resize)?;
+                let db = upload::to_device_staged(&mut batch, &data.normalization, device, resize)?;
                 batches.recycle(batch.pixels);
                 timer.phase(Phase::Forward);
                 let seed = mix_seed(&[t.seed, step, micro as u64]);

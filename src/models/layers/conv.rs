@@ -276,15 +276,7 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let y = conv2d(x, self.weight.as_tensor(), self.spec, kernels)?;
         match &self.bias {
-            Some(bias) => {
-                let c = bias.dim(0)?;
-                y.broadcast_add(
-                    &bias
-                        .as_tensor()
-                        .to_dtype(y.dtype())?
-                        .reshape((1, c, 1, 1))?,
-                )
-            }
+            Some(bias) => super::linear::add_bias(&y, bias.as_tensor(), 1),
             None => Ok(y),
         }
     }

@@ -69,6 +69,18 @@ fn cpu_copy(value: &Tensor) -> Result<(CpuStorage, Shape)> {
     Ok((storage, value.shape().clone()))
 }
 
+/// A device-to-device copy of a CUDA value (queued on its stream; no host round trip).
+#[cfg(feature = "cuda")]
+fn cuda_copy(value: &Tensor) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let value = value.contiguous()?;
+    let (storage, layout) = value.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) => Ok((s.try_clone(layout)?, value.shape().clone())),
+        _ => bail!("an attached value on a CUDA op is not on the GPU"),
+    }
+}
+
 struct Attached1 {
     name: &'static str,
     value: Tensor,
@@ -81,6 +93,14 @@ impl CustomOp1 for Attached1 {
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         cpu_copy(&self.value)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda_copy(&self.value)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         (self.backward)(&arg.detach(), &grad_res.detach()).map(Some)
@@ -105,6 +125,16 @@ impl CustomOp2 for Attached2 {
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         cpu_copy(&self.value)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda_copy(&self.value)
     }
     fn bwd(
         &self,

@@ -19,6 +19,42 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
+/// `y + bias`, the bias along dimension `dim` of `y` (1 for a `rows × out` product and for
+/// NCHW convolutions), in `y`'s dtype.
+///
+/// In half precision the bias gradient — a sum of the output gradient over every other
+/// dimension, tens of thousands of terms — is accumulated in f32: Candle's own half-precision
+/// sums accumulate in half, which loses the small terms. (The value costs one extra copy in
+/// half precision; f32 and f64 take the plain broadcast, whose sums are already exact enough.)
+pub fn add_bias(y: &Tensor, bias: &Tensor, dim: usize) -> Result<Tensor> {
+    let dtype = y.dtype();
+    let c = bias.dim(0)?;
+    let mut shape = vec![1usize; y.rank()];
+    if dim >= shape.len() {
+        candle_core::bail!("add_bias: dimension {dim} of a rank-{} tensor", y.rank());
+    }
+    shape[dim] = c;
+    let b = bias.to_dtype(dtype)?.reshape(shape.as_slice())?;
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return y.broadcast_add(&b);
+    }
+    let value = y.detach().broadcast_add(&b.detach())?;
+    let sum_dims: Vec<usize> = (0..y.rank()).filter(|&d| d != dim).collect();
+    super::custom::attach2(
+        "annt-bias-add-f32-grad",
+        y,
+        bias,
+        value,
+        Box::new(move |_y, bias, grad| {
+            let grad_bias = grad
+                .to_dtype(DType::F32)?
+                .sum(sum_dims.as_slice())?
+                .to_dtype(bias.dtype())?;
+            Ok((grad.clone(), grad_bias))
+        }),
+    )
+}
+
 /// `y = x·Wᵀ + b` over the last dimension of `x`, with PyTorch's `weight` `[out, in]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -75,12 +111,61 @@ impl Linear {
         let x2 = x.reshape((rows, d_in))?;
         let mut y = matmul(&x2, &self.weight.as_tensor().to_dtype(dtype)?.t()?)?;
         if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.as_tensor().to_dtype(dtype)?)?;
+            y = add_bias(&y, bias.as_tensor(), 1)?;
         }
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = d_out;
         }
         y.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod bias_tests {
+    use super::*;
+
+    /// 4096 rows of gradient 1: a bf16 running sum stops growing at 256 (8 bits of
+    /// mantissa), the f32 accumulation gives the exact 4096.
+    #[test]
+    fn a_half_precision_bias_gradient_is_summed_in_f32() {
+        let dev = Device::Cpu;
+        let bias = Var::new(&[0.5f32, -0.25], &dev).expect("bias");
+        let y = Tensor::zeros((4096, 2), DType::BF16, &dev).expect("y");
+        let out = add_bias(&y, bias.as_tensor(), 1).expect("add");
+        assert_eq!(out.dtype(), DType::BF16);
+        let first: Vec<f32> = out
+            .get(0)
+            .and_then(|r| r.to_dtype(DType::F32))
+            .and_then(|r| r.to_vec1())
+            .expect("row");
+        assert_eq!(first, [0.5, -0.25]);
+        let grads = out
+            .to_dtype(DType::F32)
+            .and_then(|o| o.sum_all())
+            .and_then(|l| l.backward())
+            .expect("backward");
+        let g: Vec<f32> = grads
+            .get(bias.as_tensor())
+            .expect("bias grad")
+            .to_vec1()
+            .expect("vec");
+        assert_eq!(g, [4096.0, 4096.0]);
+        // What Candle's own broadcast gives in bf16, for contrast.
+        let plain = y
+            .broadcast_add(&bias.as_tensor().to_dtype(DType::BF16).expect("cast"))
+            .and_then(|o| o.to_dtype(DType::F32))
+            .and_then(|o| o.sum_all())
+            .and_then(|l| l.backward())
+            .expect("backward");
+        let g: Vec<f32> = plain
+            .get(bias.as_tensor())
+            .expect("grad")
+            .to_vec1()
+            .expect("vec");
+        assert!(
+            g[0] < 4096.0,
+            "Candle's bf16 sum is exact here after all: {g:?}"
+        );
     }
 }

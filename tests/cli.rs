@@ -185,3 +185,28 @@ fn ctrl_c_keeps_the_finished_run_writes_the_report_and_exits_1() {
         "the stopped run is kept out of the means"
     );
 }
+
+/// The CPU build has nothing to check: it says so (and why) and exits 0, as text and JSON.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn selftest_on_the_cpu_build_explains_itself_and_exits_0() {
+    let out = annt(&["selftest"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("annt selftest: nothing to check") && text.contains("no CUDA support"),
+        "{text}"
+    );
+    let out = annt(&["selftest", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(json["nothing_to_check"].is_string(), "{json}");
+    assert_eq!(json["checks"].as_array().map(Vec::len), Some(0));
+    // A GPU cannot be asked for in a build without CUDA: exit 1 with the reason.
+    let out = annt(&["selftest", "--device", "cuda:0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CUDA"),
+        "{out:?}"
+    );
+}

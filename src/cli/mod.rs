@@ -4,6 +4,7 @@
 
 mod data_cmd;
 mod models_cmd;
+mod selftest_cmd;
 mod speed_cmd;
 mod train_cmd;
 
@@ -33,6 +34,9 @@ pub enum Command {
     /// Training throughput on synthetic data (the PyTorch peer's workload): one JSON line
     /// per precision mode.
     Speed(speed_cmd::SpeedArgs),
+    /// Check every GPU kernel against the CPU reference (op × dtype × max relative error),
+    /// then train a few steps of every model family on the GPU. Exit code 1 on a failure.
+    Selftest(selftest_cmd::SelftestArgs),
 }
 
 /// Runs the parsed command line; the caller turns an error into exit code 1.
@@ -43,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => train_cmd::run(args),
         Command::Bench(args) => train_cmd::bench(args),
         Command::Speed(args) => speed_cmd::run(args),
+        Command::Selftest(args) => selftest_cmd::run(args),
     }
 }
 

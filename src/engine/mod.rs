@@ -5,6 +5,7 @@
 //! [`EventSink`] it reports to and the [`StopFlag`] it polls after every micro-batch.
 
 pub mod event;
+pub mod selftest;
 pub mod session;
 pub mod trainer;
 

@@ -46,6 +46,7 @@ fn annt_name(peer: &str) -> &str {
         "efficientnet_b0" => "efficientnet-b0",
         "vit_b_16" => "vit-b16",
         "vit_tiny_p4" => "vit-ti4",
+        "resnet8_tiny" => "resnet8-tiny",
         other => other,
     }
 }

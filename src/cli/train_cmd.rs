@@ -98,9 +98,9 @@ pub struct BenchArgs {
     pub plan: PlanArg,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeats: u32,
-    /// Where to write the report (.json .csv .md .html).
-    #[arg(long)]
-    pub report: PathBuf,
+    /// Where to write the report (.json .csv .md .html); repeat for several formats.
+    #[arg(long, required = true)]
+    pub report: Vec<PathBuf>,
 }
 
 fn load_preset(flags: &RunFlags) -> anyhow::Result<Preset> {
@@ -168,7 +168,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         repeats: 1,
         preset,
     };
-    execute(&plan, args.report.as_deref())
+    execute(&plan, args.report.as_slice())
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -178,16 +178,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         PlanArg::Ablation => PlanKind::Ablation,
     };
     // Fail on a bad report path before training for minutes.
-    annt::report::ReportFormat::from_path(&args.report)?;
+    for path in &args.report {
+        annt::report::ReportFormat::from_path(path)?;
+    }
     let plan = Plan {
         kind,
         repeats: args.repeats as usize,
         preset,
     };
-    execute(&plan, Some(&args.report))
+    execute(&plan, &args.report)
 }
 
-fn execute(plan: &Plan, report: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn execute(plan: &Plan, reports: &[PathBuf]) -> anyhow::Result<()> {
     let stop = StopFlag::new();
     let handler_flag = stop.clone();
     let _ = ctrlc::set_handler(move || {
@@ -197,7 +199,7 @@ fn execute(plan: &Plan, report: Option<&std::path::Path>) -> anyhow::Result<()> 
     let mut sink = ConsoleSink::default();
     let session = run_session(plan, &SessionOptions::default(), &mut sink, &stop)?;
     sink.finish();
-    if let Some(path) = report {
+    for path in reports {
         annt::report::write_report(&session, path).with_context(|| "writing the report")?;
         eprintln!("report written: {}", path.display());
     }

@@ -46,10 +46,12 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, EngineError> {
                     ),
                 });
             }
-            Device::new_cuda(i).map_err(|e| EngineError::Device {
+            let device = Device::new_cuda(i).map_err(|e| EngineError::Device {
                 device: choice.to_string(),
                 reason: format!("{e}; choose the CPU (--device cpu)"),
-            })
+            })?;
+            crate::util::gpu::single_stream(&device);
+            Ok(device)
         }
     }
 }

@@ -59,13 +59,6 @@ pub fn cuda_device(ordinal: usize) -> Option<GpuInfo> {
         .map(|d| d.info)
 }
 
-/// Device memory in use on the current CUDA context (total − free, as the driver reports
-/// it: this process's tensors and Candle's pool, plus anything else on the card). Sampled
-/// after every step for the peak-memory figure; `None` without CUDA.
-pub fn device_used_bytes() -> Option<u64> {
-    imp::device_used_bytes()
-}
-
 /// Lets cuBLAS (a process-wide Candle setting) and annt's cuDNN convolutions use TF32 for
 /// f32 work; off, both do true f32 arithmetic. A no-op without CUDA.
 pub fn set_tf32(on: bool) {
@@ -88,6 +81,14 @@ pub fn pool_peak_bytes(device: &candle_core::Device) -> Option<u64> {
     imp::pool_peak_bytes(device)
 }
 
+/// Turns off cudarc's per-allocation event tracking on a freshly opened CUDA device: it
+/// creates two events for every tensor allocated (thousands per step) to order work across
+/// streams, and annt issues all of a device's work on one stream from one thread (the
+/// training thread). A no-op on the CPU.
+pub fn single_stream(device: &candle_core::Device) {
+    imp::single_stream(device);
+}
+
 /// The device's own clock for the step timer (CUDA events on the device's stream); `None` on
 /// the CPU, whose work is synchronous.
 pub fn timeline(device: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
@@ -102,13 +103,11 @@ mod imp {
     pub fn pool_reset_peak(_: &candle_core::Device) -> Option<u64> {
         None
     }
+    pub fn single_stream(_: &candle_core::Device) {}
     pub fn pool_peak_bytes(_: &candle_core::Device) -> Option<u64> {
         None
     }
     pub fn timeline(_: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
-        None
-    }
-    pub fn device_used_bytes() -> Option<u64> {
         None
     }
     pub fn set_tf32(_: bool) {}
@@ -140,11 +139,6 @@ mod imp {
         std::panic::catch_unwind(list).unwrap_or_else(|_| {
             Err("the NVIDIA driver library (libcuda.so.1) could not be loaded".into())
         })
-    }
-
-    pub fn device_used_bytes() -> Option<u64> {
-        let (free, total) = result::mem_get_info().ok()?;
-        Some(total.saturating_sub(free) as u64)
     }
 
     pub fn set_tf32(on: bool) {
@@ -209,6 +203,15 @@ mod imp {
             default_pool(device)?,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
         )
+    }
+
+    pub fn single_stream(device: &candle_core::Device) {
+        if let Ok(dev) = device.as_cuda_device() {
+            // SAFETY: annt uses each CUDA device from one stream (the training thread's;
+            // `engine::session` opens the device on the thread that trains on it), so no
+            // tensor is ever used on a second stream — the only case event tracking orders.
+            unsafe { dev.disable_event_tracking() };
+        }
     }
 
     pub fn timeline(

@@ -5,8 +5,8 @@
 #   packaging/linux/build-deb.sh cuda --no-build   package an existing target/cuda build
 # Extra arguments go to cargo-deb (e.g. `--features cudnn`, `--no-build`, `--fast`).
 # The CUDA build needs nvcc and the CUDA libraries: first
-#   bash ../shared/gpu/setup-cuda-toolchain.sh && source ~/.cache/annt-cuda/env.sh
-# (see ../shared/gpu/README.md). Packages go to target/debian/ (outside version control).
+#   WITH_CUDNN=1 bash tools/cuda/setup-toolchain.sh && source ~/.cache/annt-cuda/env.sh
+# (see docs/gpu.md). Packages go to target/debian/ (outside version control).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"

@@ -1,12 +1,13 @@
-//! Training throughput on synthetic data: the workload of `../shared/peer/torch_peer.py`
-//! (PyTorch's yardstick), run through annt's own trainer so the two can be compared on the
-//! same machine in the same session.
+//! Training throughput on synthetic data: the workload of `benches/torch_peer.py`
+//! (annt's PyTorch yardstick), run through annt's own trainer so the two can be compared on
+//! the same machine in the same session.
 //!
 //! The workload, as the peer's: a pool of 8 batches of random u8 images at the model's
 //! resolution (uploaded as u8 and normalised on the device), random labels, SGD with
 //! Nesterov momentum 0.9, lr 0.01, weight decay 5e-4, cross-entropy, `warmup` steps
-//! excluded, then `steps` optimiser steps timed with the device synchronised at every clock
-//! read (annt's step timer). No augmentation. The modes are the peer's: `fp32`, `tf32`
+//! excluded, then `steps` optimiser steps timed by annt's step timer (the host clock on the
+//! CPU; CUDA events on the training stream on a GPU, so no step waits for the device). No
+//! augmentation. The modes are the peer's: `fp32`, `tf32`
 //! (f32 with TF32 matrix products, CUDA only), `amp-bf16`, `amp-fp16` (with the loss
 //! scaler).
 

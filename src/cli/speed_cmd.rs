@@ -1,5 +1,5 @@
 //! `annt speed`: training throughput on synthetic data, one JSON line per mode, with the
-//! keys of `../shared/peer/torch_peer.py` so the two can share a table
+//! keys of `benches/torch_peer.py` so the two can share a table
 //! (`benches/compare_torch.py` runs both).
 
 use annt::bench::speed::{SpeedConfig, SpeedMode, measure};

@@ -56,6 +56,80 @@ pub fn attach2(
     )
 }
 
+/// A backward pass for three inputs: `(a, b, c, output_grad) → (a_grad, b_grad, c_grad)`.
+pub type Backward3 = Box<
+    dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<(Tensor, Tensor, Tensor)> + Send + Sync,
+>;
+
+/// As [`attach1`] for a value computed from three inputs.
+pub fn attach3(
+    name: &'static str,
+    inputs: [&Tensor; 3],
+    value: Tensor,
+    backward: Backward3,
+) -> Result<Tensor> {
+    let [a, b, c] = inputs;
+    if !a.track_op() && !b.track_op() && !c.track_op() {
+        return Ok(value);
+    }
+    a.apply_op3(
+        b,
+        c,
+        Attached3 {
+            name,
+            value,
+            backward,
+        },
+    )
+}
+
+struct Attached3 {
+    name: &'static str,
+    value: Tensor,
+    backward: Backward3,
+}
+
+impl candle_core::CustomOp3 for Attached3 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_copy(&self.value)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+        _: &candle_core::cuda_backend::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        cuda_copy(&self.value)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (ga, gb, gc) =
+            (self.backward)(&a.detach(), &b.detach(), &c.detach(), &grad_res.detach())?;
+        Ok((Some(ga), Some(gb), Some(gc)))
+    }
+}
+
 /// Copies a contiguous tensor's elements into a fresh `CpuStorage`.
 fn cpu_copy(value: &Tensor) -> Result<(CpuStorage, Shape)> {
     let flat = value.flatten_all()?;

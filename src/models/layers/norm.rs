@@ -11,7 +11,7 @@ use candle_core::{D, DType, Result, Tensor, Var};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
-use super::custom::{attach2, map_real, map_real_n};
+use super::custom::{attach3, map_real, map_real_n};
 use super::kernels::{Backend, cpu as kernels_cpu};
 use super::{ForwardCtx, norm_dtype};
 
@@ -154,17 +154,18 @@ impl BatchNorm2d {
             .to_vec1()?;
         let mean: Vec<f64> = mean.to_dtype(DType::F64)?.to_vec1()?;
         let gamma: Vec<f64> = self.weight.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
-        // value = x̂·γ; β is added below with an ordinary (differentiable) op.
+        let beta: Vec<f64> = self.bias.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
+        // value = x̂·γ + β in one pass; β's gradient is Σdy, which the backward's sums give
+        // anyway (a separate broadcast add would cost a strided reduction per layer).
         let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
-        let shift: Vec<f64> = scale.iter().zip(&mean).map(|(s, m)| -s * m).collect();
+        let shift: Vec<f64> = (0..c).map(|i| beta[i] - scale[i] * mean[i]).collect();
         let value = affine(&x, None, &scale, None, &shift, c, hw)?;
         let count = (n * hw) as f64;
-        let y = attach2(
+        attach3(
             "annt-batch-norm",
-            &x,
-            self.weight.as_tensor(),
+            [&x, self.weight.as_tensor(), self.bias.as_tensor()],
             value,
-            Box::new(move |x, gamma_t, grad| {
+            Box::new(move |x, gamma_t, beta_t, grad| {
                 let grad = grad.contiguous()?;
                 let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
                 let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
@@ -189,10 +190,11 @@ impl BatchNorm2d {
                 let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
                 let grad_gamma =
                     Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
-                Ok((grad_x, grad_gamma))
+                let grad_beta =
+                    Tensor::from_vec(s1.to_vec(), c, x.device())?.to_dtype(beta_t.dtype())?;
+                Ok((grad_x, grad_gamma, grad_beta))
             }),
-        )?;
-        y.broadcast_add(&self.per_channel(&self.bias, &y)?)
+        )
     }
 }
 

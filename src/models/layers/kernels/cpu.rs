@@ -131,8 +131,16 @@ pub fn col2im<T: Real>(cols: &[T], g: &Window) -> Vec<T> {
                         let Some(r) = g.in_row(oy, i) else { continue };
                         let line = &mut plane[r * g.w..(r + 1) * g.w];
                         let grads = &row[oy * ow + lo..oy * ow + hi];
-                        for (dst, v) in line[first..].iter_mut().step_by(g.stride).zip(grads) {
-                            *dst += *v;
+                        if g.stride == 1 {
+                            // Contiguous on both sides: a loop the compiler vectorises.
+                            let dst = &mut line[first..first + grads.len()];
+                            for (d, v) in dst.iter_mut().zip(grads) {
+                                *d += *v;
+                            }
+                        } else {
+                            for (d, v) in line[first..].iter_mut().step_by(g.stride).zip(grads) {
+                                *d += *v;
+                            }
                         }
                     }
                 }

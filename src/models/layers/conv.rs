@@ -1,9 +1,11 @@
 //! 2-D convolution (regular and depthwise) with a fast backward pass.
 //!
-//! On the CPU, annt's path unfolds patches ([`kernels_cpu::im2col`]) and multiplies by the
-//! weight with Candle's `matmul`; the backward pass is two more matrix products plus a fold
-//! ([`kernels_cpu::col2im`]), so the input gradient costs what the forward costs instead of
-//! Candle's naive transposed convolution. Depthwise convolutions get direct kernels instead
+//! On the CPU, annt's path ([`kernels_cpu::conv_forward`], [`kernels_cpu::conv_backward`])
+//! works one image at a time: it unfolds the image's patches into a cache-sized matrix and
+//! multiplies it by the weight straight into the NCHW output; the backward pass rebuilds the
+//! patches and does two more products per image plus a fold, so the input gradient costs
+//! what the forward costs instead of Candle's naive transposed convolution, and no
+//! batch-sized patch matrix is ever held. Depthwise convolutions get direct kernels instead
 //! of Candle's one-conv-per-channel loop. [`Kernels::CandleStock`] selects Candle's own
 //! `conv2d` (and its backward) — the reference the tests and the benchmark compare against.
 //! On CUDA (the `cudnn` build) convolutions and both gradients run on cuDNN
@@ -12,7 +14,7 @@
 use candle_core::{DType, Result, Tensor, bail};
 
 use super::Kernels;
-use super::custom::{attach2, map_real, map_real2};
+use super::custom::{attach2, map_real_n, map_real2};
 use super::kernels::{Backend, Window, cpu as kernels_cpu};
 
 /// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
@@ -96,84 +98,39 @@ fn window(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Window> {
     })
 }
 
-/// A 1×1, stride-1, unpadded convolution needs no unfolding: the input already is the
-/// patch matrix.
-fn is_pointwise(g: &Window) -> bool {
-    g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0
-}
-
-/// The batch's patch matrix `[c·kh·kw, n·oh·ow]`.
-fn unfold(x: &Tensor, g: Window) -> Result<Tensor> {
-    if is_pointwise(&g) {
-        return x
-            .reshape((g.n, g.c, g.h * g.w))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((g.c, g.n * g.h * g.w));
-    }
-    let shape = (g.patch_len(), g.n * g.out_len());
-    map_real(
-        x,
-        shape,
-        |v| kernels_cpu::im2col(v, &g),
-        |v| kernels_cpu::im2col(v, &g),
-    )
-}
-
-/// Folds a patch-matrix gradient `[c·kh·kw, n·oh·ow]` back to `n × c × h × w`.
-fn fold(cols: &Tensor, g: Window) -> Result<Tensor> {
-    if is_pointwise(&g) {
-        return cols
-            .reshape((g.c, g.n, g.h, g.w))?
-            .transpose(0, 1)?
-            .contiguous();
-    }
-    map_real(
-        cols,
-        (g.n, g.c, g.h, g.w),
-        |v| kernels_cpu::col2im(v, &g),
-        |v| kernels_cpu::col2im(v, &g),
-    )
-}
-
-/// Patch matrices up to this many elements (256 MB in f32) are kept from the forward pass
-/// for the weight gradient; larger ones are unfolded again in the backward pass.
-const KEEP_COLS_MAX_ELEMS: usize = 64 << 20;
-
 fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
     let g = window(x, w, spec)?;
     let c_out = w.dim(0)?;
-    // One GEMM over the whole batch: [c_out, c·k·k] · [c·k·k, n·oh·ow], then back to NCHW.
-    let cols = unfold(&x.detach(), g)?;
-    let y = w
-        .detach()
-        .reshape((c_out, g.patch_len()))?
-        .matmul(&cols)?
-        .reshape((c_out, g.n, g.out_h(), g.out_w()))?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let kept = (cols.elem_count() <= KEEP_COLS_MAX_ELEMS).then_some(cols);
+    let out_shape = (g.n, c_out, g.out_h(), g.out_w());
+    let y = map_real2(
+        &x.detach(),
+        &w.detach(),
+        out_shape,
+        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out),
+        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out),
+    )?;
     attach2(
         "annt-conv2d",
         x,
         w,
         y,
         Box::new(move |x, w, grad| {
-            // The output gradient as one `[c_out, n·oh·ow]` matrix, so that both products
-            // below are single GEMMs over the whole batch.
-            let grad = grad
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((c_out, g.n * g.out_len()))?;
-            let w2 = w.reshape((c_out, g.patch_len()))?;
-            // dL/dcols = Wᵀ · dL/dy, folded back onto the input.
-            let grad_x = fold(&w2.t()?.matmul(&grad)?, g)?;
-            // dL/dW = dL/dy · colsᵀ.
-            let cols = match &kept {
-                Some(cols) => cols.clone(),
-                None => unfold(x, g)?,
-            };
-            let grad_w = grad.matmul(&cols.t()?)?.reshape(w.shape())?;
+            // One pass over the images gives both gradients, returned end to end.
+            let (x_len, w_len) = (x.elem_count(), w.elem_count());
+            let both = map_real_n(
+                &[x, w, &grad.contiguous()?],
+                x_len + w_len,
+                |v| {
+                    let (dx, dw) = kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out);
+                    [dx, dw].concat()
+                },
+                |v| {
+                    let (dx, dw) = kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out);
+                    [dx, dw].concat()
+                },
+            )?;
+            let grad_x = both.narrow(0, 0, x_len)?.reshape(x.shape())?;
+            let grad_w = both.narrow(0, x_len, w_len)?.reshape(w.shape())?;
             Ok((grad_x, grad_w))
         }),
     )

@@ -1,0 +1,184 @@
+//! Matrix products on slices through the gemm crate (the kernels Candle's CPU matmul uses),
+//! for the CPU convolution, which multiplies one image's patch matrix at a time inside its
+//! own parallel loop — a Candle `matmul` would need a tensor per image and would spawn its
+//! own threads inside annt's.
+//!
+//! `gemm::gemm` takes raw pointers and strides; [`matmul`] checks every extent against the
+//! slices first, so the one `unsafe` call cannot read or write out of bounds. This module
+//! and the CUDA modules are the only places `unsafe` is allowed in annt's kernels.
+
+#![allow(unsafe_code)]
+
+use super::cpu::Real;
+
+/// A read-only matrix view: element (r, c) is `data[r·row_stride + c·col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// `rows × cols`, row-major and dense.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element the view addresses lies inside its slice.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .and_then(|a| (self.cols - 1).checked_mul(self.col_stride).map(|b| (a, b)))
+            .and_then(|(a, b)| a.checked_add(b));
+        last.is_some_and(|l| l < self.data.len())
+    }
+}
+
+/// `dst (m × n, row-major) = a · b`, or `dst += a · b` with `accumulate`; single-threaded
+/// (callers parallelise over images). Panics on mismatched shapes or views that leave their
+/// slices — a bug in the caller, never a property of the data.
+pub fn matmul<T: Real>(dst: &mut [T], a: MatRef<'_, T>, b: MatRef<'_, T>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
+    assert!(
+        dst.len() >= m * n,
+        "matmul: destination holds {} < {m}×{n}",
+        dst.len()
+    );
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul: a view leaves its slice"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|v| *v = T::zero());
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every address gemm computes inside the slices: dst is
+    // m × n row-major (row stride n, column stride 1) within `dst`, and `a`, `b` address only
+    // elements checked by `in_bounds`. `dst` is a unique borrow, so it aliases neither input.
+    // Strides fit isize: they come from slice lengths.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_and_transposed_views_match_the_naive_product() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|v| (v as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|v| (v as f64 * 0.71).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut c = vec![9.0; m * n];
+        matmul(
+            &mut c,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            false,
+        );
+        assert!(c.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12));
+        // Accumulating adds a second product.
+        matmul(
+            &mut c,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            true,
+        );
+        assert!(
+            c.iter()
+                .zip(&want)
+                .all(|(x, y)| (x - 2.0 * y).abs() < 1e-12)
+        );
+        // aᵀ stored as k × m gives the same product through a transposed view.
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let mut d = vec![0.0; m * n];
+        matmul(
+            &mut d,
+            MatRef::row_major(&at, k, m).t(),
+            MatRef::row_major(&b, k, n),
+            false,
+        );
+        assert!(d.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12));
+    }
+
+    #[test]
+    #[should_panic(expected = "inner dimensions")]
+    fn mismatched_shapes_are_refused() {
+        let a = [1.0f32; 6];
+        let mut c = [0.0f32; 4];
+        matmul(
+            &mut c,
+            MatRef::row_major(&a, 2, 3),
+            MatRef::row_major(&a, 2, 3),
+            false,
+        );
+    }
+
+    #[test]
+    fn a_view_past_its_slice_is_detected() {
+        let a = [1.0f32; 5];
+        assert!(!MatRef::row_major(&a, 2, 3).in_bounds());
+        assert!(MatRef::row_major(&a[..], 1, 5).t().in_bounds());
+    }
+}

@@ -499,7 +499,9 @@ pub fn evaluate(
         let db = upload::to_device(&batch, &data.normalization, device, resize)?;
         batches.recycle(batch.pixels);
         let mut ctx = ForwardCtx::eval(dtype).with_kernels(cfg.kernels);
-        let logits = model.forward(&db.images, &mut ctx)?;
+        // No graph through annt's layers: evaluation never calls backward.
+        let _no_grad = crate::models::layers::custom::no_grad();
+        let logits = model.forward(&db.images, &mut ctx)?.detach();
         let loss: f32 = cross_entropy(&logits, &db.labels, 0.0)?.to_scalar()?;
         let labels: Vec<u32> = db.labels.to_vec1()?;
         confusion.add(&labels, &argmax_rows(&logits)?);

@@ -11,6 +11,34 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail,
 };
 
+thread_local! {
+    static NO_GRAD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While the returned guard lives, values from [`attach1`]/[`attach2`]/[`attach3`] on this
+/// thread are returned as they are, without a backward: evaluation's forward pass then builds
+/// no graph through annt's layers (which would keep every activation alive until the logits
+/// are dropped, and copy each layer's output once more). Candle has no such mode of its
+/// own: parameters are `Var`s and every op on them is recorded.
+pub fn no_grad() -> NoGradGuard {
+    NO_GRAD.with(|n| n.set(n.get() + 1));
+    NoGradGuard(())
+}
+
+/// See [`no_grad`].
+pub struct NoGradGuard(());
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Whether a [`no_grad`] guard is alive on this thread (the CUDA ops check it too).
+pub fn grad_off() -> bool {
+    NO_GRAD.with(|n| n.get() > 0)
+}
+
 /// A backward pass for one input: `(input, output_grad) → input_grad`.
 pub type Backward1 = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
 /// A backward pass for two inputs: `(a, b, output_grad) → (a_grad, b_grad)`.
@@ -25,7 +53,7 @@ pub fn attach1(
     value: Tensor,
     backward: Backward1,
 ) -> Result<Tensor> {
-    if !input.track_op() {
+    if grad_off() || !input.track_op() {
         return Ok(value);
     }
     input.apply_op1(Attached1 {
@@ -43,7 +71,7 @@ pub fn attach2(
     value: Tensor,
     backward: Backward2,
 ) -> Result<Tensor> {
-    if !a.track_op() && !b.track_op() {
+    if grad_off() || (!a.track_op() && !b.track_op()) {
         return Ok(value);
     }
     a.apply_op2(
@@ -69,7 +97,7 @@ pub fn attach3(
     backward: Backward3,
 ) -> Result<Tensor> {
     let [a, b, c] = inputs;
-    if !a.track_op() && !b.track_op() && !c.track_op() {
+    if grad_off() || (!a.track_op() && !b.track_op() && !c.track_op()) {
         return Ok(value);
     }
     a.apply_op3(

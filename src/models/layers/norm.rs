@@ -87,7 +87,9 @@ impl BatchNorm2d {
         v.as_tensor().to_dtype(like.dtype())?.reshape((1, c, 1, 1))
     }
 
-    /// Running statistics: one scale and one shift per channel.
+    /// Running statistics: one scale and one shift per channel. On the CPU that is one pass
+    /// over the activations (annt's channel kernel) instead of a broadcast multiply and a
+    /// broadcast add; evaluation builds no graph, so no backward is attached.
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
         let scale = (self.per_channel(&self.running_var, x)? + self.eps)?
             .sqrt()?
@@ -96,6 +98,47 @@ impl BatchNorm2d {
         let shift = self
             .per_channel(&self.bias, x)?
             .sub(&self.per_channel(&self.running_mean, x)?.mul(&scale)?)?;
+        if x.device().is_cpu() && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::F64) {
+            let x = x.contiguous()?;
+            let (n, c, h, w) = x.dims4()?;
+            let hw = h * w;
+            let flat = |t: &Tensor| -> Result<Vec<f64>> {
+                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
+            };
+            let (a, d) = (flat(&scale)?, flat(&shift)?);
+            let mean = flat(self.running_mean.as_tensor())?;
+            let invstd: Vec<f64> = flat(self.running_var.as_tensor())?
+                .iter()
+                .map(|v| 1.0 / (v + self.eps).sqrt())
+                .collect();
+            let value = affine(&x, None, &a, None, &d, c, hw)?;
+            return attach3(
+                "annt-batch-norm-eval",
+                [&x, self.weight.as_tensor(), self.bias.as_tensor()],
+                value,
+                Box::new(move |x, gamma_t, beta_t, grad| {
+                    let grad = grad.contiguous()?;
+                    let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
+                    let sums = map_real_n(
+                        &[&grad, x, &mean_t],
+                        2 * c,
+                        |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+                        |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+                    )?
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?;
+                    let (s1, s2) = sums.split_at(c);
+                    let zero = vec![0.0; c];
+                    let grad_x = affine(&grad, None, &a, None, &zero, c, hw)?;
+                    let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
+                    let grad_gamma =
+                        Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
+                    let grad_beta =
+                        Tensor::from_vec(s1.to_vec(), c, x.device())?.to_dtype(beta_t.dtype())?;
+                    Ok((grad_x, grad_gamma, grad_beta))
+                }),
+            );
+        }
         x.broadcast_mul(&scale)?.broadcast_add(&shift)
     }
 

@@ -57,7 +57,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         geometry,
         math: MathMode::for_dtype(x.dtype(), tf32()),
     };
-    x.contiguous()?.apply_op2(&w.contiguous()?, Forward(plan))
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    if crate::models::layers::custom::grad_off() {
+        return x.apply_op2_no_bwd(&w, &Forward(plan));
+    }
+    x.apply_op2(&w, Forward(plan))
 }
 
 /// What one convolution call needs besides its tensors; the backward ops reuse it, so all

@@ -32,15 +32,16 @@ pub fn batch_norm_train(
     let stats = x.detach().apply_op1_no_bwd(&BnStats { dims })?;
     let gamma = gamma.to_dtype(DType::F32)?.contiguous()?;
     let beta = beta.to_dtype(DType::F32)?.contiguous()?;
-    let y = x.apply_op3(
-        &gamma,
-        &beta,
-        BnApply {
-            stats: stats.clone(),
-            eps: eps as f32,
-            dims,
-        },
-    )?;
+    let op = BnApply {
+        stats: stats.clone(),
+        eps: eps as f32,
+        dims,
+    };
+    let y = if crate::models::layers::custom::grad_off() {
+        x.apply_op3_no_bwd(&gamma, &beta, &op)?
+    } else {
+        x.apply_op3(&gamma, &beta, op)?
+    };
     Ok((y, stats.narrow(0, 0, c)?, stats.narrow(0, c, c)?))
 }
 

@@ -27,7 +27,11 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
         stride,
         pad: padding,
     };
-    x.contiguous()?.apply_op1(MaxPool { g })
+    let x = x.contiguous()?;
+    if crate::models::layers::custom::grad_off() {
+        return x.apply_op1_no_bwd(&MaxPool { g });
+    }
+    x.apply_op1(MaxPool { g })
 }
 
 /// The kernels' integer arguments: planes, h, w, k, s, p, oh, ow.

@@ -372,9 +372,28 @@ pub struct HostPeak {
     sampled: Option<u64>,
 }
 
+/// Returns the heap's free memory to the kernel (glibc's `malloc_trim`); elsewhere a no-op.
+/// glibc keeps freed blocks mapped for reuse, so without it the second arm of a session
+/// would start with the first arm's peak already resident.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn release_freed_heap() {
+    // SAFETY: malloc_trim only returns unused pages of glibc's heap to the kernel; it takes a
+    // padding size and touches no memory the program still uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_freed_heap() {}
+
 impl HostPeak {
     /// Starts measuring: resets the high-water mark and notes the resident size now.
     pub fn start() -> Self {
+        // Memory the previous arm freed is handed back to the kernel first, so an arm's
+        // resident size starts from what is live rather than from the allocator's leftovers.
+        release_freed_heap();
         let hwm_reset = reset_peak_rss();
         let at_start = current_rss_bytes();
         Self {

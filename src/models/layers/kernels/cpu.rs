@@ -218,19 +218,19 @@ pub fn conv_backward<T: Real>(
     let mut dx = vec![T::zero(); g.n * img];
     let wm = MatRef::row_major(w, c_out, k);
     let pw = pointwise(g);
-    let dw = dx
-        .par_chunks_mut(img)
+    // Images in fixed groups, each group's dW partial summed in image order and the partials
+    // in group order: the result does not depend on how rayon schedules the groups, so a
+    // run is reproducible bit for bit (a work-stealing fold/reduce would not be).
+    const GROUP: usize = 4;
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(img * GROUP)
         .enumerate()
-        .fold(
-            || {
-                let scratch = if pw { 0 } else { k * l };
-                (
-                    vec![T::zero(); scratch],
-                    vec![T::zero(); scratch],
-                    vec![T::zero(); c_out * k],
-                )
-            },
-            |(mut cols, mut dcols, mut dw), (n, dx_n)| {
+        .map(|(group, dx_group)| {
+            let scratch = if pw { 0 } else { k * l };
+            let (mut cols, mut dcols) = (vec![T::zero(); scratch], vec![T::zero(); scratch]);
+            let mut dw = vec![T::zero(); c_out * k];
+            for (i, dx_n) in dx_group.chunks_exact_mut(img).enumerate() {
+                let n = group * GROUP + i;
                 let x_n = &x[n * img..(n + 1) * img];
                 let dy_n = MatRef::row_major(&dy[n * c_out * l..(n + 1) * c_out * l], c_out, l);
                 let patches = if pw {
@@ -248,19 +248,16 @@ pub fn conv_backward<T: Real>(
                     matmul(&mut dcols, wm.t(), dy_n, false);
                     col2im_image(&dcols, g, dx_n);
                 }
-                (cols, dcols, dw)
-            },
-        )
-        .map(|(_, _, dw)| dw)
-        .reduce(
-            || vec![T::zero(); c_out * k],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += *y;
-                }
-                a
-            },
-        );
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![T::zero(); c_out * k];
+    for p in &partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
     (dx, dw)
 }
 
@@ -762,6 +759,41 @@ mod tests {
             assert!(
                 (dot(&w2, &dw) - fw).abs() < 1e-8 * fw.abs().max(1.0),
                 "dw {g:?}"
+            );
+        }
+    }
+
+    /// The backward pass's dW is summed in a fixed order: the same bits whatever the number
+    /// of threads or their scheduling (runs are reproducible for a seed).
+    #[test]
+    fn the_convolution_backward_is_bit_identical_across_thread_counts() {
+        let g = Window {
+            n: 13,
+            c: 3,
+            h: 9,
+            w: 9,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let x: Vec<f32> = values(13 * 3 * 81, 1).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = values(5 * 27, 2).iter().map(|&v| v as f32).collect();
+        let dy: Vec<f32> = values(13 * 5 * 81, 3).iter().map(|&v| v as f32).collect();
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| conv_backward(&x, &w, &dy, &g, 5))
+        };
+        let one = run(1);
+        for threads in [2, 3, 7] {
+            let other = run(threads);
+            assert!(
+                one.0.iter().zip(&other.0).all(|(a, b)| a.to_bits() == b.to_bits())
+                    && one.1.iter().zip(&other.1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{threads} threads"
             );
         }
     }

@@ -791,8 +791,15 @@ mod tests {
         for threads in [2, 3, 7] {
             let other = run(threads);
             assert!(
-                one.0.iter().zip(&other.0).all(|(a, b)| a.to_bits() == b.to_bits())
-                    && one.1.iter().zip(&other.1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                one.0
+                    .iter()
+                    .zip(&other.0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+                    && one
+                        .1
+                        .iter()
+                        .zip(&other.1)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{threads} threads"
             );
         }

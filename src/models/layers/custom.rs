@@ -58,7 +58,7 @@ pub fn attach1(
     }
     input.apply_op1(Attached1 {
         name,
-        value,
+        value: Slot::new(value),
         backward,
     })
 }
@@ -78,7 +78,7 @@ pub fn attach2(
         b,
         Attached2 {
             name,
-            value,
+            value: Slot::new(value),
             backward,
         },
     )
@@ -105,7 +105,7 @@ pub fn attach3(
         c,
         Attached3 {
             name,
-            value,
+            value: Slot::new(value),
             backward,
         },
     )
@@ -113,7 +113,9 @@ pub fn attach3(
 
 struct Attached3 {
     name: &'static str,
-    value: Tensor,
+    /// Taken (and dropped) by the forward once copied into the op's output: keeping it
+    /// would hold every layer's output twice for as long as the graph lives.
+    value: Slot,
     backward: Backward3,
 }
 
@@ -130,7 +132,7 @@ impl candle_core::CustomOp3 for Attached3 {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value)
+        cpu_copy(&self.value.take()?)
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -142,7 +144,7 @@ impl candle_core::CustomOp3 for Attached3 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value)
+        cuda_copy(&self.value.take()?)
     }
     fn bwd(
         &self,
@@ -155,6 +157,21 @@ impl candle_core::CustomOp3 for Attached3 {
         let (ga, gb, gc) =
             (self.backward)(&a.detach(), &b.detach(), &c.detach(), &grad_res.detach())?;
         Ok((Some(ga), Some(gb), Some(gc)))
+    }
+}
+
+/// A forward value waiting to be copied into its op's output.
+struct Slot(std::sync::Mutex<Option<Tensor>>);
+
+impl Slot {
+    fn new(value: Tensor) -> Self {
+        Self(std::sync::Mutex::new(Some(value)))
+    }
+    fn take(&self) -> Result<Tensor> {
+        match self.0.lock().ok().and_then(|mut v| v.take()) {
+            Some(v) => Ok(v),
+            None => bail!("an attached value was used twice"),
+        }
     }
 }
 
@@ -185,7 +202,9 @@ fn cuda_copy(value: &Tensor) -> Result<(candle_core::cuda_backend::CudaStorage, 
 
 struct Attached1 {
     name: &'static str,
-    value: Tensor,
+    /// Taken (and dropped) by the forward once copied into the op's output: keeping it
+    /// would hold every layer's output twice for as long as the graph lives.
+    value: Slot,
     backward: Backward1,
 }
 
@@ -194,7 +213,7 @@ impl CustomOp1 for Attached1 {
         self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value)
+        cpu_copy(&self.value.take()?)
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -202,7 +221,7 @@ impl CustomOp1 for Attached1 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value)
+        cuda_copy(&self.value.take()?)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         (self.backward)(&arg.detach(), &grad_res.detach()).map(Some)
@@ -211,7 +230,9 @@ impl CustomOp1 for Attached1 {
 
 struct Attached2 {
     name: &'static str,
-    value: Tensor,
+    /// Taken (and dropped) by the forward once copied into the op's output: keeping it
+    /// would hold every layer's output twice for as long as the graph lives.
+    value: Slot,
     backward: Backward2,
 }
 
@@ -226,7 +247,7 @@ impl CustomOp2 for Attached2 {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value)
+        cpu_copy(&self.value.take()?)
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -236,7 +257,7 @@ impl CustomOp2 for Attached2 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value)
+        cuda_copy(&self.value.take()?)
     }
     fn bwd(
         &self,

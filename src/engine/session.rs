@@ -273,8 +273,17 @@ fn notes(session: &SessionResult) -> Vec<String> {
                 None => String::new(),
             };
             let what = if cpu {
+                let instructions = crate::util::env::cpu_half_instructions();
+                let here = if instructions.is_empty() {
+                    "this CPU has no bf16/fp16 dot-product instructions".to_string()
+                } else {
+                    format!(
+                        "this CPU has {}, which annt's CPU kernels do not use yet",
+                        instructions.join(", ")
+                    )
+                };
                 format!(
-                    "on the CPU, {0} rounds activations and weights to {0} between layers, but convolutions and matrix products compute in f32 on those rounded inputs (f32 accumulation, no {0} instructions) and round their outputs back; normalisation, softmax and the loss are f32. It shows {0}'s effect on accuracy, not a speed-up",
+                    "on the CPU, {0} ran annt's numerics-only path: activations and weights are rounded to {0} between layers, but convolutions and matrix products compute in f32 on those rounded inputs (f32 accumulation) and round their outputs back; normalisation, softmax and the loss are f32 ({here}). It shows {0}'s effect on accuracy, not a speed-up",
                     s.amp.label()
                 )
             } else {

@@ -18,6 +18,48 @@ pub const FEATURE_FLAGS: &[(&str, bool)] = &[
 /// The build profile (`"debug"` or `"release"`, from `debug_assertions`) followed by every
 /// enabled entry of [`FEATURE_FLAGS`]: a debug build's timings are not comparable with a
 /// release build's.
+/// The CPU's half-precision dot-product instructions, as Linux lists them in
+/// `/proc/cpuinfo` (`avx512_bf16`, `amx_bf16`, `avx512_fp16`, `amx_fp16`); empty elsewhere or
+/// when it has none. Reports name them so that a reader knows whether a bf16 kernel could
+/// have run here — annt's CPU path does not use them yet.
+pub fn cpu_half_instructions() -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return Vec::new();
+    };
+    half_instructions_in(&info)
+}
+
+fn half_instructions_in(cpuinfo: &str) -> Vec<String> {
+    let Some(flags) = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split(':').nth(1))
+    else {
+        return Vec::new();
+    };
+    let present: Vec<&str> = flags.split_whitespace().collect();
+    ["avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"]
+        .into_iter()
+        .filter(|f| present.contains(f))
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod half_instruction_tests {
+    #[test]
+    fn the_flags_line_is_read_and_only_half_precision_instructions_are_kept() {
+        let info =
+            "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 sse\n";
+        assert_eq!(
+            super::half_instructions_in(info),
+            ["avx512_bf16", "amx_bf16"]
+        );
+        assert!(super::half_instructions_in("flags : fpu avx2").is_empty());
+        assert!(super::half_instructions_in("no flags here").is_empty());
+    }
+}
+
 pub fn build_features() -> Vec<String> {
     let profile = if cfg!(debug_assertions) {
         "debug"

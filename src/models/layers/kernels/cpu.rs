@@ -70,44 +70,6 @@ impl Window {
     }
 }
 
-/// Unfolds image patches into one `[patch_len, n · out_len]` matrix (row `c·kh·kw + i·kw + j`,
-/// column `image·out_len + oy·ow + ox`), zero where a window overhangs the padding. Patches of
-/// the whole batch side by side make every product of the backward pass a single large GEMM.
-pub fn im2col<T: Real>(x: &[T], g: &Window) -> Vec<T> {
-    let (l, k) = (g.out_len(), g.patch_len());
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let mut out = vec![T::zero(); k * g.n * l];
-    out.par_chunks_mut(g.n * l)
-        .enumerate()
-        .for_each(|(kk, row)| {
-            let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
-            let (lo, hi) = g.valid_cols(j);
-            if lo >= hi {
-                return;
-            }
-            let first = lo * g.stride + j - g.pad;
-            for (n, image_row) in row.chunks_exact_mut(l).enumerate() {
-                let plane = &x[(n * g.c + c) * g.h * g.w..(n * g.c + c + 1) * g.h * g.w];
-                for oy in 0..oh {
-                    let Some(r) = g.in_row(oy, i) else { continue };
-                    let line = &plane[r * g.w..(r + 1) * g.w];
-                    let out_line = &mut image_row[oy * ow + lo..oy * ow + hi];
-                    if g.stride == 1 {
-                        out_line.copy_from_slice(&line[first..first + (hi - lo)]);
-                    } else {
-                        for (o, v) in out_line
-                            .iter_mut()
-                            .zip(line[first..].iter().step_by(g.stride))
-                        {
-                            *o = *v;
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
 /// One image's patch matrix `[patch_len, out_len]` (row `c·kh·kw + i·kw + j`, column
 /// `oy·ow + ox`) into `cols`, zero where a window overhangs the padding. `x` is the image's
 /// `c × h × w` planes.
@@ -259,47 +221,6 @@ pub fn conv_backward<T: Real>(
         }
     }
     (dx, dw)
-}
-
-/// Folds a `[patch_len, n · out_len]` patch matrix back into `n × c × h × w`, summing where
-/// windows overlap: the adjoint of [`im2col`].
-pub fn col2im<T: Real>(cols: &[T], g: &Window) -> Vec<T> {
-    let l = g.out_len();
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let mut out = vec![T::zero(); g.n * g.c * g.h * g.w];
-    out.par_chunks_mut(g.h * g.w)
-        .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let (n, c) = (plane_index / g.c, plane_index % g.c);
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    let kk = (c * g.kh + i) * g.kw + j;
-                    let row = &cols[(kk * g.n + n) * l..(kk * g.n + n + 1) * l];
-                    let (lo, hi) = g.valid_cols(j);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let first = lo * g.stride + j - g.pad;
-                    for oy in 0..oh {
-                        let Some(r) = g.in_row(oy, i) else { continue };
-                        let line = &mut plane[r * g.w..(r + 1) * g.w];
-                        let grads = &row[oy * ow + lo..oy * ow + hi];
-                        if g.stride == 1 {
-                            // Contiguous on both sides: a loop the compiler vectorises.
-                            let dst = &mut line[first..first + grads.len()];
-                            for (d, v) in dst.iter_mut().zip(grads) {
-                                *d += *v;
-                            }
-                        } else {
-                            for (d, v) in line[first..].iter_mut().step_by(g.stride).zip(grads) {
-                                *d += *v;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    out
 }
 
 /// Depthwise convolution (one `kh × kw` filter per channel): `x` is `n × c × h × w`, `w` is
@@ -543,6 +464,35 @@ pub fn channel_grad_sums<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batch's patch matrix `[patch_len, n · out_len]` (column `image·out_len + …`), built
+    /// from the per-image kernel the convolution uses, so the tests below check that kernel.
+    fn im2col(x: &[f64], g: &Window) -> Vec<f64> {
+        let (k, l, img) = (g.patch_len(), g.out_len(), g.c * g.h * g.w);
+        let mut out = vec![0.0; k * g.n * l];
+        let mut cols = vec![0.0; k * l];
+        for n in 0..g.n {
+            im2col_image(&x[n * img..(n + 1) * img], g, &mut cols);
+            for (kk, row) in cols.chunks_exact(l).enumerate() {
+                out[(kk * g.n + n) * l..(kk * g.n + n + 1) * l].copy_from_slice(row);
+            }
+        }
+        out
+    }
+
+    /// The adjoint of [`im2col`], through the per-image fold.
+    fn col2im(cols: &[f64], g: &Window) -> Vec<f64> {
+        let (k, l, img) = (g.patch_len(), g.out_len(), g.c * g.h * g.w);
+        let mut out = vec![0.0; g.n * img];
+        let mut image_cols = vec![0.0; k * l];
+        for n in 0..g.n {
+            for (kk, row) in image_cols.chunks_exact_mut(l).enumerate() {
+                row.copy_from_slice(&cols[(kk * g.n + n) * l..(kk * g.n + n + 1) * l]);
+            }
+            col2im_image(&image_cols, g, &mut out[n * img..(n + 1) * img]);
+        }
+        out
+    }
 
     fn naive_conv(x: &[f64], w: &[f64], g: &Window, co: usize) -> Vec<f64> {
         let (oh, ow) = (g.out_h(), g.out_w());

@@ -2,7 +2,7 @@
 //! training — decided in one place, [`Backend::select`], and matched on once per op (in
 //! `conv::conv2d`, `pool::max_pool2d`, `norm::BatchNorm2d::forward`).
 //!
-//! - [`cpu`]: plain-slice CPU kernels (im2col/col2im, direct depthwise, overlapping max-pool
+//! - [`cpu`]: plain-slice CPU kernels (per-image im2col + GEMM convolution, direct depthwise, overlapping max-pool
 //!   backward, batch-norm passes); the layer files wrap them into tensors with a backward.
 //! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
 //!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA

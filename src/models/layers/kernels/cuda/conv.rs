@@ -84,6 +84,21 @@ thread_local! {
     static WORKSPACES: RefCell<HashMap<DeviceId, CudaSlice<u8>>> = RefCell::new(HashMap::new());
 }
 
+/// An algorithm and its workspace size from `cache`, chosen by `pick` on the first call for
+/// `key`.
+fn cached<A: Copy + 'static>(
+    cache: &'static std::thread::LocalKey<RefCell<HashMap<AlgoKey, (A, usize)>>>,
+    key: AlgoKey,
+    pick: impl FnOnce() -> Result<(A, usize)>,
+) -> Result<(A, usize)> {
+    if let Some(hit) = cache.with(|c| c.borrow().get(&key).copied()) {
+        return Ok(hit);
+    }
+    let choice = pick()?;
+    cache.with(|c| c.borrow_mut().insert(key, choice));
+    Ok(choice)
+}
+
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
     HANDLES.with(|h| {
         if let Some(c) = h.borrow().get(&dev.id()) {
@@ -231,15 +246,10 @@ fn forward<T: ConvElem, C: CudnnDataType>(
         y: &d.y,
     };
     let k = key(plan, x.dtype(), Pass::Forward)?;
-    let (algo, ws) = match FWD_ALGOS.with(|a| a.borrow().get(&k).copied()) {
-        Some(hit) => hit,
-        None => {
-            let algo = op.pick_algorithm().map_err(driver)?;
-            let ws = op.get_workspace_size(algo).map_err(driver)?;
-            FWD_ALGOS.with(|a| a.borrow_mut().insert(k, (algo, ws)));
-            (algo, ws)
-        }
-    };
+    let (algo, ws) = cached(&FWD_ALGOS, k, || {
+        let algo = op.pick_algorithm().map_err(driver)?;
+        Ok((algo, op.get_workspace_size(algo).map_err(driver)?))
+    })?;
     let xs = view::<T>(x, xl, "convolution input")?;
     let wv = view::<T>(w, wl, "convolution weight")?;
     let mut y = alloc_out::<T>(&dev, plan.geometry.y_dims().iter().product())?;
@@ -269,15 +279,10 @@ fn backward_data<T: ConvElem, C: CudnnDataType>(
         dy: &d.y,
     };
     let k = key(plan, dy.dtype(), Pass::BackwardData)?;
-    let (algo, ws) = match DATA_ALGOS.with(|a| a.borrow().get(&k).copied()) {
-        Some(hit) => hit,
-        None => {
-            let algo = op.pick_algorithm().map_err(driver)?;
-            let ws = op.get_workspace_size(algo).map_err(driver)?;
-            DATA_ALGOS.with(|a| a.borrow_mut().insert(k, (algo, ws)));
-            (algo, ws)
-        }
-    };
+    let (algo, ws) = cached(&DATA_ALGOS, k, || {
+        let algo = op.pick_algorithm().map_err(driver)?;
+        Ok((algo, op.get_workspace_size(algo).map_err(driver)?))
+    })?;
     let gs = view::<T>(dy, dyl, "convolution output gradient")?;
     let wv = view::<T>(w, wl, "convolution weight")?;
     let mut dx = alloc_out::<T>(&dev, plan.geometry.x_dims().iter().product())?;
@@ -305,15 +310,10 @@ fn backward_filter<T: ConvElem, C: CudnnDataType>(
         dy: &d.y,
     };
     let k = key(plan, x.dtype(), Pass::BackwardFilter)?;
-    let (algo, ws) = match FILTER_ALGOS.with(|a| a.borrow().get(&k).copied()) {
-        Some(hit) => hit,
-        None => {
-            let algo = op.pick_algorithm().map_err(driver)?;
-            let ws = op.get_workspace_size(algo).map_err(driver)?;
-            FILTER_ALGOS.with(|a| a.borrow_mut().insert(k, (algo, ws)));
-            (algo, ws)
-        }
-    };
+    let (algo, ws) = cached(&FILTER_ALGOS, k, || {
+        let algo = op.pick_algorithm().map_err(driver)?;
+        Ok((algo, op.get_workspace_size(algo).map_err(driver)?))
+    })?;
     let xs = view::<T>(x, xl, "convolution input")?;
     let gs = view::<T>(dy, dyl, "convolution output gradient")?;
     let mut dw = alloc_out::<T>(&dev, plan.geometry.w_dims().iter().product())?;

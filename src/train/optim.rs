@@ -448,17 +448,17 @@ pub fn clip_grad_norm(
             squares.push(s);
         }
     }
-    let Some(first) = squares.first() else {
+    if squares.is_empty() {
         return Tensor::new(0f64, &candle_core::Device::Cpu);
-    };
-    let device = first.device().clone();
+    }
     let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
     // min(max_norm / (norm + 1e-6), 1), applied to every gradient on the device (as PyTorch
     // does): no value comes back to the host, so the step does not wait for the device.
     let coef = ((&norm + 1e-6)?.recip()? * max_norm)?.clamp(0f64, 1f64)?;
     for p in params {
         if let Some(g) = grads.remove(p.as_tensor()) {
-            let c = coef.to_device(&device)?.to_dtype(g.dtype())?;
+            // `coef` is on the gradients' device already (the squares were moved there).
+            let c = coef.to_dtype(g.dtype())?;
             grads.insert(p.as_tensor(), g.broadcast_mul(&c)?);
         }
     }

@@ -260,39 +260,21 @@ mod imp {
                 return Ok(Vec::new());
             };
             last.synchronize().map_err(|e| e.to_string())?;
-            let queued = std::mem::take(&mut self.queued);
-            let mut times = Vec::with_capacity(queued.len());
+            let mut events = std::mem::take(&mut self.queued);
+            let mut times = Vec::with_capacity(events.len());
+            // Times count from the previous flush's last event; the very first mark is 0.
             let (base, base_t) = match self.base.take() {
                 Some(b) => b,
                 None => {
-                    let mut it = queued.into_iter();
-                    let Some(first) = it.next() else {
-                        return Ok(times);
-                    };
                     times.push(0.0);
-                    let rest: Vec<CudaEvent> = it.collect();
-                    return self.finish(first, 0.0, rest, times);
+                    (events.remove(0), 0.0)
                 }
             };
-            self.finish(base, base_t, queued, times)
-        }
-    }
-
-    impl EventTimeline {
-        /// Times `events` against `base` (at `base_t`), recycles all but the last, which
-        /// becomes the next base.
-        fn finish(
-            &mut self,
-            base: CudaEvent,
-            base_t: f64,
-            events: Vec<CudaEvent>,
-            mut times: Vec<f64>,
-        ) -> Result<Vec<f64>, String> {
             for e in &events {
                 let ms = base.elapsed_ms(e).map_err(|e| e.to_string())?;
                 times.push(base_t + f64::from(ms) / 1000.0);
             }
-            let mut events = events;
+            // All but the last event are recycled; the last becomes the next base.
             match events.pop() {
                 Some(last) => {
                     let t = times.last().copied().unwrap_or(base_t);

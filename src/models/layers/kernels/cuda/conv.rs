@@ -28,7 +28,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
-use super::{alloc_out, driver, tf32, view};
+use super::{alloc_out, cpu_refused, driver, tf32, view};
 use crate::models::layers::conv::ConvSpec;
 use crate::models::layers::kernels::plan::{
     AlgoKey, ConvGeometry, DTypeKey, MathMode, Pass, workspace_to_allocate,
@@ -328,10 +328,6 @@ fn shape(dims: [usize; 4]) -> Shape {
     Shape::from((dims[0], dims[1], dims[2], dims[3]))
 }
 
-fn cpu_refused() -> Result<(CpuStorage, Shape)> {
-    bail!("annt's cuDNN convolution was given CPU tensors (kernels::Backend chose wrongly)")
-}
-
 fn same_dtype(a: &CudaStorage, b: &CudaStorage) -> Result<DType> {
     if a.dtype() != b.dtype() {
         bail!("conv2d: operands in {:?} and {:?}", a.dtype(), b.dtype());
@@ -353,7 +349,7 @@ impl CustomOp2 for Forward {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,
@@ -394,7 +390,7 @@ impl CustomOp2 for GradInput {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,
@@ -423,7 +419,7 @@ impl CustomOp2 for GradWeight {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,

@@ -96,6 +96,12 @@ pub fn per_channel(c: usize) -> LaunchConfig {
     }
 }
 
+/// What every CUDA op's `cpu_fwd` answers: `kernels::Backend` sends CPU tensors to the CPU
+/// kernels, so reaching one of these is a dispatch bug, reported instead of computed.
+pub fn cpu_refused(op: &str) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    bail!("{op} was given CPU tensors (kernels::Backend chose wrongly)")
+}
+
 /// Checks that a kernel's sizes fit the `int` its PTX signature takes.
 pub fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} exceeds i32")))

@@ -12,7 +12,7 @@ use candle_core::{
     bail,
 };
 
-use super::{alloc_out, driver, elementwise, func, int, per_channel, view};
+use super::{alloc_out, cpu_refused, driver, elementwise, func, int, per_channel, view};
 
 /// `x`: `n × c × h × w` f32 on a CUDA device; `gamma`, `beta`: `c`. Returns the output (with
 /// β added) and the batch mean and biased variance (for the running statistics).
@@ -75,10 +75,6 @@ fn f32_only(dtype: DType) -> Result<()> {
     Ok(())
 }
 
-fn cpu_refused() -> Result<(CpuStorage, Shape)> {
-    bail!("annt's CUDA batch norm was given CPU tensors (kernels::Backend chose wrongly)")
-}
-
 /// `x → [mean₀…mean_c, var₀…var_c]`.
 struct BnStats {
     dims: Dims,
@@ -89,7 +85,7 @@ impl CustomOp1 for BnStats {
         "annt-cuda-bn-stats"
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         f32_only(x.dtype())?;
@@ -131,7 +127,7 @@ impl CustomOp3 for BnApply {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,
@@ -227,7 +223,7 @@ impl CustomOp2 for BnGradSums {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,
@@ -285,7 +281,7 @@ impl CustomOp2 for BnGradInput {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused()
+        cpu_refused(self.name())
     }
     fn cuda_fwd(
         &self,

@@ -6,7 +6,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
-use super::{alloc_out, driver, elementwise, func, int, view};
+use super::{alloc_out, cpu_refused, driver, elementwise, func, int, view};
 use crate::models::layers::kernels::Window;
 
 /// `x`: `n × c × h × w` on a CUDA device → `n × c × oh × ow`, padding as −∞.
@@ -58,7 +58,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("annt's CUDA max-pool was given a CPU tensor (kernels::Backend chose wrongly)")
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -120,7 +120,7 @@ impl CustomOp2 for MaxPoolGrad {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!("annt's CUDA max-pool backward was given CPU tensors")
+        cpu_refused(self.name())
     }
 
     fn cuda_fwd(

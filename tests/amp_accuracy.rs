@@ -21,7 +21,7 @@ use annt::config::RunConfig;
 use annt::data::Dataset;
 use annt::data::synthetic::{SyntheticSpec, generate};
 use annt::engine::session::open_data;
-use annt::engine::trainer::{RunPlace, evaluate, train_run};
+use annt::engine::trainer::{RunPlace, compute_path, evaluate, train_run};
 use annt::engine::{SessionOptions, StopFlag, VecSink};
 use annt::train::optim::OptimizerConfig;
 use candle_core::{DType, Device};
@@ -89,7 +89,7 @@ fn train_and_score(
         held_out,
         &Device::Cpu,
         run.model.resolution,
-        run.switches.amp.compute_dtype(),
+        compute_path(run.switches.amp, &Device::Cpu),
         run,
         &StopFlag::new(),
     )

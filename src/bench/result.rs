@@ -77,6 +77,11 @@ pub enum RunStatus {
 /// Mixed-precision bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AmpReport {
+    /// The CPU's bf16 unit the convolutions' matrix products ran on (`--amp bf16` on a CPU
+    /// that has one, e.g. "AMX (tdpbf16ps)"); None elsewhere, including the numerics-only
+    /// half-precision path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_bf16_unit: Option<String>,
     /// Optimiser steps skipped because a gradient overflowed (fp16 loss scaling).
     pub skipped_steps: u64,
     /// The loss scale at the end (fp16), None for off/bf16.

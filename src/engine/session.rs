@@ -272,13 +272,17 @@ fn notes(session: &SessionResult) -> Vec<String> {
                 ),
                 None => String::new(),
             };
-            let what = if cpu {
+            let what = if let Some(unit) = &r.amp.cpu_bf16_unit {
+                format!(
+                    "on the CPU, bf16 ran on {unit}: the dense convolutions' matrix products take bf16-rounded activations, weights and gradients and accumulate in f32 (a tensor core's arithmetic); tensors between layers, depthwise convolutions, fully connected layers, normalisation, softmax and the loss stay f32"
+                )
+            } else if cpu {
                 let instructions = crate::util::env::cpu_half_instructions();
                 let here = if instructions.is_empty() {
                     "this CPU has no bf16/fp16 dot-product instructions".to_string()
                 } else {
                     format!(
-                        "this CPU has {}, which annt's CPU kernels do not use yet",
+                        "this CPU has {}, which annt uses for bf16 only",
                         instructions.join(", ")
                     )
                 };

@@ -13,6 +13,7 @@ use crate::bench::result::{AmpReport, EpochRecord, RunResult, RunStatus};
 use crate::config::{ClipConfig, RunConfig};
 use crate::data::loader::{LoaderConfig, Prefetcher, Split};
 use crate::data::{Dataset, upload};
+use crate::models::layers::kernels::{Products, bf16::Dot};
 use crate::models::layers::loss::cross_entropy;
 use crate::models::{ForwardCtx, Model, ModelSpec, weights};
 use crate::train::metrics::{ConfusionMatrix, argmax_rows};
@@ -199,7 +200,7 @@ pub fn train_run(
         .then(|| LossScaler::with_params(t.fp16_init_scale, 2.0, 0.5, 2000));
     let trainable: Vec<Var> = model.params().trainable().map(|p| p.var.clone()).collect();
     let trainable_refs: Vec<&Var> = trainable.iter().collect();
-    let dtype = sw.amp.compute_dtype();
+    let (dtype, products) = compute_path(sw.amp, device);
     let pinned_applicable = !device.is_cpu();
 
     let RunPlace {
@@ -283,6 +284,7 @@ pub fn train_run(
                     .collect();
                 let mut ctx = ForwardCtx::train(dtype, seed)
                     .with_kernels(cfg.kernels)
+                    .with_products(products)
                     .with_sample_seeds(sample_seeds);
                 let logits = model.forward(&db.images, &mut ctx)?;
                 let loss = cross_entropy(&logits, &db.labels, t.label_smoothing)?;
@@ -381,7 +383,8 @@ pub fn train_run(
         let epoch_timed_secs = timed.measured_secs - epoch_timed_start.measured_secs;
 
         let eval_start = Instant::now();
-        let (test_loss, confusion) = evaluate(&model, data, device, resize, dtype, cfg, stop)?;
+        let (test_loss, confusion) =
+            evaluate(&model, data, device, resize, (dtype, products), cfg, stop)?;
         let eval_secs = eval_start.elapsed().as_secs_f64();
         eval_secs_total += eval_secs;
         let Some((test_loss, confusion)) = test_loss.zip(Some(confusion)) else {
@@ -462,6 +465,7 @@ pub fn train_run(
         peak_device_bytes: crate::util::gpu::pool_peak_bytes(device),
         device_bytes_at_start: device_at_start,
         amp: AmpReport {
+            cpu_bf16_unit: products.bf16().map(|d| d.unit().label().to_string()),
             skipped_steps: scaler.as_ref().map_or(0, |s| s.skipped_steps()),
             final_scale: scaler.as_ref().map(|s| s.scale()),
         },
@@ -474,6 +478,22 @@ pub fn train_run(
     Ok(TrainedRun { result, model })
 }
 
+/// The dtype an arm's tensors run in and what its convolutions' matrix products compute in.
+/// `--amp bf16` on a CPU with a bf16 dot-product unit (AMX, AVX512-BF16) keeps the tensors
+/// f32 and runs those products on the unit with bf16 inputs and f32 accumulation — the part
+/// of mixed precision that pays on a CPU (Candle's bf16 element-wise ops convert every value
+/// to f32 and back, so bf16 tensors would be slower than f32 ones). Elsewhere the mode's own
+/// dtype, with numerics-only half precision on the CPU.
+pub fn compute_path(amp: AmpMode, device: &Device) -> (candle_core::DType, Products) {
+    if amp == AmpMode::Bf16
+        && device.is_cpu()
+        && let Some(dot) = Dot::detect()
+    {
+        return (candle_core::DType::F32, Products::Bf16(dot));
+    }
+    (amp.compute_dtype(), Products::Native)
+}
+
 /// Test-split loss and confusion matrix in evaluation mode; `None` loss when stopped.
 /// Public so a trained model can also be scored on another data set's test split (the
 /// mixed-precision accuracy test scores on a larger held-out set than the run's).
@@ -482,7 +502,7 @@ pub fn evaluate(
     data: &Arc<Dataset>,
     device: &Device,
     resize: Option<usize>,
-    dtype: candle_core::DType,
+    (dtype, products): (candle_core::DType, Products),
     cfg: &RunConfig,
     stop: &StopFlag,
 ) -> Result<(Option<f64>, ConfusionMatrix), EngineError> {
@@ -498,7 +518,9 @@ pub fn evaluate(
         let batch = batch?;
         let db = upload::to_device(&batch, &data.normalization, device, resize)?;
         batches.recycle(batch.pixels);
-        let mut ctx = ForwardCtx::eval(dtype).with_kernels(cfg.kernels);
+        let mut ctx = ForwardCtx::eval(dtype)
+            .with_kernels(cfg.kernels)
+            .with_products(products);
         // No graph through annt's layers: evaluation never calls backward.
         let _no_grad = crate::models::layers::custom::no_grad();
         let logits = model.forward(&db.images, &mut ctx)?.detach();

@@ -232,7 +232,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let y = self.bn.forward(&self.conv.forward(x, ctx.kernels)?, ctx)?;
+        let y = self.bn.forward(&self.conv.forward(x, ctx)?, ctx)?;
         if self.silu { silu(&y) } else { Ok(y) }
     }
 }
@@ -279,8 +279,8 @@ impl SqueezeExcite {
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let s = spatial_mean(x, true)?;
-        let s = silu(&self.fc1.forward(&s, ctx.kernels)?)?;
-        let gate = sigmoid(&self.fc2.forward(&s, ctx.kernels)?)?;
+        let s = silu(&self.fc1.forward(&s, ctx)?)?;
+        let gate = sigmoid(&self.fc2.forward(&s, ctx)?)?;
         x.broadcast_mul(&gate)
     }
 }

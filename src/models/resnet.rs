@@ -152,14 +152,13 @@ impl Unit {
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let k = ctx.kernels;
-        let mut y = relu(&self.bn1.forward(&self.conv1.forward(x, k)?, ctx)?)?;
-        y = self.bn2.forward(&self.conv2.forward(&y, k)?, ctx)?;
+        let mut y = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        y = self.bn2.forward(&self.conv2.forward(&y, ctx)?, ctx)?;
         if let Some((conv3, bn3)) = &self.conv3 {
-            y = bn3.forward(&conv3.forward(&relu(&y)?, k)?, ctx)?;
+            y = bn3.forward(&conv3.forward(&relu(&y)?, ctx)?, ctx)?;
         }
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x, k)?, ctx)?,
+            Some((conv, bn)) => bn.forward(&conv.forward(x, ctx)?, ctx)?,
             None => x.clone(),
         };
         relu(&(y + shortcut)?)
@@ -232,11 +231,7 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = relu(
-            &self
-                .bn1
-                .forward(&self.conv1.forward(x, ctx.kernels)?, ctx)?,
-        )?;
+        let mut y = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
         if self.stem == Stem::ImageNet {
             y = pool::max_pool2d(&y, 3, 2, 1, ctx.kernels)?;
         }

@@ -243,7 +243,7 @@ impl Vit {
         let (d, g) = (self.cfg.dim, self.cfg.grid());
         let patches = self
             .conv_proj
-            .forward(x, ctx.kernels)?
+            .forward(x, ctx)?
             .reshape((n, d, g * g))?
             .transpose(1, 2)?
             .contiguous()?;

@@ -15,7 +15,7 @@ use candle_core::{DType, Result, Tensor, bail};
 
 use super::Kernels;
 use super::custom::{attach2, map_real_n, map_real2};
-use super::kernels::{Backend, Window, cpu as kernels_cpu};
+use super::kernels::{Backend, Products, Window, cpu as kernels_cpu};
 
 /// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
 /// from the weight).
@@ -48,6 +48,18 @@ impl ConvSpec {
 /// Half-precision inputs on the CPU are computed in f32 and rounded back, which is what a
 /// tensor core does (half inputs, f32 accumulation); Candle's CPU matmul has no bf16 at all.
 pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, kernels: Kernels) -> Result<Tensor> {
+    conv2d_with(x, w, spec, kernels, Products::Native)
+}
+
+/// [`conv2d`] with the CPU's dense convolutions' matrix products in `products` (bf16 units
+/// under `--amp bf16`; depthwise convolutions, which are no matrix product, stay f32).
+pub fn conv2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    spec: ConvSpec,
+    kernels: Kernels,
+    products: Products,
+) -> Result<Tensor> {
     let dtype = x.dtype();
     let w = w.to_dtype(dtype)?;
     let (_, c, _, _) = x.dims4()?;
@@ -60,14 +72,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec, kernels: Kernels) -> Resul
     }
     let backend = Backend::select(x.device(), kernels);
     match backend {
-        Backend::Cpu if matches!(dtype, DType::F16 | DType::BF16) => conv2d(
+        Backend::Cpu if matches!(dtype, DType::F16 | DType::BF16) => conv2d_with(
             &x.to_dtype(DType::F32)?,
             &w.to_dtype(DType::F32)?,
             spec,
             kernels,
+            products,
         )?
         .to_dtype(dtype),
-        Backend::Cpu if spec.groups == 1 => dense(x, &w, spec),
+        Backend::Cpu if spec.groups == 1 => dense(x, &w, spec, products),
         Backend::Cpu if spec.groups == c && c_out == c => depthwise(x, &w, spec),
         #[cfg(feature = "cudnn")]
         Backend::Cuda => super::kernels::cuda::conv::conv2d(x, &w, spec),
@@ -98,7 +111,7 @@ fn window(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Window> {
     })
 }
 
-fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
+fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<Tensor> {
     let g = window(x, w, spec)?;
     let c_out = w.dim(0)?;
     let out_shape = (g.n, c_out, g.out_h(), g.out_w());
@@ -106,8 +119,8 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
         &x.detach(),
         &w.detach(),
         out_shape,
-        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out),
-        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out),
+        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
+        |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
     )?;
     attach2(
         "annt-conv2d",
@@ -121,11 +134,13 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
                 &[x, w, &grad.contiguous()?],
                 x_len + w_len,
                 |v| {
-                    let (dx, dw) = kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out);
+                    let (dx, dw) =
+                        kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
                     [dx, dw].concat()
                 },
                 |v| {
-                    let (dx, dw) = kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out);
+                    let (dx, dw) =
+                        kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
                     [dx, dw].concat()
                 },
             )?;
@@ -230,8 +245,15 @@ impl Conv2d {
         Ok(Self { weight, bias, spec })
     }
 
-    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let y = conv2d(x, self.weight.as_tensor(), self.spec, kernels)?;
+    /// The convolution (and bias) with the kernels and matrix-product precision `ctx` names.
+    pub fn forward(&self, x: &Tensor, ctx: &super::ForwardCtx) -> Result<Tensor> {
+        let y = conv2d_with(
+            x,
+            self.weight.as_tensor(),
+            self.spec,
+            ctx.kernels,
+            ctx.products,
+        )?;
         match &self.bias {
             Some(bias) => super::linear::add_bias(&y, bias.as_tensor(), 1),
             None => Ok(y),

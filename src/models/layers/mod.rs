@@ -42,6 +42,9 @@ pub struct ForwardCtx {
     /// The dtype activations and matrix products run in (f32, f16 or bf16; f64 in tests).
     pub dtype: DType,
     pub kernels: Kernels,
+    /// What the CPU convolutions' matrix products compute in (bf16 units under
+    /// `--amp bf16` on a CPU that has them; see `kernels::bf16`).
+    pub products: kernels::Products,
     rng: Rng,
     /// One seed per sample of the batch (row 0 first), when the caller keys randomness on
     /// the images: then a sample's dropout and stochastic-depth masks depend only on its
@@ -60,6 +63,7 @@ impl ForwardCtx {
             train: true,
             dtype,
             kernels: Kernels::Annt,
+            products: kernels::Products::Native,
             rng: Rng::new(seed),
             samples: None,
             draws: 0,
@@ -70,6 +74,7 @@ impl ForwardCtx {
             train: false,
             dtype,
             kernels: Kernels::Annt,
+            products: kernels::Products::Native,
             rng: Rng::new(0),
             samples: None,
             draws: 0,
@@ -82,6 +87,10 @@ impl ForwardCtx {
     }
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
+        self
+    }
+    pub fn with_products(mut self, products: kernels::Products) -> Self {
+        self.products = products;
         self
     }
     /// `len` uniform values in [0, 1) for one mask over a batch: from the per-sample seeds

@@ -142,7 +142,7 @@ fn conv_layer_with_bias_gradients_match_finite_differences() {
     let x = var(&[2, 3, 5, 5], 6);
     let bias = conv.bias.clone().expect("bias");
     check("conv layer", &[&x, &conv.weight, &bias], || {
-        conv.forward(x.as_tensor(), Kernels::Annt)
+        conv.forward(x.as_tensor(), &ForwardCtx::eval(DType::F64))
     });
 }
 
@@ -281,14 +281,14 @@ fn squeeze_excitation_gradients_match_finite_differences() {
     )
     .expect("fc2");
     let x = var(&[2, 4, 3, 3], 10);
+    let ctx = ForwardCtx::eval(DType::F64);
     let (b1, b2) = (fc1.bias.clone().expect("b"), fc2.bias.clone().expect("b"));
     check(
         "squeeze-excitation",
         &[&x, &fc1.weight, &b1, &fc2.weight, &b2],
         || {
             let s = global_avg_pool(x.as_tensor())?.unsqueeze(2)?.unsqueeze(3)?;
-            let s =
-                sigmoid(&fc2.forward(&silu(&fc1.forward(&s, Kernels::Annt)?)?, Kernels::Annt)?)?;
+            let s = sigmoid(&fc2.forward(&silu(&fc1.forward(&s, &ctx)?)?, &ctx)?)?;
             x.as_tensor().broadcast_mul(&s)
         },
     );

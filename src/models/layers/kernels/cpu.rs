@@ -9,10 +9,70 @@
 
 use rayon::prelude::*;
 
+use super::Products;
+use super::bf16;
+use super::gemm::{MatRef, matmul};
+
 /// Scalar types the kernels run on: `f32` (training) and `f64` (gradient checks).
-pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static {}
-impl Real for f32 {}
-impl Real for f64 {}
+pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static {
+    /// The slice as f32 when the scalar is f32: the bf16 units take f32 operands only.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+}
+impl Real for f32 {
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+impl Real for f64 {
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+/// A view of the same matrix over f32 data, when `T` is f32.
+fn f32_view<T: Real>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
+    Some(MatRef {
+        data: T::as_f32(m.data)?,
+        rows: m.rows,
+        cols: m.cols,
+        row_stride: m.row_stride,
+        col_stride: m.col_stride,
+    })
+}
+
+/// `dst = a · b` (or `+=`): on the bf16 unit when `products` names one and `T` is f32 (with
+/// `a` pre-packed when given), through gemm otherwise.
+fn product<T: Real>(
+    dst: &mut [T],
+    a: MatRef<'_, T>,
+    packed_a: Option<&bf16::PackedA>,
+    b: MatRef<'_, T>,
+    accumulate: bool,
+    products: Products,
+) {
+    if let Some(dot) = products.bf16()
+        && let (Some(d), Some(av), Some(bv)) = (T::as_f32_mut(dst), f32_view(a), f32_view(b))
+    {
+        match packed_a {
+            Some(p) => bf16::matmul_packed(d, p, bv, accumulate, dot),
+            None => bf16::matmul(d, av, bv, accumulate, dot),
+        }
+        return;
+    }
+    matmul(dst, a, b, accumulate);
+}
+
+/// `a` packed for the bf16 unit, when the products run on one and `T` is f32.
+fn pack_for<T: Real>(a: MatRef<'_, T>, products: Products) -> Option<bf16::PackedA> {
+    Some(bf16::PackedA::new(f32_view(a)?, products.bf16()?))
+}
 
 /// The geometry of a 2-D sliding window over an `n × c × h × w` input (square stride and
 /// symmetric padding, as every model annt builds uses).
@@ -71,11 +131,13 @@ impl Window {
 }
 
 /// One image's patch matrix `[patch_len, out_len]` (row `c·kh·kw + i·kw + j`, column
-/// `oy·ow + ox`) into `cols`, zero where a window overhangs the padding. `x` is the image's
-/// `c × h × w` planes.
-fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T]) {
+/// `oy·ow + ox`) into `cols`, whose rows are `ld ≥ out_len` apart (several images' matrices
+/// side by side), zero where a window overhangs the padding. `x` is the image's `c × h × w`
+/// planes.
+fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T], ld: usize) {
     let (l, oh, ow) = (g.out_len(), g.out_h(), g.out_w());
-    for (kk, row) in cols.chunks_exact_mut(l).take(g.patch_len()).enumerate() {
+    for kk in 0..g.patch_len() {
+        let row = &mut cols[kk * ld..kk * ld + l];
         let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
         let (lo, hi) = g.valid_cols(j);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -104,10 +166,11 @@ fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T]) {
 }
 
 /// Adds one image's patch-matrix gradient `[patch_len, out_len]` onto its `c × h × w`
-/// input gradient: the adjoint of [`im2col_image`].
-fn col2im_image<T: Real>(cols: &[T], g: &Window, dx: &mut [T]) {
+/// input gradient (rows `ld` apart): the adjoint of [`im2col_image`].
+fn col2im_image<T: Real>(cols: &[T], g: &Window, dx: &mut [T], ld: usize) {
     let (l, oh, ow) = (g.out_len(), g.out_h(), g.out_w());
-    for (kk, row) in cols.chunks_exact(l).take(g.patch_len()).enumerate() {
+    for kk in 0..g.patch_len() {
+        let row = &cols[kk * ld..kk * ld + l];
         let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
         let (lo, hi) = g.valid_cols(j);
         if lo >= hi {
@@ -138,77 +201,158 @@ fn pointwise(g: &Window) -> bool {
     g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0
 }
 
-/// A dense convolution, one image at a time: `x` is `n × c × h × w`, `w` is
-/// `c_out × (c·kh·kw)`; returns `n × c_out × oh × ow`. Each image's patch matrix (a few
-/// hundred KiB, cache-resident) is multiplied straight into its slice of the NCHW output, so
-/// there is neither a batch-sized patch matrix nor a layout copy. Images run in parallel.
-pub fn conv_forward<T: Real>(x: &[T], w: &[T], g: &Window, c_out: usize) -> Vec<T> {
+/// Images per matrix product: enough that a product spans ≥ 256 output positions (its
+/// columns in the forward pass, its reduction for dW), at most 16. A 4 × 4 layer's per-image
+/// product is too thin: the weight (and dW) would stream through the cache once per image
+/// for 16 columns of work.
+fn images_per_product(l: usize) -> usize {
+    256usize.div_ceil(l.max(1)).clamp(1, 16)
+}
+
+/// Images per parallel task of the backward pass (one dW partial each): a whole number of
+/// products, at least 4. It depends on the geometry alone, so the summation order (and the
+/// result, bit for bit) does not depend on the thread count.
+fn images_per_task(per_product: usize) -> usize {
+    per_product * 4usize.div_ceil(per_product)
+}
+
+/// A dense convolution: `x` is `n × c × h × w`, `w` is `c_out × (c·kh·kw)`; returns
+/// `n × c_out × oh × ow`. Images go through in small groups ([`images_per_product`]; one
+/// image for layers of ≥ 256 positions): the group's patch matrices, side by side, are one
+/// cache-sized matrix multiplied by the weight. A one-image product writes straight into its
+/// slice of the NCHW output; a wider one is copied there. Groups run in parallel.
+pub fn conv_forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    g: &Window,
+    c_out: usize,
+    products: Products,
+) -> Vec<T> {
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut out = vec![T::zero(); g.n * c_out * l];
-    let wm = super::gemm::MatRef::row_major(w, c_out, k);
-    out.par_chunks_mut(c_out * l).enumerate().for_each_init(
-        || vec![T::zero(); if pointwise(g) { 0 } else { k * l }],
-        |cols, (n, y)| {
-            let x_n = &x[n * img..(n + 1) * img];
-            let patches = if pointwise(g) {
-                x_n
-            } else {
-                im2col_image(x_n, g, cols);
-                &cols[..]
-            };
-            super::gemm::matmul(y, wm, super::gemm::MatRef::row_major(patches, k, l), false);
-        },
-    );
+    let wm = MatRef::row_major(w, c_out, k);
+    // The weight is packed for the bf16 unit once, for every image.
+    let packed_w = pack_for(wm, products);
+    let per = images_per_product(l);
+    let single = per == 1;
+    let cols_len = if single && pointwise(g) {
+        0
+    } else {
+        k * l * per
+    };
+    let y_len = if single { 0 } else { c_out * l * per };
+    out.par_chunks_mut(c_out * l * per)
+        .enumerate()
+        .for_each_init(
+            || (vec![T::zero(); cols_len], vec![T::zero(); y_len]),
+            |(cols, wide_y), (chunk, y)| {
+                let (n0, imgs) = (chunk * per, y.len() / (c_out * l));
+                if single {
+                    let x_n = &x[n0 * img..(n0 + 1) * img];
+                    let patches = if pointwise(g) {
+                        x_n
+                    } else {
+                        im2col_image(x_n, g, cols, l);
+                        &cols[..]
+                    };
+                    let patches = MatRef::row_major(patches, k, l);
+                    product(y, wm, packed_w.as_ref(), patches, false, products);
+                    return;
+                }
+                let wide = imgs * l;
+                for i in 0..imgs {
+                    let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
+                    im2col_image(x_n, g, &mut cols[i * l..], wide);
+                }
+                let patches = MatRef::row_major(&cols[..k * wide], k, wide);
+                let wide_y = &mut wide_y[..c_out * wide];
+                product(wide_y, wm, packed_w.as_ref(), patches, false, products);
+                for i in 0..imgs {
+                    for o in 0..c_out {
+                        y[(i * c_out + o) * l..][..l]
+                            .copy_from_slice(&wide_y[o * wide + i * l..][..l]);
+                    }
+                }
+            },
+        );
     out
 }
 
-/// Both gradients of [`conv_forward`] in one pass over the images: `dx` per image
-/// (`Wᵀ·dY` folded back) and `dW = Σ dY·colsᵀ`, the patch matrices rebuilt per image
-/// instead of kept from the forward pass (which would hold a batch-sized matrix per layer).
-/// Returns `(dx, dw)`.
+/// Both gradients of [`conv_forward`] in one pass over the images: `dx` (`Wᵀ·dY` folded
+/// back) and `dW = Σ dY·colsᵀ`, with the same groups of images per product as the forward
+/// pass; the patch matrices are rebuilt instead of kept from the forward pass (which would
+/// hold a batch-sized matrix per layer). Returns `(dx, dw)`.
 pub fn conv_backward<T: Real>(
     x: &[T],
     w: &[T],
     dy: &[T],
     g: &Window,
     c_out: usize,
+    products: Products,
 ) -> (Vec<T>, Vec<T>) {
-    use super::gemm::{MatRef, matmul};
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut dx = vec![T::zero(); g.n * img];
     let wm = MatRef::row_major(w, c_out, k);
-    let pw = pointwise(g);
-    // Images in fixed groups, each group's dW partial summed in image order and the partials
-    // in group order: the result does not depend on how rayon schedules the groups, so a
-    // run is reproducible bit for bit (a work-stealing fold/reduce would not be).
-    const GROUP: usize = 4;
+    let packed_wt = pack_for(wm.t(), products);
+    let per = images_per_product(l);
+    let single = per == 1;
+    let direct = single && pointwise(g);
+    let task = images_per_task(per);
+    // Each task's dW partial is summed in image order and the partials in task order: the
+    // result does not depend on how rayon schedules the tasks, so a run is reproducible bit
+    // for bit (a work-stealing fold/reduce would not be).
     let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut(img * GROUP)
+        .par_chunks_mut(img * task)
         .enumerate()
-        .map(|(group, dx_group)| {
-            let scratch = if pw { 0 } else { k * l };
+        .map(|(t, dx_task)| {
+            let scratch = if direct { 0 } else { k * l * per };
             let (mut cols, mut dcols) = (vec![T::zero(); scratch], vec![T::zero(); scratch]);
+            let mut wide_dy = vec![T::zero(); if single { 0 } else { c_out * l * per }];
             let mut dw = vec![T::zero(); c_out * k];
-            for (i, dx_n) in dx_group.chunks_exact_mut(img).enumerate() {
-                let n = group * GROUP + i;
-                let x_n = &x[n * img..(n + 1) * img];
-                let dy_n = MatRef::row_major(&dy[n * c_out * l..(n + 1) * c_out * l], c_out, l);
-                let patches = if pw {
-                    x_n
+            for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
+                let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
+                let wide = imgs * l;
+                let dy_group = if single {
+                    MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
                 } else {
-                    im2col_image(x_n, g, &mut cols);
-                    &cols[..]
+                    for i in 0..imgs {
+                        for o in 0..c_out {
+                            wide_dy[o * wide + i * l..][..l]
+                                .copy_from_slice(&dy[((n0 + i) * c_out + o) * l..][..l]);
+                        }
+                    }
+                    MatRef::row_major(&wide_dy[..c_out * wide], c_out, wide)
                 };
-                // dW (c_out × k) += dY (c_out × l) · colsᵀ (l × k).
-                matmul(&mut dw, dy_n, MatRef::row_major(patches, k, l).t(), true);
-                if pw {
-                    // dx (c × l) = Wᵀ (c × c_out) · dY (c_out × l), written in place.
-                    matmul(dx_n, wm.t(), dy_n, false);
+                let patches = if direct {
+                    &x[n0 * img..(n0 + 1) * img]
                 } else {
-                    matmul(&mut dcols, wm.t(), dy_n, false);
-                    col2im_image(&dcols, g, dx_n);
+                    for i in 0..imgs {
+                        let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
+                        im2col_image(x_n, g, &mut cols[i * l..], wide);
+                    }
+                    &cols[..k * wide]
+                };
+                // dW (c_out × k) += dY (c_out × wide) · colsᵀ (wide × k).
+                let cols_t = MatRef::row_major(patches, k, wide).t();
+                product(&mut dw, dy_group, None, cols_t, true, products);
+                if direct {
+                    // dx (c × l) = Wᵀ (c × c_out) · dY (c_out × l), written in place.
+                    product(
+                        dx_group,
+                        wm.t(),
+                        packed_wt.as_ref(),
+                        dy_group,
+                        false,
+                        products,
+                    );
+                } else {
+                    let dcols = &mut dcols[..k * wide];
+                    product(dcols, wm.t(), packed_wt.as_ref(), dy_group, false, products);
+                    for (i, dx_n) in dx_group.chunks_exact_mut(img).enumerate() {
+                        col2im_image(&dcols[i * l..], g, dx_n, wide);
+                    }
                 }
             }
             dw
@@ -470,26 +614,18 @@ mod tests {
     fn im2col(x: &[f64], g: &Window) -> Vec<f64> {
         let (k, l, img) = (g.patch_len(), g.out_len(), g.c * g.h * g.w);
         let mut out = vec![0.0; k * g.n * l];
-        let mut cols = vec![0.0; k * l];
         for n in 0..g.n {
-            im2col_image(&x[n * img..(n + 1) * img], g, &mut cols);
-            for (kk, row) in cols.chunks_exact(l).enumerate() {
-                out[(kk * g.n + n) * l..(kk * g.n + n + 1) * l].copy_from_slice(row);
-            }
+            im2col_image(&x[n * img..(n + 1) * img], g, &mut out[n * l..], g.n * l);
         }
         out
     }
 
     /// The adjoint of [`im2col`], through the per-image fold.
     fn col2im(cols: &[f64], g: &Window) -> Vec<f64> {
-        let (k, l, img) = (g.patch_len(), g.out_len(), g.c * g.h * g.w);
+        let (l, img) = (g.out_len(), g.c * g.h * g.w);
         let mut out = vec![0.0; g.n * img];
-        let mut image_cols = vec![0.0; k * l];
         for n in 0..g.n {
-            for (kk, row) in image_cols.chunks_exact_mut(l).enumerate() {
-                row.copy_from_slice(&cols[(kk * g.n + n) * l..(kk * g.n + n + 1) * l]);
-            }
-            col2im_image(&image_cols, g, &mut out[n * img..(n + 1) * img]);
+            col2im_image(&cols[n * l..], g, &mut out[n * img..(n + 1) * img], g.n * l);
         }
         out
     }
@@ -663,6 +799,9 @@ mod tests {
             (3, 2, 9, 7, 2, 3),
             (4, 6, 5, 1, 1, 0),
             (4, 3, 6, 1, 2, 0),
+            // ≥ 256 output positions: one image per product, straight into the output.
+            (2, 3, 16, 3, 1, 1),
+            (3, 4, 16, 1, 1, 0),
         ]
         .into_iter()
         .enumerate()
@@ -679,7 +818,7 @@ mod tests {
             };
             let x = values(g.n * c * g.h * g.w, 10 + seed as u64);
             let w = values(co * c * k * k, 20 + seed as u64);
-            let y = conv_forward(&x, &w, &g, co);
+            let y = conv_forward(&x, &w, &g, co, Products::Native);
             let want = naive_conv(&x, &w, &g, co);
             assert_eq!(y.len(), want.len());
             assert!(
@@ -687,7 +826,7 @@ mod tests {
                 "forward {g:?}"
             );
             let dy = values(y.len(), 30 + seed as u64);
-            let (dx, dw) = conv_backward(&x, &w, &dy, &g, co);
+            let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, Products::Native);
             let f = dot(&dy, &y);
             assert!(
                 (dot(&x, &dx) - f).abs() < 1e-8 * f.abs().max(1.0),
@@ -735,7 +874,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .expect("pool")
-                .install(|| conv_backward(&x, &w, &dy, &g, 5))
+                .install(|| conv_backward(&x, &w, &dy, &g, 5, Products::Native))
         };
         let one = run(1);
         for threads in [2, 3, 7] {
@@ -752,6 +891,68 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{threads} threads"
             );
+        }
+    }
+
+    #[test]
+    fn the_convolution_on_the_bf16_units_is_the_f64_convolution_of_the_rounded_inputs() {
+        use super::super::bf16::{self, Dot};
+        let units = Dot::usable();
+        if units.is_empty() {
+            eprintln!("this CPU has no bf16 dot-product unit: nothing to compare");
+        }
+        let rounded = |v: &[f32]| -> Vec<f64> {
+            v.iter()
+                .map(|&x| f64::from(bf16::widen(bf16::round(x))))
+                .collect()
+        };
+        let max_rel = |got: &[f32], want: &[f64]| {
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            got.iter()
+                .zip(want)
+                .fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs() / scale))
+        };
+        for dot in units {
+            // Grouped images (8 × 8) and one image per product (16 × 16), 3 × 3 and 1 × 1.
+            for (c, co, h, k, stride, pad) in [
+                (5, 7, 8, 3, 1, 1),
+                (3, 20, 16, 3, 2, 1),
+                (4, 6, 16, 1, 1, 0),
+            ] {
+                let g = Window {
+                    n: 5,
+                    c,
+                    h,
+                    w: h,
+                    kh: k,
+                    kw: k,
+                    stride,
+                    pad,
+                };
+                let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+                let x = f32s(values(g.n * c * h * h, 61));
+                let w = f32s(values(co * c * k * k, 62));
+                let y = conv_forward(&x, &w, &g, co, Products::Bf16(dot));
+                let want = conv_forward(&rounded(&x), &rounded(&w), &g, co, Products::Native);
+                let e = max_rel(&y, &want);
+                assert!(e < 1e-5, "{:?} forward {g:?}: {e}", dot.unit());
+                let dy = f32s(values(y.len(), 63));
+                let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, Products::Bf16(dot));
+                let (wdx, wdw) = conv_backward(
+                    &rounded(&x),
+                    &rounded(&w),
+                    &rounded(&dy),
+                    &g,
+                    co,
+                    Products::Native,
+                );
+                let (ex, ew) = (max_rel(&dx, &wdx), max_rel(&dw, &wdw));
+                assert!(
+                    ex < 1e-5 && ew < 1e-5,
+                    "{:?} backward {g:?}: dx {ex}, dw {ew}",
+                    dot.unit()
+                );
+            }
         }
     }
 }

@@ -14,11 +14,11 @@ use super::cpu::Real;
 /// A read-only matrix view: element (r, c) is `data[r·row_stride + c·col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
+    pub(super) data: &'a [T],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: usize,
+    pub(super) col_stride: usize,
 }
 
 impl<'a, T> MatRef<'a, T> {
@@ -45,7 +45,7 @@ impl<'a, T> MatRef<'a, T> {
     }
 
     /// Whether every element the view addresses lies inside its slice.
-    fn in_bounds(&self) -> bool {
+    pub(super) fn in_bounds(&self) -> bool {
         if self.rows == 0 || self.cols == 0 {
             return true;
         }

@@ -14,6 +14,7 @@
 //! Every CUDA kernel has a check against the CPU path in `annt selftest`
 //! (`crate::engine::selftest`), which runs the moment a GPU exists.
 
+pub mod bf16;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -25,6 +26,27 @@ pub use cpu::Window;
 use candle_core::Device;
 
 use super::Kernels;
+
+/// What a convolution's matrix products compute in on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Products {
+    /// The tensors' own dtype (f32 through gemm; f64 in the gradient tests).
+    #[default]
+    Native,
+    /// bf16-rounded inputs with f32 accumulation on the CPU's bf16 unit
+    /// ([`bf16`]): `--amp bf16` on a CPU that has one. Tensors stay f32.
+    Bf16(bf16::Dot),
+}
+
+impl Products {
+    /// The bf16 unit, when products run on one.
+    pub fn bf16(self) -> Option<bf16::Dot> {
+        match self {
+            Products::Native => None,
+            Products::Bf16(dot) => Some(dot),
+        }
+    }
+}
 
 /// The implementation one op runs on for one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,915 @@
+//! bf16 matrix products on the CPU's bf16 dot-product units, with f32 accumulation: what
+//! `--amp bf16` computes its convolutions with on a CPU that has them.
+//!
+//! Two units, detected at run time ([`Dot::detect`]):
+//! - **AMX** (`amx_bf16`, Sapphire Rapids and later): `tdpbf16ps` adds a 16×32 · 32×16 bf16
+//!   product into a 16×16 f32 tile per instruction — 16× the multiply-adds of an AVX-512 f32
+//!   FMA per cycle. Linux hands out the tile state only on request (`arch_prctl`), so AMX is
+//!   used only when that request succeeds.
+//! - **AVX512-BF16** (`avx512_bf16`, Cooper Lake, Zen 4 and later): `vdpbf16ps` adds pairs of
+//!   bf16 products into 16 f32 lanes — twice an f32 FMA's multiply-adds.
+//!
+//! Both read the same packed operands: `A` (m × k) in blocks of 16 rows × 32 bf16, `B` (k × n)
+//! in blocks of 16 k-pairs × 16 columns × 2 (the "VNNI" order the instructions read), every
+//! block 512 values (1 KiB), zero-padded at the edges. Inputs are rounded to bf16 to nearest
+//! even while packing, as `vcvtne2ps2bf16` does (denormals flushed to zero, like the
+//! instructions); products accumulate in f32 and the result is f32 — the arithmetic of a GPU
+//! tensor core on bf16 inputs. [`reference`] computes the same rounding with f64
+//! accumulation; the tests hold both units to it.
+//!
+//! This module, `gemm.rs` and the CUDA modules are the only places `unsafe` is allowed in
+//! annt's kernels: every block says why it is sound. A [`Dot`] can only be made by
+//! [`Dot::detect`] / [`Dot::usable`], which check the CPU (and the OS, for AMX) first, so the
+//! `#[target_feature]` functions below never run on a CPU without those instructions.
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use super::gemm::MatRef;
+
+/// The bf16 dot-product instructions a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX-512 BF16 (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+impl Unit {
+    /// How reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Unit::Amx => "AMX (tdpbf16ps)",
+            Unit::Avx512Bf16 => "AVX512-BF16 (vdpbf16ps)",
+        }
+    }
+}
+
+/// Overrides the unit annt picks: `amx`, `avx512-bf16` or `off` (the numerics-only path).
+/// For measuring one unit against the other on a CPU that has both; a unit the CPU lacks is
+/// not used whatever this says.
+pub const UNIT_ENV: &str = "ANNT_CPU_BF16";
+
+/// Proof that this CPU (and OS) can run a unit: only [`Dot::detect`] and [`Dot::usable`]
+/// make one, after checking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dot {
+    unit: Unit,
+}
+
+impl Dot {
+    /// The best unit this machine offers (AMX before AVX512-BF16), or the one [`UNIT_ENV`]
+    /// names; `None` when there is none or the variable says `off`. Probed once per process.
+    pub fn detect() -> Option<Dot> {
+        static CHOSEN: OnceLock<Option<Dot>> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let wish = std::env::var(UNIT_ENV).ok();
+            let usable = Dot::usable();
+            choose(wish.as_deref(), &usable).unwrap_or_else(|message| {
+                eprintln!("annt: {message}; using the best unit this CPU has");
+                usable.first().copied()
+            })
+        })
+    }
+
+    /// Every unit this machine can run, best first (tests run each of them).
+    pub fn usable() -> Vec<Dot> {
+        let mut units = Vec::new();
+        if probe::avx512_bf16() {
+            if probe::amx() {
+                units.push(Dot { unit: Unit::Amx });
+            }
+            units.push(Dot {
+                unit: Unit::Avx512Bf16,
+            });
+        }
+        units
+    }
+
+    pub fn unit(self) -> Unit {
+        self.unit
+    }
+}
+
+/// The unit [`UNIT_ENV`]'s value `wish` asks for among the `usable` ones (best first): unset
+/// means the best, `off` none, a unit the CPU lacks none; anything else is an error.
+fn choose(wish: Option<&str>, usable: &[Dot]) -> Result<Option<Dot>, String> {
+    let find = |unit| usable.iter().copied().find(|d| d.unit == unit);
+    match wish.map(str::trim) {
+        None | Some("") => Ok(usable.first().copied()),
+        Some("off") => Ok(None),
+        Some("amx") => Ok(find(Unit::Amx)),
+        Some("avx512-bf16") => Ok(find(Unit::Avx512Bf16)),
+        Some(other) => Err(format!(
+            "{UNIT_ENV}={other:?} is not one of amx, avx512-bf16, off"
+        )),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod probe {
+    /// AVX-512 F/BW (the packing) and BF16 (the conversion and `vdpbf16ps`).
+    pub fn avx512_bf16() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// AMX-TILE and AMX-BF16 in CPUID leaf 7, and Linux's permission to use the tile data.
+    /// (`is_x86_feature_detected!("amx-bf16")` is not stable Rust yet.)
+    #[cfg(target_os = "linux")]
+    pub fn amx() -> bool {
+        static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GRANTED.get_or_init(|| {
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            let (tile, bf16) = ((leaf.edx >> 24) & 1 == 1, (leaf.edx >> 22) & 1 == 1);
+            if !(tile && bf16) {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only asks the kernel to let
+            // this process's threads use the AMX tile registers (it enlarges their saved
+            // state); it reads and writes no memory of ours. Failure (an old kernel, a
+            // sandbox) returns -1 and AMX is simply not used.
+            let granted = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            granted == 0
+        })
+    }
+
+    /// Other systems hand out the tile state differently; annt does not ask there.
+    #[cfg(not(target_os = "linux"))]
+    pub fn amx() -> bool {
+        false
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod probe {
+    pub fn avx512_bf16() -> bool {
+        false
+    }
+    pub fn amx() -> bool {
+        false
+    }
+}
+
+/// `x` rounded to bf16 (nearest, ties to even), as `vcvtne2ps2bf16` does: denormals become
+/// zero of the same sign, NaN stays a (quiet) NaN.
+pub fn round(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    if x.is_subnormal() {
+        return ((bits >> 16) & 0x8000) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// A bf16 value as f32 (exact).
+pub fn widen(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// `a · b` on bf16-rounded inputs, accumulated in f64: what the units compute, up to f32
+/// accumulation order.
+pub fn reference(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "reference: inner dimensions {k} and {}", b.rows);
+    let at = |i: usize, p: usize| a.data[i * a.row_stride + p * a.col_stride];
+    let bt = |p: usize, j: usize| b.data[p * b.row_stride + j * b.col_stride];
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|p| f64::from(widen(round(at(i, p)))) * f64::from(widen(round(bt(p, j)))))
+                .sum();
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+const TILE: usize = 512;
+
+/// Blocks of 16 rows (A) or 16 columns (B) and of 32 along k.
+fn blocks(outer: usize, k: usize) -> (usize, usize) {
+    (outer.div_ceil(16), k.div_ceil(32))
+}
+
+/// The left operand packed once, for products that reuse it (a convolution's weight, shared
+/// by every image of the batch).
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    data: Vec<u16>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    pub fn new(a: MatRef<'_, f32>, dot: Dot) -> Self {
+        assert!(a.in_bounds(), "bf16 pack: a view leaves its slice");
+        let mut data = Vec::new();
+        pack_a(a, &mut data, dot);
+        Self {
+            data,
+            m: a.rows,
+            k: a.cols,
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread packing buffers, reused from call to call (a product per image would
+    /// otherwise allocate and fault in a fresh buffer each time).
+    static SCRATCH_A: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_B: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst (m × n, row-major) = a · b`, or `+=` with `accumulate`, in bf16 with f32
+/// accumulation; single-threaded (callers parallelise). Same contract as `gemm::matmul`.
+pub fn matmul(dst: &mut [f32], a: MatRef<'_, f32>, b: MatRef<'_, f32>, accumulate: bool, dot: Dot) {
+    assert!(a.in_bounds(), "bf16 matmul: a view leaves its slice");
+    SCRATCH_A.with(|scratch| {
+        let mut packed = scratch.borrow_mut();
+        pack_a(a, &mut packed, dot);
+        product(dst, &packed, a.rows, a.cols, b, accumulate, dot);
+    });
+}
+
+/// [`matmul`] with the left operand already packed.
+pub fn matmul_packed(dst: &mut [f32], a: &PackedA, b: MatRef<'_, f32>, accumulate: bool, dot: Dot) {
+    product(dst, &a.data, a.m, a.k, b, accumulate, dot);
+}
+
+fn product(
+    dst: &mut [f32],
+    pa: &[u16],
+    m: usize,
+    k: usize,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+    dot: Dot,
+) {
+    let n = b.cols;
+    assert_eq!(
+        b.rows, k,
+        "bf16 matmul: inner dimensions {k} and {}",
+        b.rows
+    );
+    assert!(
+        dst.len() >= m * n,
+        "bf16 matmul: destination holds {} < {m}×{n}",
+        dst.len()
+    );
+    assert!(b.in_bounds(), "bf16 matmul: a view leaves its slice");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (mb, kb) = blocks(m, k);
+    let nb = n.div_ceil(16);
+    assert_eq!(
+        pa.len(),
+        mb * kb * TILE,
+        "bf16 matmul: packed A has the wrong size"
+    );
+    if kb == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|v| *v = 0.0);
+        }
+        return;
+    }
+    SCRATCH_B.with(|scratch| {
+        let mut pb = scratch.borrow_mut();
+        pack_b(b, &mut pb, dot);
+        let out = Out {
+            dst,
+            m,
+            n,
+            accumulate,
+        };
+        kernels::run(dot.unit, pa, &pb, mb, nb, kb, out);
+    });
+}
+
+/// Where finished 16×16 tiles go: the valid part of each is written (or added) into `dst`.
+struct Out<'a> {
+    dst: &'a mut [f32],
+    m: usize,
+    n: usize,
+    accumulate: bool,
+}
+
+impl Out<'_> {
+    fn tile(&mut self, bi: usize, bj: usize, tile: &[f32; 256]) {
+        let (i0, j0) = (bi * 16, bj * 16);
+        if i0 >= self.m || j0 >= self.n {
+            return;
+        }
+        let w = 16.min(self.n - j0);
+        for r in 0..16.min(self.m - i0) {
+            let row = &mut self.dst[(i0 + r) * self.n + j0..][..w];
+            let src = &tile[r * 16..r * 16 + w];
+            for (d, s) in row.iter_mut().zip(src) {
+                *d = if self.accumulate { *d + s } else { *s };
+            }
+        }
+    }
+}
+
+/// Packs `a` (m × k) into 16 × 32 blocks, every element of `out` written (padding zero).
+fn pack_a(a: MatRef<'_, f32>, out: &mut Vec<u16>, dot: Dot) {
+    let (mb, kb) = blocks(a.rows, a.cols);
+    out.resize(mb * kb * TILE, 0);
+    let _ = dot;
+    #[cfg(target_arch = "x86_64")]
+    if a.col_stride == 1 {
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16; `a` was checked in bounds
+        // by every caller and `out` holds mb·kb blocks.
+        unsafe { kernels::pack_a_rows(a, out, mb, kb) };
+        return;
+    }
+    for bi in 0..mb {
+        for bk in 0..kb {
+            let block = &mut out[(bi * kb + bk) * TILE..][..TILE];
+            for r in 0..16 {
+                for c in 0..32 {
+                    let (i, p) = (bi * 16 + r, bk * 32 + c);
+                    block[r * 32 + c] = if i < a.rows && p < a.cols {
+                        round(a.data[i * a.row_stride + p * a.col_stride])
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Packs `b` (k × n) into blocks of 16 k-pairs × 16 columns × 2, every element written.
+fn pack_b(b: MatRef<'_, f32>, out: &mut Vec<u16>, dot: Dot) {
+    let (nb, kb) = blocks(b.cols, b.rows);
+    out.resize(nb * kb * TILE, 0);
+    let _ = dot;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if b.col_stride == 1 {
+            // SAFETY: as in `pack_a`: the CPU has the instructions, `b` is in bounds, `out`
+            // holds nb·kb blocks.
+            unsafe { kernels::pack_b_rows(b, out, nb, kb) };
+            return;
+        }
+        if b.row_stride == 1 {
+            // SAFETY: as above.
+            unsafe { kernels::pack_b_cols(b, out, nb, kb) };
+            return;
+        }
+    }
+    for bj in 0..nb {
+        for bk in 0..kb {
+            let block = &mut out[(bj * kb + bk) * TILE..][..TILE];
+            for r in 0..16 {
+                for c in 0..16 {
+                    for e in 0..2 {
+                        let (p, j) = (bk * 32 + 2 * r + e, bj * 16 + c);
+                        block[r * 32 + c * 2 + e] = if p < b.rows && j < b.cols {
+                            round(b.data[p * b.row_stride + j * b.col_stride])
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    use super::{MatRef, Out, TILE, Unit};
+
+    pub(super) fn run(
+        unit: Unit,
+        pa: &[u16],
+        pb: &[u16],
+        mb: usize,
+        nb: usize,
+        kb: usize,
+        out: Out<'_>,
+    ) {
+        assert!(pa.len() >= mb * kb * TILE && pb.len() >= nb * kb * TILE);
+        match unit {
+            // SAFETY (both): a `Unit` reaches here only inside a `Dot`, made after checking
+            // the CPU (and the OS for AMX); the packed buffers hold the blocks read (asserted).
+            Unit::Amx => unsafe { amx(pa, pb, mb, nb, kb, out) },
+            Unit::Avx512Bf16 => unsafe { avx512(pa, pb, mb, nb, kb, out) },
+        }
+    }
+
+    /// The tile configuration `ldtilecfg` reads: palette 1, eight tiles of 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Where one accumulator tile starts and ends: straight in `dst` when the whole 16 × 16
+    /// tile lies inside it (loaded from there when accumulating), else in a scratch tile
+    /// that [`Out::tile`] copies out.
+    struct Target {
+        ptr: *mut f32,
+        stride: usize,
+        direct: bool,
+    }
+
+    impl Out<'_> {
+        fn target(&mut self, bi: usize, bj: usize, scratch: &mut [f32; 256]) -> Target {
+            let (i0, j0) = (bi * 16, bj * 16);
+            if i0 + 16 <= self.m && j0 + 16 <= self.n {
+                Target {
+                    // In bounds: the tile's last element (i0 + 15)·n + j0 + 15 < m·n ≤ len.
+                    ptr: self.dst[i0 * self.n + j0..].as_mut_ptr(),
+                    stride: self.n * 4,
+                    direct: true,
+                }
+            } else {
+                Target {
+                    ptr: scratch.as_mut_ptr(),
+                    stride: 64,
+                    direct: false,
+                }
+            }
+        }
+    }
+
+    /// Starts accumulator tile `$tmm` at `$t`: its current values when adding into `dst`,
+    /// zero otherwise.
+    macro_rules! tile_start {
+        ($tmm:literal, $t:expr, $accumulate:expr) => {
+            if $t.direct && $accumulate {
+                asm!(concat!("tileloadd ", $tmm, ", [{p} + {s}*1]"), p = in(reg) $t.ptr, s = in(reg) $t.stride, options(nostack, readonly));
+            } else {
+                asm!(concat!("tilezero ", $tmm), options(nostack, nomem));
+            }
+        };
+    }
+
+    macro_rules! tile_store {
+        ($tmm:literal, $t:expr) => {
+            asm!(concat!("tilestored [{p} + {s}*1], ", $tmm), p = in(reg) $t.ptr, s = in(reg) $t.stride, options(nostack));
+        };
+    }
+
+    /// tmm0–3 accumulate a 32 × 32 block of C (2 × 2 tiles), tmm4–5 hold two row blocks of
+    /// A, tmm6–7 two column blocks of B. Edges with a single row or column block use tmm0,
+    /// tmm4 and tmm6 alone. Whole tiles are loaded from and stored to `dst` directly.
+    unsafe fn amx(pa: &[u16], pb: &[u16], mb: usize, nb: usize, kb: usize, mut out: Out<'_>) {
+        let mut cfg = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        let stride: usize = 64;
+        let acc = out.accumulate;
+        let a_block = |bi: usize| pa[bi * kb * TILE..].as_ptr();
+        let b_block = |bj: usize| pb[bj * kb * TILE..].as_ptr();
+        let mut c = [[0f32; 256]; 4];
+        // SAFETY: `cfg` is a valid palette-1 configuration (8 tiles × 16 rows × 64 bytes,
+        // within AMX's limits) and 64-byte aligned; the OS granted the tile state (checked in
+        // `probe::amx`). Tile registers are not used by compiled code, so the asm blocks
+        // below can keep values in them between blocks.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
+        for bj in (0..nb).step_by(2) {
+            for bi in (0..mb).step_by(2) {
+                if bi + 1 < mb && bj + 1 < nb {
+                    let (a0, a1, b0, b1) =
+                        (a_block(bi), a_block(bi + 1), b_block(bj), b_block(bj + 1));
+                    let [c0, c1, c2, c3] = &mut c;
+                    let t = [
+                        out.target(bi, bj, c0),
+                        out.target(bi, bj + 1, c1),
+                        out.target(bi + 1, bj, c2),
+                        out.target(bi + 1, bj + 1, c3),
+                    ];
+                    // SAFETY: every A/B load reads one 16 × 64-byte block at `q·TILE` u16 past
+                    // a block start, q < kb: inside `pa`/`pb` (asserted in `run`). Each target
+                    // is 16 rows of 64 bytes at its stride inside `dst` (see `Out::target`) or
+                    // a 1 KiB scratch array.
+                    unsafe {
+                        tile_start!("tmm0", t[0], acc);
+                        tile_start!("tmm1", t[1], acc);
+                        tile_start!("tmm2", t[2], acc);
+                        tile_start!("tmm3", t[3], acc);
+                        for q in 0..kb {
+                            let o = q * TILE;
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {s}*1]",
+                                "tileloadd tmm5, [{a1} + {s}*1]",
+                                "tileloadd tmm6, [{b0} + {s}*1]",
+                                "tileloadd tmm7, [{b1} + {s}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(o), a1 = in(reg) a1.add(o),
+                                b0 = in(reg) b0.add(o), b1 = in(reg) b1.add(o),
+                                s = in(reg) stride, options(nostack, readonly));
+                        }
+                        tile_store!("tmm0", t[0]);
+                        tile_store!("tmm1", t[1]);
+                        tile_store!("tmm2", t[2]);
+                        tile_store!("tmm3", t[3]);
+                    }
+                    let direct = t.map(|t| t.direct);
+                    for (k, (di, dj)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                        if !direct[k] {
+                            out.tile(bi + di, bj + dj, &c[k]);
+                        }
+                    }
+                } else {
+                    for i in bi..(bi + 2).min(mb) {
+                        for j in bj..(bj + 2).min(nb) {
+                            let (a0, b0) = (a_block(i), b_block(j));
+                            let t = out.target(i, j, &mut c[0]);
+                            // SAFETY: as above, one block of A and of B per step.
+                            unsafe {
+                                tile_start!("tmm0", t, acc);
+                                for q in 0..kb {
+                                    let o = q * TILE;
+                                    asm!(
+                                        "tileloadd tmm4, [{a0} + {s}*1]",
+                                        "tileloadd tmm6, [{b0} + {s}*1]",
+                                        "tdpbf16ps tmm0, tmm4, tmm6",
+                                        a0 = in(reg) a0.add(o), b0 = in(reg) b0.add(o),
+                                        s = in(reg) stride, options(nostack, readonly));
+                                }
+                                tile_store!("tmm0", t);
+                            }
+                            if !t.direct {
+                                out.tile(i, j, &c[0]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: returns the tile state to its initial (unused) state, so a context switch
+        // does not save 8 KiB of tiles for this thread until its next product.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// One 16 × 16 tile of C at a time: 16 accumulators (one per row), each k-pair row of B
+    /// loaded once and multiplied by every row's broadcast pair of A.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn avx512(pa: &[u16], pb: &[u16], mb: usize, nb: usize, kb: usize, mut out: Out<'_>) {
+        let mut c = [0f32; 256];
+        for bj in 0..nb {
+            for bi in 0..mb {
+                let a = &pa[bi * kb * TILE..(bi + 1) * kb * TILE];
+                let b = &pb[bj * kb * TILE..(bj + 1) * kb * TILE];
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for q in 0..kb {
+                    let (at, bt) = (&a[q * TILE..][..TILE], &b[q * TILE..][..TILE]);
+                    for r in 0..16 {
+                        // SAFETY: 32 u16 (64 bytes) from row r of a 512-value block.
+                        let bv: __m512bh = unsafe {
+                            std::mem::transmute(_mm512_loadu_si512(bt[r * 32..].as_ptr().cast()))
+                        };
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: the pair (2r, 2r + 1) of row i lies inside the
+                            // 512-value block `at`; an unaligned u32 read of two u16. The
+                            // vector is 32 bf16 reinterpreted from 16 u32: same size, every
+                            // bit pattern valid.
+                            let av: __m512bh = unsafe {
+                                let pair = at
+                                    .as_ptr()
+                                    .add(i * 32 + 2 * r)
+                                    .cast::<u32>()
+                                    .read_unaligned();
+                                std::mem::transmute(_mm512_set1_epi32(pair as i32))
+                            };
+                            *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    // SAFETY: 16 f32 into row i of the 256-value tile.
+                    unsafe { _mm512_storeu_ps(c[i * 16..].as_mut_ptr(), *acc) };
+                }
+                out.tile(bi, bj, &c);
+            }
+        }
+    }
+
+    /// A mask of the first `n` (≤ 16) lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// 32 values from `src` (those at `start..start+32` below `len`; zero past it), rounded to
+    /// bf16, in order.
+    ///
+    /// SAFETY (caller): `src` points at an allocation of at least `len` f32 that the CPU can
+    /// read; masked-off lanes are not read (AVX-512 masked loads suppress their accesses).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn load32(src: *const f32, start: usize, len: usize, stride: usize) -> __m512bh {
+        let left = len.saturating_sub(start);
+        let (lo, hi) = if stride == 1 {
+            // SAFETY: only the lanes below `len` are read; `wrapping_add` keeps the address
+            // arithmetic defined even past the end, where no lane is read.
+            unsafe {
+                (
+                    _mm512_maskz_loadu_ps(lanes(left), src.wrapping_add(start)),
+                    _mm512_maskz_loadu_ps(
+                        lanes(left.saturating_sub(16)),
+                        src.wrapping_add(start + 16),
+                    ),
+                )
+            }
+        } else {
+            let mut v = [0f32; 32];
+            for (t, slot) in v.iter_mut().enumerate().take(left.min(32)) {
+                // SAFETY: index (start + t)·stride < len·stride is inside the caller's range.
+                *slot = unsafe { *src.add((start + t) * stride) };
+            }
+            // SAFETY: two 16-float reads from a 32-float array.
+            unsafe {
+                (
+                    _mm512_loadu_ps(v.as_ptr()),
+                    _mm512_loadu_ps(v.as_ptr().add(16)),
+                )
+            }
+        };
+        _mm512_cvtne2ps_pbh(hi, lo)
+    }
+
+    /// A with unit column stride: each 32-wide piece of a row converted in one instruction.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_a_rows(a: MatRef<'_, f32>, out: &mut [u16], mb: usize, kb: usize) {
+        assert!(out.len() >= mb * kb * TILE);
+        for i in 0..mb * 16 {
+            let (bi, r) = (i / 16, i % 16);
+            for bk in 0..kb {
+                let dst = out[(bi * kb + bk) * TILE + r * 32..][..32].as_mut_ptr();
+                let v = if i < a.rows {
+                    // SAFETY: row i spans `a.cols` floats from `i·row_stride`, inside `a.data`
+                    // (the view is in bounds).
+                    unsafe { load32(a.data.as_ptr().add(i * a.row_stride), bk * 32, a.cols, 1) }
+                } else {
+                    // SAFETY: reinterpreting zero bits.
+                    unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()) }
+                };
+                // SAFETY: 64 bytes into the 32 u16 at `dst`.
+                unsafe {
+                    _mm512_storeu_si512(dst.cast(), std::mem::transmute::<__m512bh, __m512i>(v))
+                };
+            }
+        }
+    }
+
+    /// B with unit column stride: two rows (a k-pair) converted at once and interleaved.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_b_rows(b: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize) {
+        assert!(out.len() >= nb * kb * TILE);
+        // Lane 2c takes column c of the first row, lane 2c + 1 column c of the second.
+        let idx: [u16; 32] = std::array::from_fn(|l| {
+            if l % 2 == 0 {
+                (l / 2) as u16
+            } else {
+                16 + (l / 2) as u16
+            }
+        });
+        // SAFETY: 64 bytes from a 32-u16 array.
+        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        for pp in 0..kb * 16 {
+            let (bk, r) = (pp / 16, pp % 16);
+            let (p0, p1) = (2 * pp, 2 * pp + 1);
+            for bj in 0..nb {
+                let j0 = bj * 16;
+                let w = b.cols.saturating_sub(j0).min(16);
+                let row = |p: usize| {
+                    if p < b.rows {
+                        // SAFETY: the w ≤ 16 floats of row p from column j0 lie in the view.
+                        unsafe {
+                            _mm512_maskz_loadu_ps(
+                                lanes(w),
+                                b.data.as_ptr().add(p * b.row_stride + j0),
+                            )
+                        }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let v = _mm512_cvtne2ps_pbh(row(p1), row(p0));
+                // SAFETY: same-size reinterpretations; 64 bytes into row r of block (bj, bk).
+                unsafe {
+                    let v =
+                        _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(v));
+                    _mm512_storeu_si512(
+                        out[(bj * kb + bk) * TILE + r * 32..][..32]
+                            .as_mut_ptr()
+                            .cast(),
+                        v,
+                    );
+                }
+            }
+        }
+    }
+
+    /// B with unit row stride (a transposed view): 32 consecutive k of a column converted at
+    /// once and spread over the block's 16 pair rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_b_cols(b: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize) {
+        assert!(out.len() >= nb * kb * TILE);
+        let mut pairs = [0u32; 16];
+        for j in 0..nb * 16 {
+            let (bj, c) = (j / 16, j % 16);
+            for bk in 0..kb {
+                if j < b.cols {
+                    // SAFETY: column j spans `b.rows` floats from `j·col_stride` (unit stride).
+                    let v = unsafe {
+                        load32(b.data.as_ptr().add(j * b.col_stride), bk * 32, b.rows, 1)
+                    };
+                    // SAFETY: 64 bytes into a 16-u32 array.
+                    unsafe {
+                        _mm512_storeu_si512(
+                            pairs.as_mut_ptr().cast(),
+                            std::mem::transmute::<__m512bh, __m512i>(v),
+                        )
+                    };
+                } else {
+                    pairs = [0; 16];
+                }
+                let block = &mut out[(bj * kb + bk) * TILE..][..TILE];
+                for (r, &pair) in pairs.iter().enumerate() {
+                    block[r * 32 + c * 2] = pair as u16;
+                    block[r * 32 + c * 2 + 1] = (pair >> 16) as u16;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernels {
+    use super::{Out, Unit};
+
+    /// No `Dot` can exist off x86-64 (`Dot::usable` is empty), so this never runs.
+    pub(super) fn run(_: Unit, _: &[u16], _: &[u16], _: usize, _: usize, _: usize, _: Out<'_>) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let x = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed.wrapping_mul(40_503));
+                (x % 20_011) as f32 / 10_005.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_rel(got: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        got.iter()
+            .zip(want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs() / scale))
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_flushes_denormals() {
+        assert_eq!(widen(round(1.0)), 1.0);
+        // 1 + 2⁻⁸ is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(widen(round(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(widen(round(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(round(f32::MIN_POSITIVE / 4.0), 0);
+        assert_eq!(round(-f32::MIN_POSITIVE / 4.0), 0x8000);
+        assert!(widen(round(f32::NAN)).is_nan());
+        assert_eq!(widen(round(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn every_unit_matches_the_reference_on_every_layout_and_edge() {
+        let units = Dot::usable();
+        if units.is_empty() {
+            eprintln!("this CPU has no bf16 dot-product unit: only the reference is checked");
+        }
+        // Sizes on and off the 16/32 block edges, and the shapes a convolution uses.
+        let shapes = [
+            (1, 1, 1),
+            (16, 32, 16),
+            (17, 33, 19),
+            (31, 64, 48),
+            (64, 147, 256),
+            (5, 600, 7),
+            (40, 9, 100),
+        ];
+        for dot in units {
+            for &(m, k, n) in &shapes {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+                let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                let want = reference(MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+                let views = [
+                    (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n)),
+                    (
+                        MatRef::row_major(&at, k, m).t(),
+                        MatRef::row_major(&bt, n, k).t(),
+                    ),
+                ];
+                for (va, vb) in views {
+                    let mut got = vec![7.0; m * n];
+                    matmul(&mut got, va, vb, false, dot);
+                    let e = max_rel(&got, &want);
+                    assert!(e < 1e-5, "{:?} {m}×{k}×{n}: relative error {e}", dot.unit());
+                    // Accumulating adds the product once more; a packed A gives the same.
+                    matmul_packed(&mut got, &PackedA::new(va, dot), vb, true, dot);
+                    let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+                    let e = max_rel(&got, &twice);
+                    assert!(
+                        e < 1e-5,
+                        "{:?} {m}×{k}×{n} accumulated: relative error {e}",
+                        dot.unit()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_conversion_rounds_as_the_scalar_one_does() {
+        for dot in Dot::usable() {
+            // Ties, denormals, infinities and NaN through the packing's vector path.
+            let specials = [
+                1.0 + 1.0 / 256.0,
+                1.0 + 3.0 / 256.0,
+                f32::MIN_POSITIVE / 4.0,
+                -1e-40,
+                f32::INFINITY,
+                -0.0,
+                3.4e38,
+            ];
+            let mut a = values(32, 3);
+            a[..specials.len()].copy_from_slice(&specials);
+            let mut packed = Vec::new();
+            pack_a(MatRef::row_major(&a, 1, 32), &mut packed, dot);
+            for (p, &x) in a.iter().enumerate() {
+                assert_eq!(packed[p], round(x), "{:?}: {x:e}", dot.unit());
+            }
+        }
+    }
+
+    #[test]
+    fn the_unit_named_in_the_environment_is_honoured_and_an_unknown_name_refused() {
+        let (amx, avx) = (
+            Dot { unit: Unit::Amx },
+            Dot {
+                unit: Unit::Avx512Bf16,
+            },
+        );
+        assert_eq!(choose(None, &[amx, avx]), Ok(Some(amx)));
+        assert_eq!(choose(Some(" "), &[avx]), Ok(Some(avx)));
+        assert_eq!(choose(Some("avx512-bf16"), &[amx, avx]), Ok(Some(avx)));
+        assert_eq!(choose(Some("amx"), &[avx]), Ok(None));
+        assert_eq!(choose(Some("off"), &[amx, avx]), Ok(None));
+        assert_eq!(choose(None, &[]), Ok(None));
+        let err = choose(Some("tf32"), &[amx]).expect_err("an unknown unit");
+        assert!(err.contains(UNIT_ENV) && err.contains("tf32"), "{err}");
+        if let Some(d) = Dot::detect() {
+            assert!(Dot::usable().contains(&d));
+        }
+    }
+}

@@ -20,8 +20,8 @@ pub const FEATURE_FLAGS: &[(&str, bool)] = &[
 /// release build's.
 /// The CPU's half-precision dot-product instructions, as Linux lists them in
 /// `/proc/cpuinfo` (`avx512_bf16`, `amx_bf16`, `avx512_fp16`, `amx_fp16`); empty elsewhere or
-/// when it has none. Reports name them so that a reader knows whether a bf16 kernel could
-/// have run here — annt's CPU path does not use them yet.
+/// when it has none. Reports name them when a half-precision arm ran the numerics-only path
+/// (fp16, or bf16 with `ANNT_CPU_BF16=off`), so that a reader knows what could have run.
 pub fn cpu_half_instructions() -> Vec<String> {
     let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
         return Vec::new();

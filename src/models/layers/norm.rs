@@ -300,7 +300,49 @@ impl LayerNorm {
         })
     }
 
+    /// In f32 (f64 for f64 input), returned in the input's dtype. On the CPU one fused pass
+    /// forward and one backward ([`kernels_cpu::layer_norm_forward`]); elsewhere Candle's
+    /// ops ([`Self::forward_ops`], also the reference the tests compare with).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return self.forward_ops(x);
+        }
+        let dtype = x.dtype();
+        let nd = norm_dtype(dtype);
+        let xn = x.to_dtype(nd)?.contiguous()?;
+        let gamma = self.weight.as_tensor().to_dtype(nd)?;
+        let beta = self.bias.as_tensor().to_dtype(nd)?;
+        let eps = self.eps;
+        let y = map_real_n(
+            &[&xn.detach(), &gamma.detach(), &beta.detach()],
+            xn.shape(),
+            |v| kernels_cpu::layer_norm_forward(v[0], v[1], v[2], eps),
+            |v| kernels_cpu::layer_norm_forward(v[0], v[1], v[2], eps),
+        )?;
+        let y = attach3(
+            "annt-layer-norm",
+            [&xn, &gamma, &beta],
+            y,
+            Box::new(move |x, gamma, _beta, grad| {
+                let (n, d) = (x.elem_count(), gamma.elem_count());
+                let all = map_real_n(
+                    &[x, gamma, &grad.contiguous()?],
+                    n + 2 * d,
+                    |v| kernels_cpu::layer_norm_backward(v[0], v[1], v[2], eps),
+                    |v| kernels_cpu::layer_norm_backward(v[0], v[1], v[2], eps),
+                )?;
+                Ok((
+                    all.narrow(0, 0, n)?.reshape(x.shape())?,
+                    all.narrow(0, n, d)?.reshape(gamma.shape())?,
+                    all.narrow(0, n + d, d)?.reshape(gamma.shape())?,
+                ))
+            }),
+        )?;
+        y.to_dtype(dtype)
+    }
+
+    /// Layer norm from Candle's ops (mean, centring, variance, division, affine).
+    pub fn forward_ops(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let nd = norm_dtype(dtype);
         let x = x.to_dtype(nd)?;

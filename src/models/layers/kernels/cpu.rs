@@ -605,6 +605,95 @@ pub fn channel_grad_sums<T: Real>(
         .collect()
 }
 
+/// Rows per task of the layer-norm kernels: fixed, so the parameter-gradient partials are
+/// summed in the same order whatever the thread count.
+const LN_ROWS: usize = 64;
+
+/// A row's mean and `1/√(var + eps)` (biased variance), accumulated in f64.
+fn row_stats<T: Real>(row: &[T], eps: f64) -> (T, T) {
+    let d = row.len().max(1) as f64;
+    let mean = row.iter().map(|v| v.to_f64().unwrap_or(0.0)).sum::<f64>() / d;
+    let var = row
+        .iter()
+        .map(|v| {
+            let c = v.to_f64().unwrap_or(0.0) - mean;
+            c * c
+        })
+        .sum::<f64>()
+        / d;
+    let rstd = 1.0 / (var + eps).sqrt();
+    (
+        T::from(mean).unwrap_or(T::zero()),
+        T::from(rstd).unwrap_or(T::zero()),
+    )
+}
+
+/// Layer norm over rows of `gamma.len()` values: `y = (x − μ)·r·γ + β` with
+/// `r = 1/√(var + eps)`, in one pass per row (Candle's ops take eight, each with its own
+/// output and backward node).
+pub fn layer_norm_forward<T: Real>(x: &[T], gamma: &[T], beta: &[T], eps: f64) -> Vec<T> {
+    let d = gamma.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d * LN_ROWS)
+        .zip(x.par_chunks(d * LN_ROWS))
+        .for_each(|(y, x)| {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, rstd) = row_stats(xr, eps);
+                for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                    *o = (v - mean) * rstd * g + b;
+                }
+            }
+        });
+    y
+}
+
+/// The gradients of [`layer_norm_forward`] (statistics recomputed from `x`): with
+/// `x̂ = (x − μ)·r` and `g = dy·γ`, `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `dγ = Σ dy·x̂`,
+/// `dβ = Σ dy`. Returns `dx`, `dγ` and `dβ` end to end.
+pub fn layer_norm_backward<T: Real>(x: &[T], gamma: &[T], dy: &[T], eps: f64) -> Vec<T> {
+    let d = gamma.len();
+    let mut dx = vec![T::zero(); x.len()];
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(d * LN_ROWS)
+        .zip(x.par_chunks(d * LN_ROWS).zip(dy.par_chunks(d * LN_ROWS)))
+        .map(|(dx, (x, dy))| {
+            let mut sums = vec![T::zero(); 2 * d];
+            let (dgamma, dbeta) = sums.split_at_mut(d);
+            let dn = T::from(d).unwrap_or(T::one());
+            for ((dxr, xr), dyr) in dx
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(dy.chunks_exact(d))
+            {
+                let (mean, rstd) = row_stats(xr, eps);
+                let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    let g = dyr[i] * gamma[i];
+                    sum_g += g;
+                    sum_gx += g * xhat;
+                    dgamma[i] += dyr[i] * xhat;
+                    dbeta[i] += dyr[i];
+                }
+                let (mean_g, mean_gx) = (sum_g / dn, sum_gx / dn);
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    dxr[i] = rstd * (dyr[i] * gamma[i] - mean_g - xhat * mean_gx);
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut params = vec![T::zero(); 2 * d];
+    for p in &partials {
+        for (a, b) in params.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    dx.extend(params);
+    dx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

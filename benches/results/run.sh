@@ -23,6 +23,18 @@ export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 ANNT_BENCH_STEPS=3 cargo bench --bench models -- resnet8-tiny resnet18-cifar vit-ti4 \
     >"$out/models-cpu.txt" 2>&1
 
+# The bf16 units' matrix products against gemm's f32, single-threaded (an ignored test).
+cargo test --release --lib bf16_products_speed -- --ignored --nocapture 2>/dev/null \
+    | grep '×' >"$out/bf16-products-speed.txt"
+
+# Accuracy over seeds (the baseline and the tuned arm of the quick A/B, run alone).
+for s in 1 2 3; do
+  echo "baseline seed $s: $("$annt" run --preset presets/quick-cpu.toml --seed "$s" 2>&1 | grep -E 'epoch 3:')"
+done >"$out/quick-cpu-seeds.txt"
+for s in 1 2; do
+  echo "tuned seed $s: $("$annt" run --preset presets/quick-cpu.toml --seed "$s" --accum 2 --amp bf16 2>&1 | grep -E 'epoch 3:')"
+done >>"$out/quick-cpu-seeds.txt"
+
 # Parsing and the batch pipeline.
 cargo bench --bench data_pipeline >"$out/data-pipeline.txt" 2>&1
 
@@ -39,7 +51,7 @@ if [ -n "${PYTHON:-}" ]; then
       --threads "$OMP_NUM_THREADS" --json-out "$out/compare-cpu-resnet18-after.json" \
       --md-out "$out/compare-cpu-resnet18-after.md"
   "$PYTHON" benches/compare_torch.py --python "$PYTHON" --annt "$annt" --device cpu \
-      --models vit_tiny_p4,efficientnet_b0 --res 32 --batch 32 --modes fp32 --steps 4 \
+      --models vit_tiny_p4,efficientnet_b0 --res 32 --batch 32 --modes fp32,amp-bf16 --steps 4 \
       --warmup 1 --threads "$OMP_NUM_THREADS" --json-out "$out/compare-cpu-vit-effnet-after.json" \
       --md-out "$out/compare-cpu-vit-effnet-after.md"
 fi

@@ -912,4 +912,43 @@ mod tests {
             assert!(Dot::usable().contains(&d));
         }
     }
+
+    /// Not a check: single-threaded GFLOP/s of each unit against gemm's f32 on a
+    /// convolution's shapes, packing included (`cargo test --release --lib
+    /// bf16_products_speed -- --ignored --nocapture`); Bᵀ is the weight gradient's layout.
+    #[test]
+    #[ignore]
+    fn bf16_products_speed() {
+        let shapes = [
+            (64, 576, 1024),
+            (16, 144, 1024),
+            (32, 288, 256),
+            (128, 1152, 64),
+        ];
+        for (m, k, n) in shapes {
+            let a = values(m * k, 4);
+            let b = values(k * n, 5);
+            let mut d = vec![0f32; m * n];
+            let reps = 200;
+            let flops = 2.0 * (m * k * n * reps) as f64;
+            let gflops = |f: &mut dyn FnMut()| {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                flops / t.elapsed().as_secs_f64() / 1e9
+            };
+            let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            let f32s = gflops(&mut || super::super::gemm::matmul(&mut d, am, bm, false));
+            let mut line = format!("{m}×{k}×{n}: gemm f32 {f32s:.0} GFLOP/s");
+            for dot in Dot::usable() {
+                let pa = PackedA::new(am, dot);
+                let g = gflops(&mut || matmul_packed(&mut d, &pa, bm, false, dot));
+                let bt = MatRef::row_major(&b, n, k).t();
+                let gt = gflops(&mut || matmul_packed(&mut d, &pa, bt, false, dot));
+                line += &format!(", {} {g:.0} (Bᵀ {gt:.0})", dot.unit().label());
+            }
+            println!("{line}");
+        }
+    }
 }

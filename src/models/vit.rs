@@ -161,11 +161,14 @@ impl EncoderBlock {
 
     /// `x`: `n × s × d` → `n × s × d`.
     fn forward(&self, x: &Tensor, p: f32, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let attn = self.self_attention.forward(&self.ln_1.forward(x)?)?;
+        let products = ctx.products;
+        let attn = self
+            .self_attention
+            .forward_with(&self.ln_1.forward(x)?, products)?;
         let x = (x + dropout(&attn, p, ctx)?)?;
-        let h = gelu(&self.mlp_0.forward(&self.ln_2.forward(&x)?)?)?;
+        let h = gelu(&self.mlp_0.forward_with(&self.ln_2.forward(&x)?, products)?)?;
         let h = dropout(&h, p, ctx)?;
-        let h = dropout(&self.mlp_3.forward(&h)?, p, ctx)?;
+        let h = dropout(&self.mlp_3.forward_with(&h, products)?, p, ctx)?;
         x + h
     }
 }

@@ -7,7 +7,8 @@ use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
 use super::activation::softmax;
-use super::linear::{Linear, matmul};
+use super::kernels::Products;
+use super::linear::{Linear, matmul, matmul_nt};
 
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
@@ -64,11 +65,17 @@ impl SelfAttention {
 
     /// `x`: `n × s × d` → `n × s × d`. Scores and softmax run in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Products::Native)
+    }
+
+    /// [`Self::forward`] with the input and output projections in `products` (see
+    /// [`matmul_nt`]); the attention products themselves stay in the tensors' dtype.
+    pub fn forward_with(&self, x: &Tensor, products: Products) -> Result<Tensor> {
         let dtype = x.dtype();
         let (n, s, d) = x.dims3()?;
         let hd = d / self.heads;
-        let w = self.in_proj_weight.as_tensor().to_dtype(dtype)?;
-        let qkv = matmul(&x.reshape((n * s, d))?, &w.t()?)?
+        let w = self.in_proj_weight.as_tensor();
+        let qkv = matmul_nt(&x.reshape((n * s, d))?, w, products)?
             .broadcast_add(&self.in_proj_bias.as_tensor().to_dtype(dtype)?)?
             .reshape((n, s, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // 3 × n × heads × s × hd
@@ -81,6 +88,6 @@ impl SelfAttention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((n, s, d))?;
-        self.out_proj.forward(&out)
+        self.out_proj.forward_with(&out, products)
     }
 }

@@ -2,6 +2,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use super::custom::{attach2, map_real_n, map_real2};
+use super::kernels::{Products, cpu as kernels_cpu};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
@@ -17,6 +19,44 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             .to_dtype(dtype);
     }
     a.matmul(b)
+}
+
+/// A fully connected layer's product `x · wᵀ` (`x`: `rows × k`, `w`: `n × k`). With
+/// `products` naming a bf16 unit (`--amp bf16` on such a CPU; `x` f32) it runs on the unit
+/// with bf16 inputs and f32 accumulation, forward and backward; otherwise [`matmul`].
+pub fn matmul_nt(x: &Tensor, w: &Tensor, products: Products) -> Result<Tensor> {
+    if products.bf16().is_none() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return matmul(x, &w.to_dtype(x.dtype())?.t()?);
+    }
+    let (rows, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let x = x.contiguous()?;
+    let w = w.to_dtype(DType::F32)?.contiguous()?;
+    let y = map_real2(
+        &x.detach(),
+        &w.detach(),
+        (rows, n),
+        |a, b| kernels_cpu::linear_forward(a, b, k, n, products),
+        |a, b| kernels_cpu::linear_forward(a, b, k, n, Products::Native),
+    )?;
+    attach2(
+        "annt-linear-bf16",
+        &x,
+        &w,
+        y,
+        Box::new(move |x, w, grad| {
+            let both = map_real_n(
+                &[x, w, &grad.contiguous()?],
+                rows * k + n * k,
+                |v| kernels_cpu::linear_backward(v[0], v[1], v[2], k, n, products),
+                |v| kernels_cpu::linear_backward(v[0], v[1], v[2], k, n, Products::Native),
+            )?;
+            Ok((
+                both.narrow(0, 0, rows * k)?.reshape((rows, k))?,
+                both.narrow(0, rows * k, n * k)?.reshape((n, k))?,
+            ))
+        }),
+    )
 }
 
 /// `y + bias`, the bias along dimension `dim` of `y` (1 for a `rows × out` product and for
@@ -103,13 +143,17 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
+        self.forward_with(x, Products::Native)
+    }
+
+    /// [`Self::forward`] with the product in `products` (see [`matmul_nt`]).
+    pub fn forward_with(&self, x: &Tensor, products: Products) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (d_out, d_in) = self.weight.dims2()?;
         let rows = x.elem_count() / d_in;
         // One 2-D product (not a batched one): its weight gradient is a single GEMM.
         let x2 = x.reshape((rows, d_in))?;
-        let mut y = matmul(&x2, &self.weight.as_tensor().to_dtype(dtype)?.t()?)?;
+        let mut y = matmul_nt(&x2, self.weight.as_tensor(), products)?;
         if let Some(bias) = &self.bias {
             y = add_bias(&y, bias.as_tensor(), 1)?;
         }

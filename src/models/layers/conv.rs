@@ -134,14 +134,18 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
                 &[x, w, &grad.contiguous()?],
                 x_len + w_len,
                 |v| {
-                    let (dx, dw) =
+                    // dx has room for dW (conv_backward reserves it): no copy of dx.
+                    let (mut dx, dw) =
                         kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
-                    [dx, dw].concat()
+                    dx.extend_from_slice(&dw);
+                    dx
                 },
                 |v| {
-                    let (dx, dw) =
+                    // dx has room for dW (conv_backward reserves it): no copy of dx.
+                    let (mut dx, dw) =
                         kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
-                    [dx, dw].concat()
+                    dx.extend_from_slice(&dw);
+                    dx
                 },
             )?;
             let grad_x = both.narrow(0, 0, x_len)?.reshape(x.shape())?;

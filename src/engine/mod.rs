@@ -26,7 +26,9 @@ pub enum EngineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("optimiser: {0}")]
-    Optim(String),
+    Optim(#[from] crate::train::optim::OptimError),
+    #[error("learning-rate schedule: {0}")]
+    Schedule(#[from] crate::train::schedule::ScheduleError),
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
     #[error("tensor operation failed: {0}")]
@@ -74,7 +76,9 @@ mod tests {
         }
         for e in [
             EngineError::Tensor(candle_core::Error::Msg("shape mismatch in matmul".into())),
-            EngineError::Optim("out of memory".into()),
+            EngineError::Optim(crate::train::optim::OptimError::EmptyGroup(
+                "out of memory".into(),
+            )),
         ] {
             assert!(!e.is_out_of_memory(), "{e}");
         }

@@ -169,8 +169,7 @@ pub fn train_run(
     let resize =
         (resolution != data.train.height || resolution != data.train.width).then_some(resolution);
 
-    let mut optimizer =
-        Optimizer::new(&t.optim, model.params()).map_err(|e| EngineError::Optim(e.to_string()))?;
+    let mut optimizer = Optimizer::new(&t.optim, model.params())?;
     let per_epoch = steps_per_epoch(data.train.len(), t.batch_size, k);
     if per_epoch == 0 {
         return Err(EngineError::Config(crate::config::ConfigError::Invalid(
@@ -194,8 +193,7 @@ pub fn train_run(
     } else {
         (total_steps, per_epoch)
     };
-    let schedule = Schedule::new(&t.schedule, sched_total, sched_per_epoch)
-        .map_err(|e| EngineError::Optim(e.to_string()))?;
+    let schedule = Schedule::new(&t.schedule, sched_total, sched_per_epoch)?;
     let mut scaler = (sw.amp == AmpMode::Fp16)
         .then(|| LossScaler::with_params(t.fp16_init_scale, 2.0, 0.5, 2000));
     let trainable: Vec<Var> = model.params().trainable().map(|p| p.var.clone()).collect();

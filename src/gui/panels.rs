@@ -159,15 +159,15 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     ui.end_row();
                     let l = ui.label("Optimiser");
                     egui::ComboBox::from_id_salt("optim")
-                        .selected_text(format!("{:?}", s.optimizer))
+                        .selected_text(s.optimizer.label())
                         .show_ui(ui, |ui| {
-                            ui.selectable_value(
-                                &mut s.optimizer,
+                            for choice in [
                                 OptimizerChoice::SgdNesterov,
-                                "SgdNesterov",
-                            );
-                            ui.selectable_value(&mut s.optimizer, OptimizerChoice::Adam, "Adam");
-                            ui.selectable_value(&mut s.optimizer, OptimizerChoice::AdamW, "AdamW");
+                                OptimizerChoice::Adam,
+                                OptimizerChoice::AdamW,
+                            ] {
+                                ui.selectable_value(&mut s.optimizer, choice, choice.label());
+                            }
                         })
                         .response
                         .labelled_by(l.id);

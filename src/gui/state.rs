@@ -77,6 +77,17 @@ pub enum OptimizerChoice {
     AdamW,
 }
 
+impl OptimizerChoice {
+    /// How the window names it (not its Debug form).
+    pub fn label(self) -> &'static str {
+        match self {
+            OptimizerChoice::SgdNesterov => "SGD + Nesterov",
+            OptimizerChoice::Adam => "Adam",
+            OptimizerChoice::AdamW => "AdamW",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {

@@ -276,7 +276,7 @@ impl Network for Vit {
 
 /// Resamples a position-embedding grid (without the class token row) from `from_grid`² to
 /// `to_grid`² positions, bicubic (PyTorch's a = -0.75, align_corners=false, border clamped),
-/// `dim` channels, row-major [pos][dim] in and out.
+/// `dim` channels, row-major `[pos][dim]` in and out.
 ///
 /// This is `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)` on the
 /// grid seen as a `dim × from_grid × from_grid` image, without antialiasing; it lets a

@@ -6,7 +6,7 @@
 //! form the "default" group with the base learning rate and decay. With
 //! `no_decay_on_norm_and_bias`, the biases and norm scales/shifts of every group (and the
 //! head's bias: a rank-1 `Head` tensor) get weight decay 0, in a subgroup named
-//! "<group> (no decay)". Buffers (batch-norm running statistics) are never in a group.
+//! "`<group> (no decay)`". Buffers (batch-norm running statistics) are never in a group.
 //!
 //! State (momentum buffers, Adam moments) lives in candle tensors on each parameter's
 //! device and in its dtype; updates are tensor ops written back with `Var::set`, in the

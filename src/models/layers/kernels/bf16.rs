@@ -14,7 +14,7 @@
 //! block 512 values (1 KiB), zero-padded at the edges. Inputs are rounded to bf16 to nearest
 //! even while packing, as `vcvtne2ps2bf16` does (denormals flushed to zero, like the
 //! instructions); products accumulate in f32 and the result is f32 — the arithmetic of a GPU
-//! tensor core on bf16 inputs. [`reference`] computes the same rounding with f64
+//! tensor core on bf16 inputs. [`reference()`] computes the same rounding with f64
 //! accumulation; the tests hold both units to it.
 //!
 //! This module, `gemm.rs` and the CUDA modules are the only places `unsafe` is allowed in

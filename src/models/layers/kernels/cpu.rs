@@ -18,7 +18,7 @@ pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static 
     /// The slice as f32 when the scalar is f32: the bf16 units take f32 operands only.
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
-    /// This thread's scratch vectors of this type (see [`Scratch`]).
+    /// This thread's scratch vectors of this type (see `Scratch`).
     fn scratch() -> &'static std::thread::LocalKey<Slots<Self>>;
 }
 
@@ -281,7 +281,7 @@ fn images_per_task(per_product: usize) -> usize {
 }
 
 /// A dense convolution: `x` is `n × c × h × w`, `w` is `c_out × (c·kh·kw)`; returns
-/// `n × c_out × oh × ow`. Images go through in small groups ([`images_per_product`]; one
+/// `n × c_out × oh × ow`. Images go through in small groups (`images_per_product`; one
 /// image for layers of ≥ 256 positions): the group's patch matrices, side by side, are one
 /// cache-sized matrix multiplied by the weight. A one-image product writes straight into its
 /// slice of the NCHW output; a wider one is copied there. Groups run in parallel.

@@ -107,6 +107,8 @@ fn accumulating_four_micro_batches_of_8_equals_one_batch_of_32() {
             nesterov: false,
             weight_decay: 0.0,
         };
+        // A constant rate: one-cycle over two steps would end the second at lr/2.5e5.
+        run.train.schedule = annt::train::schedule::ScheduleConfig::Constant;
         run
     };
     let big = updates(set(32, 1));

@@ -168,6 +168,8 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
     let per_epoch = (POOL_BATCHES / cfg.accum.max(1)).max(1) as u64;
     run.train.epochs = total.div_ceil(per_epoch) as usize;
     run.train.max_images = Some(total * (cfg.batch * cfg.accum.max(1)) as u64);
+    // The peer's optimiser: plain SGD + Nesterov at a constant 0.01.
+    run.train.schedule = crate::train::schedule::ScheduleConfig::Constant;
     run.train.optim.optimizer = OptimizerConfig::Sgd {
         lr: 0.01,
         momentum: 0.9,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Plan, PlanKind};
-use annt::config::{DeviceChoice, Preset, RunConfig};
+use annt::config::{DeviceChoice, Preset};
 use annt::engine::{Event, EventSink, SessionOptions, StopFlag, run_session};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -106,20 +106,15 @@ pub struct BenchArgs {
 fn load_preset(flags: &RunFlags) -> anyhow::Result<Preset> {
     let mut preset = match &flags.preset {
         Some(path) => Preset::load(path)?,
+        // The same run as presets/quick-cpu.toml (one definition, in `config`).
         None => Preset {
             name: "quick-cpu (built in)".into(),
-            description: String::new(),
-            run: RunConfig::quick_cpu(),
-            tuned: annt::config::Switches {
-                grad_accum_steps: 2,
-                amp: AmpMode::Bf16,
-                pinned_memory: false,
-            },
+            ..Preset::quick_cpu()
         },
     };
     let run = &mut preset.run;
     if let Some(d) = &flags.data {
-        run.data.source = d.clone();
+        run.data.source = annt::config::DataSource::from(d.as_str());
     }
     if let Some(m) = &flags.model {
         run.model.name = m.clone();

@@ -93,12 +93,65 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+/// Where a run's images come from. In a preset (and a report) it is one string: `builtin`,
+/// `cifar10`, `cifar100` (the downloaded copies in annt's data folder), or a path to a
+/// folder or an archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum DataSource {
+    /// The generated shapes set (no download).
+    Builtin,
+    Cifar10,
+    Cifar100,
+    /// A folder or an archive.
+    Path(PathBuf),
+}
+
+impl DataSource {
+    /// The preset's name for it (the path itself for a path).
+    pub fn name(&self) -> String {
+        match self {
+            DataSource::Builtin => crate::data::synthetic::BUILTIN_NAME.into(),
+            DataSource::Cifar10 => "cifar10".into(),
+            DataSource::Cifar100 => "cifar100".into(),
+            DataSource::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl From<String> for DataSource {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            crate::data::synthetic::BUILTIN_NAME => DataSource::Builtin,
+            "cifar10" => DataSource::Cifar10,
+            "cifar100" => DataSource::Cifar100,
+            _ => DataSource::Path(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<&str> for DataSource {
+    fn from(s: &str) -> Self {
+        DataSource::from(s.to_string())
+    }
+}
+
+impl From<DataSource> for String {
+    fn from(d: DataSource) -> String {
+        d.name()
+    }
+}
+
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `builtin`, a folder, an archive, or `cifar10` / `cifar100` (the downloaded copy in
-    /// annt's data folder).
-    pub source: String,
+    pub source: DataSource,
     #[serde(default)]
     pub options: OpenOptions,
     /// Random crop + flip on the training split.
@@ -322,14 +375,38 @@ impl RunConfig {
         Ok(())
     }
 
-    /// A small CPU run on the built-in data set: the default the GUI and tests start from.
+    /// The baseline of [`Preset::quick_cpu`], the one definition of the quick CPU run: what
+    /// the CLI runs without a preset, what the window starts from and what tests build on.
     pub fn quick_cpu() -> Self {
+        Preset::quick_cpu().run
+    }
+}
+
+impl Preset {
+    /// The quick CPU demo: ResNet-8 on 4 000 built-in images, 3 epochs, SGD + Nesterov at
+    /// 0.1 with one-cycle; tuned = GA×2 + bf16. `presets/quick-cpu.toml` ships the same
+    /// (a test compares them), so the CLI without a preset, the window's defaults and the
+    /// file cannot drift apart.
+    pub fn quick_cpu() -> Self {
+        Preset {
+            name: "quick-cpu".into(),
+            description: "ResNet-8 on the built-in shapes, SGD + one-cycle; tuned = GA×2 + bf16 (pinned memory does not apply on the CPU)".into(),
+            run: Self::quick_cpu_run(),
+            tuned: Switches {
+                grad_accum_steps: 2,
+                amp: AmpMode::Bf16,
+                pinned_memory: false,
+            },
+        }
+    }
+
+    fn quick_cpu_run() -> RunConfig {
         RunConfig {
             data: DataConfig {
-                source: "builtin".into(),
+                source: DataSource::Builtin,
                 options: OpenOptions::default(),
                 augment: true,
-                train_limit: None,
+                train_limit: Some(4000),
                 test_limit: None,
             },
             model: ModelConfig {
@@ -345,7 +422,7 @@ impl RunConfig {
                 eval_batch_size: 256,
                 optim: OptimSpec {
                     optimizer: OptimizerConfig::Sgd {
-                        lr: 0.05,
+                        lr: 0.1,
                         momentum: 0.9,
                         nesterov: true,
                         weight_decay: 5e-4,
@@ -353,7 +430,7 @@ impl RunConfig {
                     no_decay_on_norm_and_bias: true,
                     groups: Vec::new(),
                 },
-                schedule: ScheduleConfig::Constant,
+                schedule: ScheduleConfig::one_cycle(),
                 schedule_per_micro_batch: false,
                 label_smoothing: 0.0,
                 clip: None,
@@ -373,6 +450,35 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_source_is_one_string_in_a_preset_and_round_trips() {
+        for (text, source) in [
+            ("builtin", DataSource::Builtin),
+            ("cifar10", DataSource::Cifar10),
+            ("cifar100", DataSource::Cifar100),
+            ("/data/fashion", DataSource::Path("/data/fashion".into())),
+            (
+                "cifar-10-binary.tar.gz",
+                DataSource::Path("cifar-10-binary.tar.gz".into()),
+            ),
+        ] {
+            assert_eq!(DataSource::from(text), source, "{text}");
+            assert_eq!(source.name(), text);
+            let json = serde_json::to_string(&source).expect("json");
+            assert_eq!(json, format!("{text:?}"));
+            let back: DataSource = serde_json::from_str(&json).expect("back");
+            assert_eq!(back, source);
+        }
+    }
+
+    #[test]
+    fn the_shipped_quick_cpu_preset_is_the_built_in_definition() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/quick-cpu.toml");
+        let shipped = Preset::load(&path).expect("presets/quick-cpu.toml");
+        assert_eq!(shipped, Preset::quick_cpu());
+        assert_eq!(RunConfig::quick_cpu(), Preset::quick_cpu().run);
+    }
 
     #[test]
     fn an_out_of_memory_split_keeps_the_effective_batch_exact() {

@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::bench::plan::Plan;
 use crate::bench::result::{RunResult, RunStatus, SCHEMA_VERSION, SessionResult};
-use crate::config::{DataConfig, DeviceChoice};
+use crate::config::{DataConfig, DataSource, DeviceChoice};
 use crate::data::download::{ArchiveFormat, CifarVariant, default_data_dir, official};
 use crate::data::{self, DataError, Dataset};
 use crate::util::env::Environment;
@@ -58,9 +58,9 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, EngineError> {
 
 /// Opens a run's data set: `builtin`, `cifar10`/`cifar100` (downloaded copies), or a path.
 pub fn open_data(cfg: &DataConfig, options: &SessionOptions) -> Result<Dataset, EngineError> {
-    let path = match cfg.source.as_str() {
-        "cifar10" | "cifar100" => {
-            let variant = if cfg.source == "cifar10" {
+    let path = match &cfg.source {
+        DataSource::Cifar10 | DataSource::Cifar100 => {
+            let variant = if cfg.source == DataSource::Cifar10 {
                 CifarVariant::Cifar10
             } else {
                 CifarVariant::Cifar100
@@ -83,7 +83,8 @@ pub fn open_data(cfg: &DataConfig, options: &SessionOptions) -> Result<Dataset, 
                 )))
             })?
         }
-        other => PathBuf::from(other),
+        DataSource::Builtin => PathBuf::from(crate::data::synthetic::BUILTIN_NAME),
+        DataSource::Path(p) => p.clone(),
     };
     let mut dataset = data::open(&path, &cfg.options)?;
     if let Some(limit) = cfg.train_limit {

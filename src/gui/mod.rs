@@ -589,7 +589,7 @@ impl AnntApp {
     pub fn choose_data_path(&mut self, path: std::path::PathBuf) {
         self.data_summary = None;
         let mut data = self.settings.data_config();
-        data.source = path.display().to_string();
+        data.source = annt::config::DataSource::Path(path.clone());
         self.data_check = Some((jobs::preview(data), Some(path.display().to_string())));
     }
 

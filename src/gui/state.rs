@@ -2,7 +2,7 @@
 
 use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Plan, PlanKind};
-use annt::config::{DataConfig, DeviceChoice, Preset, RunConfig, Switches};
+use annt::config::{DataConfig, DataSource, DeviceChoice, Preset, RunConfig, Switches};
 use annt::data::{Cifar100Labels, OpenOptions};
 use annt::train::optim::OptimizerConfig;
 use annt::train::schedule::ScheduleConfig;
@@ -28,12 +28,12 @@ impl DataChoice {
                 .map_or(p.clone(), |n| n.to_string_lossy().into_owned()),
         }
     }
-    fn source(&self) -> String {
+    fn source(&self) -> DataSource {
         match self {
-            DataChoice::Builtin => "builtin".into(),
-            DataChoice::Cifar10 => "cifar10".into(),
-            DataChoice::Cifar100 => "cifar100".into(),
-            DataChoice::Path(p) => p.clone(),
+            DataChoice::Builtin => DataSource::Builtin,
+            DataChoice::Cifar10 => DataSource::Cifar10,
+            DataChoice::Cifar100 => DataSource::Cifar100,
+            DataChoice::Path(p) => DataSource::Path(p.into()),
         }
     }
 }
@@ -124,17 +124,19 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The quick CPU run (`Preset::quick_cpu`, the same as `presets/quick-cpu.toml`), as
+    /// the window shows it.
     fn default() -> Self {
-        Self {
+        let mut s = Self {
             data: DataChoice::Builtin,
             coarse_labels: false,
-            train_limit: 2000,
-            model: "resnet8-tiny".into(),
-            epochs: 2,
-            batch: 64,
+            train_limit: 0,
+            model: String::new(),
+            epochs: 1,
+            batch: 1,
             optimizer: OptimizerChoice::SgdNesterov,
-            lr: 0.1,
-            schedule: ScheduleChoice::OneCycle,
+            lr: 0.0,
+            schedule: ScheduleChoice::Constant,
             seed: 0,
             target_accuracy: None,
             resolution: 0,
@@ -142,12 +144,16 @@ impl Default for Settings {
             device: DeviceChoice::Cpu,
             memory_split: 1,
             base: None,
-            accum: 2,
-            amp: AmpMode::Bf16,
+            accum: 1,
+            amp: AmpMode::Off,
             pin: false,
             ablation: false,
             repeats: 1,
-        }
+        };
+        s.apply_preset(&Preset::quick_cpu());
+        // Nothing beyond what the window shows: the rest is the quick run's anyway.
+        s.base = None;
+        s
     }
 }
 
@@ -283,11 +289,11 @@ impl Settings {
     /// Adopts a preset file's run and tuned switches (what the window can show of it).
     pub fn apply_preset(&mut self, p: &Preset) {
         let r = &p.run;
-        self.data = match r.data.source.as_str() {
-            "builtin" => DataChoice::Builtin,
-            "cifar10" => DataChoice::Cifar10,
-            "cifar100" => DataChoice::Cifar100,
-            other => DataChoice::Path(other.into()),
+        self.data = match &r.data.source {
+            DataSource::Builtin => DataChoice::Builtin,
+            DataSource::Cifar10 => DataChoice::Cifar10,
+            DataSource::Cifar100 => DataChoice::Cifar100,
+            DataSource::Path(p) => DataChoice::Path(p.display().to_string()),
         };
         self.train_limit = r.data.train_limit.unwrap_or(0);
         self.model = r.model.name.clone();

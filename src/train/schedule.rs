@@ -57,6 +57,18 @@ pub enum ScheduleConfig {
     Step { step_epochs: u64, gamma: f64 },
 }
 
+impl ScheduleConfig {
+    /// One-cycle with PyTorch's defaults: what `kind = "one-cycle"` alone gives in a preset.
+    pub fn one_cycle() -> Self {
+        ScheduleConfig::OneCycle {
+            pct_start: pct(),
+            div_factor: div(),
+            final_div_factor: fdiv(),
+            anneal_cos: yes(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("schedule: {0}")]
 pub struct ScheduleError(String);

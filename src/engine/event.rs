@@ -93,29 +93,38 @@ impl EventSink for VecSink {
     }
 }
 
-/// Sends events over a bounded channel: lifecycle events block until there is room,
-/// progress events are dropped when the receiver is behind. `wake` is called after each
-/// event (the GUI passes "request a repaint"; the engine never imports a GUI).
-pub struct ChannelSink {
-    tx: SyncSender<Event>,
+/// Sends events over a bounded channel, wrapped into the receiver's message type `M` (the
+/// window's worker messages; `Event` itself for a plain receiver): lifecycle events block
+/// until there is room, progress events are dropped when the receiver is behind. `wake` is
+/// called after each event (the GUI passes "request a repaint"; the engine never imports a
+/// GUI).
+pub struct ChannelSink<M = Event> {
+    tx: SyncSender<M>,
     wake: Box<dyn Fn() + Send>,
 }
 
-impl ChannelSink {
-    pub fn new(tx: SyncSender<Event>, wake: Box<dyn Fn() + Send>) -> Self {
+impl<M: From<Event>> ChannelSink<M> {
+    pub fn new(tx: SyncSender<M>, wake: Box<dyn Fn() + Send>) -> Self {
         Self { tx, wake }
+    }
+
+    /// Calls `wake`, for a message the front end sent on its own clone of the channel.
+    pub fn wake(&self) {
+        (self.wake)();
     }
 }
 
-impl EventSink for ChannelSink {
+impl<M: From<Event>> EventSink for ChannelSink<M> {
     fn emit(&mut self, event: Event) {
-        if event.is_droppable() {
-            match self.tx.try_send(event) {
+        let droppable = event.is_droppable();
+        let msg = M::from(event);
+        if droppable {
+            match self.tx.try_send(msg) {
                 Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
             }
         } else {
             // A disconnected receiver means the front end is gone: nothing left to tell.
-            let _ = self.tx.send(event);
+            let _ = self.tx.send(msg);
         }
         (self.wake)();
     }

@@ -64,6 +64,36 @@ pub fn run(initial_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     })
 }
 
+/// A line in the window's message area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub kind: MessageKind,
+    pub text: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Something that happened (a file saved, a warning from the engine).
+    Info,
+    /// Something that failed: shown in red.
+    Error,
+}
+
+impl Message {
+    pub fn info(text: impl Into<String>) -> Self {
+        Self {
+            kind: MessageKind::Info,
+            text: text.into(),
+        }
+    }
+    pub fn error(text: impl Into<String>) -> Self {
+        Self {
+            kind: MessageKind::Error,
+            text: text.into(),
+        }
+    }
+}
+
 /// A run as the UI shows it.
 #[derive(Clone, Debug, Default)]
 pub struct RunView {
@@ -87,7 +117,7 @@ pub struct AnntApp {
     pub runs: Vec<RunView>,
     pub session: Option<SessionResult>,
     /// Messages for the user (errors in red, with what to do next).
-    pub messages: Vec<(bool, String)>,
+    pub messages: Vec<Message>,
     /// A data set being opened for its summary (a dropped or chosen path, or the current
     /// choice), with the path when it is a drop: a rejected drop keeps the old choice.
     pub data_check: Option<(jobs::PreviewJob, Option<String>)>,
@@ -115,7 +145,7 @@ pub struct AnntApp {
     pub finished: Vec<RunResult>,
     pub live: Option<SessionResult>,
     /// Table sort: column and descending.
-    pub sort: (results::Column, bool),
+    pub sort: results::Sort,
     /// The arm whose confusion matrix is shown.
     pub selected_arm: Option<String>,
     /// Curves against wall time instead of epochs.
@@ -165,7 +195,7 @@ impl AnntApp {
             oom_batch: None,
             finished: Vec::new(),
             live: None,
-            sort: (results::Column::Order, false),
+            sort: results::Sort::PLAN,
             selected_arm: None,
             x_wall_time: false,
             cpu_offer: false,
@@ -197,7 +227,9 @@ impl AnntApp {
                 let ctx = ctx.clone();
                 self.worker = Some(Worker::start(plan, Box::new(move || ctx.request_repaint())));
             }
-            Err(e) => self.messages.push((true, format!("cannot start: {e}"))),
+            Err(e) => self
+                .messages
+                .push(Message::error(format!("cannot start: {e}"))),
         }
     }
 
@@ -269,7 +301,7 @@ impl AnntApp {
                 }
                 Err(e) => {
                     if dropped.is_some() {
-                        self.messages.push((true, e.clone()));
+                        self.messages.push(Message::error(e.clone()));
                     } else {
                         self.preview_for =
                             Some((self.settings.data.clone(), self.settings.coarse_labels));
@@ -286,11 +318,11 @@ impl AnntApp {
             self.download = None;
             match result {
                 Ok(m) => {
-                    self.messages.push((false, m));
+                    self.messages.push(Message::info(m));
                     // Opens the new copy if it is the current choice.
                     self.preview_for = None;
                 }
-                Err(e) => self.messages.push((true, e)),
+                Err(e) => self.messages.push(Message::error(e)),
             }
         }
         if let Some(rx) = &self.param_job
@@ -395,9 +427,9 @@ impl AnntApp {
             Ok(p) => {
                 self.settings.apply_preset(&p);
                 self.messages
-                    .push((false, format!("preset loaded: {}", path.display())));
+                    .push(Message::info(format!("preset loaded: {}", path.display())));
             }
-            Err(e) => self.messages.push((true, e.to_string())),
+            Err(e) => self.messages.push(Message::error(e.to_string())),
         }
     }
 
@@ -416,10 +448,10 @@ impl AnntApp {
         match result {
             Ok(()) => self
                 .messages
-                .push((false, format!("preset saved: {}", path.display()))),
+                .push(Message::info(format!("preset saved: {}", path.display()))),
             Err(e) => self
                 .messages
-                .push((true, format!("cannot save the preset: {e}"))),
+                .push(Message::error(format!("cannot save the preset: {e}"))),
         }
     }
 
@@ -451,11 +483,11 @@ impl AnntApp {
                 self.finished = s.runs.clone();
                 self.session = Some(s);
                 self.messages
-                    .push((false, format!("report opened: {}", path.display())));
+                    .push(Message::info(format!("report opened: {}", path.display())));
             }
-            Err(e) => self
-                .messages
-                .push((true, format!("{e} (give the path of a .json report)"))),
+            Err(e) => self.messages.push(Message::error(format!(
+                "{e} (give the path of a .json report)"
+            ))),
         }
     }
 
@@ -550,7 +582,9 @@ impl AnntApp {
                 live.summarize();
                 self.live = Some(live);
             }
-            WorkerMsg::Event(Event::Warning { message }) => self.messages.push((false, message)),
+            WorkerMsg::Event(Event::Warning { message }) => {
+                self.messages.push(Message::info(message))
+            }
             WorkerMsg::Event(Event::RunFailed {
                 arm,
                 error,
@@ -565,7 +599,8 @@ impl AnntApp {
                     r.finished = true;
                     r.status = "failed".into();
                 }
-                self.messages.push((true, format!("{arm} failed: {error}")))
+                self.messages
+                    .push(Message::error(format!("{arm} failed: {error}")))
             }
             WorkerMsg::Event(Event::SessionFinished { result }) => self.session = Some(*result),
             WorkerMsg::Event(Event::SessionStarted { .. }) => {}
@@ -574,7 +609,7 @@ impl AnntApp {
                 if e.starts_with("device cuda") {
                     self.cpu_offer = true;
                 }
-                self.messages.push((true, e))
+                self.messages.push(Message::error(e))
             }
             WorkerMsg::Done => {
                 if let Some(w) = &mut self.worker {
@@ -597,17 +632,17 @@ impl AnntApp {
     pub fn save_report_to_path(&mut self) {
         let Some(session) = &self.session else {
             self.messages
-                .push((true, "no finished session to save yet".into()));
+                .push(Message::error("no finished session to save yet"));
             return;
         };
         let path = std::path::PathBuf::from(self.report_path.trim());
         match annt::report::write_report(session, &path) {
             Ok(_) => self
                 .messages
-                .push((false, format!("report saved: {}", path.display()))),
-            Err(e) => self
-                .messages
-                .push((true, format!("{e} — choose another path or extension"))),
+                .push(Message::info(format!("report saved: {}", path.display()))),
+            Err(e) => self.messages.push(Message::error(format!(
+                "{e} — choose another path or extension"
+            ))),
         }
     }
 

@@ -235,8 +235,8 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         .show(ui, |ui| device_ui(app, ui, running));
 
     ui.separator();
-    for (is_error, text) in &app.messages {
-        let colour = if *is_error {
+    for super::Message { kind, text } in &app.messages {
+        let colour = if *kind == super::MessageKind::Error {
             egui::Color32::RED
         } else {
             ui.visuals().text_color()

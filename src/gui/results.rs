@@ -185,8 +185,23 @@ fn key(a: &ArmSummary, c: Column) -> f64 {
     }
 }
 
+/// How the comparison table is sorted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sort {
+    pub column: Column,
+    pub descending: bool,
+}
+
+impl Sort {
+    /// The plan's own order, as the session ran it.
+    pub const PLAN: Sort = Sort {
+        column: Column::Order,
+        descending: false,
+    };
+}
+
 /// Row order for a sort: indices into `rows` (stable, so ties keep plan order).
-pub fn sorted(rows: &[ArmSummary], (column, descending): (Column, bool)) -> Vec<usize> {
+pub fn sorted(rows: &[ArmSummary], Sort { column, descending }: Sort) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..rows.len()).collect();
     if column != Column::Order {
         idx.sort_by(|&i, &j| key(&rows[i], column).total_cmp(&key(&rows[j], column)));
@@ -257,12 +272,15 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
             for (i, (column, title, definition)) in COLUMNS.iter().enumerate() {
                 // "optimiser steps" is not sortable: it shares `Order` with "arm".
                 let sortable = i == 0 || *column != Column::Order;
-                let arrow =
-                    if app.sort.0 == *column && sortable && app.sort != (Column::Order, false) {
-                        if app.sort.1 { " (desc)" } else { " (asc)" }
+                let arrow = if app.sort.column == *column && sortable && app.sort != Sort::PLAN {
+                    if app.sort.descending {
+                        " (desc)"
                     } else {
-                        ""
-                    };
+                        " (asc)"
+                    }
+                } else {
+                    ""
+                };
                 let text = egui::RichText::new(format!("{title}{arrow}")).strong();
                 if sortable {
                     if ui
@@ -272,8 +290,11 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                         ))
                         .clicked()
                     {
-                        app.sort = if app.sort.0 == *column {
-                            (*column, !app.sort.1)
+                        app.sort = if app.sort.column == *column {
+                            Sort {
+                                column: *column,
+                                descending: !app.sort.descending,
+                            }
                         } else {
                             // Bigger is better first, except for times and memory.
                             let desc = !matches!(
@@ -284,7 +305,10 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                                     | Column::DeviceMemory
                                     | Column::StepMs
                             ) && *column != Column::Order;
-                            (*column, desc)
+                            Sort {
+                                column: *column,
+                                descending: desc,
+                            }
                         };
                     }
                 } else {

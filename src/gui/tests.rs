@@ -334,7 +334,9 @@ fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
         h.state()
             .messages
             .iter()
-            .any(|(err, m)| *err && m.contains("cuda:0") && m.contains("no CUDA support")),
+            .any(|m| m.kind == super::MessageKind::Error
+                && m.text.contains("cuda:0")
+                && m.text.contains("no CUDA support")),
         "{:?}",
         h.state().messages
     );

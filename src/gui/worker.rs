@@ -1,11 +1,11 @@
 //! The engine on a named worker thread. Events arrive over a bounded channel; a panic in
 //! the engine becomes a message, not a dead window.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use annt::bench::plan::Plan;
-use annt::engine::{Event, EventSink, SessionOptions, StopFlag, run_session};
+use annt::engine::{ChannelSink, Event, SessionOptions, StopFlag, run_session};
 
 pub enum WorkerMsg {
     Event(Event),
@@ -20,20 +20,10 @@ pub struct Worker {
     _handle: Option<JoinHandle<()>>,
 }
 
-/// Wraps engine events into worker messages.
-struct Forward(ChannelSinkOf);
-type ChannelSinkOf = (SyncSender<WorkerMsg>, Box<dyn Fn() + Send>);
-
-impl EventSink for Forward {
-    fn emit(&mut self, event: Event) {
-        let droppable = event.is_droppable();
-        let msg = WorkerMsg::Event(event);
-        if droppable {
-            let _ = self.0.0.try_send(msg);
-        } else {
-            let _ = self.0.0.send(msg);
-        }
-        (self.0.1)();
+/// Engine events reach the window as worker messages (through the engine's `ChannelSink`).
+impl From<Event> for WorkerMsg {
+    fn from(event: Event) -> Self {
+        WorkerMsg::Event(event)
     }
 }
 
@@ -46,7 +36,7 @@ impl Worker {
             .name("annt-engine".into())
             .spawn(move || {
                 let done_tx = tx.clone();
-                let mut sink = Forward((tx, wake));
+                let mut sink = ChannelSink::new(tx, wake);
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     run_session(&plan, &SessionOptions::default(), &mut sink, &worker_stop)
                 }));
@@ -62,7 +52,7 @@ impl Worker {
                     let _ = done_tx.send(WorkerMsg::Failed(f));
                 }
                 let _ = done_tx.send(WorkerMsg::Done);
-                (sink.0.1)();
+                sink.wake();
             })
             .ok();
         Self {

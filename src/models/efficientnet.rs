@@ -15,7 +15,7 @@ use candle_core::{Result, Tensor};
 use super::Network;
 use super::error::ModelError;
 use super::layers::activation::{dropout, sigmoid, silu, stochastic_depth};
-use super::layers::conv::{Conv2d, ConvInit, ConvSpec};
+use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
 use super::layers::linear::Linear;
 use super::layers::norm::BatchNorm2d;
 use super::layers::{ForwardCtx, norm_dtype, pool};
@@ -224,7 +224,7 @@ impl ConvBn {
             c_out,
             k,
             spec,
-            false,
+            ConvBias::Without,
             ConvInit::KaimingFanOut,
         )?;
         let bn = BatchNorm2d::new(b, &join(name, 1), c_out, BN_EPS, BN_MOMENTUM)?;
@@ -261,7 +261,7 @@ impl SqueezeExcite {
                 squeeze,
                 1,
                 pointwise,
-                true,
+                ConvBias::With,
                 ConvInit::KaimingFanOut,
             )?,
             fc2: Conv2d::new(
@@ -271,7 +271,7 @@ impl SqueezeExcite {
                 channels,
                 1,
                 pointwise,
-                true,
+                ConvBias::With,
                 ConvInit::KaimingFanOut,
             )?,
         })

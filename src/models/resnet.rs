@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 
 use super::Network;
 use super::error::ModelError;
-use super::layers::conv::{Conv2d, ConvInit, ConvSpec};
+use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
 use super::layers::linear::Linear;
 use super::layers::norm::BatchNorm2d;
 use super::layers::{ForwardCtx, activation::relu, pool};
@@ -115,7 +115,7 @@ impl Unit {
                 co,
                 k,
                 spec,
-                false,
+                ConvBias::Without,
                 ConvInit::KaimingFanOut,
             )
         };
@@ -193,7 +193,7 @@ impl ResNet {
                 stem_width,
                 3,
                 ConvSpec::new(1, 1),
-                false,
+                ConvBias::Without,
                 ConvInit::KaimingFanOut,
             )?,
             Stem::ImageNet => Conv2d::new(
@@ -203,7 +203,7 @@ impl ResNet {
                 stem_width,
                 7,
                 ConvSpec::new(2, 3),
-                false,
+                ConvBias::Without,
                 ConvInit::KaimingFanOut,
             )?,
         };

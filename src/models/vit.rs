@@ -15,7 +15,7 @@ use super::error::ModelError;
 use super::layers::ForwardCtx;
 use super::layers::activation::{dropout, gelu};
 use super::layers::attention::SelfAttention;
-use super::layers::conv::{Conv2d, ConvInit, ConvSpec};
+use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
 use super::layers::linear::Linear;
 use super::layers::norm::LayerNorm;
 use super::params::{Builder, Init, ParamKind, join};
@@ -201,7 +201,7 @@ impl Vit {
             d,
             cfg.patch,
             spec,
-            true,
+            ConvBias::With,
             ConvInit::LecunTrunc,
         )?;
         let pos_embedding = b.tensor(

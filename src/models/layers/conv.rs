@@ -199,6 +199,14 @@ pub struct Conv2d {
     pub spec: ConvSpec,
 }
 
+/// Whether a convolution adds a per-channel bias (ResNets and EfficientNet's convolutions
+/// that feed a batch norm have none: the norm's β takes its place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvBias {
+    With,
+    Without,
+}
+
 /// How a convolution's weight is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ConvInit {
@@ -219,7 +227,7 @@ impl Conv2d {
         c_out: usize,
         k: usize,
         spec: ConvSpec,
-        bias: bool,
+        bias: ConvBias,
         init: ConvInit,
     ) -> std::result::Result<Self, crate::models::error::ModelError> {
         use crate::models::params::{Init, ParamKind, join};
@@ -241,7 +249,7 @@ impl Conv2d {
             weight_init,
             ParamKind::Weight,
         )?;
-        let bias = if bias {
+        let bias = if bias == ConvBias::With {
             Some(b.tensor(&join(name, "bias"), &[c_out], bias_init, ParamKind::Bias)?)
         } else {
             None

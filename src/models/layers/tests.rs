@@ -7,7 +7,7 @@ use super::activation::{
     dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, stochastic_depth,
 };
 use super::attention::SelfAttention;
-use super::conv::{Conv2d, ConvInit, ConvSpec, conv2d};
+use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, conv2d};
 use super::linear::Linear;
 use super::loss::cross_entropy;
 use super::norm::{BatchNorm2d, LayerNorm};
@@ -135,7 +135,7 @@ fn conv_layer_with_bias_gradients_match_finite_differences() {
         4,
         3,
         ConvSpec::new(1, 1),
-        true,
+        ConvBias::With,
         ConvInit::Default,
     )
     .expect("conv");
@@ -265,7 +265,7 @@ fn squeeze_excitation_gradients_match_finite_differences() {
         2,
         1,
         ConvSpec::new(1, 0),
-        true,
+        ConvBias::With,
         ConvInit::Default,
     )
     .expect("fc1");
@@ -276,7 +276,7 @@ fn squeeze_excitation_gradients_match_finite_differences() {
         4,
         1,
         ConvSpec::new(1, 0),
-        true,
+        ConvBias::With,
         ConvInit::Default,
     )
     .expect("fc2");

@@ -207,27 +207,11 @@ impl Settings {
         run.train.batch_size = self.batch;
         run.train.seed = self.seed;
         run.train.target_accuracy = self.target_accuracy;
+        // The library's defaults for each kind (the window shows only the kind and the rate).
         run.train.optim.optimizer = match self.optimizer {
-            OptimizerChoice::SgdNesterov => OptimizerConfig::Sgd {
-                lr: self.lr,
-                momentum: 0.9,
-                nesterov: true,
-                weight_decay: 5e-4,
-            },
-            OptimizerChoice::Adam => OptimizerConfig::Adam {
-                lr: self.lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-            OptimizerChoice::AdamW => OptimizerConfig::AdamW {
-                lr: self.lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.05,
-            },
+            OptimizerChoice::SgdNesterov => OptimizerConfig::sgd_nesterov(self.lr),
+            OptimizerChoice::Adam => OptimizerConfig::adam(self.lr),
+            OptimizerChoice::AdamW => OptimizerConfig::adamw(self.lr),
         };
         // The base preset's own optimiser and schedule parameters when the window still
         // names the same kinds (only the learning rate is the window's).
@@ -239,24 +223,13 @@ impl Settings {
                 kept_schedule
             }
             ScheduleChoice::Constant => ScheduleConfig::Constant,
-            ScheduleChoice::OneCycle => ScheduleConfig::OneCycle {
-                pct_start: 0.3,
-                div_factor: 25.0,
-                final_div_factor: 1e4,
-                anneal_cos: true,
-            },
+            ScheduleChoice::OneCycle => ScheduleConfig::one_cycle(),
             ScheduleChoice::CosineWarmup => {
                 let per_epoch = 1 + self.train_limit.max(1) / self.batch.max(1);
-                ScheduleConfig::CosineWarmup {
-                    warmup_steps: ((per_epoch * self.epochs) as u64 / 20).max(1),
-                    min_factor: 0.0,
-                }
+                ScheduleConfig::cosine_warmup_for((per_epoch * self.epochs) as u64)
             }
-            ScheduleChoice::Exponential => ScheduleConfig::Exponential { gamma: 0.975 },
-            ScheduleChoice::Step => ScheduleConfig::Step {
-                step_epochs: (self.epochs as u64).div_ceil(3).max(1),
-                gamma: 0.1,
-            },
+            ScheduleChoice::Exponential => ScheduleConfig::exponential(),
+            ScheduleChoice::Step => ScheduleConfig::step_for(self.epochs as u64),
         };
         run.validate().map_err(|e| e.to_string())?;
         let tuned = Switches {

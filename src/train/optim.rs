@@ -75,6 +75,38 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// SGD with Nesterov momentum 0.9 and weight decay 5e-4 (the ResNet recipes').
+    pub fn sgd_nesterov(lr: f64) -> Self {
+        OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        }
+    }
+
+    /// Adam with PyTorch's defaults (β 0.9/0.999, ε 1e-8, no weight decay).
+    pub fn adam(lr: f64) -> Self {
+        OptimizerConfig::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// AdamW with PyTorch's betas and ε and weight decay 0.05 (the ViT recipes').
+    pub fn adamw(lr: f64) -> Self {
+        OptimizerConfig::AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }
+    }
+
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match self {

@@ -58,6 +58,28 @@ pub enum ScheduleConfig {
 }
 
 impl ScheduleConfig {
+    /// Cosine decay after a linear warm-up over the first 5 % of `total_steps` (at least
+    /// one), to zero.
+    pub fn cosine_warmup_for(total_steps: u64) -> Self {
+        ScheduleConfig::CosineWarmup {
+            warmup_steps: (total_steps / 20).max(1),
+            min_factor: 0.0,
+        }
+    }
+
+    /// ×0.975 per epoch.
+    pub fn exponential() -> Self {
+        ScheduleConfig::Exponential { gamma: 0.975 }
+    }
+
+    /// ×0.1 after each third of `epochs` (at least every epoch).
+    pub fn step_for(epochs: u64) -> Self {
+        ScheduleConfig::Step {
+            step_epochs: epochs.div_ceil(3).max(1),
+            gamma: 0.1,
+        }
+    }
+
     /// One-cycle with PyTorch's defaults: what `kind = "one-cycle"` alone gives in a preset.
     pub fn one_cycle() -> Self {
         ScheduleConfig::OneCycle {

@@ -86,9 +86,7 @@ impl std::str::FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!("device {s:?}: use cpu, cuda or cuda:N"))
-                }),
+                .ok_or_else(|| ConfigError::UnknownDevice(s.to_string())),
         }
     }
 }
@@ -313,8 +311,23 @@ pub enum ConfigError {
     },
     #[error("invalid preset ({reason}): {}", path.display())]
     Parse { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Invalid(String),
+    #[error("device {0:?}: use cpu, cuda or cuda:N")]
+    UnknownDevice(String),
+    /// A value no run can use: `field` names it in the preset, `rule` says what is wrong.
+    #[error("{field} {rule}")]
+    Field { field: &'static str, rule: String },
+    #[error(transparent)]
+    UnknownModel(#[from] crate::models::error::ModelError),
+    #[error(
+        "{images} training images do not fill one optimiser step of {accum} micro-batches of {batch}"
+    )]
+    TooFewImages {
+        images: usize,
+        accum: usize,
+        batch: usize,
+    },
+    #[error("cannot write the preset as TOML: {0}")]
+    Serialize(String),
 }
 
 impl Preset {
@@ -336,7 +349,7 @@ impl Preset {
     }
 
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
 }
 
@@ -344,34 +357,37 @@ impl RunConfig {
     /// Rejects values no run can use, naming the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.train;
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let bad = |field: &'static str, rule: String| Err(ConfigError::Field { field, rule });
         if t.batch_size == 0 {
-            return bad("train.batch_size must be at least 1".into());
+            return bad("train.batch_size", "must be at least 1".into());
         }
         if t.epochs == 0 && t.max_images.is_none() {
-            return bad("train.epochs must be at least 1 (or set train.max_images)".into());
+            return bad(
+                "train.epochs",
+                "must be at least 1 (or set train.max_images)".into(),
+            );
         }
         if t.memory_split == 0 {
-            return bad("train.memory_split must be at least 1".into());
+            return bad("train.memory_split", "must be at least 1".into());
         }
         if self.switches.grad_accum_steps == 0 {
-            return bad("switches.grad_accum_steps must be at least 1".into());
+            return bad("switches.grad_accum_steps", "must be at least 1".into());
         }
         if let Some(a) = t.target_accuracy
             && !(0.0..=1.0).contains(&a)
         {
-            return bad(format!(
-                "train.target_accuracy {a} is not a fraction in 0..=1"
-            ));
+            return bad(
+                "train.target_accuracy",
+                format!("{a} is not a fraction in 0..=1"),
+            );
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
-            return bad(format!(
-                "train.label_smoothing {} is not in 0..1",
-                t.label_smoothing
-            ));
+            return bad(
+                "train.label_smoothing",
+                format!("{} is not in 0..1", t.label_smoothing),
+            );
         }
-        crate::models::variant(&self.model.name)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::models::variant(&self.model.name)?;
         Ok(())
     }
 

@@ -172,14 +172,13 @@ pub fn train_run(
     let mut optimizer = Optimizer::new(&t.optim, model.params())?;
     let per_epoch = steps_per_epoch(data.train.len(), t.batch_size, k);
     if per_epoch == 0 {
-        return Err(EngineError::Config(crate::config::ConfigError::Invalid(
-            format!(
-                "{} training images do not fill one optimiser step of {} micro-batches of {}",
-                data.train.len(),
-                k,
-                t.batch_size
-            ),
-        )));
+        return Err(EngineError::Config(
+            crate::config::ConfigError::TooFewImages {
+                images: data.train.len(),
+                accum: k,
+                batch: t.batch_size,
+            },
+        ));
     }
     let effective_batch = (t.batch_size * k) as u64;
     let mut total_steps = per_epoch * t.epochs as u64;

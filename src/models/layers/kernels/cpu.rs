@@ -1124,24 +1124,29 @@ mod tests {
         }
     }
 
+    /// `v` rounded to bf16 as the units round it, in f64: the reference's inputs.
+    fn bf16_rounded(v: &[f32]) -> Vec<f64> {
+        use super::super::bf16;
+        v.iter()
+            .map(|&x| f64::from(bf16::widen(bf16::round(x))))
+            .collect()
+    }
+
+    /// The largest difference relative to the reference's largest magnitude.
+    fn max_rel_to(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        got.iter()
+            .zip(want)
+            .fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs() / scale))
+    }
+
     #[test]
     fn the_convolution_on_the_bf16_units_is_the_f64_convolution_of_the_rounded_inputs() {
-        use super::super::bf16::{self, Dot};
+        use super::super::bf16::Dot;
         let units = Dot::usable();
         if units.is_empty() {
             eprintln!("this CPU has no bf16 dot-product unit: nothing to compare");
         }
-        let rounded = |v: &[f32]| -> Vec<f64> {
-            v.iter()
-                .map(|&x| f64::from(bf16::widen(bf16::round(x))))
-                .collect()
-        };
-        let max_rel = |got: &[f32], want: &[f64]| {
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            got.iter()
-                .zip(want)
-                .fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs() / scale))
-        };
         for dot in units {
             // Grouped images (8 × 8) and one image per product (16 × 16), 3 × 3 and 1 × 1.
             for (c, co, h, k, stride, pad) in [
@@ -1163,20 +1168,26 @@ mod tests {
                 let x = f32s(values(g.n * c * h * h, 61));
                 let w = f32s(values(co * c * k * k, 62));
                 let y = conv_forward(&x, &w, &g, co, Products::Bf16(dot));
-                let want = conv_forward(&rounded(&x), &rounded(&w), &g, co, Products::Native);
-                let e = max_rel(&y, &want);
-                assert!(e < 1e-5, "{:?} forward {g:?}: {e}", dot.unit());
-                let dy = f32s(values(y.len(), 63));
-                let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, Products::Bf16(dot));
-                let (wdx, wdw) = conv_backward(
-                    &rounded(&x),
-                    &rounded(&w),
-                    &rounded(&dy),
+                let want = conv_forward(
+                    &bf16_rounded(&x),
+                    &bf16_rounded(&w),
                     &g,
                     co,
                     Products::Native,
                 );
-                let (ex, ew) = (max_rel(&dx, &wdx), max_rel(&dw, &wdw));
+                let e = max_rel_to(&y, &want);
+                assert!(e < 1e-5, "{:?} forward {g:?}: {e}", dot.unit());
+                let dy = f32s(values(y.len(), 63));
+                let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, Products::Bf16(dot));
+                let (wdx, wdw) = conv_backward(
+                    &bf16_rounded(&x),
+                    &bf16_rounded(&w),
+                    &bf16_rounded(&dy),
+                    &g,
+                    co,
+                    Products::Native,
+                );
+                let (ex, ew) = (max_rel_to(&dx, &wdx), max_rel_to(&dw, &wdw));
                 assert!(
                     ex < 1e-5 && ew < 1e-5,
                     "{:?} backward {g:?}: dx {ex}, dw {ew}",
@@ -1188,7 +1199,7 @@ mod tests {
 
     #[test]
     fn the_fully_connected_product_matches_its_reference_on_every_path() {
-        use super::super::bf16::{self, Dot};
+        use super::super::bf16::Dot;
         // f64 against the plain triple loop, over several row blocks and a ragged last one.
         let (rows, k, n) = (2 * FC_ROWS + 37, 23, 19);
         let x = values(rows * k, 71);
@@ -1212,35 +1223,24 @@ mod tests {
         assert!((dot(&w2, dw) - fw).abs() < 1e-9 * fw.abs().max(1.0));
         // The bf16 units against the f64 product of the rounded inputs.
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let rounded = |v: &[f32]| -> Vec<f64> {
-            v.iter()
-                .map(|&x| f64::from(bf16::widen(bf16::round(x))))
-                .collect()
-        };
-        let max_rel = |got: &[f32], want: &[f64]| {
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            got.iter()
-                .zip(want)
-                .fold(0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs() / scale))
-        };
         let (x, w, dy) = (f32s(&x), f32s(&w), f32s(&dy));
         for unit in Dot::usable() {
             let p = Products::Bf16(unit);
             let y = linear_forward(&x, &w, k, n, p);
-            let want = linear_forward(&rounded(&x), &rounded(&w), k, n, Products::Native);
-            assert!(max_rel(&y, &want) < 1e-5, "{:?} forward", unit.unit());
+            let want = linear_forward(&bf16_rounded(&x), &bf16_rounded(&w), k, n, Products::Native);
+            assert!(max_rel_to(&y, &want) < 1e-5, "{:?} forward", unit.unit());
             let got = linear_backward(&x, &w, &dy, k, n, p);
             let want = linear_backward(
-                &rounded(&x),
-                &rounded(&w),
-                &rounded(&dy),
+                &bf16_rounded(&x),
+                &bf16_rounded(&w),
+                &bf16_rounded(&dy),
                 k,
                 n,
                 Products::Native,
             );
             let (e_dx, e_dw) = (
-                max_rel(&got[..rows * k], &want[..rows * k]),
-                max_rel(&got[rows * k..], &want[rows * k..]),
+                max_rel_to(&got[..rows * k], &want[..rows * k]),
+                max_rel_to(&got[rows * k..], &want[rows * k..]),
             );
             assert!(
                 e_dx < 1e-5 && e_dw < 1e-5,

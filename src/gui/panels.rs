@@ -135,7 +135,20 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     }
                 }
             });
-            ui.label(egui::RichText::new("Half-precision math with f32 master weights (fp16 with loss scaling). On a CPU: numerics only, no speed-up.").weak());
+            // The same rule the trainer applies (`engine::trainer::compute_path`).
+            let cpu = match annt::models::layers::kernels::bf16::Dot::detect() {
+                Some(dot) => format!(
+                    "On this CPU bf16 runs its matrix products on {}; fp16 is numerics only, no speed-up.",
+                    dot.unit().label()
+                ),
+                None => "On this CPU: numerics only, no speed-up.".to_string(),
+            };
+            ui.label(
+                egui::RichText::new(format!(
+                    "Half-precision math with f32 master weights (fp16 with loss scaling). {cpu}"
+                ))
+                .weak(),
+            );
             // Pinned memory needs a host-to-device copy: there is none on the CPU.
             ui.add_enabled(false, egui::Checkbox::new(&mut s.pin, "Pinned memory"))
                 .on_disabled_hover_text("Not applicable on the CPU: there is no host-to-device copy to speed up.");

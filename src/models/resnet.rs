@@ -10,7 +10,7 @@ use super::error::ModelError;
 use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
 use super::layers::linear::Linear;
 use super::layers::norm::BatchNorm2d;
-use super::layers::{ForwardCtx, activation::relu, pool};
+use super::layers::{ForwardCtx, activation::add_relu, pool};
 use super::params::{Builder, ParamKind, join};
 
 const BN_EPS: f64 = 1e-5;
@@ -152,16 +152,19 @@ impl Unit {
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut y = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
-        y = self.bn2.forward(&self.conv2.forward(&y, ctx)?, ctx)?;
-        if let Some((conv3, bn3)) = &self.conv3 {
-            y = bn3.forward(&conv3.forward(&relu(&y)?, ctx)?, ctx)?;
-        }
+        let y = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
+        let y = self.conv2.forward(&y, ctx)?;
+        let y = match &self.conv3 {
+            Some((conv3, bn3)) => {
+                bn3.forward(&conv3.forward(&self.bn2.forward_relu(&y, ctx)?, ctx)?, ctx)?
+            }
+            None => self.bn2.forward(&y, ctx)?,
+        };
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(x, ctx)?, ctx)?,
             None => x.clone(),
         };
-        relu(&(y + shortcut)?)
+        add_relu(&y, &shortcut)
     }
 }
 
@@ -231,7 +234,7 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        let mut y = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         if self.stem == Stem::ImageNet {
             y = pool::max_pool2d(&y, 3, 2, 1, ctx.kernels)?;
         }

@@ -1,12 +1,77 @@
-//! Activations, softmax, dropout and stochastic depth — each built from ops whose backward
-//! Candle implements (checked against finite differences in the tests).
+//! Activations, softmax, dropout and stochastic depth — built from ops whose backward Candle
+//! implements, or (ReLU on the CPU) annt's element-wise kernels with their own backward; all
+//! checked against finite differences in the tests.
 
 use candle_core::{D, DType, Result, Tensor};
 
+use super::custom::{attach1, attach2, map_real_n, map_real2, raw, raw2};
+use super::kernels::cpu as kernels_cpu;
 use super::{ForwardCtx, norm_dtype};
 
+/// Whether `x` can take annt's element-wise CPU kernels (f32/f64 on the CPU).
+fn cpu_real(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// `max(x, 0)`. On the CPU one pass forward and one backward (`g` where `x > 0`); Candle's
+/// `relu` records a comparison, a cast and a product for its backward — three passes and
+/// three buffers per activation. Elsewhere Candle's op.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
+    if !cpu_real(x) {
+        return x.relu();
+    }
+    let x = x.contiguous()?;
+    let y = raw(
+        &x.detach(),
+        x.shape(),
+        kernels_cpu::relu_forward::<f32>,
+        kernels_cpu::relu_forward::<f64>,
+    )?;
+    attach1(
+        "annt-relu",
+        &x,
+        y,
+        Box::new(|x, grad| {
+            map_real2(
+                x,
+                &grad.contiguous()?,
+                x.shape(),
+                kernels_cpu::relu_backward::<f32>,
+                kernels_cpu::relu_backward::<f64>,
+            )
+        }),
+    )
+}
+
+/// `max(a + b, 0)`: the end of a residual block. On the CPU one op in the graph (one pass
+/// forward, one backward whose gradient both inputs share) instead of an add and a ReLU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !cpu_real(a) || a.dtype() != b.dtype() || a.shape() != b.shape() {
+        return (a + b)?.relu();
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let y = raw2(
+        &a.detach(),
+        &b.detach(),
+        a.shape(),
+        kernels_cpu::add_relu_forward::<f32>,
+        kernels_cpu::add_relu_forward::<f64>,
+    )?;
+    attach2(
+        "annt-add-relu",
+        &a,
+        &b,
+        y,
+        Box::new(|a, b, grad| {
+            let g = map_real_n(
+                &[a, b, &grad.contiguous()?],
+                a.shape(),
+                |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
+                |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
+            )?;
+            Ok((g.clone(), g))
+        }),
+    )
 }
 
 /// `x · σ(x)` (EfficientNet's activation).

@@ -14,7 +14,7 @@
 use candle_core::{DType, Result, Tensor, bail};
 
 use super::Kernels;
-use super::custom::{attach2, map_real_n, map_real2};
+use super::custom::{attach2, map_real_n, map_real2, raw2};
 use super::kernels::{Backend, Products, Window, cpu as kernels_cpu};
 
 /// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
@@ -115,7 +115,7 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
     let g = window(x, w, spec)?;
     let c_out = w.dim(0)?;
     let out_shape = (g.n, c_out, g.out_h(), g.out_w());
-    let y = map_real2(
+    let y = raw2(
         &x.detach(),
         &w.detach(),
         out_shape,
@@ -158,7 +158,7 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
 fn depthwise(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Tensor> {
     let g = window(x, w, spec)?;
     let out_shape = (g.n, g.c, g.out_h(), g.out_w());
-    let y = map_real2(
+    let y = raw2(
         &x.detach(),
         &w.detach(),
         out_shape,

@@ -4,8 +4,9 @@
 //! attach a backward to a value computed from ordinary tensor ops. [`attach1`] and
 //! [`attach2`] do it: the forward value is computed without gradient tracking (so it can
 //! use `matmul` and any other op), and a custom op whose forward returns that value stands
-//! in for it in the graph, with the given closure as its backward. The price is one copy of
-//! the output, small next to the matrix products that produced it.
+//! in for it in the graph, with the given closure as its backward. A value computed by one of
+//! annt's CPU kernels is handed over as a [`Raw`] buffer and becomes the op's output as it is;
+//! a value computed from tensor ops (the CUDA paths, Candle's matmul) costs one copy.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail,
@@ -50,11 +51,12 @@ pub type Backward2 =
 pub fn attach1(
     name: &'static str,
     input: &Tensor,
-    value: Tensor,
+    value: impl Into<Value>,
     backward: Backward1,
 ) -> Result<Tensor> {
+    let value = value.into();
     if grad_off() || !input.track_op() {
-        return Ok(value);
+        return value.into_tensor();
     }
     input.apply_op1(Attached1 {
         name,
@@ -68,11 +70,12 @@ pub fn attach2(
     name: &'static str,
     a: &Tensor,
     b: &Tensor,
-    value: Tensor,
+    value: impl Into<Value>,
     backward: Backward2,
 ) -> Result<Tensor> {
+    let value = value.into();
     if grad_off() || (!a.track_op() && !b.track_op()) {
-        return Ok(value);
+        return value.into_tensor();
     }
     a.apply_op2(
         b,
@@ -93,12 +96,13 @@ pub type Backward3 = Box<
 pub fn attach3(
     name: &'static str,
     inputs: [&Tensor; 3],
-    value: Tensor,
+    value: impl Into<Value>,
     backward: Backward3,
 ) -> Result<Tensor> {
+    let value = value.into();
     let [a, b, c] = inputs;
     if grad_off() || (!a.track_op() && !b.track_op() && !c.track_op()) {
-        return Ok(value);
+        return value.into_tensor();
     }
     a.apply_op3(
         b,
@@ -132,7 +136,7 @@ impl candle_core::CustomOp3 for Attached3 {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value.take()?)
+        self.value.take_cpu()
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -144,7 +148,7 @@ impl candle_core::CustomOp3 for Attached3 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value.take()?)
+        self.value.take_cuda()
     }
     fn bwd(
         &self,
@@ -160,17 +164,78 @@ impl candle_core::CustomOp3 for Attached3 {
     }
 }
 
-/// A forward value waiting to be copied into its op's output.
-struct Slot(std::sync::Mutex<Option<Tensor>>);
+/// A CPU kernel's output buffer and its shape: attached as the op's output without a copy.
+pub struct Raw {
+    storage: CpuStorage,
+    shape: Shape,
+}
+
+impl Raw {
+    /// The buffer as an ordinary tensor (for a value that gets no backward).
+    pub fn into_tensor(self) -> Result<Tensor> {
+        let Raw { storage, shape } = self;
+        let cpu = candle_core::Device::Cpu;
+        match storage {
+            CpuStorage::F32(v) => Tensor::from_vec(v, shape, &cpu),
+            CpuStorage::F64(v) => Tensor::from_vec(v, shape, &cpu),
+            _ => bail!("annt's CPU kernels give f32 or f64 values"),
+        }
+    }
+}
+
+/// A forward value for [`attach1`]/[`attach2`]/[`attach3`]: a tensor (copied into the op's
+/// output) or a CPU kernel's own buffer (moved into it).
+pub enum Value {
+    Tensor(Tensor),
+    Raw(Raw),
+}
+
+impl From<Tensor> for Value {
+    fn from(t: Tensor) -> Self {
+        Value::Tensor(t)
+    }
+}
+
+impl From<Raw> for Value {
+    fn from(r: Raw) -> Self {
+        Value::Raw(r)
+    }
+}
+
+impl Value {
+    fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Value::Tensor(t) => Ok(t),
+            Value::Raw(r) => r.into_tensor(),
+        }
+    }
+}
+
+/// A forward value waiting to become its op's output.
+struct Slot(std::sync::Mutex<Option<Value>>);
 
 impl Slot {
-    fn new(value: Tensor) -> Self {
+    fn new(value: Value) -> Self {
         Self(std::sync::Mutex::new(Some(value)))
     }
-    fn take(&self) -> Result<Tensor> {
+    fn take(&self) -> Result<Value> {
         match self.0.lock().ok().and_then(|mut v| v.take()) {
             Some(v) => Ok(v),
             None => bail!("an attached value was used twice"),
+        }
+    }
+    /// The CPU output: a raw buffer as it is, a tensor copied.
+    fn take_cpu(&self) -> Result<(CpuStorage, Shape)> {
+        match self.take()? {
+            Value::Raw(Raw { storage, shape }) => Ok((storage, shape)),
+            Value::Tensor(t) => cpu_copy(&t),
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn take_cuda(&self) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        match self.take()? {
+            Value::Tensor(t) => cuda_copy(&t),
+            Value::Raw(_) => bail!("a CPU kernel's value was attached to a CUDA op"),
         }
     }
 }
@@ -213,7 +278,7 @@ impl CustomOp1 for Attached1 {
         self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value.take()?)
+        self.value.take_cpu()
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -221,7 +286,7 @@ impl CustomOp1 for Attached1 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value.take()?)
+        self.value.take_cuda()
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         (self.backward)(&arg.detach(), &grad_res.detach()).map(Some)
@@ -247,7 +312,7 @@ impl CustomOp2 for Attached2 {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_copy(&self.value.take()?)
+        self.value.take_cpu()
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -257,7 +322,7 @@ impl CustomOp2 for Attached2 {
         _: &candle_core::cuda_backend::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
-        cuda_copy(&self.value.take()?)
+        self.value.take_cuda()
     }
     fn bwd(
         &self,
@@ -306,23 +371,84 @@ where
     )
 }
 
-/// As [`map_real`] for a kernel over any number of tensors (all cast to the first's dtype);
-/// the kernel receives their contiguous elements as slices, in order.
-pub fn map_real_n<F32, F64>(
+/// As [`map_real_n`], the result kept as the kernel's own buffer ([`Raw`]) for
+/// [`attach1`]/[`attach2`]/[`attach3`] to move into the graph.
+pub fn raw_n<F32, F64>(
     tensors: &[&Tensor],
     shape: impl Into<Shape>,
     f32_kernel: F32,
     f64_kernel: F64,
-) -> Result<Tensor>
+) -> Result<Raw>
 where
     F32: FnOnce(&[&[f32]]) -> Vec<f32>,
     F64: FnOnce(&[&[f64]]) -> Vec<f64>,
 {
+    let shape = shape.into();
+    let storage = with_slices(tensors, |d| match d {
+        Slices::F32(v) => Ok(CpuStorage::F32(f32_kernel(&v))),
+        Slices::F64(v) => Ok(CpuStorage::F64(f64_kernel(&v))),
+    })?;
+    let len = match &storage {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
+    };
+    if len != shape.elem_count() {
+        bail!(
+            "a CPU kernel gave {len} values for shape {shape:?} ({} expected)",
+            shape.elem_count()
+        );
+    }
+    Ok(Raw { storage, shape })
+}
+
+/// As [`raw_n`] for one tensor.
+pub fn raw<F32, F64>(
+    x: &Tensor,
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Raw>
+where
+    F32: FnOnce(&[f32]) -> Vec<f32>,
+    F64: FnOnce(&[f64]) -> Vec<f64>,
+{
+    raw_n(&[x], shape, |v| f32_kernel(v[0]), |v| f64_kernel(v[0]))
+}
+
+/// As [`raw_n`] for two tensors.
+pub fn raw2<F32, F64>(
+    a: &Tensor,
+    b: &Tensor,
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Raw>
+where
+    F32: FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    F64: FnOnce(&[f64], &[f64]) -> Vec<f64>,
+{
+    raw_n(
+        &[a, b],
+        shape,
+        |v| f32_kernel(v[0], v[1]),
+        |v| f64_kernel(v[0], v[1]),
+    )
+}
+
+/// The contiguous elements of CPU tensors of one real dtype, in order.
+enum Slices<'a> {
+    F32(Vec<&'a [f32]>),
+    F64(Vec<&'a [f64]>),
+}
+
+/// Calls `f` with the tensors' elements as slices (all cast to the first's dtype and made
+/// contiguous; no copy where they already are).
+fn with_slices<R>(tensors: &[&Tensor], f: impl FnOnce(Slices<'_>) -> Result<R>) -> Result<R> {
     let Some(first) = tensors.first() else {
-        bail!("map_real_n needs at least one tensor")
+        bail!("annt's CPU kernels need at least one tensor")
     };
     let dtype = first.dtype();
-    let device = first.device().clone();
     let owned = tensors
         .iter()
         .map(|t| t.to_dtype(dtype)?.contiguous())
@@ -347,11 +473,24 @@ where
             out
         }};
     }
-    let out = match dtype {
-        DType::F32 => Tensor::from_vec(f32_kernel(&slices!(F32)), shape, &device),
-        DType::F64 => Tensor::from_vec(f64_kernel(&slices!(F64)), shape, &device),
+    match dtype {
+        DType::F32 => f(Slices::F32(slices!(F32))),
+        DType::F64 => f(Slices::F64(slices!(F64))),
         other => bail!("annt's CPU kernels take f32 or f64, got {other:?}"),
-    };
-    drop(guards);
-    out
+    }
+}
+
+/// As [`map_real`] for a kernel over any number of tensors (all cast to the first's dtype);
+/// the kernel receives their contiguous elements as slices, in order.
+pub fn map_real_n<F32, F64>(
+    tensors: &[&Tensor],
+    shape: impl Into<Shape>,
+    f32_kernel: F32,
+    f64_kernel: F64,
+) -> Result<Tensor>
+where
+    F32: FnOnce(&[&[f32]]) -> Vec<f32>,
+    F64: FnOnce(&[&[f64]]) -> Vec<f64>,
+{
+    raw_n(tensors, shape, f32_kernel, f64_kernel)?.into_tensor()
 }

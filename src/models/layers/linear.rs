@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use super::custom::{attach2, map_real_n, map_real2};
+use super::custom::{attach2, map_real_n, raw2};
 use super::kernels::{Products, cpu as kernels_cpu};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
@@ -32,7 +32,7 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor, products: Products) -> Result<Tensor> {
     let n = w.dim(0)?;
     let x = x.contiguous()?;
     let w = w.to_dtype(DType::F32)?.contiguous()?;
-    let y = map_real2(
+    let y = raw2(
         &x.detach(),
         &w.detach(),
         (rows, n),

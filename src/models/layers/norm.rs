@@ -11,7 +11,7 @@ use candle_core::{D, DType, Result, Tensor, Var};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
-use super::custom::{attach3, map_real, map_real_n};
+use super::custom::{Raw, attach3, map_real, map_real_n, raw_n};
 use super::kernels::{Backend, cpu as kernels_cpu};
 use super::{ForwardCtx, norm_dtype};
 
@@ -64,7 +64,7 @@ impl BatchNorm2d {
             self.forward_eval(&x)?
         } else {
             match Backend::select(x.device(), super::Kernels::Annt) {
-                Backend::Cpu => self.forward_train_fused(&x)?,
+                Backend::Cpu => self.forward_train_fused(&x, false)?,
                 #[cfg(feature = "cuda")]
                 Backend::Cuda if x.dtype() == DType::F32 => {
                     let (y, mean, var) = super::kernels::cuda::norm::batch_norm_train(
@@ -80,6 +80,18 @@ impl BatchNorm2d {
             }
         };
         y.to_dtype(dtype)
+    }
+
+    /// `relu(self.forward(x))`; in training on the CPU one fused op (the ReLU's mask is
+    /// recomputed in the backward from the same coefficients, so no extra buffer is kept).
+    pub fn forward_relu(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if ctx.train
+            && Backend::select(x.device(), super::Kernels::Annt) == Backend::Cpu
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+        {
+            return self.forward_train_fused(x, true);
+        }
+        super::activation::relu(&self.forward(x, ctx)?)
     }
 
     fn per_channel(&self, v: &Var, like: &Tensor) -> Result<Tensor> {
@@ -111,7 +123,7 @@ impl BatchNorm2d {
                 .iter()
                 .map(|v| 1.0 / (v + self.eps).sqrt())
                 .collect();
-            let value = affine(&x, None, &a, None, &d, c, hw)?;
+            let value = affine_raw(&x, None, &a, None, &d, c, hw)?;
             return attach3(
                 "annt-batch-norm-eval",
                 [&x, self.weight.as_tensor(), self.bias.as_tensor()],
@@ -177,8 +189,9 @@ impl BatchNorm2d {
     }
 
     /// Batch statistics with CPU kernels: one pass for the statistics, one for the output,
-    /// and a closed-form backward (two passes) instead of the seven-op autograd chain.
-    fn forward_train_fused(&self, x: &Tensor) -> Result<Tensor> {
+    /// and a closed-form backward (two passes) instead of the seven-op autograd chain. With
+    /// `relu`, the output is `max(·, 0)` and the backward first masks the gradient.
+    fn forward_train_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
@@ -202,14 +215,27 @@ impl BatchNorm2d {
         // anyway (a separate broadcast add would cost a strided reduction per layer).
         let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
         let shift: Vec<f64> = (0..c).map(|i| beta[i] - scale[i] * mean[i]).collect();
-        let value = affine(&x, None, &scale, None, &shift, c, hw)?;
+        let value = if relu {
+            affine_relu(&x, &scale, &shift, c, hw, None)?
+        } else {
+            affine_raw(&x, None, &scale, None, &shift, c, hw)?
+        };
         let count = (n * hw) as f64;
         attach3(
-            "annt-batch-norm",
+            if relu {
+                "annt-batch-norm-relu"
+            } else {
+                "annt-batch-norm"
+            },
             [&x, self.weight.as_tensor(), self.bias.as_tensor()],
             value,
             Box::new(move |x, gamma_t, beta_t, grad| {
-                let grad = grad.contiguous()?;
+                let grad = if relu {
+                    affine_relu(x, &scale, &shift, c, hw, Some(&grad.contiguous()?))?
+                        .into_tensor()?
+                } else {
+                    grad.contiguous()?
+                };
                 let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
                 let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
                 let sums = map_real_n(
@@ -241,8 +267,38 @@ impl BatchNorm2d {
     }
 }
 
-/// `a[ch]·x + b[ch]·z + d[ch]` over `n × c × hw` data with the per-channel coefficients
-/// converted to `x`'s dtype.
+/// `max(a[ch]·x + d[ch], 0)` (with `grad`: that ReLU's backward, `grad` where the value is
+/// positive), the coefficients converted to `x`'s dtype the same way both times so the
+/// backward's mask is the forward's.
+fn affine_relu(
+    x: &Tensor,
+    a: &[f64],
+    d: &[f64],
+    c: usize,
+    hw: usize,
+    grad: Option<&Tensor>,
+) -> Result<Raw> {
+    let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
+    let (a32, d32) = (to32(a), to32(d));
+    let inputs: Vec<&Tensor> = match grad {
+        Some(g) => vec![x, g],
+        None => vec![x],
+    };
+    raw_n(
+        &inputs,
+        x.shape(),
+        |v| match v.get(1) {
+            Some(g) => kernels_cpu::channel_relu_mask(g, v[0], &a32, &d32, c, hw),
+            None => kernels_cpu::channel_affine_relu(v[0], &a32, &d32, c, hw),
+        },
+        |v| match v.get(1) {
+            Some(g) => kernels_cpu::channel_relu_mask(g, v[0], a, d, c, hw),
+            None => kernels_cpu::channel_affine_relu(v[0], a, d, c, hw),
+        },
+    )
+}
+
+/// [`affine_raw`] as a tensor.
 fn affine(
     x: &Tensor,
     z: Option<&Tensor>,
@@ -252,6 +308,20 @@ fn affine(
     c: usize,
     hw: usize,
 ) -> Result<Tensor> {
+    affine_raw(x, z, a, b, d, c, hw)?.into_tensor()
+}
+
+/// `a[ch]·x + b[ch]·z + d[ch]` over `n × c × hw` data with the per-channel coefficients
+/// converted to `x`'s dtype.
+fn affine_raw(
+    x: &Tensor,
+    z: Option<&Tensor>,
+    a: &[f64],
+    b: Option<&[f64]>,
+    d: &[f64],
+    c: usize,
+    hw: usize,
+) -> Result<Raw> {
     let zero = vec![0.0; c];
     let b = b.unwrap_or(&zero);
     let inputs: Vec<&Tensor> = match z {
@@ -260,7 +330,7 @@ fn affine(
     };
     let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
     let (a32, b32, d32) = (to32(a), to32(b), to32(d));
-    map_real_n(
+    raw_n(
         &inputs,
         x.shape(),
         |v| {
@@ -313,7 +383,7 @@ impl LayerNorm {
         let gamma = self.weight.as_tensor().to_dtype(nd)?;
         let beta = self.bias.as_tensor().to_dtype(nd)?;
         let eps = self.eps;
-        let y = map_real_n(
+        let y = raw_n(
             &[&xn.detach(), &gamma.detach(), &beta.detach()],
             xn.shape(),
             |v| kernels_cpu::layer_norm_forward(v[0], v[1], v[2], eps),

@@ -4,7 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::Kernels;
-use super::custom::{attach1, map_real, map_real2};
+use super::custom::{attach1, map_real2, raw};
 use super::kernels::{Backend, Window, cpu as kernels_cpu};
 
 /// Max pooling over `k × k` windows with the given stride and padding (padding never wins).
@@ -46,7 +46,7 @@ pub fn max_pool2d(
         stride,
         pad: padding,
     };
-    let y = map_real(
+    let y = raw(
         &x.detach(),
         (n, c, g.out_h(), g.out_w()),
         |v| kernels_cpu::max_pool_forward(v, &g),

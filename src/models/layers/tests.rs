@@ -4,7 +4,7 @@
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::activation::{
-    dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, stochastic_depth,
+    add_relu, dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, stochastic_depth,
 };
 use super::attention::SelfAttention;
 use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, conv2d};
@@ -204,6 +204,88 @@ fn fused_batch_norm_matches_the_primitive_op_version() {
         let e = rel_err(p, q);
         assert!(e < 1e-5, "{what}: relative error {e}");
     }
+}
+
+#[test]
+fn fused_relus_match_finite_differences_and_candles_ops() {
+    // Gradients in f64 by finite differences: the residual sum's ReLU and batch norm + ReLU.
+    let a = var(&[2, 3, 4, 4], 31);
+    let b = var(&[2, 3, 4, 4], 32);
+    check("add + relu", &[&a, &b], || {
+        add_relu(a.as_tensor(), b.as_tensor())
+    });
+    let mut bld = Builder::new(5, &Device::Cpu).with_dtype(DType::F64);
+    let bn = BatchNorm2d::new(&mut bld, "bn", 3, 1e-5, 0.1).expect("bn");
+    bn.weight.set(&randn(&[3], 33, DType::F64)).expect("set");
+    bn.bias.set(&randn(&[3], 34, DType::F64)).expect("set");
+    check(
+        "batch norm + relu (train)",
+        &[&a, &bn.weight, &bn.bias],
+        || bn.forward_relu(a.as_tensor(), &ctx_train()),
+    );
+
+    // In f32 against Candle's own ops, value and every gradient.
+    let x32 = randn(&[4, 8, 5, 6], 35, DType::F32);
+    let z32 = randn(&[4, 8, 5, 6], 36, DType::F32);
+    let grads_of = |y: &Tensor, vars: &[&Var]| -> Vec<Tensor> {
+        let r = randn(y.dims(), 37, DType::F32);
+        let g = y
+            .mul(&r)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("backward");
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).expect("grad").clone())
+            .collect()
+    };
+    let compare = |name: &str, ours: Vec<Tensor>, theirs: Vec<Tensor>| {
+        for (i, (p, q)) in ours.iter().zip(&theirs).enumerate() {
+            let e = rel_err(p, q);
+            assert!(e < 1e-5, "{name} [{i}]: relative error {e}");
+        }
+    };
+    let xv = Var::from_tensor(&x32).expect("x");
+    let zv = Var::from_tensor(&z32).expect("z");
+    let ours = relu(xv.as_tensor()).expect("relu");
+    let theirs = xv.as_tensor().relu().expect("relu");
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &[&xv]));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &[&xv]));
+    compare("relu", all, reference);
+
+    let ours = add_relu(xv.as_tensor(), zv.as_tensor()).expect("add relu");
+    let theirs = (xv.as_tensor() + zv.as_tensor())
+        .and_then(|t| t.relu())
+        .expect("add relu");
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &[&xv, &zv]));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &[&xv, &zv]));
+    compare("add + relu", all, reference);
+
+    let mut bld = Builder::new(5, &Device::Cpu);
+    let bn = BatchNorm2d::new(&mut bld, "bn", 8, 1e-5, 0.1).expect("bn");
+    bn.weight.set(&randn(&[8], 38, DType::F32)).expect("set");
+    bn.bias.set(&randn(&[8], 39, DType::F32)).expect("set");
+    let ours = bn
+        .forward_relu(xv.as_tensor(), &ForwardCtx::train(DType::F32, 0))
+        .expect("bn relu");
+    let theirs = bn
+        .forward_train_ops(xv.as_tensor())
+        .and_then(|t| t.relu())
+        .expect("bn relu");
+    let vars = [&xv, &bn.weight, &bn.bias];
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &vars));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &vars));
+    compare("batch norm + relu", all, reference);
+
+    // A NaN stays a NaN (as in PyTorch), so the loss scaler still sees it.
+    let nan = Tensor::new(&[f32::NAN, -1.0, 2.0], &Device::Cpu).expect("nan");
+    let y: Vec<f32> = relu(&nan).and_then(|t| t.to_vec1()).expect("relu");
+    assert!(y[0].is_nan() && y[1] == 0.0 && y[2] == 2.0, "{y:?}");
 }
 
 #[test]

@@ -638,6 +638,110 @@ pub fn channel_affine<T: Real>(
     out
 }
 
+/// `max(v, 0)` that keeps a NaN (as PyTorch's ReLU does), so a non-finite activation still
+/// reaches the loss scaler's check instead of turning into a quiet 0.
+fn relu1<T: Real>(v: T) -> T {
+    if v < T::zero() { T::zero() } else { v }
+}
+
+/// Elements per task of the element-wise kernels: large enough that a task outweighs its
+/// hand-off, small enough that both cores get work on a 32 × 32 × 16 × 64 activation.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `max(x, 0)`.
+pub fn relu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(dst, xs)| {
+            for (o, &v) in dst.iter_mut().zip(xs) {
+                *o = relu1(v);
+            }
+        });
+    out
+}
+
+/// ReLU's input gradient: `g` where `x > 0`, else 0 (PyTorch's convention at 0).
+pub fn relu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    zip_map(x, g, |v, gv| if v > T::zero() { gv } else { T::zero() })
+}
+
+/// `max(a + b, 0)`: a residual block's sum and its activation in one pass.
+pub fn add_relu_forward<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(a, b, |u, v| relu1(u + v))
+}
+
+/// The gradient `add_relu_forward` passes to both of its inputs: `g` where `a + b > 0`.
+pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); g.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let r = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + dst.len();
+            for ((o, (&u, &v)), &gv) in dst
+                .iter_mut()
+                .zip(a[r.clone()].iter().zip(&b[r.clone()]))
+                .zip(&g[r])
+            {
+                *o = if u + v > T::zero() { gv } else { T::zero() };
+            }
+        });
+    out
+}
+
+/// `f(a[i], b[i])` for every `i`, in parallel chunks.
+fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let r = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + dst.len();
+            for (o, (&u, &v)) in dst.iter_mut().zip(a[r.clone()].iter().zip(&b[r])) {
+                *o = f(u, v);
+            }
+        });
+    out
+}
+
+/// `max(a[ch]·x + d[ch], 0)` over `n × c × hw` data: batch norm and the ReLU after it in
+/// one pass.
+pub fn channel_affine_relu<T: Real>(x: &[T], a: &[T], d: &[T], c: usize, hw: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+        let ch = plane % c;
+        let xs = &x[plane * hw..(plane + 1) * hw];
+        for (o, &v) in dst.iter_mut().zip(xs) {
+            *o = relu1(a[ch] * v + d[ch]);
+        }
+    });
+    out
+}
+
+/// The gradient behind [`channel_affine_relu`]'s ReLU: `g` where `a[ch]·x + d[ch] > 0`, else 0.
+/// The same coefficients and arithmetic as the forward, so the mask is the forward's exactly.
+pub fn channel_relu_mask<T: Real>(
+    g: &[T],
+    x: &[T],
+    a: &[T],
+    d: &[T],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+        let ch = plane % c;
+        let r = plane * hw..(plane + 1) * hw;
+        for ((o, &v), &gv) in dst.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+            *o = if a[ch] * v + d[ch] > T::zero() {
+                gv
+            } else {
+                T::zero()
+            };
+        }
+    });
+    out
+}
+
 /// Per-channel `[Σ g, Σ g·(x − mean)]` over `n × c × hw` data: the two sums of batch norm's
 /// backward pass.
 pub fn channel_grad_sums<T: Real>(

@@ -588,18 +588,16 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> 
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-            let mut sum = T::zero();
+            let mut sum = Lanes::default();
             for p in planes() {
-                sum += p.iter().fold(T::zero(), |a, &v| a + v);
+                sum.add_each(p, |v| v);
             }
-            let mean = sum / count;
-            let mut sq = T::zero();
+            let mean = sum.total() / count;
+            let mut sq = Lanes::default();
             for p in planes() {
-                sq += p
-                    .iter()
-                    .fold(T::zero(), |a, &v| a + (v - mean) * (v - mean));
+                sq.add_each(p, |v| (v - mean) * (v - mean));
             }
-            (mean, sq / count)
+            (mean, sq.total() / count)
         })
         .collect();
     stats
@@ -607,6 +605,63 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<T> 
         .map(|s| s.0)
         .chain(stats.iter().map(|s| s.1))
         .collect()
+}
+
+/// Partial sums in [`LANES`] independent accumulators: a sum written as one running total
+/// cannot be vectorised (float addition is not associative, so the compiler keeps the
+/// order); sixteen totals can, and the fixed split keeps the result deterministic.
+const LANES: usize = 16;
+
+struct Lanes<T>([T; LANES]);
+
+impl<T: Real> Default for Lanes<T> {
+    fn default() -> Self {
+        Self([T::zero(); LANES])
+    }
+}
+
+impl<T: Real> Lanes<T> {
+    /// Adds `f(v)` for every `v` in `xs`.
+    #[inline]
+    fn add_each(&mut self, xs: &[T], f: impl Fn(T) -> T) {
+        let mut chunks = xs.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (acc, &v) in self.0.iter_mut().zip(chunk) {
+                *acc += f(v);
+            }
+        }
+        for (acc, &v) in self.0.iter_mut().zip(chunks.remainder()) {
+            *acc += f(v);
+        }
+    }
+
+    /// Adds `f(x, y)` for every pair of `xs` and `ys`.
+    #[inline]
+    fn add_pairs(&mut self, xs: &[T], ys: &[T], f: impl Fn(T, T) -> T) {
+        let mut cx = xs.chunks_exact(LANES);
+        let mut cy = ys.chunks_exact(LANES);
+        for (a, b) in (&mut cx).zip(&mut cy) {
+            for ((acc, &u), &v) in self.0.iter_mut().zip(a).zip(b) {
+                *acc += f(u, v);
+            }
+        }
+        for ((acc, &u), &v) in self.0.iter_mut().zip(cx.remainder()).zip(cy.remainder()) {
+            *acc += f(u, v);
+        }
+    }
+
+    /// The lanes summed pairwise.
+    fn total(&self) -> T {
+        let mut v = self.0;
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                v[i] += v[i + width];
+            }
+        }
+        v[0]
+    }
 }
 
 /// `out = a[ch]·x + b[ch]·z + d[ch]` elementwise over `n × c × hw` data (`z` may be empty
@@ -755,15 +810,14 @@ pub fn channel_grad_sums<T: Real>(
     let sums: Vec<(T, T)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s1, mut s2) = (T::zero(), T::zero());
+            let (mut s1, mut s2) = (Lanes::default(), Lanes::default());
+            let m = mean[ch];
             for i in 0..n {
                 let range = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (&gv, &xv) in g[range.clone()].iter().zip(&x[range]) {
-                    s1 += gv;
-                    s2 += gv * (xv - mean[ch]);
-                }
+                s1.add_each(&g[range.clone()], |gv| gv);
+                s2.add_pairs(&g[range.clone()], &x[range], |gv, xv| gv * (xv - m));
             }
-            (s1, s2)
+            (s1.total(), s2.total())
         })
         .collect();
     sums.iter()

@@ -79,9 +79,34 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     x.silu()
 }
 
-/// The exact (erf) GELU, as PyTorch's `nn.GELU()` default that ViT uses.
+/// The exact (erf) GELU, as PyTorch's `nn.GELU()` default that ViT uses. On the CPU one
+/// pass forward and one backward (`g·(Φ(x) + x·φ(x))`); Candle's `gelu_erf` records its
+/// backward as a chain of erf, exp, products and sums. Elsewhere Candle's op.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if !cpu_real(x) {
+        return x.gelu_erf();
+    }
+    let x = x.contiguous()?;
+    let y = raw(
+        &x.detach(),
+        x.shape(),
+        kernels_cpu::gelu_forward::<f32>,
+        kernels_cpu::gelu_forward::<f64>,
+    )?;
+    attach1(
+        "annt-gelu",
+        &x,
+        y,
+        Box::new(|x, grad| {
+            map_real2(
+                x,
+                &grad.contiguous()?,
+                x.shape(),
+                kernels_cpu::gelu_backward::<f32>,
+                kernels_cpu::gelu_backward::<f64>,
+            )
+        }),
+    )
 }
 
 /// `1 / (1 + e^−x)`.

@@ -207,7 +207,7 @@ fn fused_batch_norm_matches_the_primitive_op_version() {
 }
 
 #[test]
-fn fused_relus_match_finite_differences_and_candles_ops() {
+fn fused_activations_match_finite_differences_and_candles_ops() {
     // Gradients in f64 by finite differences: the residual sum's ReLU and batch norm + ReLU.
     let a = var(&[2, 3, 4, 4], 31);
     let b = var(&[2, 3, 4, 4], 32);
@@ -253,6 +253,14 @@ fn fused_relus_match_finite_differences_and_candles_ops() {
     let mut reference = vec![theirs.clone()];
     reference.extend(grads_of(&theirs, &[&xv]));
     compare("relu", all, reference);
+
+    let ours = gelu(xv.as_tensor()).expect("gelu");
+    let theirs = xv.as_tensor().gelu_erf().expect("gelu");
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &[&xv]));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &[&xv]));
+    compare("gelu", all, reference);
 
     let ours = add_relu(xv.as_tensor(), zv.as_tensor()).expect("add relu");
     let theirs = (xv.as_tensor() + zv.as_tensor())

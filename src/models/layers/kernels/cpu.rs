@@ -20,6 +20,8 @@ pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static 
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     /// This thread's scratch vectors of this type (see `Scratch`).
     fn scratch() -> &'static std::thread::LocalKey<Slots<Self>>;
+    /// The error function (GELU's Φ).
+    fn erf(self) -> Self;
 }
 
 /// Scratch vectors kept per thread and scalar type.
@@ -43,6 +45,9 @@ impl Real for f32 {
     fn scratch() -> &'static std::thread::LocalKey<Slots<f32>> {
         &SCRATCH_F32
     }
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
 }
 impl Real for f64 {
     fn as_f32(_: &[f64]) -> Option<&[f32]> {
@@ -53,6 +58,9 @@ impl Real for f64 {
     }
     fn scratch() -> &'static std::thread::LocalKey<Slots<f64>> {
         &SCRATCH_F64
+    }
+    fn erf(self) -> f64 {
+        libm::erf(self)
     }
 }
 
@@ -705,15 +713,7 @@ const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// `max(x, 0)`.
 pub fn relu_forward<T: Real>(x: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(dst, xs)| {
-            for (o, &v) in dst.iter_mut().zip(xs) {
-                *o = relu1(v);
-            }
-        });
-    out
+    map1(x, relu1)
 }
 
 /// ReLU's input gradient: `g` where `x > 0`, else 0 (PyTorch's convention at 0).
@@ -739,6 +739,38 @@ pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
                 .zip(&g[r])
             {
                 *o = if u + v > T::zero() { gv } else { T::zero() };
+            }
+        });
+    out
+}
+
+/// The exact GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2` (PyTorch's `nn.GELU()`).
+pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    let half = T::from(0.5).unwrap_or_else(T::zero);
+    let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
+    map1(x, |v| half * v * (T::one() + (v * r2).erf()))
+}
+
+/// GELU's input gradient: `g·(Φ(x) + x·φ(x))`, `φ` the standard normal density.
+pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    let half = T::from(0.5).unwrap_or_else(T::zero);
+    let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
+    let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap_or_else(T::zero);
+    zip_map(x, g, |v, gv| {
+        let cdf = half * (T::one() + (v * r2).erf());
+        let pdf = inv_sqrt_2pi * (-half * v * v).exp();
+        gv * (cdf + v * pdf)
+    })
+}
+
+/// `f(x[i])` for every `i`, in parallel chunks.
+fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(dst, xs)| {
+            for (o, &v) in dst.iter_mut().zip(xs) {
+                *o = f(v);
             }
         });
     out

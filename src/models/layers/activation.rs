@@ -117,7 +117,40 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
 /// Softmax over the last dimension, in f32 (f64 for f64 input), returned in f32/f64.
 /// The maximum is subtracted for stability and detached: it cancels out of the result, so
 /// its gradient is zero anyway.
+///
+/// On the CPU one pass forward and one backward per row (`y·(g − Σ g·y)`, `y` recomputed);
+/// Candle's ops record five nodes, each with its own buffer and backward.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(norm_dtype(x.dtype()))?;
+    if cpu_real(&x) && x.rank() > 0 {
+        let d = x.dim(D::Minus1)?;
+        let x = x.contiguous()?;
+        let y = raw(
+            &x.detach(),
+            x.shape(),
+            |v| kernels_cpu::softmax_forward(v, d),
+            |v| kernels_cpu::softmax_forward(v, d),
+        )?;
+        return attach1(
+            "annt-softmax",
+            &x,
+            y,
+            Box::new(move |x, grad| {
+                map_real2(
+                    x,
+                    &grad.contiguous()?,
+                    x.shape(),
+                    |a, b| kernels_cpu::softmax_backward(a, b, d),
+                    |a, b| kernels_cpu::softmax_backward(a, b, d),
+                )
+            }),
+        );
+    }
+    softmax_ops(&x)
+}
+
+/// Softmax from Candle's ops (any device; the reference the CPU kernel is tested against).
+pub fn softmax_ops(x: &Tensor) -> Result<Tensor> {
     let x = x.to_dtype(norm_dtype(x.dtype()))?;
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
     let e = shifted.exp()?;

@@ -4,7 +4,8 @@
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::activation::{
-    add_relu, dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, stochastic_depth,
+    add_relu, dropout, gelu, log_softmax, relu, sigmoid, silu, softmax, softmax_ops,
+    stochastic_depth,
 };
 use super::attention::SelfAttention;
 use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, conv2d};
@@ -261,6 +262,15 @@ fn fused_activations_match_finite_differences_and_candles_ops() {
     let mut reference = vec![theirs.clone()];
     reference.extend(grads_of(&theirs, &[&xv]));
     compare("gelu", all, reference);
+
+    let rows = (xv.as_tensor() * 4.0).expect("scale");
+    let ours = softmax(&rows).expect("softmax");
+    let theirs = softmax_ops(&rows).expect("softmax");
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &[&xv]));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &[&xv]));
+    compare("softmax", all, reference);
 
     let ours = add_relu(xv.as_tensor(), zv.as_tensor()).expect("add relu");
     let theirs = (xv.as_tensor() + zv.as_tensor())

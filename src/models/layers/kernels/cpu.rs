@@ -763,6 +763,67 @@ pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
     })
 }
 
+/// Rows per task of the row-wise kernels (softmax).
+const SOFTMAX_ROWS: usize = 64;
+
+/// Softmax of one row into `out`: the maximum subtracted for stability.
+#[inline]
+fn softmax_row<T: Real>(row: &[T], out: &mut [T]) {
+    let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let mut sum = T::zero();
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v - max).exp();
+        sum += *o;
+    }
+    let inv = T::one() / sum;
+    for o in out.iter_mut() {
+        *o = *o * inv;
+    }
+}
+
+/// Softmax over rows of `d` values.
+pub fn softmax_forward<T: Real>(x: &[T], d: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if d == 0 {
+        return out;
+    }
+    out.par_chunks_mut(SOFTMAX_ROWS * d)
+        .zip(x.par_chunks(SOFTMAX_ROWS * d))
+        .for_each(|(dst, xs)| {
+            for (o, row) in dst.chunks_mut(d).zip(xs.chunks(d)) {
+                softmax_row(row, o);
+            }
+        });
+    out
+}
+
+/// Softmax's input gradient per row, `y·(g − Σ g·y)`, with `y` recomputed from `x` (so the
+/// graph keeps no copy of the probabilities).
+pub fn softmax_backward<T: Real>(x: &[T], g: &[T], d: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if d == 0 {
+        return out;
+    }
+    out.par_chunks_mut(SOFTMAX_ROWS * d)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let start = i * SOFTMAX_ROWS * d;
+            let xs = &x[start..start + dst.len()];
+            let gs = &g[start..start + dst.len()];
+            for ((o, row), grow) in dst.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
+                softmax_row(row, o);
+                let dot = o
+                    .iter()
+                    .zip(grow)
+                    .fold(T::zero(), |a, (&y, &gv)| a + y * gv);
+                for (y, &gv) in o.iter_mut().zip(grow) {
+                    *y = *y * (gv - dot);
+                }
+            }
+        });
+    out
+}
+
 /// `f(x[i])` for every `i`, in parallel chunks.
 fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];

@@ -7,7 +7,7 @@ benches/compare_torch.py can put the two side by side from one run on one machin
   python3 benches/torch_peer.py --model resnet50 --res 32 --batch 256 \
       --modes fp32,tf32,amp-bf16,amp-fp16 --steps 50 --warmup 10 --device cuda
 
-Workload rules (kept identical to annt's `annt speed`, src/bench/speed.rs):
+Workload rules (kept identical to annt's `annt speed`, src/engine/speed.rs):
 - synthetic data: a pool of 8 batches of random uint8 images and random labels in host
   memory (pinned on CUDA unless --pageable), copied with non_blocking=True and normalised on
   the device, as a real loader's batches would be;

@@ -25,6 +25,27 @@ pub enum AmpMode {
 }
 
 impl AmpMode {
+    /// Why a CUDA GPU of compute capability `cc` (e.g. (9, 0) for an H100) cannot train in
+    /// this mode (None: it can). fp16 arithmetic needs 5.3; bf16, 8.0 (Ampere): below that
+    /// cuBLAS has no bf16 GEMM.
+    pub fn unsupported_at(self, cc: (i32, i32)) -> Option<String> {
+        let need = match self {
+            AmpMode::Off => return None,
+            AmpMode::Fp16 => (5, 3),
+            AmpMode::Bf16 => (8, 0),
+        };
+        (cc < need).then(|| {
+            format!(
+                "{} needs compute capability {}.{} or newer; this GPU has {}.{}",
+                self.label(),
+                need.0,
+                need.1,
+                cc.0,
+                cc.1
+            )
+        })
+    }
+
     /// The dtype activations and matrix products run in.
     pub fn compute_dtype(self) -> DType {
         match self {
@@ -386,5 +407,18 @@ mod tests {
         assert_eq!((d.scale(), d.growth_events()), (131072.0, 1));
         d.update(Unscaled::Overflow);
         assert_eq!((d.scale(), d.skipped_steps()), (65536.0, 1));
+    }
+
+    #[test]
+    fn half_precision_needs_the_right_compute_capability() {
+        assert_eq!(AmpMode::Bf16.unsupported_at((9, 0)), None);
+        assert_eq!(AmpMode::Bf16.unsupported_at((8, 0)), None);
+        assert_eq!(AmpMode::Fp16.unsupported_at((7, 5)), None);
+        let e = AmpMode::Bf16
+            .unsupported_at((7, 5))
+            .expect("Turing has no bf16");
+        assert!(e.contains("8.0") && e.contains("7.5"), "{e}");
+        assert!(AmpMode::Fp16.unsupported_at((5, 2)).is_some());
+        assert_eq!(AmpMode::Off.unsupported_at((3, 0)), None);
     }
 }

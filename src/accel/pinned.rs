@@ -39,6 +39,17 @@ impl BatchStorage for HostBuffer {
             HostBuffer::Pinned(p) => p.as_mut_slice(),
         }
     }
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn device_copy(
+        &mut self,
+        device: &candle_core::Device,
+    ) -> Option<candle_core::Result<candle_core::Tensor>> {
+        match self {
+            HostBuffer::Pageable(_) => None,
+            #[cfg(feature = "cuda")]
+            HostBuffer::Pinned(p) => Some(cuda::upload(p, device)),
+        }
+    }
 }
 
 /// Where this run's batches wait: created once per run, so pinned buffers are allocated once

@@ -1,7 +1,6 @@
 //! `annt data inspect` and `annt data download`.
 
 use annt::data::{self, Cifar100Labels, OpenOptions};
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -66,7 +65,8 @@ pub struct DownloadArgs {
     /// Folder to keep the archive in (default: the user's data folder, e.g. ~/.local/share/annt).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Base URL of a mirror serving the same file names (the MD5 is still checked).
+    /// Base URL of a mirror serving the same file names (the MD5 is still checked); default:
+    /// the ANNT_CIFAR_MIRROR environment variable, else the official host.
     #[arg(long)]
     pub mirror: Option<String>,
 }
@@ -145,24 +145,22 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
 }
 
 fn download(args: &DownloadArgs) -> anyhow::Result<()> {
-    use annt::data::download::{self as dl, ArchiveFormat, CifarVariant, DownloadStatus};
-    let variant = match args.variant {
-        VariantArg::Cifar10 => CifarVariant::Cifar10,
-        VariantArg::Cifar100 => CifarVariant::Cifar100,
+    use annt::data::download::{ArchiveFormat, CifarVariant, DownloadStatus};
+    use annt::engine::inspect::{self, DownloadRequest};
+    let request = DownloadRequest {
+        variant: match args.variant {
+            VariantArg::Cifar10 => CifarVariant::Cifar10,
+            VariantArg::Cifar100 => CifarVariant::Cifar100,
+        },
+        format: match args.format {
+            FormatArg::Binary => ArchiveFormat::Binary,
+            FormatArg::Python => ArchiveFormat::Python,
+        },
+        dir: args.dir.clone(),
+        mirror: args.mirror.clone(),
     };
-    let format = match args.format {
-        FormatArg::Binary => ArchiveFormat::Binary,
-        FormatArg::Python => ArchiveFormat::Python,
-    };
-    let mut spec = dl::official(variant, format);
-    if let Some(base) = &args.mirror {
-        spec = dl::with_mirror(spec, base);
-    }
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => dl::default_data_dir()
-            .context("no user data folder is known on this system; pass --dir")?,
-    };
+    let spec = request.spec();
+    let dir = request.folder()?;
     eprintln!("downloading {} into {}", spec.url, dir.display());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -184,7 +182,7 @@ fn download(args: &DownloadArgs) -> anyhow::Result<()> {
     // If a handler cannot be installed, Ctrl-C still works; it just kills the process.
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
     let stop = || interrupted.load(std::sync::atomic::Ordering::Relaxed);
-    let outcome = dl::download(&spec, &dir, &mut progress, &stop);
+    let outcome = inspect::download(&request, &mut progress, &stop);
     bar.finish_and_clear();
     let outcome = match outcome {
         Err(annt::data::DataError::Stopped) => {

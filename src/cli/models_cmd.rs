@@ -1,6 +1,6 @@
 //! `annt models`: every model variant with its parameter count.
 
-use annt::models::{Model, ModelSpec, VARIANTS};
+use annt::models::VARIANTS;
 use clap::Args;
 use std::fmt::Write as _;
 
@@ -29,13 +29,12 @@ struct Row {
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let classes = args.classes as usize;
     let mut rows = Vec::new();
-    for v in VARIANTS {
-        // Zero-filled tensors: counting ViT-B's 86 M parameters must not cost 86 M draws.
-        let model = Model::build_shapes_only(&ModelSpec::new(v.name, classes))?;
+    let counts = annt::engine::inspect::param_counts(classes)?;
+    for (v, (_, params)) in VARIANTS.iter().zip(counts) {
         rows.push(Row {
             name: v.name,
             family: v.family,
-            params: model.param_count(),
+            params,
             classes,
             resolution: v.resolution,
             pretrained: v.pretrained,

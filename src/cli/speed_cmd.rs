@@ -2,8 +2,8 @@
 //! keys of `benches/torch_peer.py` so the two can share a table
 //! (`benches/compare_torch.py` runs both).
 
-use annt::bench::speed::{SpeedConfig, SpeedMode, measure};
 use annt::config::DeviceChoice;
+use annt::engine::speed::{SpeedConfig, SpeedMode, measure};
 
 #[derive(Debug, clap::Args)]
 pub struct SpeedArgs {

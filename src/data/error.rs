@@ -89,6 +89,8 @@ pub enum DataError {
     InvalidOption(String),
     #[error("stopped")]
     Stopped,
+    #[error("no user data folder is known on this system; name a folder (--dir)")]
+    NoDataFolder,
     /// A helper thread (image decoder, batch loader) died; a bug, not bad data.
     #[error("internal error: {0}")]
     Worker(String),

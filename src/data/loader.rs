@@ -106,12 +106,23 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<u32>
     order
 }
 
-/// Pixel storage of a batch. `Vec<u8>` on the CPU; a CUDA build supplies pinned buffers.
+/// Pixel storage of a batch. `Vec<u8>` on the CPU; `accel::pinned` supplies page-locked
+/// buffers (the pinned-memory switch) by implementing this trait: `data` owns the trait and
+/// knows nothing of how a buffer is pinned.
 pub trait BatchStorage: Send + 'static {
     /// The bytes (at least the batch's length).
     fn as_slice(&self) -> &[u8];
     /// The bytes, writable.
     fn as_mut_slice(&mut self) -> &mut [u8];
+    /// The whole buffer copied to `device` by the storage's own means (a pinned buffer's
+    /// asynchronous DMA copy), as a flat u8 tensor; `None`: upload [`Self::as_slice`] as any
+    /// host memory.
+    fn device_copy(
+        &mut self,
+        _device: &candle_core::Device,
+    ) -> Option<candle_core::Result<candle_core::Tensor>> {
+        None
+    }
 }
 
 impl BatchStorage for Vec<u8> {

@@ -13,6 +13,9 @@ pub mod cifar_pickle;
 pub mod detect;
 pub mod download;
 pub mod error;
+/// Test-data writers: only in test builds and with the `fixtures` feature (which the crate's
+/// own tests, benches and examples turn on through its dev-dependency on itself).
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod image_folder;
 pub mod loader;

@@ -31,19 +31,18 @@ pub fn to_device<S: BatchStorage>(
     finish(&raw, &batch.labels, norm, device, resize)
 }
 
-/// Like [`to_device`] for the training loader's buffers: a pinned buffer (the pinned-memory
-/// switch on CUDA) goes up as an asynchronous DMA copy, a heap buffer as [`to_device`] does.
-pub fn to_device_staged(
-    batch: &mut Batch<crate::accel::pinned::HostBuffer>,
+/// Like [`to_device`] for the training loader's buffers: storage with its own device copy
+/// ([`BatchStorage::device_copy`], a pinned buffer's asynchronous DMA on CUDA) goes up that
+/// way, any other as [`to_device`] does.
+pub fn to_device_staged<S: BatchStorage>(
+    batch: &mut Batch<S>,
     norm: &Normalization,
     device: &Device,
     resize: Option<usize>,
 ) -> Result<DeviceBatch, DataError> {
-    #[cfg(feature = "cuda")]
-    if let crate::accel::pinned::HostBuffer::Pinned(p) = &mut batch.pixels {
-        let (n, h, w) = (batch.len, batch.height, batch.width);
-        let flat = crate::accel::pinned::cuda::upload(p, device)?;
-        let raw = flat
+    let (n, h, w) = (batch.len, batch.height, batch.width);
+    if let Some(flat) = batch.pixels.device_copy(device) {
+        let raw = flat?
             .narrow(0, 0, n * CHANNELS * h * w)?
             .reshape((n, CHANNELS, h, w))?;
         return finish(&raw, &batch.labels, norm, device, resize);

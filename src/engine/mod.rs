@@ -5,8 +5,10 @@
 //! [`EventSink`] it reports to and the [`StopFlag`] it polls after every micro-batch.
 
 pub mod event;
+pub mod inspect;
 pub mod selftest;
 pub mod session;
+pub mod speed;
 pub mod trainer;
 
 pub use event::{ChannelSink, Event, EventSink, StopFlag, VecSink};

@@ -127,10 +127,10 @@ pub fn run_session(
             .and_then(|gpus| gpus.into_iter().find(|d| d.ordinal == i)),
         DeviceChoice::Cpu => None,
     };
-    if let Some(why) = gpu
-        .as_ref()
-        .and_then(|g| arms.iter().find_map(|a| g.lacks(a.run.switches.amp)))
-    {
+    if let Some(why) = gpu.as_ref().and_then(|g| {
+        arms.iter()
+            .find_map(|a| a.run.switches.amp.unsupported_at(g.compute_capability))
+    }) {
         return Err(EngineError::Device {
             device: base.device.to_string(),
             reason: format!("{why}; choose another precision or device"),

@@ -124,14 +124,14 @@ pub struct AnntApp {
     /// The last check's one-line summary or the reason the data was rejected.
     pub data_summary: Option<Result<String, String>>,
     /// The current data choice's preview (sample images), and what it was made for.
-    pub preview: Option<jobs::DataPreview>,
+    pub preview: Option<annt::engine::inspect::DataPreview>,
     preview_for: Option<(state::DataChoice, bool)>,
     sample_textures: Vec<(String, egui::TextureHandle)>,
     pub download: Option<jobs::Download>,
     /// Trainable parameters per model variant, for `param_classes` outputs.
     pub param_counts: std::collections::HashMap<String, usize>,
     param_classes: usize,
-    param_job: Option<Receiver<Vec<(String, usize)>>>,
+    param_job: Option<jobs::ParamJob>,
     pub weights_check: Option<Result<String, String>>,
     weights_job: Option<Receiver<Result<String, String>>>,
     /// A native file dialog that is open, and what its answer is for.
@@ -295,11 +295,12 @@ impl AnntApp {
                     }
                     self.preview_for =
                         Some((self.settings.data.clone(), self.settings.coarse_labels));
-                    self.data_summary = Some(Ok(p.summary.clone()));
+                    self.data_summary = Some(Ok(p.headline()));
                     self.sample_textures.clear();
                     self.preview = Some(p);
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     if dropped.is_some() {
                         self.messages.push(Message::error(e.clone()));
                     } else {
@@ -329,7 +330,17 @@ impl AnntApp {
             && let Ok(counts) = rx.try_recv()
         {
             self.param_job = None;
-            self.param_counts = counts.into_iter().collect();
+            match counts {
+                Ok(counts) => {
+                    self.param_counts = counts
+                        .into_iter()
+                        .map(|(n, c)| (n.to_string(), c))
+                        .collect();
+                }
+                Err(e) => self
+                    .messages
+                    .push(Message::error(format!("parameter counts: {e}"))),
+            }
         }
         if let Some(rx) = &self.weights_job
             && let Ok(r) = rx.try_recv()
@@ -351,7 +362,10 @@ impl AnntApp {
         if self.data_check.is_none() && self.preview_for.as_ref() != Some(&current) {
             self.check_current_data();
         }
-        let classes = self.preview.as_ref().map_or(10, |p| p.classes);
+        let classes = self
+            .preview
+            .as_ref()
+            .map_or(10, |p| p.summary.classes.len());
         if self.param_job.is_none() && self.param_classes != classes {
             self.param_classes = classes;
             self.param_job = Some(jobs::param_counts(classes));
@@ -409,15 +423,17 @@ impl AnntApp {
             self.weights_check = None;
             return;
         };
-        let classes = self.preview.as_ref().map_or(10, |p| p.classes);
-        let resolution = (self.settings.resolution > 0).then_some(self.settings.resolution);
+        let spec = annt::models::ModelSpec {
+            name: self.settings.model.clone(),
+            classes: self
+                .preview
+                .as_ref()
+                .map_or(10, |p| p.summary.classes.len()),
+            resolution: (self.settings.resolution > 0).then_some(self.settings.resolution),
+            seed: 0,
+        };
         self.weights_check = None;
-        self.weights_job = Some(jobs::check_weights(
-            self.settings.model.clone(),
-            classes,
-            resolution,
-            path.trim().into(),
-        ));
+        self.weights_job = Some(jobs::check_weights(spec, path.trim().into()));
     }
 
     /// Loads the preset at `preset_path` into the settings.
@@ -605,11 +621,10 @@ impl AnntApp {
             WorkerMsg::Event(Event::SessionFinished { result }) => self.session = Some(*result),
             WorkerMsg::Event(Event::SessionStarted { .. }) => {}
             WorkerMsg::Failed(e) => {
-                // The engine opens the device first: "device cuda:N: why".
-                if e.starts_with("device cuda") {
+                if e.is_device() {
                     self.cpu_offer = true;
                 }
-                self.messages.push(Message::error(e))
+                self.messages.push(Message::error(e.to_string()))
             }
             WorkerMsg::Done => {
                 if let Some(w) = &mut self.worker {

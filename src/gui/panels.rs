@@ -123,7 +123,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                         (DeviceChoice::Cuda(i), Ok(gpus)) => gpus
                             .iter()
                             .find(|d| d.ordinal == i)
-                            .and_then(|d| d.lacks(mode)),
+                            .and_then(|d| mode.unsupported_at(d.compute_capability)),
                         _ => None,
                     };
                     let r = ui.add_enabled(gap.is_none(), egui::RadioButton::new(s.amp == mode, name));
@@ -406,10 +406,9 @@ fn download_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
 }
 
 fn samples_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
-    let more = app
-        .preview
-        .as_ref()
-        .map_or(0, |p| p.classes.saturating_sub(p.samples.len()));
+    let more = app.preview.as_ref().map_or(0, |p| {
+        p.summary.classes.len().saturating_sub(p.samples.len())
+    });
     let textures = app.sample_textures(ui.ctx()).to_vec();
     if textures.is_empty() {
         return;

@@ -5,12 +5,31 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use annt::bench::plan::Plan;
-use annt::engine::{ChannelSink, Event, SessionOptions, StopFlag, run_session};
+use annt::engine::{ChannelSink, EngineError, Event, SessionOptions, StopFlag, run_session};
 
 pub enum WorkerMsg {
     Event(Event),
-    Failed(String),
+    Failed(Failure),
     Done,
+}
+
+/// Why a session ended early, kept typed so the window can act on what it was (e.g. offer
+/// the CPU when the chosen device could not be opened).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "the training thread crashed ({0}); the window is still usable — change a setting and start again"
+    )]
+    Crashed(String),
+}
+
+impl Failure {
+    /// Whether the session's device could not be opened (only a CUDA choice can fail so).
+    pub fn is_device(&self) -> bool {
+        matches!(self, Failure::Engine(EngineError::Device { .. }))
+    }
 }
 
 pub struct Worker {
@@ -42,10 +61,14 @@ impl Worker {
                 }));
                 let failure = match outcome {
                     Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(format!("{e}")),
-                    Err(panic) => Some(format!(
-                        "the training thread crashed ({}); the window is still usable — change a setting and start again",
-                        panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown panic")
+                    Ok(Err(e)) => Some(Failure::Engine(e)),
+                    Err(panic) => Some(Failure::Crashed(
+                        panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("unknown panic")
+                            .to_string(),
                     )),
                 };
                 if let Some(f) = failure {

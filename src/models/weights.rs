@@ -28,6 +28,17 @@ pub enum Convention {
     HuggingFace,
 }
 
+impl Convention {
+    /// The name users know it by.
+    pub fn label(self) -> &'static str {
+        match self {
+            Convention::Torchvision => "torchvision",
+            Convention::Timm => "timm",
+            Convention::HuggingFace => "Hugging Face",
+        }
+    }
+}
+
 /// What an import did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImportReport {
@@ -40,6 +51,27 @@ pub struct ImportReport {
     pub pos_embedding_resized: Option<(usize, usize)>,
     /// Checkpoint tensors deliberately not used.
     pub ignored: Vec<String>,
+}
+
+impl ImportReport {
+    /// One line for a user: "file: N tensors loaded into model (convention names); …".
+    pub fn describe(&self, path: &Path, spec: &super::ModelSpec) -> String {
+        let mut text = format!(
+            "{}: {} tensors loaded into {} ({} names)",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            self.loaded,
+            spec.name,
+            self.convention.label()
+        );
+        if self.head_replaced {
+            text.push_str(&format!("; head replaced for {} classes", spec.classes));
+        }
+        if let Some((from, to)) = self.pos_embedding_resized {
+            text.push_str(&format!("; position grid resampled from {from} to {to}"));
+        }
+        text
+    }
 }
 
 fn detect(names: &[&str]) -> Convention {

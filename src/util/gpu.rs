@@ -16,34 +16,6 @@ pub struct CudaDevice {
     pub compute_capability: (i32, i32),
 }
 
-impl CudaDevice {
-    /// Why this device cannot train in `amp` (None: it can). fp16 arithmetic needs compute
-    /// capability 5.3; bf16, 8.0 (Ampere): below that cuBLAS has no bf16 GEMM.
-    pub fn lacks(&self, amp: crate::accel::amp::AmpMode) -> Option<String> {
-        half_precision_gap(self.compute_capability, amp)
-    }
-}
-
-/// See [`CudaDevice::lacks`].
-pub fn half_precision_gap(cc: (i32, i32), amp: crate::accel::amp::AmpMode) -> Option<String> {
-    use crate::accel::amp::AmpMode;
-    let need = match amp {
-        AmpMode::Off => return None,
-        AmpMode::Fp16 => (5, 3),
-        AmpMode::Bf16 => (8, 0),
-    };
-    (cc < need).then(|| {
-        format!(
-            "{} needs compute capability {}.{} or newer; this GPU has {}.{}",
-            amp.label(),
-            need.0,
-            need.1,
-            cc.0,
-            cc.1
-        )
-    })
-}
-
 /// Every CUDA device, or why there are none: a build without the `cuda` feature, no
 /// driver library, or a driver that reports no device. The reason is meant for the user.
 pub fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
@@ -342,18 +314,6 @@ fn module_version_from(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn half_precision_needs_the_right_compute_capability() {
-        use crate::accel::amp::AmpMode;
-        assert_eq!(half_precision_gap((9, 0), AmpMode::Bf16), None);
-        assert_eq!(half_precision_gap((8, 0), AmpMode::Bf16), None);
-        assert_eq!(half_precision_gap((7, 5), AmpMode::Fp16), None);
-        let e = half_precision_gap((7, 5), AmpMode::Bf16).expect("Turing has no bf16");
-        assert!(e.contains("8.0") && e.contains("7.5"), "{e}");
-        assert!(half_precision_gap((5, 2), AmpMode::Fp16).is_some());
-        assert_eq!(half_precision_gap((3, 0), AmpMode::Off), None);
-    }
 
     #[test]
     fn the_driver_version_is_read_from_the_kernel_module_line() {

@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::session::open_device;
+use super::trainer::train_run;
+use super::{EngineError, StopFlag, VecSink};
 use crate::accel::amp::AmpMode;
 use crate::bench::plan::Arm;
 use crate::config::{DeviceChoice, RunConfig, Switches};
 use crate::data::{DataFormat, Dataset, ImageSet, Normalization};
-use crate::engine::session::open_device;
-use crate::engine::trainer::train_run;
-use crate::engine::{EngineError, StopFlag, VecSink};
 use crate::train::optim::OptimizerConfig;
 use crate::util::rng::Rng;
 
@@ -189,7 +189,7 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
     };
     let trained = train_run(
         &arm,
-        crate::engine::trainer::RunPlace::single(),
+        super::trainer::RunPlace::single(),
         &data,
         &device,
         &mut VecSink::default(),

@@ -16,6 +16,7 @@ use super::Network;
 use super::error::ModelError;
 use super::layers::activation::{dropout, sigmoid, silu, stochastic_depth};
 use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
+use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
 use super::layers::linear::Linear;
 use super::layers::norm::BatchNorm2d;
 use super::layers::{ForwardCtx, norm_dtype, pool};
@@ -199,42 +200,31 @@ fn spatial_mean(x: &Tensor, keepdim: bool) -> Result<Tensor> {
 }
 
 /// torchvision's `Conv2dNormActivation`: a bias-free convolution (`{name}.0`), batch norm
-/// (`{name}.1`) and optionally SiLU.
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm2d,
-    silu: bool,
-}
-
-impl ConvBn {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        b: &mut Builder,
-        name: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        spec: ConvSpec,
-        silu: bool,
-    ) -> std::result::Result<Self, ModelError> {
-        let conv = Conv2d::new(
-            b,
-            &join(name, 0),
-            c_in,
-            c_out,
-            k,
-            spec,
-            ConvBias::Without,
-            ConvInit::KaimingFanOut,
-        )?;
-        let bn = BatchNorm2d::new(b, &join(name, 1), c_out, BN_EPS, BN_MOMENTUM)?;
-        Ok(Self { conv, bn, silu })
-    }
-
-    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let y = self.bn.forward(&self.conv.forward(x, ctx)?, ctx)?;
-        if self.silu { silu(&y) } else { Ok(y) }
-    }
+/// (`{name}.1`) and SiLU or nothing.
+fn conv_bn(
+    b: &mut Builder,
+    name: &str,
+    (c_in, c_out, kernel): (usize, usize, usize),
+    spec: ConvSpec,
+    activation: Activation,
+) -> std::result::Result<ConvBn, ModelError> {
+    let norm = NormConfig {
+        eps: BN_EPS,
+        momentum: BN_MOMENTUM,
+    };
+    let shape = ConvShape {
+        c_in,
+        c_out,
+        kernel,
+    };
+    ConvBn::new(
+        b,
+        [&join(name, 0), &join(name, 1)],
+        shape,
+        spec,
+        norm,
+        activation,
+    )
 }
 
 /// Squeeze-and-excitation: pooled channels → 1×1 conv (`fc1`, with bias) → SiLU → 1×1 conv
@@ -319,23 +309,33 @@ impl MbConv {
             join(&block, index - 1)
         };
         let expand = if expand_ratio != 1 {
-            Some(ConvBn::new(
+            Some(conv_bn(
                 b,
                 &next(),
-                c_in,
-                expanded,
-                1,
+                (c_in, expanded, 1),
                 ConvSpec::new(1, 0),
-                true,
+                Activation::Silu,
             )?)
         } else {
             None
         };
         let dw_spec = ConvSpec::depthwise(stride, (kernel - 1) / 2, expanded);
-        let depthwise = ConvBn::new(b, &next(), expanded, expanded, kernel, dw_spec, true)?;
+        let depthwise = conv_bn(
+            b,
+            &next(),
+            (expanded, expanded, kernel),
+            dw_spec,
+            Activation::Silu,
+        )?;
         // torchvision squeezes relative to the block's input width, not the expanded one.
         let se = SqueezeExcite::new(b, &next(), expanded, (c_in / 4).max(1))?;
-        let project = ConvBn::new(b, &next(), expanded, c_out, 1, ConvSpec::new(1, 0), false)?;
+        let project = conv_bn(
+            b,
+            &next(),
+            (expanded, c_out, 1),
+            ConvSpec::new(1, 0),
+            Activation::Identity,
+        )?;
         Ok(Self {
             expand,
             depthwise,
@@ -374,14 +374,12 @@ impl EfficientNet {
         cfg.validate()?;
         let stages = cfg.stages();
         let stem_channels = cfg.stem_channels();
-        let stem = ConvBn::new(
+        let stem = conv_bn(
             b,
             "features.0",
-            3,
-            stem_channels,
-            3,
+            (3, stem_channels, 3),
             ConvSpec::new(2, 1),
-            true,
+            Activation::Silu,
         )?;
 
         let total_blocks: usize = stages.iter().map(|s| s.layers).sum();
@@ -411,14 +409,12 @@ impl EfficientNet {
 
         let head_channels = cfg.head_channels();
         let head_name = format!("features.{}", stages.len() + 1);
-        let head = ConvBn::new(
+        let head = conv_bn(
             b,
             &head_name,
-            c_in,
-            head_channels,
-            1,
+            (c_in, head_channels, 1),
             ConvSpec::new(1, 0),
-            true,
+            Activation::Silu,
         )?;
         // torchvision's override of PyTorch's default: U(±1/√out_features), zero bias.
         let bound = 1.0 / (cfg.classes as f32).sqrt();

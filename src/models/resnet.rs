@@ -7,9 +7,9 @@ use candle_core::{Result, Tensor};
 
 use super::Network;
 use super::error::ModelError;
-use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
+use super::layers::conv::ConvSpec;
+use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
 use super::layers::linear::Linear;
-use super::layers::norm::BatchNorm2d;
 use super::layers::{ForwardCtx, activation::add_relu, pool};
 use super::params::{Builder, ParamKind, join};
 
@@ -85,14 +85,20 @@ impl ResNetConfig {
 }
 
 struct Unit {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    /// The third 1×1 convolution of a bottleneck.
-    conv3: Option<(Conv2d, BatchNorm2d)>,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    /// conv1 + bn1 + ReLU.
+    first: ConvBn,
+    /// conv2 + bn2 (+ ReLU in a bottleneck, before its third pair).
+    second: ConvBn,
+    /// conv3 + bn3 of a bottleneck.
+    third: Option<ConvBn>,
+    /// `downsample.0` + `downsample.1` where the shape changes.
+    downsample: Option<ConvBn>,
 }
+
+const NORM: NormConfig = NormConfig {
+    eps: BN_EPS,
+    momentum: BN_MOMENTUM,
+};
 
 impl Unit {
     fn new(
@@ -104,64 +110,100 @@ impl Unit {
         stride: usize,
     ) -> std::result::Result<Self, ModelError> {
         let c_out = width * block.expansion();
-        let bn = |b: &mut Builder, n: &str, c| {
-            BatchNorm2d::new(b, &join(name, n), c, BN_EPS, BN_MOMENTUM)
-        };
-        let conv = |b: &mut Builder, n: &str, ci, co, k, spec| {
-            Conv2d::new(
+        let pair = |b: &mut Builder,
+                    conv: &str,
+                    bn: &str,
+                    (ci, co, kernel): (usize, usize, usize),
+                    spec,
+                    act| {
+            let shape = ConvShape {
+                c_in: ci,
+                c_out: co,
+                kernel,
+            };
+            ConvBn::new(
                 b,
-                &join(name, n),
-                ci,
-                co,
-                k,
+                [&join(name, conv), &join(name, bn)],
+                shape,
                 spec,
-                ConvBias::Without,
-                ConvInit::KaimingFanOut,
+                NORM,
+                act,
             )
         };
-        let unit = match block {
-            Block::Basic => Self {
-                conv1: conv(b, "conv1", c_in, width, 3, ConvSpec::new(stride, 1))?,
-                bn1: bn(b, "bn1", width)?,
-                conv2: conv(b, "conv2", width, width, 3, ConvSpec::new(1, 1))?,
-                bn2: bn(b, "bn2", width)?,
-                conv3: None,
-                downsample: None,
-            },
-            Block::Bottleneck => Self {
-                conv1: conv(b, "conv1", c_in, width, 1, ConvSpec::new(1, 0))?,
-                bn1: bn(b, "bn1", width)?,
-                conv2: conv(b, "conv2", width, width, 3, ConvSpec::new(stride, 1))?,
-                bn2: bn(b, "bn2", width)?,
-                conv3: Some((
-                    conv(b, "conv3", width, c_out, 1, ConvSpec::new(1, 0))?,
-                    bn(b, "bn3", c_out)?,
-                )),
-                downsample: None,
-            },
+        let (first, second, third) = match block {
+            Block::Basic => (
+                pair(
+                    b,
+                    "conv1",
+                    "bn1",
+                    (c_in, width, 3),
+                    ConvSpec::new(stride, 1),
+                    Activation::Relu,
+                )?,
+                pair(
+                    b,
+                    "conv2",
+                    "bn2",
+                    (width, width, 3),
+                    ConvSpec::new(1, 1),
+                    Activation::Identity,
+                )?,
+                None,
+            ),
+            Block::Bottleneck => (
+                pair(
+                    b,
+                    "conv1",
+                    "bn1",
+                    (c_in, width, 1),
+                    ConvSpec::new(1, 0),
+                    Activation::Relu,
+                )?,
+                pair(
+                    b,
+                    "conv2",
+                    "bn2",
+                    (width, width, 3),
+                    ConvSpec::new(stride, 1),
+                    Activation::Relu,
+                )?,
+                Some(pair(
+                    b,
+                    "conv3",
+                    "bn3",
+                    (width, c_out, 1),
+                    ConvSpec::new(1, 0),
+                    Activation::Identity,
+                )?),
+            ),
         };
         let downsample = if stride != 1 || c_in != c_out {
-            Some((
-                conv(b, "downsample.0", c_in, c_out, 1, ConvSpec::new(stride, 0))?,
-                bn(b, "downsample.1", c_out)?,
-            ))
+            Some(pair(
+                b,
+                "downsample.0",
+                "downsample.1",
+                (c_in, c_out, 1),
+                ConvSpec::new(stride, 0),
+                Activation::Identity,
+            )?)
         } else {
             None
         };
-        Ok(Self { downsample, ..unit })
+        Ok(Self {
+            first,
+            second,
+            third,
+            downsample,
+        })
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let y = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
-        let y = self.conv2.forward(&y, ctx)?;
-        let y = match &self.conv3 {
-            Some((conv3, bn3)) => {
-                bn3.forward(&conv3.forward(&self.bn2.forward_relu(&y, ctx)?, ctx)?, ctx)?
-            }
-            None => self.bn2.forward(&y, ctx)?,
-        };
+        let mut y = self.second.forward(&self.first.forward(x, ctx)?, ctx)?;
+        if let Some(third) = &self.third {
+            y = third.forward(&y, ctx)?;
+        }
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x, ctx)?, ctx)?,
+            Some(d) => d.forward(x, ctx)?,
             None => x.clone(),
         };
         add_relu(&y, &shortcut)
@@ -170,8 +212,8 @@ impl Unit {
 
 pub struct ResNet {
     stem: Stem,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    /// conv1 + bn1 + ReLU.
+    first: ConvBn,
     units: Vec<Unit>,
     fc: Linear,
 }
@@ -188,29 +230,16 @@ impl ResNet {
             });
         }
         let stem_width = cfg.widths[0];
-        let conv1 = match cfg.stem {
-            Stem::Cifar => Conv2d::new(
-                b,
-                "conv1",
-                3,
-                stem_width,
-                3,
-                ConvSpec::new(1, 1),
-                ConvBias::Without,
-                ConvInit::KaimingFanOut,
-            )?,
-            Stem::ImageNet => Conv2d::new(
-                b,
-                "conv1",
-                3,
-                stem_width,
-                7,
-                ConvSpec::new(2, 3),
-                ConvBias::Without,
-                ConvInit::KaimingFanOut,
-            )?,
+        let (kernel, spec) = match cfg.stem {
+            Stem::Cifar => (3, ConvSpec::new(1, 1)),
+            Stem::ImageNet => (7, ConvSpec::new(2, 3)),
         };
-        let bn1 = BatchNorm2d::new(b, "bn1", stem_width, BN_EPS, BN_MOMENTUM)?;
+        let shape = ConvShape {
+            c_in: 3,
+            c_out: stem_width,
+            kernel,
+        };
+        let first = ConvBn::new(b, ["conv1", "bn1"], shape, spec, NORM, Activation::Relu)?;
         let mut units = Vec::new();
         let mut c_in = stem_width;
         for (stage, (&width, &count)) in cfg.widths.iter().zip(&cfg.blocks_per_stage).enumerate() {
@@ -224,8 +253,7 @@ impl ResNet {
         let fc = Linear::new(b, "fc", c_in, cfg.classes, ParamKind::Head)?;
         Ok(Self {
             stem: cfg.stem,
-            conv1,
-            bn1,
+            first,
             units,
             fc,
         })
@@ -234,7 +262,7 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let mut y = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
+        let mut y = self.first.forward(x, ctx)?;
         if self.stem == Stem::ImageNet {
             y = pool::max_pool2d(&y, 3, 2, 1, ctx.kernels)?;
         }

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod conv_bn;
 pub mod custom;
 pub mod kernels;
 pub mod linear;

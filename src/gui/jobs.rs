@@ -115,7 +115,7 @@ pub fn check_weights(spec: ModelSpec, path: PathBuf) -> Receiver<Result<String, 
 }
 
 /// The kinds of native dialog the window opens.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialog {
     SaveReport,
     OpenReport,
@@ -125,31 +125,45 @@ pub enum Dialog {
     SavePreset,
 }
 
-/// Shows a native dialog on a helper thread; `None` when cancelled or when no dialog
-/// could be shown (no portal, no zenity): the window's path fields remain.
+/// Opens a native dialog; `None` arrives when it is cancelled or when no dialog could be
+/// shown (no portal, no zenity): the window's path fields remain.
+///
+/// The dialog is created here, on the caller's thread — the UI thread, which is the main
+/// thread (macOS requires dialogs to be spawned there) — and only awaited on a helper
+/// thread, so the window keeps drawing while it is open (rfd's "spawn on main, await
+/// elsewhere").
 pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
+    let d = rfd::AsyncFileDialog::new();
+    let pending: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<rfd::FileHandle>> + Send>,
+    > = match kind {
+        Dialog::SaveReport => Box::pin(
+            d.add_filter("Report", &["html", "md", "csv", "json"])
+                .set_file_name("annt-report.html")
+                .save_file(),
+        ),
+        Dialog::OpenReport => Box::pin(d.add_filter("JSON report", &["json"]).pick_file()),
+        Dialog::OpenWeights => Box::pin(d.add_filter("safetensors", &["safetensors"]).pick_file()),
+        Dialog::OpenData => Box::pin(d.pick_folder()),
+        Dialog::OpenPreset => Box::pin(d.add_filter("Preset", &["toml"]).pick_file()),
+        Dialog::SavePreset => Box::pin(
+            d.add_filter("Preset", &["toml"])
+                .set_file_name("my-preset.toml")
+                .save_file(),
+        ),
+    };
+    spawn(move || pollster::block_on(pending).map(|f| f.path().to_path_buf()))
+}
+
+/// Writes a session's report (format from the extension, atomically) off the UI thread: an
+/// HTML report of a long ablation is megabytes of text.
+pub fn write_report(
+    session: annt::bench::result::SessionResult,
+    path: PathBuf,
+) -> Receiver<Result<PathBuf, String>> {
     spawn(move || {
-        let d = rfd::AsyncFileDialog::new();
-        let picked = match kind {
-            Dialog::SaveReport => pollster::block_on(
-                d.add_filter("Report", &["html", "md", "csv", "json"])
-                    .set_file_name("annt-report.html")
-                    .save_file(),
-            ),
-            Dialog::OpenReport => {
-                pollster::block_on(d.add_filter("JSON report", &["json"]).pick_file())
-            }
-            Dialog::OpenWeights => {
-                pollster::block_on(d.add_filter("safetensors", &["safetensors"]).pick_file())
-            }
-            Dialog::OpenData => pollster::block_on(d.pick_folder()),
-            Dialog::OpenPreset => pollster::block_on(d.add_filter("Preset", &["toml"]).pick_file()),
-            Dialog::SavePreset => pollster::block_on(
-                d.add_filter("Preset", &["toml"])
-                    .set_file_name("my-preset.toml")
-                    .save_file(),
-            ),
-        };
-        picked.map(|f| f.path().to_path_buf())
+        annt::report::write_report(&session, &path)
+            .map(|_| path)
+            .map_err(|e| e.to_string())
     })
 }

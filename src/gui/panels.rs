@@ -4,7 +4,8 @@ use annt::accel::amp::AmpMode;
 use annt::models::VARIANTS;
 
 use super::AnntApp;
-use super::jobs::{Dialog, Download};
+use super::action::UiAction;
+use super::jobs::Dialog;
 use super::state::{DataChoice, OptimizerChoice, ScheduleChoice};
 use annt::config::DeviceChoice;
 use annt::data::download::CifarVariant;
@@ -19,10 +20,10 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .add_enabled(!running, egui::Button::new("Start"))
             .clicked()
         {
-            app.start(ui.ctx());
+            app.act(UiAction::Start);
         }
         if ui.add_enabled(running, egui::Button::new("Stop")).clicked() {
-            app.stop();
+            app.act(UiAction::Stop);
         }
         ui.menu_button("Presets", |ui| presets_menu(app, ui));
     });
@@ -36,9 +37,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.colored_label(egui::Color32::RED, "The GPU could not be used.");
             if ui.button("Run on the CPU instead").clicked() {
-                app.cpu_offer = false;
-                app.settings.device = DeviceChoice::Cpu;
-                app.start(ui.ctx());
+                app.act(UiAction::StartOnCpu);
             }
         });
     }
@@ -81,7 +80,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     .on_hover_text("Choose a data folder (ImageFolder layout or a CIFAR folder)")
                     .clicked()
                 {
-                    app.open_dialog(Dialog::OpenData);
+                    app.act(UiAction::OpenDialog(Dialog::OpenData));
                 }
                 download_ui(app, ui);
             });
@@ -304,8 +303,7 @@ fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
             .on_hover_text(f.display().to_string())
             .clicked()
         {
-            app.preset_path = f.display().to_string();
-            app.load_preset_from_path();
+            app.act(UiAction::LoadPreset(f.clone()));
             ui.close();
         }
     }
@@ -314,11 +312,11 @@ fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
     }
     ui.separator();
     if ui.button("Open preset file…").clicked() {
-        app.open_dialog(Dialog::OpenPreset);
+        app.act(UiAction::OpenDialog(Dialog::OpenPreset));
         ui.close();
     }
     if ui.button("Save settings as preset…").clicked() {
-        app.open_dialog(Dialog::SavePreset);
+        app.act(UiAction::OpenDialog(Dialog::SavePreset));
         ui.close();
     }
     ui.horizontal(|ui| {
@@ -328,11 +326,12 @@ fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
     });
     ui.horizontal(|ui| {
         if ui.button("Load from path").clicked() {
-            app.load_preset_from_path();
+            let path = std::path::PathBuf::from(app.preset_path.trim());
+            app.act(UiAction::LoadPreset(path));
             ui.close();
         }
         if ui.button("Save to path").clicked() {
-            app.save_preset_to_path();
+            app.act(UiAction::SavePreset);
             ui.close();
         }
     });
@@ -370,7 +369,7 @@ fn oom_offer(app: &mut AnntApp, ui: &mut egui::Ui, batch: usize) {
                 )
                 .clicked()
             {
-                app.retry_with_smaller_micro_batch(ui.ctx());
+                app.act(UiAction::RetrySmallerMicroBatch);
             }
             if ui.button("Dismiss").clicked() {
                 app.oom_batch = None;
@@ -398,7 +397,7 @@ fn download_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             ("CIFAR-100", CifarVariant::Cifar100),
         ] {
             if ui.button(label).clicked() {
-                app.download = Some(Download::start(v));
+                app.act(UiAction::Download(v));
                 ui.close();
             }
         }
@@ -459,7 +458,7 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
             });
         if model != app.settings.model {
             app.settings.model = model;
-            app.check_weights();
+            app.act(UiAction::CheckWeights);
         }
         ui.horizontal(|ui| {
             let l = ui.label("Resolution");
@@ -480,7 +479,7 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
                 )
                 .clicked()
             {
-                app.open_dialog(Dialog::OpenWeights);
+                app.act(UiAction::OpenDialog(Dialog::OpenWeights));
             }
             let mut path = app.settings.weights.clone().unwrap_or_default();
             let l = ui.label("path:");
@@ -489,7 +488,7 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
                 .labelled_by(l.id);
             app.settings.weights = (!path.is_empty()).then_some(path);
             if edit.lost_focus() {
-                app.check_weights();
+                app.act(UiAction::CheckWeights);
             }
             if app.settings.weights.is_some()
                 && ui

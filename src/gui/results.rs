@@ -7,6 +7,7 @@ use annt::report::fmt::{arm_name, mib_stat, num, pct, speedup};
 use annt::train::timing::Phase;
 
 use super::AnntApp;
+use super::action::UiAction;
 use super::jobs::Dialog;
 
 /// A run's curve: name, colour, (epoch, value) points.
@@ -220,7 +221,7 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .add_enabled(has, egui::Button::new("Save report…"))
             .clicked()
         {
-            app.open_dialog(Dialog::SaveReport);
+            app.act(UiAction::OpenDialog(Dialog::SaveReport));
         }
         let l = ui.label("or to path:");
         ui.text_edit_singleline(&mut app.report_path)
@@ -229,13 +230,13 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .add_enabled(has, egui::Button::new("Save to path"))
             .clicked()
         {
-            app.save_report_to_path();
+            app.act(UiAction::SaveReport);
         }
         if ui.button("Open report…").clicked() {
-            app.open_dialog(Dialog::OpenReport);
+            app.act(UiAction::OpenDialog(Dialog::OpenReport));
         }
         if ui.button("Open path").clicked() {
-            app.open_report_from_path();
+            app.act(UiAction::OpenReport);
         }
     });
     let session = app.session.as_ref().or(app.live.as_ref());

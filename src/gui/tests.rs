@@ -98,7 +98,12 @@ fn start_a_quick_run_and_see_the_table_fill() {
     let path = dir.path().join("r.json");
     h.state_mut().report_path = path.display().to_string();
     h.get_by_label("Save to path").click();
-    h.run_steps(2);
+    // Written on a helper thread: the window says so when it is done.
+    run_until(&mut h, HANG, |a| {
+        a.messages
+            .iter()
+            .any(|m| m.text.starts_with("report saved"))
+    });
     assert!(path.exists(), "{:?}", h.state().messages);
     h.state_mut().session = None;
     h.get_by_label("Open path").click();
@@ -217,7 +222,8 @@ fn stop_mid_run_returns_control_within_a_second() {
     run_until(&mut h, HANG, |a| a.runs.first().is_some_and(|r| r.step > 0));
     h.get_by_label("Stop").click();
     let pressed = Instant::now();
-    h.step();
+    // The click's frame records the Stop; the next frame (asked for at once) says so.
+    h.run_steps(2);
     assert!(
         h.query_by_label_contains("Stopping: finishing the current micro-batch")
             .is_some(),

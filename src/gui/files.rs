@@ -1,0 +1,154 @@
+//! Paths and files: where a native dialog's answer goes, presets and reports read and
+//! written (atomically; a report off the UI thread), a data path or weights file checked.
+
+use super::{AnntApp, Message, RunView, jobs};
+
+impl AnntApp {
+    pub(super) fn dialog_answer(&mut self, kind: jobs::Dialog, path: std::path::PathBuf) {
+        use jobs::Dialog;
+        match kind {
+            Dialog::SaveReport => {
+                self.report_path = path.display().to_string();
+                self.save_report_to_path();
+            }
+            Dialog::OpenReport => {
+                self.report_path = path.display().to_string();
+                self.open_report_from_path();
+            }
+            Dialog::OpenWeights => {
+                self.settings.weights = Some(path.display().to_string());
+                self.check_weights();
+            }
+            Dialog::OpenData => self.choose_data_path(path),
+            Dialog::OpenPreset => {
+                self.preset_path = path.display().to_string();
+                self.load_preset_from_path();
+            }
+            Dialog::SavePreset => {
+                self.preset_path = path.display().to_string();
+                self.save_preset_to_path();
+            }
+        }
+    }
+    /// Opens a native dialog unless one is already open.
+    pub fn open_dialog(&mut self, kind: jobs::Dialog) {
+        if self.dialog.is_none() {
+            self.dialog = Some((kind, jobs::dialog(kind)));
+        }
+    }
+    /// Checks the chosen weights file against the chosen model, off the UI thread.
+    pub fn check_weights(&mut self) {
+        let Some(path) = self
+            .settings
+            .weights
+            .clone()
+            .filter(|w| !w.trim().is_empty())
+        else {
+            self.weights_check = None;
+            return;
+        };
+        let spec = annt::models::ModelSpec {
+            name: self.settings.model.clone(),
+            classes: self
+                .preview
+                .as_ref()
+                .map_or(10, |p| p.summary.classes.len()),
+            resolution: (self.settings.resolution > 0).then_some(self.settings.resolution),
+            seed: 0,
+        };
+        self.weights_check = None;
+        self.weights_job = Some(jobs::check_weights(spec, path.trim().into()));
+    }
+    /// Loads the preset at `preset_path` into the settings.
+    pub fn load_preset_from_path(&mut self) {
+        let path = std::path::PathBuf::from(self.preset_path.trim());
+        match annt::config::Preset::load(&path) {
+            Ok(p) => {
+                self.settings.apply_preset(&p);
+                self.messages
+                    .push(Message::info(format!("preset loaded: {}", path.display())));
+            }
+            Err(e) => self.messages.push(Message::error(e.to_string())),
+        }
+    }
+    /// Saves the current settings as a preset file at `preset_path` (atomically).
+    pub fn save_preset_to_path(&mut self) {
+        let path = std::path::PathBuf::from(self.preset_path.trim());
+        let result = self.settings.plan().and_then(|plan| {
+            let mut preset = plan.preset;
+            if let Some(stem) = path.file_stem() {
+                preset.name = stem.to_string_lossy().into_owned();
+            }
+            let text = preset.to_toml().map_err(|e| e.to_string())?;
+            annt::util::atomic_write::write_atomic(&path, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
+        match result {
+            Ok(()) => self
+                .messages
+                .push(Message::info(format!("preset saved: {}", path.display()))),
+            Err(e) => self
+                .messages
+                .push(Message::error(format!("cannot save the preset: {e}"))),
+        }
+    }
+    /// Loads a JSON report at `report_path` into the plots and the table.
+    pub fn open_report_from_path(&mut self) {
+        let path = std::path::PathBuf::from(self.report_path.trim());
+        match annt::report::read_json(&path) {
+            Ok(s) => {
+                self.runs = s
+                    .runs
+                    .iter()
+                    .map(|r| RunView {
+                        arm: r.arm.clone(),
+                        repeat: r.repeat,
+                        epochs: r.epochs.clone(),
+                        step: r.optimizer_steps,
+                        total_steps: r.optimizer_steps,
+                        started: None,
+                        finished: true,
+                        status: format!(
+                            "{} (from {})",
+                            annt::report::fmt::status(r.status),
+                            path.display()
+                        ),
+                        micro_batch: r.micro_batch,
+                        images_per_sec: r.timing.images_per_sec,
+                    })
+                    .collect();
+                self.finished = s.runs.clone();
+                self.session = Some(s);
+                self.messages
+                    .push(Message::info(format!("report opened: {}", path.display())));
+            }
+            Err(e) => self.messages.push(Message::error(format!(
+                "{e} (give the path of a .json report)"
+            ))),
+        }
+    }
+    /// Validates a dropped or chosen data path off the UI thread; it becomes the data
+    /// choice only if it opens.
+    pub fn choose_data_path(&mut self, path: std::path::PathBuf) {
+        self.data_summary = None;
+        let mut data = self.settings.data_config();
+        data.source = annt::config::DataSource::Path(path.clone());
+        self.data_check = Some((jobs::preview(data), Some(path.display().to_string())));
+    }
+    /// Writes the session report to `report_path` (format from the extension, atomically)
+    /// on a helper thread; the message comes when it is done.
+    pub fn save_report_to_path(&mut self) {
+        let Some(session) = &self.session else {
+            self.messages
+                .push(Message::error("no finished session to save yet"));
+            return;
+        };
+        if self.report_job.is_some() {
+            self.messages
+                .push(Message::info("a report is still being written"));
+            return;
+        }
+        let path = std::path::PathBuf::from(self.report_path.trim());
+        self.report_job = Some(jobs::write_report(session.clone(), path));
+    }
+}

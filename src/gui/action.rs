@@ -54,7 +54,7 @@ impl AnntApp {
                 UiAction::Stop => self.stop(),
                 UiAction::StartOnCpu => {
                     self.cpu_offer = false;
-                    self.settings.device = DeviceChoice::Cpu;
+                    self.settings.run_mut().device = DeviceChoice::Cpu;
                     self.start(ctx);
                 }
                 UiAction::RetrySmallerMicroBatch => self.retry_with_smaller_micro_batch(ctx),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use annt::bench::result::{RunResult, SessionResult};
 
 use super::worker::Worker;
-use super::{Message, RunView, Settings, action, jobs, panels, results, state};
+use super::{Message, RunView, Settings, action, jobs, panels, results};
 
 /// The whole app: persisted settings plus runtime state.
 pub struct AnntApp {
@@ -24,7 +24,7 @@ pub struct AnntApp {
     pub data_summary: Option<Result<String, String>>,
     /// The current data choice's preview (sample images), and what it was made for.
     pub preview: Option<annt::engine::inspect::DataPreview>,
-    pub(super) preview_for: Option<(state::DataChoice, bool)>,
+    pub(super) preview_for: Option<annt::config::DataConfig>,
     pub(super) sample_textures: Vec<(String, egui::TextureHandle)>,
     pub download: Option<jobs::Download>,
     /// Trainable parameters per model variant, for `param_classes` outputs.
@@ -85,13 +85,13 @@ impl eframe::App for AnntApp {
 impl AnntApp {
     pub fn new(mut settings: Settings) -> Self {
         let gpus = annt::util::gpu::cuda_devices();
-        if let annt::config::DeviceChoice::Cuda(i) = settings.device
+        if let annt::config::DeviceChoice::Cuda(i) = settings.run().device
             && !gpus
                 .as_ref()
                 .is_ok_and(|g| g.iter().any(|d| d.ordinal == i))
         {
             // Settings saved on a machine with that GPU: this one trains on the CPU.
-            settings.device = annt::config::DeviceChoice::Cpu;
+            settings.run_mut().device = annt::config::DeviceChoice::Cpu;
         }
         Self {
             settings,
@@ -185,11 +185,12 @@ impl AnntApp {
     /// see [`annt::config::split_micro_batch`]) with as many times the accumulation in
     /// every arm, so each arm's effective batch is unchanged, and start again.
     pub fn retry_with_smaller_micro_batch(&mut self, ctx: &egui::Context) {
-        let Some((smaller, factor)) = annt::config::split_micro_batch(self.settings.batch) else {
+        let train = &mut self.settings.run_mut().train;
+        let Some((smaller, factor)) = annt::config::split_micro_batch(train.batch_size) else {
             return;
         };
-        self.settings.batch = smaller;
-        self.settings.memory_split = self.settings.memory_split.max(1) * factor;
+        train.batch_size = smaller;
+        train.memory_split = train.memory_split.max(1) * factor;
         self.oom_batch = None;
         self.start(ctx);
     }
@@ -227,8 +228,8 @@ impl AnntApp {
         self.poll();
         let title = format!(
             "annt — {} · {}",
-            self.settings.data.label(),
-            self.settings.model
+            self.settings.data_label(),
+            self.settings.run().model.name
         );
         if self.title.as_deref() != Some(title.as_str()) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));

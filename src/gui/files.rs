@@ -16,7 +16,7 @@ impl AnntApp {
                 self.open_report_from_path();
             }
             Dialog::OpenWeights => {
-                self.settings.weights = Some(path.display().to_string());
+                self.settings.run_mut().model.weights = Some(path);
                 self.check_weights();
             }
             Dialog::OpenData => self.choose_data_path(path),
@@ -38,26 +38,22 @@ impl AnntApp {
     }
     /// Checks the chosen weights file against the chosen model, off the UI thread.
     pub fn check_weights(&mut self) {
-        let Some(path) = self
-            .settings
-            .weights
-            .clone()
-            .filter(|w| !w.trim().is_empty())
-        else {
+        let model = &self.settings.run().model;
+        let Some(path) = model.weights.clone().filter(|w| !w.as_os_str().is_empty()) else {
             self.weights_check = None;
             return;
         };
         let spec = annt::models::ModelSpec {
-            name: self.settings.model.clone(),
+            name: model.name.clone(),
             classes: self
                 .preview
                 .as_ref()
                 .map_or(10, |p| p.summary.classes.len()),
-            resolution: (self.settings.resolution > 0).then_some(self.settings.resolution),
+            resolution: model.resolution,
             seed: 0,
         };
         self.weights_check = None;
-        self.weights_job = Some(jobs::check_weights(spec, path.trim().into()));
+        self.weights_job = Some(jobs::check_weights(spec, path));
     }
     /// Loads the preset at `preset_path` into the settings.
     pub fn load_preset_from_path(&mut self) {
@@ -74,15 +70,19 @@ impl AnntApp {
     /// Saves the current settings as a preset file at `preset_path` (atomically).
     pub fn save_preset_to_path(&mut self) {
         let path = std::path::PathBuf::from(self.preset_path.trim());
-        let result = self.settings.plan().and_then(|plan| {
-            let mut preset = plan.preset;
-            if let Some(stem) = path.file_stem() {
-                preset.name = stem.to_string_lossy().into_owned();
-            }
-            let text = preset.to_toml().map_err(|e| e.to_string())?;
-            annt::util::atomic_write::write_atomic(&path, text.as_bytes())
-                .map_err(|e| format!("{}: {e}", path.display()))
-        });
+        let result = self
+            .settings
+            .plan()
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                let mut preset = plan.preset;
+                if let Some(stem) = path.file_stem() {
+                    preset.name = stem.to_string_lossy().into_owned();
+                }
+                let text = preset.to_toml().map_err(|e| e.to_string())?;
+                annt::util::atomic_write::write_atomic(&path, text.as_bytes())
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
         match result {
             Ok(()) => self
                 .messages

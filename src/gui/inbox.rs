@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use annt::bench::result::SessionResult;
+use annt::config::DataSource;
 use annt::engine::Event;
 
 use super::worker::WorkerMsg;
-use super::{AnntApp, Message, RunView, jobs, state};
+use super::{AnntApp, Message, RunView, jobs};
 
 impl AnntApp {
     /// Drains worker events for at most 8 ms, then polls background checks.
@@ -37,11 +38,9 @@ impl AnntApp {
             match result {
                 Ok(p) => {
                     if let Some(path) = dropped {
-                        self.settings.data = state::DataChoice::Path(path);
-                        self.settings.base = None;
+                        self.settings.run_mut().data.source = DataSource::Path(path.into());
                     }
-                    self.preview_for =
-                        Some((self.settings.data.clone(), self.settings.coarse_labels));
+                    self.preview_for = Some(self.settings.data_config());
                     self.data_summary = Some(Ok(p.headline()));
                     self.sample_textures.clear();
                     self.preview = Some(p);
@@ -51,8 +50,7 @@ impl AnntApp {
                     if dropped.is_some() {
                         self.messages.push(Message::error(e.clone()));
                     } else {
-                        self.preview_for =
-                            Some((self.settings.data.clone(), self.settings.coarse_labels));
+                        self.preview_for = Some(self.settings.data_config());
                         self.preview = None;
                         self.sample_textures.clear();
                     }
@@ -114,7 +112,7 @@ impl AnntApp {
             }
         }
         // Keep the preview and the parameter counts in step with the settings.
-        let current = (self.settings.data.clone(), self.settings.coarse_labels);
+        let current = self.settings.data_config();
         if self.data_check.is_none() && self.preview_for.as_ref() != Some(&current) {
             self.check_current_data();
         }
@@ -128,8 +126,8 @@ impl AnntApp {
         }
     }
     pub(super) fn check_current_data(&mut self) {
-        self.preview_for = Some((self.settings.data.clone(), self.settings.coarse_labels));
         let data = self.settings.data_config();
+        self.preview_for = Some(data.clone());
         self.data_check = Some((jobs::preview(data), None));
     }
     pub(super) fn run_mut(&mut self, arm: &str, repeat: usize) -> Option<&mut RunView> {

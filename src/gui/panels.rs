@@ -6,7 +6,8 @@ use annt::models::VARIANTS;
 use super::AnntApp;
 use super::action::UiAction;
 use super::jobs::Dialog;
-use super::state::{DataChoice, OptimizerChoice, ScheduleChoice};
+use super::state::{OptimizerChoice, ScheduleChoice};
+use annt::config::DataSource;
 use annt::config::DeviceChoice;
 use annt::data::download::CifarVariant;
 
@@ -48,25 +49,32 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         .show(ui, |ui| {
             ui.add_enabled_ui(!running, |ui| {
                 let s = &mut app.settings;
+                let mut coarse = s.coarse_labels();
+                let data = &mut s.run_mut().data;
                 ui.radio_value(
-                    &mut s.data,
-                    DataChoice::Builtin,
+                    &mut data.source,
+                    DataSource::Builtin,
                     "Built-in shapes (no download)",
                 );
-                ui.radio_value(&mut s.data, DataChoice::Cifar10, "CIFAR-10");
+                ui.radio_value(&mut data.source, DataSource::Cifar10, "CIFAR-10");
                 ui.horizontal(|ui| {
-                    ui.radio_value(&mut s.data, DataChoice::Cifar100, "CIFAR-100");
-                    ui.checkbox(&mut s.coarse_labels, "coarse labels");
+                    ui.radio_value(&mut data.source, DataSource::Cifar100, "CIFAR-100");
+                    ui.checkbox(&mut coarse, "coarse labels");
                 });
-                if let DataChoice::Path(p) = &s.data {
-                    ui.label(format!("Folder: {p}"));
+                if let DataSource::Path(p) = &data.source {
+                    ui.label(format!("Folder: {}", p.display()));
                 }
                 ui.horizontal(|ui| {
                     let l = ui.label("Train on first");
-                    ui.add(egui::DragValue::new(&mut s.train_limit).range(0..=1_000_000))
+                    let mut limit = data.train_limit.unwrap_or(0);
+                    ui.add(egui::DragValue::new(&mut limit).range(0..=1_000_000))
                         .labelled_by(l.id);
+                    data.train_limit = (limit > 0).then_some(limit);
                     ui.label("images (0 = all)");
                 });
+                if coarse != s.coarse_labels() {
+                    s.set_coarse_labels(coarse);
+                }
             });
             ui.label(
                 egui::RichText::new(
@@ -107,10 +115,11 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
 
     egui::CollapsingHeader::new("Accelerations (tuned arm)").default_open(true).show(ui, |ui| {
         ui.add_enabled_ui(!running, |ui| {
-            let s = &mut app.settings;
+            let device = app.settings.run().device;
+            let s = app.settings.tuned_mut();
             ui.horizontal(|ui| {
                 let l = ui.label("Gradient accumulation");
-                ui.add(egui::DragValue::new(&mut s.accum).range(1..=64).prefix("k = ")).labelled_by(l.id);
+                ui.add(egui::DragValue::new(&mut s.grad_accum_steps).range(1..=64).prefix("k = ")).labelled_by(l.id);
             });
             ui.label(egui::RichText::new("k micro-batches per optimiser step: a larger effective batch in the same memory.").weak());
             ui.horizontal(|ui| {
@@ -118,7 +127,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 ui.radio_value(&mut s.amp, AmpMode::Off, "off");
                 for (mode, name) in [(AmpMode::Bf16, "bf16"), (AmpMode::Fp16, "fp16")] {
                     // Greyed out, with the reason, where the chosen GPU lacks the format.
-                    let gap = match (s.device, &app.gpus) {
+                    let gap = match (device, &app.gpus) {
                         (DeviceChoice::Cuda(i), Ok(gpus)) => gpus
                             .iter()
                             .find(|d| d.ordinal == i)
@@ -149,7 +158,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 .weak(),
             );
             // Pinned memory needs a host-to-device copy: there is none on the CPU.
-            ui.add_enabled(false, egui::Checkbox::new(&mut s.pin, "Pinned memory"))
+            ui.add_enabled(false, egui::Checkbox::new(&mut s.pinned_memory, "Pinned memory"))
                 .on_disabled_hover_text("Not applicable on the CPU: there is no host-to-device copy to speed up.");
             ui.label(egui::RichText::new("Pinned memory: not applicable on the CPU (no host-to-device copy).").weak());
         });
@@ -161,61 +170,69 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             ui.add_enabled_ui(!running, |ui| {
                 let s = &mut app.settings;
                 egui::Grid::new("training").num_columns(2).show(ui, |ui| {
+                    let train = &mut s.run_mut().train;
                     let l = ui.label("Epochs");
-                    ui.add(egui::DragValue::new(&mut s.epochs).range(1..=1000))
+                    ui.add(egui::DragValue::new(&mut train.epochs).range(1..=1000))
                         .labelled_by(l.id);
                     ui.end_row();
                     let l = ui.label("Batch (micro)");
-                    ui.add(egui::DragValue::new(&mut s.batch).range(1..=4096))
+                    ui.add(egui::DragValue::new(&mut train.batch_size).range(1..=4096))
                         .labelled_by(l.id);
                     ui.end_row();
                     let l = ui.label("Optimiser");
+                    let mut optimizer = s.optimizer();
                     egui::ComboBox::from_id_salt("optim")
-                        .selected_text(s.optimizer.label())
+                        .selected_text(optimizer.label())
                         .show_ui(ui, |ui| {
                             for choice in [
                                 OptimizerChoice::SgdNesterov,
                                 OptimizerChoice::Adam,
                                 OptimizerChoice::AdamW,
                             ] {
-                                ui.selectable_value(&mut s.optimizer, choice, choice.label());
+                                ui.selectable_value(&mut optimizer, choice, choice.label());
                             }
                         })
                         .response
                         .labelled_by(l.id);
+                    s.set_optimizer(optimizer);
                     ui.end_row();
                     let l = ui.label("Learning rate");
-                    ui.add(
-                        egui::DragValue::new(&mut s.lr)
-                            .speed(0.001)
-                            .range(0.0..=10.0),
-                    )
-                    .labelled_by(l.id);
+                    let mut lr = s.lr();
+                    ui.add(egui::DragValue::new(&mut lr).speed(0.001).range(0.0..=10.0))
+                        .labelled_by(l.id);
+                    if lr != s.lr() {
+                        s.set_lr(lr);
+                    }
                     ui.end_row();
                     let l = ui.label("Schedule");
+                    let mut schedule = s.schedule();
                     egui::ComboBox::from_id_salt("schedule")
-                        .selected_text(s.schedule.label())
+                        .selected_text(schedule.label())
                         .show_ui(ui, |ui| {
                             for c in ScheduleChoice::ALL {
-                                ui.selectable_value(&mut s.schedule, c, c.label());
+                                ui.selectable_value(&mut schedule, c, c.label());
                             }
                         })
                         .response
                         .labelled_by(l.id);
+                    s.set_schedule(schedule);
                     ui.end_row();
-                    let mut on = s.target_accuracy.is_some();
+                    schedule_parameters_ui(&mut s.run_mut().train.schedule, ui);
+                    let train = &mut s.run_mut().train;
+                    let mut on = train.target_accuracy.is_some();
                     ui.checkbox(&mut on, "Stop at test accuracy");
-                    let mut pct = 100.0 * s.target_accuracy.unwrap_or(0.9);
+                    let mut pct = 100.0 * train.target_accuracy.unwrap_or(0.9);
                     ui.add_enabled(
                         on,
                         egui::DragValue::new(&mut pct)
                             .range(1.0..=100.0)
                             .suffix(" %"),
                     );
-                    s.target_accuracy = on.then_some(pct / 100.0);
+                    train.target_accuracy = on.then_some(pct / 100.0);
                     ui.end_row();
                     let l = ui.label("Seed");
-                    ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
+                    ui.add(egui::DragValue::new(&mut train.seed))
+                        .labelled_by(l.id);
                     ui.end_row();
                 });
             });
@@ -228,7 +245,7 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 let s = &mut app.settings;
                 ui.radio_value(&mut s.ablation, false, "A/B: baseline vs tuned");
                 // On the CPU pinned memory does not apply, so the ablation is GA × AMP.
-                let ablation = if s.device == annt::config::DeviceChoice::Cpu {
+                let ablation = if s.run().device == annt::config::DeviceChoice::Cpu {
                     "Ablation: all 4 combinations of GA × AMP (PM does not apply on the CPU)"
                 } else {
                     "Ablation: all 8 combinations"
@@ -263,6 +280,36 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             ))
             .weak(),
         );
+    }
+}
+
+/// The chosen schedule's own parameters, as a preset file names them (one grid row each).
+fn schedule_parameters_ui(schedule: &mut annt::train::schedule::ScheduleConfig, ui: &mut egui::Ui) {
+    use annt::train::schedule::ScheduleConfig;
+    match schedule {
+        ScheduleConfig::Constant | ScheduleConfig::OneCycle { .. } => {}
+        ScheduleConfig::CosineWarmup { warmup_steps, .. } => {
+            let l = ui.label("  warm-up steps");
+            ui.add(egui::DragValue::new(warmup_steps).range(0..=1_000_000))
+                .labelled_by(l.id);
+            ui.end_row();
+        }
+        ScheduleConfig::Exponential { gamma } => {
+            let l = ui.label("  γ per epoch");
+            ui.add(egui::DragValue::new(gamma).speed(0.001).range(0.0..=1.0))
+                .labelled_by(l.id);
+            ui.end_row();
+        }
+        ScheduleConfig::Step { step_epochs, gamma } => {
+            let l = ui.label("  every (epochs)");
+            ui.add(egui::DragValue::new(step_epochs).range(1..=1000))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("  γ");
+            ui.add(egui::DragValue::new(gamma).speed(0.001).range(0.0..=1.0))
+                .labelled_by(l.id);
+            ui.end_row();
+        }
     }
 }
 
@@ -439,8 +486,9 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
         })
     };
     ui.add_enabled_ui(!running, |ui| {
-        let selected = format!("{}{}", app.settings.model, count(app, &app.settings.model));
-        let mut model = app.settings.model.clone();
+        let current = app.settings.run().model.name.clone();
+        let selected = format!("{current}{}", count(app, &current));
+        let mut model = current.clone();
         egui::ComboBox::from_label("Variant")
             .selected_text(selected)
             .width(230.0)
@@ -456,19 +504,18 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
                     ui.selectable_value(&mut model, v.name.to_string(), label);
                 }
             });
-        if model != app.settings.model {
-            app.settings.model = model;
+        if model != current {
+            app.settings.run_mut().model.name = model;
             app.act(UiAction::CheckWeights);
         }
         ui.horizontal(|ui| {
             let l = ui.label("Resolution");
-            ui.add(
-                egui::DragValue::new(&mut app.settings.resolution)
-                    .range(0..=1024)
-                    .suffix(" px"),
-            )
-            .labelled_by(l.id)
-            .on_hover_text("0 = the model's own; images are resized to it");
+            let resolution = &mut app.settings.run_mut().model.resolution;
+            let mut px = resolution.unwrap_or(0);
+            ui.add(egui::DragValue::new(&mut px).range(0..=1024).suffix(" px"))
+                .labelled_by(l.id)
+                .on_hover_text("0 = the model's own; images are resized to it");
+            *resolution = (px > 0).then_some(px);
             ui.label(egui::RichText::new("(0 = the model's)").weak());
         });
         ui.horizontal(|ui| {
@@ -481,22 +528,27 @@ fn model_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
             {
                 app.act(UiAction::OpenDialog(Dialog::OpenWeights));
             }
-            let mut path = app.settings.weights.clone().unwrap_or_default();
+            let weights = &mut app.settings.run_mut().model.weights;
+            let mut path = weights
+                .as_ref()
+                .map(|w| w.display().to_string())
+                .unwrap_or_default();
             let l = ui.label("path:");
             let edit = ui
                 .add(egui::TextEdit::singleline(&mut path).desired_width(130.0))
                 .labelled_by(l.id);
-            app.settings.weights = (!path.is_empty()).then_some(path);
+            let path = path.trim();
+            *weights = (!path.is_empty()).then(|| path.into());
             if edit.lost_focus() {
                 app.act(UiAction::CheckWeights);
             }
-            if app.settings.weights.is_some()
+            if app.settings.run().model.weights.is_some()
                 && ui
                     .button("clear")
                     .on_hover_text("No pretrained weights")
                     .clicked()
             {
-                app.settings.weights = None;
+                app.settings.run_mut().model.weights = None;
                 app.weights_check = None;
             }
         });
@@ -518,7 +570,7 @@ fn device_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     ui.add_enabled_ui(!running, |ui| {
         ui.radio_value(
-            &mut app.settings.device,
+            &mut app.settings.run_mut().device,
             DeviceChoice::Cpu,
             format!("CPU ({cores} cores)"),
         );
@@ -526,7 +578,7 @@ fn device_ui(app: &mut AnntApp, ui: &mut egui::Ui, running: bool) {
             Ok(devices) => {
                 for d in devices {
                     ui.radio_value(
-                        &mut app.settings.device,
+                        &mut app.settings.run_mut().device,
                         DeviceChoice::Cuda(d.ordinal),
                         format!(
                             "cuda:{} {} ({:.0} GiB)",

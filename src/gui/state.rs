@@ -1,42 +1,12 @@
-//! The settings the window persists between launches (eframe storage) and turns into a plan.
+//! The settings the window persists between launches (eframe storage): a preset, edited in
+//! place, and the plan around it.
 
-use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Plan, PlanKind};
-use annt::config::{DataConfig, DataSource, DeviceChoice, Preset, RunConfig, Switches};
-use annt::data::{Cifar100Labels, OpenOptions};
+use annt::config::{ConfigError, DataConfig, DataSource, Preset, RunConfig, Switches};
+use annt::data::Cifar100Labels;
 use annt::train::optim::OptimizerConfig;
 use annt::train::schedule::ScheduleConfig;
 use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum DataChoice {
-    Builtin,
-    Cifar10,
-    Cifar100,
-    /// A folder or archive the user dropped or chose.
-    Path(String),
-}
-
-impl DataChoice {
-    pub fn label(&self) -> String {
-        match self {
-            DataChoice::Builtin => "built-in".into(),
-            DataChoice::Cifar10 => "CIFAR-10".into(),
-            DataChoice::Cifar100 => "CIFAR-100".into(),
-            DataChoice::Path(p) => std::path::Path::new(p)
-                .file_name()
-                .map_or(p.clone(), |n| n.to_string_lossy().into_owned()),
-        }
-    }
-    fn source(&self) -> DataSource {
-        match self {
-            DataChoice::Builtin => DataSource::Builtin,
-            DataChoice::Cifar10 => DataSource::Cifar10,
-            DataChoice::Cifar100 => DataSource::Cifar100,
-            DataChoice::Path(p) => DataSource::Path(p.into()),
-        }
-    }
-}
 
 /// The learning-rate schedules the window offers (the preset files can tune them further).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,155 +58,140 @@ impl OptimizerChoice {
     }
 }
 
+/// What the window edits and persists: a preset itself (the run, and the tuned arm's
+/// switches) and the plan around it. The window's widgets edit the preset's own fields, so
+/// what it does not show — label smoothing, parameter groups, clipping, augmentation, a
+/// schedule's parameters it has no widget for — is simply kept as loaded, and a loaded
+/// preset runs and saves back exactly as its file says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    pub data: DataChoice,
-    pub coarse_labels: bool,
-    pub train_limit: usize,
-    pub model: String,
-    pub epochs: usize,
-    pub batch: usize,
-    pub optimizer: OptimizerChoice,
-    pub lr: f64,
-    pub schedule: ScheduleChoice,
-    pub seed: u64,
-    /// Stop a run once test accuracy reaches this fraction (time-to-accuracy).
-    pub target_accuracy: Option<f64>,
-    /// Input resolution; 0 takes the model's own.
-    pub resolution: usize,
-    /// A pretrained weights file (safetensors).
-    pub weights: Option<String>,
-    pub device: DeviceChoice,
-    /// Set by the out-of-memory retry: every arm splits its batch this many times (see
-    /// `TrainConfig::memory_split`); 1 = no split.
-    pub memory_split: usize,
-    /// The tuned arm's switches.
-    pub accum: usize,
-    pub amp: AmpMode,
-    pub pin: bool,
+    pub preset: Preset,
+    /// All 2³ (2² on the CPU) switch combinations instead of baseline vs tuned.
     pub ablation: bool,
     pub repeats: usize,
-    /// The preset these settings were loaded from: what the window does not show (label
-    /// smoothing, parameter groups, clipping, a schedule's own parameters…) comes from it,
-    /// so a loaded preset runs as its file says.
-    pub base: Option<Preset>,
 }
 
 impl Default for Settings {
-    /// The quick CPU run (`Preset::quick_cpu`, the same as `presets/quick-cpu.toml`), as
-    /// the window shows it.
+    /// The quick CPU run (`Preset::quick_cpu`, the same as `presets/quick-cpu.toml`).
     fn default() -> Self {
-        let mut s = Self {
-            data: DataChoice::Builtin,
-            coarse_labels: false,
-            train_limit: 0,
-            model: String::new(),
-            epochs: 1,
-            batch: 1,
-            optimizer: OptimizerChoice::SgdNesterov,
-            lr: 0.0,
-            schedule: ScheduleChoice::Constant,
-            seed: 0,
-            target_accuracy: None,
-            resolution: 0,
-            weights: None,
-            device: DeviceChoice::Cpu,
-            memory_split: 1,
-            base: None,
-            accum: 1,
-            amp: AmpMode::Off,
-            pin: false,
+        Self {
+            preset: Preset::quick_cpu(),
             ablation: false,
             repeats: 1,
-        };
-        s.apply_preset(&Preset::quick_cpu());
-        // Nothing beyond what the window shows: the rest is the quick run's anyway.
-        s.base = None;
-        s
+        }
     }
 }
 
 impl Settings {
-    pub fn open_options(&self) -> OpenOptions {
-        let base = self
-            .base
-            .as_ref()
-            .map_or_else(OpenOptions::default, |p| p.run.data.options.clone());
-        OpenOptions {
-            cifar100_labels: if self.coarse_labels {
-                Cifar100Labels::Coarse
-            } else {
-                Cifar100Labels::Fine
-            },
-            ..base
-        }
+    pub fn run(&self) -> &RunConfig {
+        &self.preset.run
+    }
+
+    pub fn run_mut(&mut self) -> &mut RunConfig {
+        &mut self.preset.run
+    }
+
+    /// The tuned arm's switches.
+    pub fn tuned_mut(&mut self) -> &mut Switches {
+        &mut self.preset.tuned
     }
 
     /// The data a run with these settings trains on.
     pub fn data_config(&self) -> DataConfig {
-        let mut data = self
-            .base
-            .as_ref()
-            .map_or_else(|| RunConfig::quick_cpu().data, |p| p.run.data.clone());
-        data.source = self.data.source();
-        data.options = self.open_options();
-        data.train_limit = (self.train_limit > 0).then_some(self.train_limit);
-        data
+        self.preset.run.data.clone()
     }
 
-    /// The plan these settings describe (validated).
-    pub fn plan(&self) -> Result<Plan, String> {
-        let mut run = self
-            .base
-            .as_ref()
-            .map_or_else(RunConfig::quick_cpu, |p| p.run.clone());
-        let kept_optimizer = run.train.optim.optimizer.clone();
-        let kept_schedule = run.train.schedule.clone();
-        run.data = self.data_config();
-        run.model.name = self.model.clone();
-        run.model.resolution = (self.resolution > 0).then_some(self.resolution);
-        run.model.weights = self
-            .weights
-            .as_ref()
-            .filter(|w| !w.trim().is_empty())
-            .map(|w| w.trim().into());
-        run.device = self.device;
-        run.train.memory_split = self.memory_split.max(1);
-        run.train.epochs = self.epochs;
-        run.train.batch_size = self.batch;
-        run.train.seed = self.seed;
-        run.train.target_accuracy = self.target_accuracy;
-        // The library's defaults for each kind (the window shows only the kind and the rate).
-        run.train.optim.optimizer = match self.optimizer {
-            OptimizerChoice::SgdNesterov => OptimizerConfig::sgd_nesterov(self.lr),
-            OptimizerChoice::Adam => OptimizerConfig::adam(self.lr),
-            OptimizerChoice::AdamW => OptimizerConfig::adamw(self.lr),
-        };
-        // The base preset's own optimiser and schedule parameters when the window still
-        // names the same kinds (only the learning rate is the window's).
-        if optimizer_choice(&kept_optimizer) == self.optimizer {
-            run.train.optim.optimizer = with_lr(kept_optimizer, self.lr);
+    /// How the title bar names the data: the folder's or archive's own name for a path.
+    pub fn data_label(&self) -> String {
+        match &self.preset.run.data.source {
+            DataSource::Builtin => "built-in".into(),
+            DataSource::Cifar10 => "CIFAR-10".into(),
+            DataSource::Cifar100 => "CIFAR-100".into(),
+            DataSource::Path(p) => p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
         }
-        run.train.schedule = match self.schedule {
-            _ if schedule_choice(&kept_schedule) == self.schedule && self.base.is_some() => {
-                kept_schedule
-            }
+    }
+
+    /// CIFAR-100's 20 superclasses instead of its 100 classes.
+    pub fn coarse_labels(&self) -> bool {
+        self.preset.run.data.options.cifar100_labels == Cifar100Labels::Coarse
+    }
+
+    pub fn set_coarse_labels(&mut self, coarse: bool) {
+        self.preset.run.data.options.cifar100_labels = if coarse {
+            Cifar100Labels::Coarse
+        } else {
+            Cifar100Labels::Fine
+        };
+    }
+
+    pub fn optimizer(&self) -> OptimizerChoice {
+        optimizer_choice(&self.preset.run.train.optim.optimizer)
+    }
+
+    /// Another kind of optimiser with the library's defaults for it, at the current rate.
+    pub fn set_optimizer(&mut self, choice: OptimizerChoice) {
+        if choice == self.optimizer() {
+            return;
+        }
+        let optim = &mut self.preset.run.train.optim.optimizer;
+        let lr = optim.lr();
+        *optim = match choice {
+            OptimizerChoice::SgdNesterov => OptimizerConfig::sgd_nesterov(lr),
+            OptimizerChoice::Adam => OptimizerConfig::adam(lr),
+            OptimizerChoice::AdamW => OptimizerConfig::adamw(lr),
+        };
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.preset.run.train.optim.optimizer.lr()
+    }
+
+    pub fn set_lr(&mut self, new: f64) {
+        let o = &mut self.preset.run.train.optim.optimizer;
+        match o {
+            OptimizerConfig::Sgd { lr, .. }
+            | OptimizerConfig::Adam { lr, .. }
+            | OptimizerConfig::AdamW { lr, .. } => *lr = new,
+        }
+    }
+
+    pub fn schedule(&self) -> ScheduleChoice {
+        schedule_choice(&self.preset.run.train.schedule)
+    }
+
+    /// Another kind of schedule with the library's defaults for it, sized for the run as it
+    /// is now (cosine's warm-up: 5 % of its optimiser steps; step: every third of its
+    /// epochs). The sizes are then the schedule's own, shown and kept like a preset's.
+    pub fn set_schedule(&mut self, choice: ScheduleChoice) {
+        if choice == self.schedule() {
+            return;
+        }
+        let train = &self.preset.run.train;
+        let epochs = train.epochs as u64;
+        self.preset.run.train.schedule = match choice {
             ScheduleChoice::Constant => ScheduleConfig::Constant,
             ScheduleChoice::OneCycle => ScheduleConfig::one_cycle(),
             ScheduleChoice::CosineWarmup => {
-                let per_epoch = 1 + self.train_limit.max(1) / self.batch.max(1);
-                ScheduleConfig::cosine_warmup_for((per_epoch * self.epochs) as u64)
+                let per_epoch = self
+                    .preset
+                    .run
+                    .data
+                    .train_limit
+                    .map_or(1, |n| 1 + n / train.batch_size.max(1));
+                ScheduleConfig::cosine_warmup_for(per_epoch as u64 * epochs)
             }
             ScheduleChoice::Exponential => ScheduleConfig::exponential(),
-            ScheduleChoice::Step => ScheduleConfig::step_for(self.epochs as u64),
+            ScheduleChoice::Step => ScheduleConfig::step_for(epochs),
         };
-        run.validate().map_err(|e| e.to_string())?;
-        let tuned = Switches {
-            grad_accum_steps: self.accum.max(1),
-            amp: self.amp,
-            pinned_memory: self.pin,
-        };
+    }
+
+    /// The plan these settings describe (validated).
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        self.preset.run.validate()?;
         Ok(Plan {
             kind: if self.ablation {
                 PlanKind::Ablation
@@ -244,48 +199,13 @@ impl Settings {
                 PlanKind::Ab
             },
             repeats: self.repeats.max(1),
-            preset: Preset {
-                name: self
-                    .base
-                    .as_ref()
-                    .map_or("window".into(), |p| p.name.clone()),
-                description: self
-                    .base
-                    .as_ref()
-                    .map_or_else(String::new, |p| p.description.clone()),
-                run,
-                tuned,
-            },
+            preset: self.preset.clone(),
         })
     }
 
-    /// Adopts a preset file's run and tuned switches (what the window can show of it).
+    /// Adopts a preset file as it is.
     pub fn apply_preset(&mut self, p: &Preset) {
-        let r = &p.run;
-        self.data = match &r.data.source {
-            DataSource::Builtin => DataChoice::Builtin,
-            DataSource::Cifar10 => DataChoice::Cifar10,
-            DataSource::Cifar100 => DataChoice::Cifar100,
-            DataSource::Path(p) => DataChoice::Path(p.display().to_string()),
-        };
-        self.train_limit = r.data.train_limit.unwrap_or(0);
-        self.model = r.model.name.clone();
-        self.epochs = r.train.epochs;
-        self.batch = r.train.batch_size;
-        self.seed = r.train.seed;
-        self.lr = r.train.optim.optimizer.lr();
-        self.optimizer = optimizer_choice(&r.train.optim.optimizer);
-        self.schedule = schedule_choice(&r.train.schedule);
-        self.target_accuracy = r.train.target_accuracy;
-        self.resolution = r.model.resolution.unwrap_or(0);
-        self.weights = r.model.weights.as_ref().map(|w| w.display().to_string());
-        self.device = r.device;
-        self.memory_split = r.train.memory_split;
-        self.coarse_labels = r.data.options.cifar100_labels == Cifar100Labels::Coarse;
-        self.base = Some(p.clone());
-        self.accum = p.tuned.grad_accum_steps;
-        self.amp = p.tuned.amp;
-        self.pin = p.tuned.pinned_memory;
+        self.preset = p.clone();
     }
 }
 
@@ -295,15 +215,6 @@ fn optimizer_choice(o: &OptimizerConfig) -> OptimizerChoice {
         OptimizerConfig::Adam { .. } => OptimizerChoice::Adam,
         OptimizerConfig::AdamW { .. } => OptimizerChoice::AdamW,
     }
-}
-
-fn with_lr(mut o: OptimizerConfig, new: f64) -> OptimizerConfig {
-    match &mut o {
-        OptimizerConfig::Sgd { lr, .. }
-        | OptimizerConfig::Adam { lr, .. }
-        | OptimizerConfig::AdamW { lr, .. } => *lr = new,
-    }
-    o
 }
 
 fn schedule_choice(s: &ScheduleConfig) -> ScheduleChoice {
@@ -331,12 +242,35 @@ mod tests {
         s.apply_preset(&p);
         let plan = s.plan().expect("plan");
         assert_eq!(plan.preset, p);
-        // A change in the window wins over the file.
-        s.lr = 0.5;
-        s.schedule = ScheduleChoice::Constant;
+        // A change in the window wins over the file; what it does not show is kept.
+        s.set_lr(0.5);
+        s.set_schedule(ScheduleChoice::Constant);
         let run = s.plan().expect("plan").preset.run;
         assert_eq!(run.train.optim.optimizer.lr(), 0.5);
         assert_eq!(run.train.schedule, ScheduleConfig::Constant);
         assert_eq!(run.train.optim.groups, p.run.train.optim.groups);
+        assert_eq!(run.train.label_smoothing, p.run.train.label_smoothing);
+    }
+
+    #[test]
+    fn another_optimiser_keeps_the_rate_and_the_same_one_keeps_its_parameters() {
+        let mut s = Settings::default();
+        s.set_lr(0.07);
+        let before = s.preset.run.train.optim.optimizer.clone();
+        s.set_optimizer(s.optimizer());
+        assert_eq!(s.preset.run.train.optim.optimizer, before);
+        s.set_optimizer(OptimizerChoice::AdamW);
+        assert_eq!(s.optimizer(), OptimizerChoice::AdamW);
+        assert_eq!(s.lr(), 0.07);
+        s.set_coarse_labels(true);
+        assert!(s.coarse_labels());
+    }
+
+    #[test]
+    fn the_default_is_the_shipped_quick_preset() {
+        assert_eq!(
+            Settings::default().plan().expect("plan").preset,
+            Preset::quick_cpu()
+        );
     }
 }

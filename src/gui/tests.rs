@@ -9,14 +9,15 @@ use super::AnntApp;
 use super::state::Settings;
 
 fn quick() -> Settings {
-    Settings {
-        train_limit: 128,
-        epochs: 1,
-        batch: 32,
-        accum: 2,
-        amp: annt::accel::amp::AmpMode::Off,
-        ..Settings::default()
-    }
+    let mut s = Settings::default();
+    let run = s.run_mut();
+    run.data.train_limit = Some(128);
+    run.train.epochs = 1;
+    run.train.batch_size = 32;
+    let tuned = s.tuned_mut();
+    tuned.grad_accum_steps = 2;
+    tuned.amp = annt::accel::amp::AmpMode::Off;
+    s
 }
 
 fn harness(settings: Settings) -> Harness<'static, AnntApp> {
@@ -154,8 +155,8 @@ fn out_of_memory_offers_a_retry_that_keeps_the_effective_batch() {
     use super::worker::WorkerMsg;
     use annt::engine::Event;
     let mut settings = quick();
-    settings.batch = 64;
-    settings.accum = 2;
+    settings.run_mut().train.batch_size = 64;
+    settings.tuned_mut().grad_accum_steps = 2;
     let before = settings.plan().expect("plan").arms();
     let mut h = harness(settings);
     // What the engine emits when CUDA reports CUDA_ERROR_OUT_OF_MEMORY (the classification
@@ -177,7 +178,8 @@ fn out_of_memory_offers_a_retry_that_keeps_the_effective_batch() {
     assert!(h.state().is_running(), "the retry starts at once");
     h.state_mut().stop();
     let s = &h.state().settings;
-    assert_eq!((s.batch, s.memory_split), (32, 2));
+    let train = &s.run().train;
+    assert_eq!((train.batch_size, train.memory_split), (32, 2));
     let after = s.plan().expect("plan").arms();
     for (b, a) in before.iter().zip(&after) {
         let eff = |arm: &annt::bench::plan::Arm| {
@@ -196,8 +198,8 @@ fn settings_saved_as_a_preset_load_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mine.toml");
     let mut settings = quick();
-    settings.epochs = 7;
-    settings.schedule = super::state::ScheduleChoice::CosineWarmup;
+    settings.run_mut().train.epochs = 7;
+    settings.set_schedule(super::state::ScheduleChoice::CosineWarmup);
     let mut h = harness(settings);
     h.state_mut().preset_path = path.display().to_string();
     h.state_mut().save_preset_to_path();
@@ -207,16 +209,16 @@ fn settings_saved_as_a_preset_load_back() {
     h.state_mut().settings = Settings::default();
     h.state_mut().load_preset_from_path();
     let s = &h.state().settings;
-    assert_eq!(s.epochs, 7);
-    assert_eq!(s.schedule, super::state::ScheduleChoice::CosineWarmup);
+    assert_eq!(s.run().train.epochs, 7);
+    assert_eq!(s.schedule(), super::state::ScheduleChoice::CosineWarmup);
     assert_eq!(s.plan().expect("plan").preset.run, saved.run);
 }
 
 #[test]
 fn stop_mid_run_returns_control_within_a_second() {
     let mut settings = quick();
-    settings.epochs = 50;
-    settings.train_limit = 2000;
+    settings.run_mut().train.epochs = 50;
+    settings.run_mut().data.train_limit = Some(2000);
     let mut h = harness(settings);
     h.get_by_label("Start").click();
     run_until(&mut h, HANG, |a| a.runs.first().is_some_and(|r| r.step > 0));
@@ -316,7 +318,10 @@ fn pinned_memory_is_greyed_out_on_the_cpu_and_switches_toggle() {
     );
     h.get_by_label("bf16").click();
     h.run_steps(2);
-    assert_eq!(h.state().settings.amp, annt::accel::amp::AmpMode::Bf16);
+    assert_eq!(
+        h.state().settings.preset.tuned.amp,
+        annt::accel::amp::AmpMode::Bf16
+    );
     h.get_by_label_contains("Ablation: all 4 combinations")
         .click();
     h.run_steps(2);
@@ -331,9 +336,9 @@ fn pinned_memory_is_greyed_out_on_the_cpu_and_switches_toggle() {
 fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
     let mut settings = quick();
     // As if saved on a GPU machine and chosen again here: the engine refuses cuda:0.
-    settings.device = annt::config::DeviceChoice::Cuda(0);
+    settings.run_mut().device = annt::config::DeviceChoice::Cuda(0);
     let mut h = harness(settings);
-    h.state_mut().settings.device = annt::config::DeviceChoice::Cuda(0);
+    h.state_mut().settings.run_mut().device = annt::config::DeviceChoice::Cuda(0);
     h.get_by_label("Start").click();
     run_until(&mut h, HANG, |a| !a.is_running() && a.cpu_offer);
     assert!(
@@ -348,7 +353,10 @@ fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
     );
     h.get_by_label("Run on the CPU instead").click();
     h.step();
-    assert_eq!(h.state().settings.device, annt::config::DeviceChoice::Cpu);
+    assert_eq!(
+        h.state().settings.run().device,
+        annt::config::DeviceChoice::Cpu
+    );
     assert!(h.state().is_running());
     h.state_mut().stop();
     run_until(&mut h, HANG, |a| !a.is_running());

@@ -40,11 +40,15 @@ pub enum Family {
     Vit,
 }
 
-/// One buildable model variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// One buildable model variant: everything about it, so a new variant of an existing family
+/// is one entry in [`VARIANTS`] and nothing else.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Variant {
     pub name: &'static str,
     pub family: Family,
+    /// Its architecture for `(classes, input resolution)`.
+    #[serde(skip)]
+    pub architecture: fn(usize, usize) -> Architecture,
     /// The input size the variant is designed for (and its pretrained weights were made at).
     pub resolution: usize,
     /// Whether the paper's recipe starts from ImageNet weights (`--weights FILE`).
@@ -58,6 +62,7 @@ pub struct Variant {
 pub const VARIANTS: &[Variant] = &[
     Variant {
         name: "resnet8-tiny",
+        architecture: |k, _| Architecture::ResNet(ResNetConfig::resnet8_tiny(k)),
         family: Family::ResNet,
         resolution: 32,
         pretrained: false,
@@ -66,6 +71,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "resnet18-cifar",
+        architecture: |k, _| Architecture::ResNet(ResNetConfig::resnet18(Stem::Cifar, k)),
         family: Family::ResNet,
         resolution: 32,
         pretrained: false,
@@ -74,6 +80,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "resnet50-cifar",
+        architecture: |k, _| Architecture::ResNet(ResNetConfig::resnet50(Stem::Cifar, k)),
         family: Family::ResNet,
         resolution: 32,
         pretrained: false,
@@ -82,6 +89,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "resnet18",
+        architecture: |k, _| Architecture::ResNet(ResNetConfig::resnet18(Stem::ImageNet, k)),
         family: Family::ResNet,
         resolution: 224,
         pretrained: true,
@@ -90,6 +98,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "resnet50",
+        architecture: |k, _| Architecture::ResNet(ResNetConfig::resnet50(Stem::ImageNet, k)),
         family: Family::ResNet,
         resolution: 224,
         pretrained: true,
@@ -98,6 +107,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "efficientnet-b0",
+        architecture: |k, _| Architecture::EfficientNet(EfficientNetConfig::b0(k)),
         family: Family::EfficientNet,
         resolution: 224,
         pretrained: true,
@@ -106,6 +116,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-b16",
+        architecture: |k, res| Architecture::Vit(VitConfig::b(16, res, k)),
         family: Family::Vit,
         resolution: 224,
         pretrained: true,
@@ -114,6 +125,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-s16",
+        architecture: |k, res| Architecture::Vit(VitConfig::s(16, res, k)),
         family: Family::Vit,
         resolution: 224,
         pretrained: true,
@@ -122,6 +134,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-ti16",
+        architecture: |k, res| Architecture::Vit(VitConfig::ti(16, res, k)),
         family: Family::Vit,
         resolution: 224,
         pretrained: true,
@@ -130,6 +143,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-b4",
+        architecture: |k, res| Architecture::Vit(VitConfig::b(4, res, k)),
         family: Family::Vit,
         resolution: 32,
         pretrained: false,
@@ -138,6 +152,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-s4",
+        architecture: |k, res| Architecture::Vit(VitConfig::s(4, res, k)),
         family: Family::Vit,
         resolution: 32,
         pretrained: false,
@@ -146,6 +161,7 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "vit-ti4",
+        architecture: |k, res| Architecture::Vit(VitConfig::ti(4, res, k)),
         family: Family::Vit,
         resolution: 32,
         pretrained: false,
@@ -217,25 +233,7 @@ impl ModelSpec {
         }
         let k = self.classes;
         let res = self.resolution.unwrap_or(v.resolution);
-        Ok(match v.name {
-            "resnet8-tiny" => Architecture::ResNet(ResNetConfig::resnet8_tiny(k)),
-            "resnet18-cifar" => Architecture::ResNet(ResNetConfig::resnet18(Stem::Cifar, k)),
-            "resnet50-cifar" => Architecture::ResNet(ResNetConfig::resnet50(Stem::Cifar, k)),
-            "resnet18" => Architecture::ResNet(ResNetConfig::resnet18(Stem::ImageNet, k)),
-            "resnet50" => Architecture::ResNet(ResNetConfig::resnet50(Stem::ImageNet, k)),
-            "efficientnet-b0" => Architecture::EfficientNet(EfficientNetConfig::b0(k)),
-            "vit-b16" => Architecture::Vit(VitConfig::b(16, res, k)),
-            "vit-s16" => Architecture::Vit(VitConfig::s(16, res, k)),
-            "vit-ti16" => Architecture::Vit(VitConfig::ti(16, res, k)),
-            "vit-b4" => Architecture::Vit(VitConfig::b(4, res, k)),
-            "vit-s4" => Architecture::Vit(VitConfig::s(4, res, k)),
-            "vit-ti4" => Architecture::Vit(VitConfig::ti(4, res, k)),
-            other => {
-                return Err(ModelError::Internal(format!(
-                    "variant {other} has no architecture"
-                )));
-            }
-        })
+        Ok((v.architecture)(k, res))
     }
 }
 
@@ -313,5 +311,25 @@ impl Model {
             DType::F32
         };
         self.net.forward(&x, ctx)?.to_dtype(out_dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_builds_an_architecture_of_its_own_family() {
+        for v in VARIANTS {
+            let arch = ModelSpec::new(v.name, 10).architecture().expect(v.name);
+            let family = match arch {
+                Architecture::ResNet(_) => Family::ResNet,
+                Architecture::EfficientNet(_) => Family::EfficientNet,
+                Architecture::Vit(_) => Family::Vit,
+            };
+            assert_eq!(family, v.family, "{}", v.name);
+        }
+        let names: std::collections::HashSet<_> = VARIANTS.iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), VARIANTS.len(), "names are unique");
     }
 }

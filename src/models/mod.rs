@@ -8,6 +8,7 @@
 
 pub mod efficientnet;
 pub mod error;
+pub mod interop;
 pub mod layers;
 pub mod params;
 pub mod resnet;

@@ -52,6 +52,11 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
+    /// A store of given tensors (e.g. variables from outside annt for its optimiser).
+    pub fn from_params(params: Vec<Param>) -> Self {
+        Self { params }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
         self.params.iter()
     }

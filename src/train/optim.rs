@@ -459,6 +459,48 @@ fn adam_update(
     Ok(new)
 }
 
+/// candle-nn's optimiser interface, so annt's SGD (with momentum and Nesterov, which
+/// `candle_nn::SGD` lacks) and Adam/AdamW can drive any Candle model: all `vars` form one
+/// group named "default" with the config's rate and weight decay (no parameter kinds are
+/// known here, so nothing is exempt from decay).
+impl candle_nn::Optimizer for Optimizer {
+    type Config = OptimizerConfig;
+
+    fn new(vars: Vec<Var>, config: OptimizerConfig) -> candle_core::Result<Self> {
+        let params = vars
+            .into_iter()
+            .enumerate()
+            .map(|(i, var)| Param {
+                name: format!("var{i}"),
+                var,
+                kind: ParamKind::Weight,
+            })
+            .collect();
+        let store = ParamStore::from_params(params);
+        let spec = OptimSpec {
+            optimizer: config,
+            no_decay_on_norm_and_bias: false,
+            groups: Vec::new(),
+        };
+        Optimizer::new(&spec, &store).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        Optimizer::step(self, grads).map(|_| ())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr_of_group(0)
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        for g in &mut self.groups {
+            g.base_lr = lr;
+            g.lr = lr;
+        }
+    }
+}
+
 /// Scales the gradients of `params` so their global L2 norm is at most `max_norm`; returns
 /// the norm before clipping (as `torch.nn.utils.clip_grad_norm_`, including its
 /// `max_norm / (norm + 1e-6)` coefficient, clamped to 1) as an f64 scalar tensor on the
@@ -812,5 +854,28 @@ mod tests {
         let g: Vec<f32> = grads.get(v.as_tensor()).expect("g").to_vec1().expect("v");
         assert!((g[0] - 0.599_999_9).abs() < 1e-6 && g[1] == 0.7, "{g:?}");
         assert!(grads.get(u.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn annt_sgd_drives_a_plain_candle_variable_through_candle_nns_optimizer_trait() {
+        use candle_nn::Optimizer as _;
+        // Minimise (w − 3)² from 0 with SGD + Nesterov momentum via the trait alone.
+        let w = Var::new(&[0.0f32], &candle_core::Device::Cpu).expect("var");
+        let mut opt = <Optimizer as candle_nn::Optimizer>::new(
+            vec![w.clone()],
+            OptimizerConfig::sgd_nesterov(0.1),
+        )
+        .expect("optimiser");
+        for _ in 0..100 {
+            let loss = (w.as_tensor() - 3.0)
+                .and_then(|d| d.sqr())
+                .and_then(|d| d.sum_all())
+                .expect("loss");
+            opt.backward_step(&loss).expect("step");
+        }
+        let v: Vec<f32> = w.as_tensor().to_vec1().expect("value");
+        assert!((v[0] - 3.0).abs() < 1e-3, "{v:?}");
+        opt.set_learning_rate(0.01);
+        assert_eq!(opt.learning_rate(), 0.01);
     }
 }

@@ -109,9 +109,10 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// `1 / (1 + e^−x)`.
+/// `1 / (1 + e^−x)`: candle-nn's fused op (one CPU/CUDA kernel, backward from the output)
+/// instead of four ops and their four backward nodes.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    (x.neg()?.exp()? + 1.0)?.recip()
+    candle_nn::ops::sigmoid(x)
 }
 
 /// Softmax over the last dimension, in f32 (f64 for f64 input), returned in f32/f64.
@@ -149,19 +150,17 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     softmax_ops(&x)
 }
 
-/// Softmax from Candle's ops (any device; the reference the CPU kernel is tested against).
+/// Softmax from Candle's ops: candle-nn's `ops::softmax`, which keeps its gradient (unlike
+/// `softmax_last_dim`, whose fused kernel has no backward). Any device; the reference the
+/// CPU kernel is tested against.
 pub fn softmax_ops(x: &Tensor) -> Result<Tensor> {
-    let x = x.to_dtype(norm_dtype(x.dtype()))?;
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let e = shifted.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    candle_nn::ops::softmax(&x.to_dtype(norm_dtype(x.dtype()))?, D::Minus1)
 }
 
-/// Log-softmax over the last dimension, in f32 (f64 for f64 input).
+/// Log-softmax over the last dimension, in f32 (f64 for f64 input): candle-nn's
+/// `ops::log_softmax` (ops with a backward; the max-shift keeps large logits finite).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let x = x.to_dtype(norm_dtype(x.dtype()))?;
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+    candle_nn::ops::log_softmax(&x.to_dtype(norm_dtype(x.dtype()))?, D::Minus1)
 }
 
 /// Inverted dropout: in training, zeroes each element with probability `p` and scales the

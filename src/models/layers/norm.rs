@@ -6,7 +6,7 @@
 //! the running estimate, `running = (1 − momentum)·running + momentum·batch`, running
 //! statistics in evaluation.
 
-use candle_core::{D, DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
@@ -172,20 +172,26 @@ impl BatchNorm2d {
         self.running_var.set(&new_var)
     }
 
-    /// Batch statistics from primitive ops (any device; autograd derives the backward).
+    /// Batch statistics from Candle's ops: candle-nn's `BatchNorm::forward_train` (PyTorch's
+    /// rule: biased variance to normalise, unbiased for the running estimate; autograd
+    /// derives the backward), sharing this layer's variables so its running statistics
+    /// update. Any device; the reference annt's fused CPU and CUDA kernels are tested against.
     pub(crate) fn forward_train_ops(&self, x: &Tensor) -> Result<Tensor> {
         let c = x.dim(1)?;
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        self.update_running(&mean, &var, x.elem_count() / c)?;
-        let scale = (var + self.eps)?
-            .sqrt()?
-            .recip()?
-            .broadcast_mul(&self.per_channel(&self.weight, x)?)?;
-        centered
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.per_channel(&self.bias, x)?)
+        let dtype = x.dtype();
+        let cast = |v: &Var| v.as_tensor().to_dtype(dtype);
+        // The running statistics go in as the variables themselves (`Var::from_tensor` of a
+        // variable shares it): candle-nn's update lands in this layer's buffers.
+        let bn = candle_nn::BatchNorm::new_with_momentum(
+            c,
+            self.running_mean.as_tensor().clone(),
+            self.running_var.as_tensor().clone(),
+            cast(&self.weight)?,
+            cast(&self.bias)?,
+            self.eps,
+            self.momentum,
+        )?;
+        bn.forward_train(x)
     }
 
     /// Batch statistics with CPU kernels: one pass for the statistics, one for the output,
@@ -411,18 +417,18 @@ impl LayerNorm {
         y.to_dtype(dtype)
     }
 
-    /// Layer norm from Candle's ops (mean, centring, variance, division, affine).
+    /// Layer norm from Candle's ops: candle-nn's `ops::layer_norm_slow` (mean, centring,
+    /// variance, division, affine; each with a backward — candle-nn's `LayerNorm` layer and
+    /// fused `ops::layer_norm` drop the gradient), in f32 for half-precision input.
     pub fn forward_ops(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let nd = norm_dtype(dtype);
-        let x = x.to_dtype(nd)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight.as_tensor().to_dtype(nd)?)?
-            .broadcast_add(&self.bias.as_tensor().to_dtype(nd)?)?
-            .to_dtype(dtype)
+        candle_nn::ops::layer_norm_slow(
+            &x.to_dtype(nd)?,
+            &self.weight.as_tensor().to_dtype(nd)?,
+            &self.bias.as_tensor().to_dtype(nd)?,
+            self.eps as f32,
+        )?
+        .to_dtype(dtype)
     }
 }

@@ -5,7 +5,7 @@
 # with `gio launch ENTRY $ANNT_FILES` (the files, if any, become the entry's %F).
 # ACTIONS, in order, after the first frame: click X Y · wait SECONDS · type TEXT (keystrokes
 # into the focused field) · key KEYS (xdotool key names, e.g. ctrl+a) · drop PATH (a real XDND drop through
-# ../shared/tools/xdnd_drop.py, as a file manager does).
+# tools/xdnd_drop.py, as a file manager does).
 # Needs (apt): xvfb xauth xdotool imagemagick python3-xlib.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
     wait) sleep "$2"; shift 2 ;;
     key) xdotool key "$2"; shift 2 ;;
     type) xdotool type --delay 20 "$2"; shift 2 ;;
-    drop) /usr/bin/python3 "$here/../shared/tools/xdnd_drop.py" "$wid" "$2"; shift 2 ;;
+    drop) /usr/bin/python3 "$here/tools/xdnd_drop.py" "$wid" "$2"; shift 2 ;;
     *) echo "unknown action $1" >&2; kill $pid; exit 2 ;;
   esac
 done

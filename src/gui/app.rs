@@ -31,10 +31,10 @@ pub struct AnntApp {
     pub param_counts: std::collections::HashMap<String, usize>,
     pub(super) param_classes: usize,
     pub(super) param_job: Option<jobs::ParamJob>,
-    pub weights_check: Option<Result<String, String>>,
+    pub weights_check: Option<jobs::WeightsResult>,
     /// A report being written (its path, or why it could not be).
-    pub(super) report_job: Option<Receiver<Result<std::path::PathBuf, String>>>,
-    pub(super) weights_job: Option<Receiver<Result<String, String>>>,
+    pub(super) report_job: Option<Receiver<Result<std::path::PathBuf, annt::report::ReportError>>>,
+    pub(super) weights_job: Option<Receiver<jobs::WeightsResult>>,
     /// A native file dialog that is open, and what its answer is for.
     pub(super) dialog: Option<(jobs::Dialog, Receiver<Option<std::path::PathBuf>>)>,
     pub report_path: String,
@@ -56,7 +56,7 @@ pub struct AnntApp {
     /// When Stop was pressed, while the session winds down.
     pub stopping_since: Option<Instant>,
     /// The CUDA devices (listed once, at start), or why there are none.
-    pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, String>,
+    pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, annt::util::gpu::GpuError>,
     /// UI time per frame for the built-in readout (ms, last 600 frames).
     pub frame_ms: std::collections::VecDeque<f32>,
     pub(super) title: Option<String>,

@@ -105,13 +105,12 @@ pub fn param_counts(classes: usize) -> ParamJob {
     spawn(move || inspect::param_counts(classes))
 }
 
+/// A weights check's answer: what was loaded, in words, or why the file does not fit.
+pub type WeightsResult = Result<String, annt::models::ModelError>;
+
 /// Loads `path` into the chosen model as a run would, and says what happened.
-pub fn check_weights(spec: ModelSpec, path: PathBuf) -> Receiver<Result<String, String>> {
-    spawn(move || {
-        inspect::check_weights(&spec, &path)
-            .map(|r| r.describe(&path, &spec))
-            .map_err(|e| e.to_string())
-    })
+pub fn check_weights(spec: ModelSpec, path: PathBuf) -> Receiver<WeightsResult> {
+    spawn(move || inspect::check_weights(&spec, &path).map(|r| r.describe(&path, &spec)))
 }
 
 /// The kinds of native dialog the window opens.
@@ -160,10 +159,6 @@ pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
 pub fn write_report(
     session: annt::bench::result::SessionResult,
     path: PathBuf,
-) -> Receiver<Result<PathBuf, String>> {
-    spawn(move || {
-        annt::report::write_report(&session, &path)
-            .map(|_| path)
-            .map_err(|e| e.to_string())
-    })
+) -> Receiver<Result<PathBuf, annt::report::ReportError>> {
+    spawn(move || annt::report::write_report(&session, &path).map(|_| path))
 }

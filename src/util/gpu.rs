@@ -18,8 +18,22 @@ pub struct CudaDevice {
 
 /// Every CUDA device, or why there are none: a build without the `cuda` feature, no
 /// driver library, or a driver that reports no device. The reason is meant for the user.
-pub fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+pub fn cuda_devices() -> Result<Vec<CudaDevice>, GpuError> {
     imp::cuda_devices()
+}
+
+/// Why no CUDA device can be listed; each says what a user can do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GpuError {
+    #[error("this build has no CUDA support (the annt-cuda build has it)")]
+    NotBuiltIn,
+    #[error("the NVIDIA driver library (libcuda.so.1) could not be loaded")]
+    NoDriver,
+    #[error("the NVIDIA driver reports no CUDA device")]
+    NoDevice,
+    /// The driver answered with an error (its own words, and what was asked).
+    #[error("CUDA: {0}")]
+    Driver(String),
 }
 
 /// The device `ordinal`, if it exists.
@@ -69,8 +83,8 @@ pub fn timeline(device: &candle_core::Device) -> Option<Box<dyn crate::train::ti
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
-    pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, String> {
-        Err("this build has no CUDA support (the annt-cuda build has it)".into())
+    pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, super::GpuError> {
+        Err(super::GpuError::NotBuiltIn)
     }
     pub fn pool_reset_peak(_: &candle_core::Device) -> Option<u64> {
         None
@@ -91,7 +105,7 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use super::{CudaDevice, GpuInfo};
+    use super::{CudaDevice, GpuError, GpuInfo};
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
 
     /// The NVIDIA kernel module's version (e.g. "580.65.06"), as Linux exposes it.
@@ -105,12 +119,10 @@ mod imp {
         format!("{}.{}", v / 1000, (v % 1000) / 10)
     }
 
-    pub fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+    pub fn cuda_devices() -> Result<Vec<CudaDevice>, GpuError> {
         // cudarc loads libcuda lazily and panics when it is missing; a machine without the
         // NVIDIA driver must get a sentence, not a crash.
-        std::panic::catch_unwind(list).unwrap_or_else(|_| {
-            Err("the NVIDIA driver library (libcuda.so.1) could not be loaded".into())
-        })
+        std::panic::catch_unwind(list).unwrap_or(Err(GpuError::NoDriver))
     }
 
     pub fn set_tf32(on: bool) {
@@ -260,25 +272,27 @@ mod imp {
         }
     }
 
-    fn list() -> Result<Vec<CudaDevice>, String> {
-        result::init().map_err(|e| format!("CUDA could not start: {e}"))?;
+    fn list() -> Result<Vec<CudaDevice>, GpuError> {
+        let driver_error = |what: String| move |e| GpuError::Driver(format!("{what}: {e}"));
+        result::init().map_err(driver_error("could not start".into()))?;
         let mut api = 0i32;
         // SAFETY: writes one int; the driver API is initialised above.
         let cuda = unsafe { sys::cuDriverGetVersion(&mut api) }
             .result()
             .map_or_else(|_| "unknown".to_string(), |_| version_string(api));
         let driver = kernel_module_version().unwrap_or_else(|| "unknown".into());
-        let count = result::device::get_count().map_err(|e| format!("CUDA: {e}"))?;
+        let count = result::device::get_count().map_err(driver_error("device count".into()))?;
         if count <= 0 {
-            return Err("the NVIDIA driver reports no CUDA device".into());
+            return Err(GpuError::NoDevice);
         }
         (0..count)
             .map(|i| {
-                let dev = result::device::get(i).map_err(|e| format!("cuda:{i}: {e}"))?;
-                let name = result::device::get_name(dev).map_err(|e| format!("cuda:{i}: {e}"))?;
+                let dev = result::device::get(i).map_err(driver_error(format!("cuda:{i}")))?;
+                let name =
+                    result::device::get_name(dev).map_err(driver_error(format!("cuda:{i}")))?;
                 // SAFETY: `dev` came from `device::get` just above.
                 let memory = unsafe { result::device::total_mem(dev) }
-                    .map_err(|e| format!("cuda:{i}: {e}"))?;
+                    .map_err(driver_error(format!("cuda:{i}")))?;
                 let attr = |a| {
                     // SAFETY: `dev` came from `device::get` just above.
                     unsafe { result::device::get_attribute(dev, a) }.unwrap_or(0)
@@ -326,7 +340,8 @@ mod tests {
     #[test]
     fn a_cpu_build_says_why_it_lists_no_gpu() {
         let e = cuda_devices().expect_err("no CUDA in this build");
-        assert!(e.contains("no CUDA support"), "{e}");
+        assert_eq!(e, GpuError::NotBuiltIn);
+        assert!(e.to_string().contains("no CUDA support"), "{e}");
         assert_eq!(cuda_device(0), None);
     }
 }

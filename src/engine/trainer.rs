@@ -223,12 +223,12 @@ pub fn train_run(
     }
 
     let mut timer = StepTimer::new(t.timing_warmup_steps);
-    if let Some(timeline) = crate::util::gpu::timeline(device) {
+    if let Some(timeline) = crate::train::timing::device_timeline(device) {
         // GPU work is asynchronous: the device's own clock (events on its stream) times the
         // steps, so timing never makes the host wait and the host can run ahead.
         timer = timer.with_timeline(timeline);
     }
-    crate::util::gpu::set_tf32(cfg.tf32);
+    crate::models::layers::kernels::set_tf32(cfg.tf32);
     // This arm's own peak host memory (the high-water mark is reset here); on a GPU the
     // memory pool's high-water mark is reset too, and its level now is the arm's start.
     let mut host_peak = HostPeak::start();

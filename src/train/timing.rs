@@ -123,6 +123,96 @@ pub trait Timeline: Send {
     fn flush(&mut self) -> Result<Vec<f64>, String>;
 }
 
+/// The device's own clock for the step timer (CUDA events on the device's stream); `None` on
+/// the CPU, whose work is synchronous.
+pub fn device_timeline(device: &candle_core::Device) -> Option<Box<dyn Timeline>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda_events::timeline(device)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// CUDA events as a [`Timeline`] (safe cudarc calls only).
+#[cfg(feature = "cuda")]
+mod cuda_events {
+    pub fn timeline(device: &candle_core::Device) -> Option<Box<dyn super::Timeline>> {
+        let stream = device.as_cuda_device().ok()?.cuda_stream();
+        Some(Box::new(EventTimeline {
+            stream,
+            base: None,
+            queued: Vec::new(),
+            free: Vec::new(),
+        }))
+    }
+
+    use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream, sys};
+    use std::sync::Arc;
+
+    /// Timing events on the training stream, recycled after each flush. Times are kept
+    /// relative to the previous flush's last event (plus its time), so f32 milliseconds
+    /// never have to span a whole run.
+    struct EventTimeline {
+        stream: Arc<CudaStream>,
+        base: Option<(CudaEvent, f64)>,
+        queued: Vec<CudaEvent>,
+        free: Vec<CudaEvent>,
+    }
+
+    impl super::Timeline for EventTimeline {
+        fn mark(&mut self) -> Result<(), String> {
+            let event = match self.free.pop() {
+                Some(e) => {
+                    e.record(&self.stream).map_err(|e| e.to_string())?;
+                    e
+                }
+                None => self
+                    .stream
+                    .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(|e| e.to_string())?,
+            };
+            self.queued.push(event);
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<Vec<f64>, String> {
+            let Some(last) = self.queued.last() else {
+                return Ok(Vec::new());
+            };
+            last.synchronize().map_err(|e| e.to_string())?;
+            let mut events = std::mem::take(&mut self.queued);
+            let mut times = Vec::with_capacity(events.len());
+            // Times count from the previous flush's last event; the very first mark is 0.
+            let (base, base_t) = match self.base.take() {
+                Some(b) => b,
+                None => {
+                    times.push(0.0);
+                    (events.remove(0), 0.0)
+                }
+            };
+            for e in &events {
+                let ms = base.elapsed_ms(e).map_err(|e| e.to_string())?;
+                times.push(base_t + f64::from(ms) / 1000.0);
+            }
+            // All but the last event are recycled; the last becomes the next base.
+            match events.pop() {
+                Some(last) => {
+                    let t = times.last().copied().unwrap_or(base_t);
+                    self.free.push(base);
+                    self.free.append(&mut events);
+                    self.base = Some((last, t));
+                }
+                None => self.base = Some((base, base_t)),
+            }
+            Ok(times)
+        }
+    }
+}
+
 impl std::fmt::Debug for StepTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepTimer")

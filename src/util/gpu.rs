@@ -45,12 +45,6 @@ pub fn cuda_device(ordinal: usize) -> Option<GpuInfo> {
         .map(|d| d.info)
 }
 
-/// Lets cuBLAS (a process-wide Candle setting) and annt's cuDNN convolutions use TF32 for
-/// f32 work; off, both do true f32 arithmetic. A no-op without CUDA.
-pub fn set_tf32(on: bool) {
-    imp::set_tf32(on);
-}
-
 /// Resets the high-water mark of `device`'s stream-ordered memory pool (where Candle's
 /// tensors live) and keeps freed memory in the pool (release threshold = ∞) so it is not
 /// returned to the driver at every synchronisation. Returns the bytes in use now, or `None`
@@ -75,12 +69,6 @@ pub fn single_stream(device: &candle_core::Device) {
     imp::single_stream(device);
 }
 
-/// The device's own clock for the step timer (CUDA events on the device's stream); `None` on
-/// the CPU, whose work is synchronous.
-pub fn timeline(device: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
-    imp::timeline(device)
-}
-
 #[cfg(not(feature = "cuda"))]
 mod imp {
     pub fn cuda_devices() -> Result<Vec<super::CudaDevice>, super::GpuError> {
@@ -93,10 +81,6 @@ mod imp {
     pub fn pool_peak_bytes(_: &candle_core::Device) -> Option<u64> {
         None
     }
-    pub fn timeline(_: &candle_core::Device) -> Option<Box<dyn crate::train::timing::Timeline>> {
-        None
-    }
-    pub fn set_tf32(_: bool) {}
 }
 
 // The driver API's version and memory queries have no safe wrapper in cudarc 0.19; each
@@ -123,11 +107,6 @@ mod imp {
         // cudarc loads libcuda lazily and panics when it is missing; a machine without the
         // NVIDIA driver must get a sentence, not a crash.
         std::panic::catch_unwind(list).unwrap_or(Err(GpuError::NoDriver))
-    }
-
-    pub fn set_tf32(on: bool) {
-        candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
-        crate::models::layers::kernels::cuda::set_tf32(on);
     }
 
     /// The default memory pool of `device`'s GPU (cudarc's `alloc` is `cuMemAllocAsync`,
@@ -195,80 +174,6 @@ mod imp {
             // `engine::session` opens the device on the thread that trains on it), so no
             // tensor is ever used on a second stream — the only case event tracking orders.
             unsafe { dev.disable_event_tracking() };
-        }
-    }
-
-    pub fn timeline(
-        device: &candle_core::Device,
-    ) -> Option<Box<dyn crate::train::timing::Timeline>> {
-        let stream = device.as_cuda_device().ok()?.cuda_stream();
-        Some(Box::new(EventTimeline {
-            stream,
-            base: None,
-            queued: Vec::new(),
-            free: Vec::new(),
-        }))
-    }
-
-    use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream};
-    use std::sync::Arc;
-
-    /// Timing events on the training stream, recycled after each flush. Times are kept
-    /// relative to the previous flush's last event (plus its time), so f32 milliseconds
-    /// never have to span a whole run.
-    struct EventTimeline {
-        stream: Arc<CudaStream>,
-        base: Option<(CudaEvent, f64)>,
-        queued: Vec<CudaEvent>,
-        free: Vec<CudaEvent>,
-    }
-
-    impl crate::train::timing::Timeline for EventTimeline {
-        fn mark(&mut self) -> Result<(), String> {
-            let event = match self.free.pop() {
-                Some(e) => {
-                    e.record(&self.stream).map_err(|e| e.to_string())?;
-                    e
-                }
-                None => self
-                    .stream
-                    .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(|e| e.to_string())?,
-            };
-            self.queued.push(event);
-            Ok(())
-        }
-
-        fn flush(&mut self) -> Result<Vec<f64>, String> {
-            let Some(last) = self.queued.last() else {
-                return Ok(Vec::new());
-            };
-            last.synchronize().map_err(|e| e.to_string())?;
-            let mut events = std::mem::take(&mut self.queued);
-            let mut times = Vec::with_capacity(events.len());
-            // Times count from the previous flush's last event; the very first mark is 0.
-            let (base, base_t) = match self.base.take() {
-                Some(b) => b,
-                None => {
-                    times.push(0.0);
-                    (events.remove(0), 0.0)
-                }
-            };
-            for e in &events {
-                let ms = base.elapsed_ms(e).map_err(|e| e.to_string())?;
-                times.push(base_t + f64::from(ms) / 1000.0);
-            }
-            // All but the last event are recycled; the last becomes the next base.
-            match events.pop() {
-                Some(last) => {
-                    let t = times.last().copied().unwrap_or(base_t);
-                    self.free.push(base);
-                    self.free.append(&mut events);
-                    self.base = Some((last, t));
-                }
-                None => self.base = Some((base, base_t)),
-            }
-            Ok(times)
         }
     }
 

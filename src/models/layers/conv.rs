@@ -17,31 +17,7 @@ use super::Kernels;
 use super::custom::{attach2, map_real_n, map_real2, raw2};
 use super::kernels::{Backend, Products, Window, cpu as kernels_cpu};
 
-/// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
-/// from the weight).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvSpec {
-    pub stride: usize,
-    pub padding: usize,
-    pub groups: usize,
-}
-
-impl ConvSpec {
-    pub fn new(stride: usize, padding: usize) -> Self {
-        Self {
-            stride,
-            padding,
-            groups: 1,
-        }
-    }
-    pub fn depthwise(stride: usize, padding: usize, channels: usize) -> Self {
-        Self {
-            stride,
-            padding,
-            groups: channels,
-        }
-    }
-}
+pub use super::kernels::ConvSpec;
 
 /// `x`: `n × c × h × w`; `w`: `c_out × c/groups × kh × kw` → `n × c_out × oh × ow`.
 ///

@@ -9,7 +9,7 @@
 
 #![allow(unsafe_code)]
 
-use super::cpu::Real;
+use super::real::Real;
 
 /// A read-only matrix view: element (r, c) is `data[r·row_stride + c·col_stride]`.
 #[derive(Clone, Copy, Debug)]

@@ -20,12 +20,39 @@ pub mod cpu;
 pub mod cuda;
 pub mod gemm;
 pub mod plan;
+pub mod real;
 
 pub use cpu::Window;
 
 use candle_core::Device;
 
 use super::Kernels;
+
+/// Stride, symmetric zero padding and channel groups of a convolution (the kernel size comes
+/// from the weight): what every backend's convolution takes, so it lives with the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            groups: 1,
+        }
+    }
+    pub fn depthwise(stride: usize, padding: usize, channels: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            groups: channels,
+        }
+    }
+}
 
 /// What a convolution's matrix products compute in on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +73,18 @@ impl Products {
             Products::Bf16(dot) => Some(dot),
         }
     }
+}
+
+/// Lets cuBLAS (a process-wide Candle setting) and annt's cuDNN convolutions use TF32 for
+/// f32 work; off, both do true f32 arithmetic. A no-op without CUDA.
+pub fn set_tf32(on: bool) {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+        cuda::set_tf32(on);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
 }
 
 /// The implementation one op runs on for one call.

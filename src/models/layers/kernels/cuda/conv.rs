@@ -29,7 +29,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
 use super::{alloc_out, cpu_refused, driver, tf32, view};
-use crate::models::layers::conv::ConvSpec;
+use crate::models::layers::kernels::ConvSpec;
 use crate::models::layers::kernels::plan::{
     AlgoKey, ConvGeometry, DTypeKey, MathMode, Pass, workspace_to_allocate,
 };

@@ -35,8 +35,6 @@ pub enum EngineError {
     Device { device: String, reason: String },
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
-    #[error("the training thread stopped unexpectedly: {0}")]
-    Worker(String),
 }
 
 impl EngineError {

@@ -14,6 +14,30 @@ use std::path::{Component, Path, PathBuf};
 /// Total decompressed bytes accepted from one archive (CIFAR-100 python is 161 MiB).
 pub const MAX_ARCHIVE_BYTES: u64 = 8 << 30;
 
+/// Decompressed bytes accepted for one member of an archive: CIFAR's largest member
+/// (CIFAR-100 python `train`) is 150 MiB and an image a few MiB, so a bigger member is a
+/// decompression bomb or not a data set. Checked against the member's header before a byte
+/// of it is inflated.
+pub const MAX_ARCHIVE_MEMBER_BYTES: u64 = 1 << 30;
+
+/// The caps an archive is read under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    /// Per member, decompressed.
+    pub member: u64,
+    /// All members together, decompressed.
+    pub total: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        Self {
+            member: MAX_ARCHIVE_MEMBER_BYTES,
+            total: MAX_ARCHIVE_BYTES,
+        }
+    }
+}
+
 /// True when `path`'s name looks like an archive annt reads.
 #[must_use]
 pub fn is_archive_name(path: &Path) -> bool {
@@ -57,11 +81,20 @@ pub fn read_archive(path: &Path) -> Result<ArchiveContents, DataError> {
 
 /// Reads archive bytes; `path` is only used in error messages.
 pub fn read_archive_bytes(bytes: &[u8], path: &Path) -> Result<ArchiveContents, DataError> {
+    read_archive_bytes_with(bytes, path, ArchiveLimits::default())
+}
+
+/// [`read_archive_bytes`] under given caps.
+pub fn read_archive_bytes_with(
+    bytes: &[u8],
+    path: &Path,
+    limits: ArchiveLimits,
+) -> Result<ArchiveContents, DataError> {
     let gz = bytes.starts_with(&[0x1f, 0x8b]);
     if gz {
-        read_tar(flate2::read::GzDecoder::new(bytes), path)
+        read_tar(flate2::read::GzDecoder::new(bytes), path, limits)
     } else {
-        read_tar(bytes, path)
+        read_tar(bytes, path, limits)
     }
 }
 
@@ -72,7 +105,11 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> DataError {
     }
 }
 
-fn read_tar(reader: impl Read, path: &Path) -> Result<ArchiveContents, DataError> {
+fn read_tar(
+    reader: impl Read,
+    path: &Path,
+    limits: ArchiveLimits,
+) -> Result<ArchiveContents, DataError> {
     let mut archive = tar::Archive::new(reader);
     let mut contents = ArchiveContents::default();
     let mut total = 0u64;
@@ -91,11 +128,20 @@ fn read_tar(reader: impl Read, path: &Path) -> Result<ArchiveContents, DataError
             continue;
         }
         let size = entry.size();
-        if size > MAX_FILE_BYTES || total + size > MAX_ARCHIVE_BYTES {
-            return Err(DataError::Oversized {
-                path: path.join(&inner),
-                len: size,
-                max: MAX_FILE_BYTES.min(MAX_ARCHIVE_BYTES - total),
+        let member_cap = limits.member.min(MAX_FILE_BYTES);
+        if size > member_cap {
+            return Err(DataError::ArchiveMemberTooLarge {
+                path: path.to_path_buf(),
+                member: inner,
+                size,
+                limit: member_cap,
+            });
+        }
+        if total + size > limits.total {
+            return Err(DataError::ArchiveTooLarge {
+                path: path.to_path_buf(),
+                member: inner,
+                limit: limits.total,
             });
         }
         total += size;
@@ -152,6 +198,65 @@ pub fn entry_path(archive: &Path, inner: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gzip'd tar of one member of `len` zero bytes (a few KiB compressed).
+    fn zeros_archive(name: &str, len: u64) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(len);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append_data(&mut header, name, std::io::repeat(0).take(len))
+            .expect("append");
+        tar.into_inner()
+            .and_then(|gz| gz.finish())
+            .expect("finish")
+    }
+
+    #[test]
+    fn a_member_over_the_cap_is_refused_by_its_header_naming_member_and_limit() {
+        // 64 MiB of zeros compress to ~64 KiB: a small bomb against a 1 MiB member cap.
+        let bytes = zeros_archive("cls/bomb.png", 64 << 20);
+        assert!(bytes.len() < 1 << 20, "{} compressed bytes", bytes.len());
+        let limits = ArchiveLimits {
+            member: 1 << 20,
+            total: MAX_ARCHIVE_BYTES,
+        };
+        let start = std::time::Instant::now();
+        let e = read_archive_bytes_with(&bytes, Path::new("/data/b.tar.gz"), limits)
+            .expect_err("must be refused");
+        let text = e.to_string();
+        assert!(
+            matches!(&e, DataError::ArchiveMemberTooLarge { member, size, limit, .. }
+                if member == "cls/bomb.png" && *size == 64 << 20 && *limit == 1 << 20),
+            "{e:?}"
+        );
+        assert!(text.contains("cls/bomb.png") && text.contains("/data/b.tar.gz"), "{text}");
+        assert!(text.contains("1048576"), "the limit is named: {text}");
+        // Refused from the header: nothing was inflated.
+        assert!(start.elapsed() < std::time::Duration::from_millis(200));
+        // Under the cap the same member reads in full.
+        let small = zeros_archive("cls/ok.png", 1000);
+        let c = read_archive_bytes_with(&small, Path::new("s.tar.gz"), limits).expect("reads");
+        assert_eq!(c.folders["cls"]["ok.png"].len(), 1000);
+    }
+
+    #[test]
+    fn members_over_the_total_cap_are_refused() {
+        let bytes = zeros_archive("a.bin", 3000);
+        let limits = ArchiveLimits {
+            member: 1 << 20,
+            total: 2000,
+        };
+        let e = read_archive_bytes_with(&bytes, Path::new("t.tar.gz"), limits)
+            .expect_err("over the total");
+        assert!(
+            matches!(&e, DataError::ArchiveTooLarge { limit: 2000, member, .. } if member == "a.bin"),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn safe_relative_rejects_escapes() {

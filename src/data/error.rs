@@ -38,6 +38,25 @@ pub enum DataError {
     },
     #[error("oversized: {len} bytes is more than the {max} bytes annt accepts for one data file: {}", path.display())]
     Oversized { path: PathBuf, len: u64, max: u64 },
+    #[error(
+        "archive member '{member}' would inflate to {size} bytes, over the {limit} bytes annt accepts for one member (a decompression bomb, or not a data set); refused before reading it: {}",
+        path.display()
+    )]
+    ArchiveMemberTooLarge {
+        path: PathBuf,
+        member: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "archive inflates to more than the {limit} bytes annt reads from one archive (reached at member '{member}'); extract it and open the folder: {}",
+        path.display()
+    )]
+    ArchiveTooLarge {
+        path: PathBuf,
+        member: String,
+        limit: u64,
+    },
     #[error("label {label} of record {record} is outside the {classes} classes: {}", path.display())]
     LabelOutOfRange {
         path: PathBuf,

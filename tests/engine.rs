@@ -395,3 +395,50 @@ fn the_step_loop_reads_the_device_at_most_once_per_progress_tick_and_epoch() {
     assert!(last.train_loss.is_finite() && last.train_loss > 0.0);
     assert!((0.0..=1.0).contains(&last.train_accuracy));
 }
+
+#[test]
+fn trained_weights_are_saved_per_finished_run_and_load_back_as_pretrained() {
+    let plan = ab_plan("save-weights", Switches::default(), 256, 1);
+    let dir = tempfile::tempdir().expect("dir");
+    let folder = dir.path().join("weights");
+    let options = SessionOptions {
+        save_weights: Some(annt::engine::SaveWeights::Folder(folder.clone())),
+        ..SessionOptions::default()
+    };
+    let s =
+        run_session(&plan, &options, &mut VecSink::default(), &StopFlag::new()).expect("session");
+    assert_eq!(s.runs.len(), 2);
+    let spec = ModelSpec::new("resnet8-tiny", 10);
+    let fresh = Model::build(&spec, &Device::Cpu).expect("fresh");
+    for r in &s.runs {
+        let path = r.weights_file.as_ref().expect("saved");
+        assert!(path.starts_with(&folder), "{}", path.display());
+        assert!(
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("-r1.safetensors")),
+            "{}",
+            path.display()
+        );
+        let m = Model::build(&spec, &Device::Cpu).expect("model");
+        let report = annt::models::weights::load_pretrained(&m, path).expect("loads back");
+        assert!(!report.head_replaced);
+        assert_eq!(report.loaded, m.params().len());
+        // Trained: the loaded weights are not the seed's initial ones.
+        let differs = m
+            .params()
+            .iter()
+            .zip(fresh.params().iter())
+            .any(|(p, q)| flat(p.var.as_tensor()) != flat(q.var.as_tensor()));
+        assert!(differs, "{} holds untrained weights", path.display());
+    }
+    // One file for a plan of two runs is refused before any training.
+    let one = SessionOptions {
+        save_weights: Some(annt::engine::SaveWeights::File(
+            dir.path().join("w.safetensors"),
+        )),
+        ..SessionOptions::default()
+    };
+    let e = run_session(&plan, &one, &mut VecSink::default(), &StopFlag::new())
+        .expect_err("two runs, one file");
+    assert!(e.to_string().contains("name a folder"), "{e}");
+}

@@ -137,6 +137,9 @@ pub struct RunResult {
     /// Pinned memory was requested but does not apply here (CPU: no host-to-device copy).
     pub pinned_memory_applicable: bool,
     pub error: Option<String>,
+    /// Where this run's trained weights were saved (safetensors), when they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_file: Option<std::path::PathBuf>,
 }
 
 /// Mean and sample standard deviation over repeats.

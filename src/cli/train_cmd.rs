@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Plan, PlanKind};
 use annt::config::{DeviceChoice, Preset};
-use annt::engine::{Event, EventSink, SessionOptions, StopFlag, run_session};
+use annt::engine::{Event, EventSink, SaveWeights, SessionOptions, StopFlag, run_session};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Also write a report (format from the extension: .json .csv .md .html).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Save the trained weights here (safetensors, torchvision names; loadable back with
+    /// --weights), atomically, once the run has finished.
+    #[arg(long, value_name = "FILE")]
+    pub save_weights: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -101,6 +105,10 @@ pub struct BenchArgs {
     /// Where to write the report (.json .csv .md .html); repeat for several formats.
     #[arg(long, required = true)]
     pub report: Vec<PathBuf>,
+    /// Save every finished run's trained weights into this folder, one
+    /// `<arm>-r<repeat>.safetensors` each (loadable back with --weights).
+    #[arg(long, value_name = "DIR")]
+    pub save_weights: Option<PathBuf>,
 }
 
 fn load_preset(flags: &RunFlags) -> anyhow::Result<Preset> {
@@ -163,7 +171,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         repeats: 1,
         preset,
     };
-    execute(&plan, args.report.as_slice())
+    let options = SessionOptions {
+        save_weights: args.save_weights.map(SaveWeights::File),
+        ..SessionOptions::default()
+    };
+    execute(&plan, &options, args.report.as_slice())
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -181,10 +193,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         repeats: args.repeats as usize,
         preset,
     };
-    execute(&plan, &args.report)
+    let options = SessionOptions {
+        save_weights: args.save_weights.map(SaveWeights::Folder),
+        ..SessionOptions::default()
+    };
+    execute(&plan, &options, &args.report)
 }
 
-fn execute(plan: &Plan, reports: &[PathBuf]) -> anyhow::Result<()> {
+fn execute(plan: &Plan, options: &SessionOptions, reports: &[PathBuf]) -> anyhow::Result<()> {
     let stop = StopFlag::new();
     let handler_flag = stop.clone();
     let _ = ctrlc::set_handler(move || {
@@ -192,8 +208,18 @@ fn execute(plan: &Plan, reports: &[PathBuf]) -> anyhow::Result<()> {
         handler_flag.stop();
     });
     let mut sink = ConsoleSink::default();
-    let session = run_session(plan, &SessionOptions::default(), &mut sink, &stop)?;
+    let session = run_session(plan, options, &mut sink, &stop)?;
     sink.finish();
+    for r in &session.runs {
+        if let Some(path) = &r.weights_file {
+            eprintln!(
+                "trained weights of {} (repeat {}): {}",
+                r.arm,
+                r.repeat + 1,
+                path.display()
+            );
+        }
+    }
     for path in reports {
         annt::report::write_report(&session, path).with_context(|| "writing the report")?;
         eprintln!("report written: {}", path.display());

@@ -12,7 +12,7 @@ pub mod speed;
 pub mod trainer;
 
 pub use event::{ChannelSink, Event, EventSink, StopFlag, VecSink};
-pub use session::{SessionOptions, run_session};
+pub use session::{SaveWeights, SessionOptions, run_session};
 
 use crate::config::ConfigError;
 use crate::data::DataError;

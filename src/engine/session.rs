@@ -22,6 +22,40 @@ use super::trainer::{RunPlace, train_run};
 pub struct SessionOptions {
     /// Where `cifar10` / `cifar100` sources are looked up (default: annt's data folder).
     pub data_dir: Option<PathBuf>,
+    /// Where each finished run's trained weights go (safetensors, torchvision names,
+    /// loadable back as pretrained weights); `None`: they are not kept.
+    pub save_weights: Option<SaveWeights>,
+}
+
+/// Where trained weights are written, atomically (a temporary file renamed over the target).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaveWeights {
+    /// One file: for a plan of exactly one run (`annt run`).
+    File(PathBuf),
+    /// A folder, created if missing: `<arm>-r<repeat>.safetensors` per finished run, the
+    /// arm's label made file-safe (`GAx2-bf16-r1.safetensors`).
+    Folder(PathBuf),
+}
+
+impl SaveWeights {
+    /// The file for a run of `arm` in 0-based `repeat`.
+    pub fn path_for(&self, arm: &str, repeat: usize) -> PathBuf {
+        match self {
+            SaveWeights::File(p) => p.clone(),
+            SaveWeights::Folder(dir) => {
+                let slug: String = arm
+                    .replace('×', "x")
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect::<String>()
+                    .split('-')
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("-");
+                dir.join(format!("{slug}-r{}.safetensors", repeat + 1))
+            }
+        }
+    }
 }
 
 /// Opens the device a run asks for.
@@ -119,6 +153,17 @@ pub fn run_session(
     // The device first: a missing GPU is reported before minutes of data loading.
     let device = open_device(base.device)?;
     let arms = plan.arms();
+    if matches!(options.save_weights, Some(SaveWeights::File(_)))
+        && arms.len() * plan.repeats.max(1) > 1
+    {
+        return Err(EngineError::Config(crate::config::ConfigError::Field {
+            field: "save_weights",
+            rule: format!(
+                "names one file but the plan has {} runs; name a folder (one file per run)",
+                arms.len() * plan.repeats.max(1)
+            ),
+        }));
+    }
     // The GPU, listed once: whether it has the arms' precisions is checked before any data
     // is loaded, and it goes into the environment every result records.
     let gpu = match base.device {
@@ -183,8 +228,21 @@ pub fn run_session(
                 order: position,
             };
             match train_run(arm, place, &data, &device, sink, stop) {
-                Ok(trained) => {
+                Ok(mut trained) => {
                     let partial = trained.result.status == RunStatus::Partial;
+                    if let (Some(out), false) = (&options.save_weights, partial) {
+                        let path = out.path_for(&arm.label, repeat);
+                        if let SaveWeights::Folder(dir) = out {
+                            std::fs::create_dir_all(dir).map_err(|source| {
+                                crate::data::DataError::Write {
+                                    path: dir.clone(),
+                                    source,
+                                }
+                            })?;
+                        }
+                        crate::models::weights::save(&trained.model, &path)?;
+                        trained.result.weights_file = Some(path);
+                    }
                     session.runs.push(trained.result);
                     if partial {
                         break 'outer;

@@ -468,6 +468,7 @@ pub fn train_run(
         },
         pinned_memory_applicable: pinned_applicable,
         error: None,
+        weights_file: None,
     };
     sink.emit(Event::RunFinished {
         result: Box::new(result.clone()),

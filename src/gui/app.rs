@@ -147,7 +147,19 @@ impl AnntApp {
                 self.live = None;
                 self.oom_batch = None;
                 let ctx = ctx.clone();
-                self.worker = Some(Worker::start(plan, Box::new(move || ctx.request_repaint())));
+                let options = annt::engine::SessionOptions {
+                    save_weights: self
+                        .settings
+                        .keep_weights
+                        .then(session_weights_folder)
+                        .flatten(),
+                    ..Default::default()
+                };
+                self.worker = Some(Worker::start(
+                    plan,
+                    options,
+                    Box::new(move || ctx.request_repaint()),
+                ));
             }
             Err(e) => self
                 .messages
@@ -282,4 +294,17 @@ impl AnntApp {
             self.frame_ms.pop_front();
         }
     }
+}
+
+/// A new folder for this session's trained weights: `<data dir>/annt/weights/session-<unix
+/// seconds>/` (created by the engine when the first run finishes); `None` where the system
+/// has no data folder.
+fn session_weights_folder() -> Option<annt::engine::SaveWeights> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = annt::data::download::default_data_dir()?
+        .join("weights")
+        .join(format!("session-{secs}"));
+    Some(annt::engine::SaveWeights::Folder(dir))
 }

@@ -28,6 +28,7 @@ impl AnntApp {
                 self.preset_path = path.display().to_string();
                 self.save_preset_to_path();
             }
+            Dialog::SaveWeights => self.save_selected_weights(&path),
         }
     }
     /// Opens a native dialog unless one is already open.
@@ -150,5 +151,41 @@ impl AnntApp {
         }
         let path = std::path::PathBuf::from(self.report_path.trim());
         self.report_job = Some(jobs::write_report(session.clone(), path));
+    }
+
+    /// The trained weights of the selected arm's last finished run, if they were kept.
+    pub fn selected_weights(&self) -> Option<std::path::PathBuf> {
+        let session = self.session.as_ref().or(self.live.as_ref())?;
+        let arm = self
+            .selected_arm
+            .clone()
+            .or_else(|| session.runs.first().map(|r| r.arm.clone()))?;
+        session
+            .runs
+            .iter()
+            .rev()
+            .find(|r| r.arm == arm)
+            .and_then(|r| r.weights_file.clone())
+    }
+
+    /// Copies the selected arm's kept weights to `to` (atomically: nothing half-written is
+    /// left under that name).
+    pub fn save_selected_weights(&mut self, to: &std::path::Path) {
+        let Some(from) = self.selected_weights() else {
+            self.messages.push(Message::error(
+                "no trained weights were kept for this arm (turn on \"Keep each run's trained weights\" before Start)",
+            ));
+            return;
+        };
+        let result = std::fs::read(&from)
+            .map_err(|e| format!("{}: {e}", from.display()))
+            .and_then(|bytes| {
+                annt::util::atomic_write::write_atomic(to, &bytes)
+                    .map_err(|e| format!("{}: {e}", to.display()))
+            });
+        self.messages.push(match result {
+            Ok(()) => Message::info(format!("trained weights saved: {}", to.display())),
+            Err(e) => Message::error(format!("cannot save the weights: {e}")),
+        });
     }
 }

@@ -122,6 +122,8 @@ pub enum Dialog {
     OpenData,
     OpenPreset,
     SavePreset,
+    /// Where to copy the selected arm's trained weights.
+    SaveWeights,
 }
 
 /// Opens a native dialog; `None` arrives when it is cancelled or when no dialog could be
@@ -148,6 +150,11 @@ pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
         Dialog::SavePreset => Box::pin(
             d.add_filter("Preset", &["toml"])
                 .set_file_name("my-preset.toml")
+                .save_file(),
+        ),
+        Dialog::SaveWeights => Box::pin(
+            d.add_filter("safetensors", &["safetensors"])
+                .set_file_name("trained.safetensors")
                 .save_file(),
         ),
     };

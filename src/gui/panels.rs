@@ -256,6 +256,11 @@ pub fn settings_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     ui.add(egui::DragValue::new(&mut s.repeats).range(1..=20))
                         .labelled_by(l.id);
                 });
+                ui.checkbox(&mut s.keep_weights, "Keep each run's trained weights")
+                    .on_hover_text(
+                        "Saved as safetensors (torchvision names) under annt's data folder; \
+                         select a row of the table to save that arm's weights elsewhere.",
+                    );
             });
         });
 

@@ -232,6 +232,19 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         {
             app.act(UiAction::SaveReport);
         }
+        if ui
+            .add_enabled(
+                app.selected_weights().is_some(),
+                egui::Button::new("Save trained weights…"),
+            )
+            .on_hover_text("The selected row's arm (its last finished run)")
+            .on_disabled_hover_text(
+                "Turn on \"Keep each run's trained weights\" (Plan) before Start; then select a row",
+            )
+            .clicked()
+        {
+            app.act(UiAction::OpenDialog(Dialog::SaveWeights));
+        }
         if ui.button("Open report…").clicked() {
             app.act(UiAction::OpenDialog(Dialog::OpenReport));
         }

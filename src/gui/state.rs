@@ -70,6 +70,9 @@ pub struct Settings {
     /// All 2³ (2² on the CPU) switch combinations instead of baseline vs tuned.
     pub ablation: bool,
     pub repeats: usize,
+    /// Save each finished run's trained weights (into a folder per session under annt's
+    /// data folder), so "Save trained weights…" can copy them out.
+    pub keep_weights: bool,
 }
 
 impl Default for Settings {
@@ -79,6 +82,7 @@ impl Default for Settings {
             preset: Preset::quick_cpu(),
             ablation: false,
             repeats: 1,
+            keep_weights: false,
         }
     }
 }

@@ -361,3 +361,63 @@ fn a_gpu_that_cannot_be_used_is_explained_and_the_cpu_offered() {
     h.state_mut().stop();
     run_until(&mut h, HANG, |a| !a.is_running());
 }
+
+#[test]
+fn kept_trained_weights_are_saved_for_the_selected_arm() {
+    let mut settings = quick();
+    settings.keep_weights = true;
+    let mut h = harness(settings);
+    // Without a session nothing can be saved.
+    assert!(
+        h.get_by_label("Save trained weights…")
+            .accesskit_node()
+            .is_disabled()
+    );
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| a.session.is_some());
+    let session = h.state().session.clone().expect("session");
+    let kept: Vec<_> = session
+        .runs
+        .iter()
+        .map(|r| {
+            r.weights_file
+                .clone()
+                .expect("every finished run keeps its weights")
+        })
+        .collect();
+    let arm = session.runs[1].arm.clone();
+    h.state_mut().selected_arm = Some(arm.clone());
+    h.run_steps(2);
+    assert!(
+        !h.get_by_label("Save trained weights…")
+            .accesskit_node()
+            .is_disabled()
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let to = dir.path().join("mine.safetensors");
+    h.state_mut().save_selected_weights(&to);
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|m| m.text.starts_with("trained weights saved")),
+        "{:?}",
+        h.state().messages
+    );
+    let model = annt::models::Model::build(
+        &annt::models::ModelSpec::new("resnet8-tiny", 10),
+        &candle_core::Device::Cpu,
+    )
+    .expect("model");
+    let report = annt::models::weights::load_pretrained(&model, &to).expect("loads back");
+    assert_eq!(report.loaded, model.params().len());
+    assert_eq!(
+        std::fs::read(&to).expect("copy"),
+        std::fs::read(&kept[1]).expect("kept"),
+        "the copy is the selected arm's ({arm}) file"
+    );
+    // The session's folder under annt's data folder is this test's to remove.
+    if let Some(folder) = kept[0].parent() {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}

@@ -47,7 +47,7 @@ impl From<Event> for WorkerMsg {
 }
 
 impl Worker {
-    pub fn start(plan: Plan, wake: Box<dyn Fn() + Send>) -> Self {
+    pub fn start(plan: Plan, options: SessionOptions, wake: Box<dyn Fn() + Send>) -> Self {
         let (tx, rx) = sync_channel::<WorkerMsg>(256);
         let stop = StopFlag::new();
         let worker_stop = stop.clone();
@@ -57,7 +57,7 @@ impl Worker {
                 let done_tx = tx.clone();
                 let mut sink = ChannelSink::new(tx, wake);
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_session(&plan, &SessionOptions::default(), &mut sink, &worker_stop)
+                    run_session(&plan, &options, &mut sink, &worker_stop)
                 }));
                 let failure = match outcome {
                     Ok(Ok(_)) => None,

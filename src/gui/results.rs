@@ -214,7 +214,8 @@ pub fn sorted(rows: &[ArmSummary], Sort { column, descending }: Sort) -> Vec<usi
 }
 
 pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
-    ui.horizontal(|ui| {
+    // Wrapped: on a narrow window the buttons flow onto a second line instead of being cut.
+    ui.horizontal_wrapped(|ui| {
         ui.heading("Comparison");
         let has = app.session.is_some();
         if ui
@@ -224,13 +225,19 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             app.act(UiAction::OpenDialog(Dialog::SaveReport));
         }
         let l = ui.label("or to path:");
-        ui.text_edit_singleline(&mut app.report_path)
+        ui.add(egui::TextEdit::singleline(&mut app.report_path).desired_width(180.0))
             .labelled_by(l.id);
         if ui
             .add_enabled(has, egui::Button::new("Save to path"))
             .clicked()
         {
             app.act(UiAction::SaveReport);
+        }
+        if ui.button("Open report…").clicked() {
+            app.act(UiAction::OpenDialog(Dialog::OpenReport));
+        }
+        if ui.button("Open path").clicked() {
+            app.act(UiAction::OpenReport);
         }
         if ui
             .add_enabled(
@@ -244,12 +251,6 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .clicked()
         {
             app.act(UiAction::OpenDialog(Dialog::SaveWeights));
-        }
-        if ui.button("Open report…").clicked() {
-            app.act(UiAction::OpenDialog(Dialog::OpenReport));
-        }
-        if ui.button("Open path").clicked() {
-            app.act(UiAction::OpenReport);
         }
     });
     let session = app.session.as_ref().or(app.live.as_ref());

@@ -6,8 +6,12 @@ use std::process::Command;
 fn annt(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_annt"))
         .args(args)
-        // Keep the user's log file out of the tests.
+        // Keep the user's log file and session journal out of the tests.
         .env("ANNT_LOG", "off")
+        .env(
+            "ANNT_SESSIONS_DIR",
+            std::env::temp_dir().join(format!("annt-test-sessions-{}", std::process::id())),
+        )
         .output()
         .expect("run annt")
 }
@@ -208,5 +212,68 @@ fn selftest_on_the_cpu_build_explains_itself_and_exits_0() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("CUDA"),
         "{out:?}"
+    );
+}
+
+#[test]
+fn a_run_is_recorded_and_its_report_written_back_from_the_journal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let sessions = dir.path().join("sessions");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_annt"))
+            .args(args)
+            .env("ANNT_LOG", "off")
+            .env("ANNT_SESSIONS_DIR", &sessions)
+            .output()
+            .expect("run annt")
+    };
+    let out = run(&[
+        "run",
+        "--train-limit",
+        "128",
+        "--test-limit",
+        "64",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["sessions", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let first = &listed[0];
+    assert_eq!(first["finished"], true, "{listed}");
+    assert_eq!(first["runs"], 1, "{listed}");
+    let id = first["id"].as_str().expect("id");
+    let report = dir.path().join("again.md");
+    let out = run(&[
+        "sessions",
+        "report",
+        id,
+        "--report",
+        report.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(&report).expect("report");
+    assert!(md.contains("baseline"), "{md}");
+    let out = run(&["sessions", "show", "no-such-session"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such session"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -442,3 +442,51 @@ fn trained_weights_are_saved_per_finished_run_and_load_back_as_pretrained() {
         .expect_err("two runs, one file");
     assert!(e.to_string().contains("name a folder"), "{e}");
 }
+
+#[test]
+fn a_session_journal_survives_a_torn_last_line_and_says_what_is_broken() {
+    use annt::engine::journal::{self, EVENTS_FILE, JournalError, PLAN_FILE};
+    let plan = ab_plan("journal", Switches::default(), 128, 1);
+    let root = tempfile::tempdir().expect("root");
+    let options = SessionOptions {
+        journal: Some(root.path().to_path_buf()),
+        ..SessionOptions::default()
+    };
+    let s =
+        run_session(&plan, &options, &mut VecSink::default(), &StopFlag::new()).expect("session");
+    let listed = journal::list(root.path()).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].finished && listed[0].runs == 2, "{listed:?}");
+    let id = listed[0].id.clone();
+    let back = journal::open(root.path(), &id).expect("open");
+    assert!(back.finished && !back.torn_tail);
+    assert_eq!(back.session, s, "reopened as it finished");
+    assert_eq!(back.plan, plan);
+
+    // A crash cut the last write (the `finished` record) in half: both runs are intact and
+    // the session reads back as interrupted, its summary rebuilt from them.
+    let events = root.path().join(&id).join(EVENTS_FILE);
+    let text = std::fs::read_to_string(&events).expect("events");
+    let last_start = text.trim_end().rfind('\n').expect("several lines") + 1;
+    let torn = &text[..last_start + (text.len() - last_start) / 2];
+    std::fs::write(&events, torn).expect("tear");
+    let back = journal::open(root.path(), &id).expect("open torn");
+    assert!(!back.finished && back.torn_tail);
+    assert_eq!(back.session.runs, s.runs, "every finished run is kept");
+    assert_eq!(back.session.summary.len(), 2);
+
+    // A damaged line before the end is an error naming the file and the line.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "{not json";
+    std::fs::write(&events, lines.join("\n") + "\n").expect("damage");
+    let e = journal::open(root.path(), &id).expect_err("damaged");
+    assert!(matches!(e, JournalError::BadLine { line: 2, .. }), "{e}");
+    assert!(e.to_string().contains(EVENTS_FILE), "{e}");
+
+    // A missing plan names the file; an unknown id says so.
+    std::fs::remove_file(root.path().join(&id).join(PLAN_FILE)).expect("rm");
+    let e = journal::open(root.path(), &id).expect_err("no plan");
+    assert!(e.to_string().contains(PLAN_FILE), "{e}");
+    let e = journal::open(root.path(), "nope").expect_err("unknown");
+    assert!(matches!(e, JournalError::NoSession { .. }), "{e}");
+}

@@ -5,6 +5,7 @@
 mod data_cmd;
 mod models_cmd;
 mod selftest_cmd;
+mod sessions_cmd;
 mod speed_cmd;
 mod train_cmd;
 
@@ -37,6 +38,10 @@ pub enum Command {
     /// Check every GPU kernel against the CPU reference (op × dtype × max relative error),
     /// then train a few steps of every model family on the GPU. Exit code 1 on a failure.
     Selftest(selftest_cmd::SelftestArgs),
+    /// Recorded sessions (every run and bench is recorded as it goes): list them, show one,
+    /// or write its report — finished or interrupted.
+    #[command(subcommand)]
+    Sessions(sessions_cmd::SessionsCommand),
 }
 
 /// Runs the parsed command line; the caller turns an error into exit code 1.
@@ -48,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => train_cmd::bench(args),
         Command::Speed(args) => speed_cmd::run(args),
         Command::Selftest(args) => selftest_cmd::run(args),
+        Command::Sessions(cmd) => sessions_cmd::run(cmd),
     }
 }
 

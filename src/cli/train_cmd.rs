@@ -173,6 +173,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let options = SessionOptions {
         save_weights: args.save_weights.map(SaveWeights::File),
+        journal: annt::engine::journal::default_root(),
         ..SessionOptions::default()
     };
     execute(&plan, &options, args.report.as_slice())
@@ -195,6 +196,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let options = SessionOptions {
         save_weights: args.save_weights.map(SaveWeights::Folder),
+        journal: annt::engine::journal::default_root(),
         ..SessionOptions::default()
     };
     execute(&plan, &options, &args.report)

@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod inspect;
+pub mod journal;
 pub mod selftest;
 pub mod session;
 pub mod speed;

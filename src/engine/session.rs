@@ -25,6 +25,9 @@ pub struct SessionOptions {
     /// Where each finished run's trained weights go (safetensors, torchvision names,
     /// loadable back as pretrained weights); `None`: they are not kept.
     pub save_weights: Option<SaveWeights>,
+    /// Record the session under this folder ([`super::journal`]): its plan, and each run's
+    /// result as it ends, on disk at once. `None`: no record.
+    pub journal: Option<PathBuf>,
 }
 
 /// Where trained weights are written, atomically (a temporary file renamed over the target).
@@ -211,6 +214,36 @@ pub fn run_session(
         summary: Vec::new(),
         notes: Vec::new(),
     };
+    // The journal: a failure to keep it is said at once, and the session goes on (its
+    // report can still be saved); nothing else depends on it.
+    let mut journal = match &options.journal {
+        Some(root) => match super::journal::Journal::create(root, plan) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                sink.emit(Event::Warning {
+                    message: format!("{e}; this session is not recorded"),
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let mut record = |sink: &mut dyn EventSink, r: super::journal::Record| {
+        if let Some(j) = &mut journal
+            && let Err(e) = j.append(&r)
+        {
+            sink.emit(Event::Warning {
+                message: format!("{e}; the rest of this session is not recorded"),
+            });
+            journal = None;
+        }
+    };
+    record(
+        sink,
+        super::journal::Record::Started {
+            session: Box::new(session.clone()),
+        },
+    );
     let total_runs = arms.len() * repeats;
     // Repeats outermost: a stopped session has whole rounds of every arm, not all repeats
     // of the first arm and none of the last.
@@ -243,6 +276,12 @@ pub fn run_session(
                         crate::models::weights::save(&trained.model, &path)?;
                         trained.result.weights_file = Some(path);
                     }
+                    record(
+                        sink,
+                        super::journal::Record::Run {
+                            result: Box::new(trained.result.clone()),
+                        },
+                    );
                     session.runs.push(trained.result);
                     if partial {
                         break 'outer;
@@ -279,12 +318,26 @@ pub fn run_session(
                         error: Some(error),
                         ..RunResult::default()
                     });
+                    if let Some(failed) = session.runs.last() {
+                        record(
+                            sink,
+                            super::journal::Record::Run {
+                                result: Box::new(failed.clone()),
+                            },
+                        );
+                    }
                 }
             }
         }
     }
     session.notes = notes(&session);
     session.summarize();
+    record(
+        sink,
+        super::journal::Record::Finished {
+            session: Box::new(session.clone()),
+        },
+    );
     sink.emit(Event::SessionFinished {
         result: Box::new(session.clone()),
     });

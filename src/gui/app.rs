@@ -62,6 +62,8 @@ pub struct AnntApp {
     pub(super) title: Option<String>,
     /// When this frame's `logic` began (the frame-time readout covers logic and drawing).
     pub(super) frame_start: Option<Instant>,
+    /// Where sessions are recorded (`engine::journal`; `None`: not recorded).
+    pub sessions_root: Option<std::path::PathBuf>,
     /// What the panels asked for during this frame (applied at its end).
     pub(super) actions: Vec<action::UiAction>,
 }
@@ -126,6 +128,7 @@ impl AnntApp {
             frame_ms: Default::default(),
             title: None,
             actions: Vec::new(),
+            sessions_root: annt::engine::journal::default_root(),
             frame_start: None,
         }
     }
@@ -153,6 +156,8 @@ impl AnntApp {
                         .keep_weights
                         .then(session_weights_folder)
                         .flatten(),
+                    // Recorded as it goes (`annt sessions list` shows it afterwards).
+                    journal: self.sessions_root.clone(),
                     ..Default::default()
                 };
                 self.worker = Some(Worker::start(

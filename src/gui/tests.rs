@@ -24,7 +24,12 @@ fn harness(settings: Settings) -> Harness<'static, AnntApp> {
     Harness::builder()
         // Tall enough that every section of the left panel is on screen.
         .with_size(egui::vec2(1280.0, 1500.0))
-        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), AnntApp::new(settings))
+        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
+            let mut app = AnntApp::new(settings);
+            // The tests' sessions are not the user's: nothing goes to their journal folder.
+            app.sessions_root = None;
+            app
+        })
 }
 
 /// How long [`run_until`] waits before it calls a test hung. It bounds nothing a test

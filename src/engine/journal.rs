@@ -1,0 +1,266 @@
+//! Crash-safe session records: every session gets a folder holding its plan and a journal
+//! of what finished, one JSON record per line, each written and `fsync`ed as it happens, so
+//! a closed window, a crash, a kill or a power cut loses at most the run in flight.
+//!
+//! `<root>/<unix seconds>-<preset name>/plan.json` is written atomically before the first
+//! run; `events.jsonl` gets a `started` record (the session's header: environment, arms,
+//! order seed), one `run` record per run as it ends (its whole result, failed runs too) and
+//! a `finished` record. [`open`] rebuilds the session from them — as it was when it ended, or
+//! as far as it got — tolerating a torn last line (a write cut off by the crash).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::plan::Plan;
+use crate::bench::result::{RunResult, SessionResult};
+
+pub const PLAN_FILE: &str = "plan.json";
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// Where sessions are recorded when nothing else is said: `ANNT_SESSIONS_DIR`, else
+/// `sessions/` in annt's data folder.
+pub fn default_root() -> Option<PathBuf> {
+    std::env::var_os("ANNT_SESSIONS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| crate::data::download::default_data_dir().map(|d| d.join("sessions")))
+}
+
+/// One line of `events.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "kebab-case")]
+pub enum Record {
+    /// The session's header (no runs yet).
+    Started { session: Box<SessionResult> },
+    /// A run that ended: finished, stopped part-way or failed.
+    Run { result: Box<RunResult> },
+    /// The whole session as it was reported.
+    Finished { session: Box<SessionResult> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot write the session journal ({source}): {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read ({source}): {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no such session {id:?} in {}", root.display())]
+    NoSession { root: PathBuf, id: String },
+    #[error("{}: line {line} is not a journal record ({reason}); the lines before it are intact", path.display())]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{}: not a plan ({reason})", path.display())]
+    BadPlan { path: PathBuf, reason: String },
+    #[error("{}: the journal has no session header (it was cut off before the first run)", path.display())]
+    NoHeader { path: PathBuf },
+}
+
+/// An open journal, appending.
+pub struct Journal {
+    dir: PathBuf,
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// A new session folder under `root` with the plan in it.
+    pub fn create(root: &Path, plan: &Plan) -> Result<Self, JournalError> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let slug: String = plan
+            .preset
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let mut dir = root.join(format!("{secs}-{}", slug.trim_matches('-')));
+        // Two sessions in one second get distinct folders.
+        let mut n = 1;
+        while dir.exists() {
+            n += 1;
+            dir = root.join(format!("{secs}-{}-{n}", slug.trim_matches('-')));
+        }
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Write { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+        let plan_path = dir.join(PLAN_FILE);
+        let text = serde_json::to_string_pretty(plan)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(write_err(&plan_path))?;
+        crate::util::atomic_write::write_atomic(&plan_path, text.as_bytes())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(write_err(&plan_path))?;
+        let events = dir.join(EVENTS_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&events)
+            .map_err(write_err(&events))?;
+        Ok(Self { dir, file })
+    }
+
+    /// The session's folder (its name is the session's id).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record and waits until it is on disk.
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        let path = self.dir.join(EVENTS_FILE);
+        let err = |source| JournalError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut line =
+            serde_json::to_string(record).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+}
+
+/// A session read back from its folder.
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub id: String,
+    pub plan: Plan,
+    /// The session as reported when it finished, or assembled from its runs so far.
+    pub session: SessionResult,
+    /// Whether its `finished` record is there (false: it was interrupted).
+    pub finished: bool,
+    /// A last line cut off mid-write was skipped.
+    pub torn_tail: bool,
+}
+
+/// Reads the session `id` under `root`.
+pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
+    let dir = root.join(id);
+    if id.is_empty() || id.contains(['/', '\\']) || id.contains("..") || !dir.is_dir() {
+        return Err(JournalError::NoSession {
+            root: root.to_path_buf(),
+            id: id.to_string(),
+        });
+    }
+    let plan_path = dir.join(PLAN_FILE);
+    let text = std::fs::read_to_string(&plan_path).map_err(|source| JournalError::Read {
+        path: plan_path.clone(),
+        source,
+    })?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|e| JournalError::BadPlan {
+        path: plan_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let events = dir.join(EVENTS_FILE);
+    let text = std::fs::read_to_string(&events).map_err(|source| JournalError::Read {
+        path: events.clone(),
+        source,
+    })?;
+    let complete_tail = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut header = None;
+    let mut finished = None;
+    let mut runs = Vec::new();
+    let mut torn_tail = false;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(Record::Started { session }) => header = Some(*session),
+            Ok(Record::Run { result }) => runs.push(*result),
+            Ok(Record::Finished { session }) => finished = Some(*session),
+            // The last line, cut off before its newline: the write the crash interrupted.
+            Err(_) if i + 1 == lines.len() && !complete_tail => torn_tail = true,
+            Err(e) => {
+                return Err(JournalError::BadLine {
+                    path: events.clone(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    let is_finished = finished.is_some();
+    let session = match finished {
+        Some(s) => s,
+        None => {
+            let mut s = header.ok_or(JournalError::NoHeader {
+                path: events.clone(),
+            })?;
+            s.runs = runs;
+            s.summarize();
+            s
+        }
+    };
+    Ok(Recovered {
+        id: id.to_string(),
+        plan,
+        session,
+        finished: is_finished,
+        torn_tail,
+    })
+}
+
+/// One line of [`list`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub preset: String,
+    pub runs: usize,
+    pub finished: bool,
+    /// Why it could not be read, when it could not.
+    pub problem: Option<String>,
+}
+
+/// Every session under `root`, newest first.
+pub fn list(root: &Path) -> Result<Vec<Listed>, JournalError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(JournalError::Read {
+                path: root.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(PLAN_FILE).exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    Ok(ids
+        .into_iter()
+        .map(|id| match open(root, &id) {
+            Ok(r) => Listed {
+                id,
+                preset: r.plan.preset.name.clone(),
+                runs: r.session.runs.len(),
+                finished: r.finished,
+                problem: None,
+            },
+            Err(e) => Listed {
+                id,
+                preset: String::new(),
+                runs: 0,
+                finished: false,
+                problem: Some(e.to_string()),
+            },
+        })
+        .collect())
+}

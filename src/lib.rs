@@ -19,8 +19,9 @@
 //! - [`train`]: optimisers, schedules, metrics, step timing and memory peaks.
 //! - [`engine`]: one arm's training loop ([`engine::trainer`]), a session of arms
 //!   ([`engine::session`]), events and the stop flag, the PyTorch-comparable speed workload
-//!   ([`engine::speed`]), the GPU self-test, and [`engine::inspect`]: what the front ends ask
-//!   besides a run (a data set's preview, parameter counts, a weights check, a download).
+//!   ([`engine::speed`]), the GPU self-test, the crash-safe session record
+//!   ([`engine::journal`]), and [`engine::inspect`]: what the front ends ask besides a run (a
+//!   data set's preview, parameter counts, a weights check, a download).
 //! - [`mod@bench`]: plans (A/B, ablation, arm order) and results with their definitions —
 //!   data the engine consumes and fills, depending on no engine code.
 //! - [`report`]: JSON (schema-versioned, readable back), CSV, Markdown and HTML reports.

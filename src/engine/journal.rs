@@ -79,18 +79,22 @@ impl Journal {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let slug: String = plan
+        let slug = plan
             .preset
             .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let mut dir = root.join(format!("{secs}-{}", slug.trim_matches('-')));
+            .collect::<String>()
+            .split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        let mut dir = root.join(format!("{secs}-{slug}"));
         // Two sessions in one second get distinct folders.
         let mut n = 1;
         while dir.exists() {
             n += 1;
-            dir = root.join(format!("{secs}-{}-{n}", slug.trim_matches('-')));
+            dir = root.join(format!("{secs}-{slug}-{n}"));
         }
         let write_err = |path: &Path| {
             let path = path.to_path_buf();

@@ -34,6 +34,8 @@ pub enum UiAction {
     /// Save the session's report at the report path field.
     SaveReport,
     Download(CifarVariant),
+    /// Reopen a recorded session by its id.
+    OpenSession(String),
 }
 
 impl AnntApp {
@@ -68,6 +70,7 @@ impl AnntApp {
                 UiAction::SavePreset => self.save_preset_to_path(),
                 UiAction::OpenReport => self.open_report_from_path(),
                 UiAction::SaveReport => self.save_report_to_path(),
+                UiAction::OpenSession(id) => self.open_session(&id),
                 UiAction::Download(variant) => {
                     if self.download.is_none() {
                         self.download = Some(Download::start(variant));

@@ -64,6 +64,9 @@ pub struct AnntApp {
     pub(super) frame_start: Option<Instant>,
     /// Where sessions are recorded (`engine::journal`; `None`: not recorded).
     pub sessions_root: Option<std::path::PathBuf>,
+    /// The recorded sessions, read off the UI thread when the Sessions menu opens.
+    pub(super) sessions_list: Option<Vec<annt::engine::journal::Listed>>,
+    pub(super) sessions_job: Option<Receiver<Vec<annt::engine::journal::Listed>>>,
     /// What the panels asked for during this frame (applied at its end).
     pub(super) actions: Vec<action::UiAction>,
 }
@@ -129,6 +132,8 @@ impl AnntApp {
             title: None,
             actions: Vec::new(),
             sessions_root: annt::engine::journal::default_root(),
+            sessions_list: None,
+            sessions_job: None,
             frame_start: None,
         }
     }

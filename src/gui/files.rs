@@ -98,34 +98,57 @@ impl AnntApp {
         let path = std::path::PathBuf::from(self.report_path.trim());
         match annt::report::read_json(&path) {
             Ok(s) => {
-                self.runs = s
-                    .runs
-                    .iter()
-                    .map(|r| RunView {
-                        arm: r.arm.clone(),
-                        repeat: r.repeat,
-                        epochs: r.epochs.clone(),
-                        step: r.optimizer_steps,
-                        total_steps: r.optimizer_steps,
-                        started: None,
-                        finished: true,
-                        status: format!(
-                            "{} (from {})",
-                            annt::report::fmt::status(r.status),
-                            path.display()
-                        ),
-                        micro_batch: r.micro_batch,
-                        images_per_sec: r.timing.images_per_sec,
-                    })
-                    .collect();
-                self.finished = s.runs.clone();
-                self.session = Some(s);
+                self.show_session(s, &path.display().to_string());
                 self.messages
                     .push(Message::info(format!("report opened: {}", path.display())));
             }
             Err(e) => self.messages.push(Message::error(format!(
                 "{e} (give the path of a .json report)"
             ))),
+        }
+    }
+
+    /// Puts a finished (or recovered) session in the curves and the table, as if it had just
+    /// run; `source` says where it came from.
+    fn show_session(&mut self, s: annt::bench::result::SessionResult, source: &str) {
+        self.runs = s
+            .runs
+            .iter()
+            .map(|r| RunView {
+                arm: r.arm.clone(),
+                repeat: r.repeat,
+                epochs: r.epochs.clone(),
+                step: r.optimizer_steps,
+                total_steps: r.optimizer_steps,
+                started: None,
+                finished: true,
+                status: format!("{} (from {source})", annt::report::fmt::status(r.status)),
+                micro_batch: r.micro_batch,
+                images_per_sec: r.timing.images_per_sec,
+            })
+            .collect();
+        self.finished = s.runs.clone();
+        self.session = Some(s);
+    }
+
+    /// Reopens the recorded session `id` (`engine::journal`): finished, or as far as it got.
+    pub fn open_session(&mut self, id: &str) {
+        let Some(root) = self.sessions_root.clone() else {
+            self.messages
+                .push(Message::error("sessions are not recorded on this system"));
+            return;
+        };
+        match annt::engine::journal::open(&root, id) {
+            Ok(r) => {
+                let runs = r.session.runs.len();
+                self.show_session(r.session, &format!("session {id}"));
+                self.messages.push(Message::info(if r.finished {
+                    format!("session {id} reopened")
+                } else {
+                    format!("session {id} reopened: interrupted after {runs} run(s)")
+                }));
+            }
+            Err(e) => self.messages.push(Message::error(e.to_string())),
         }
     }
     /// Validates a dropped or chosen data path off the UI thread; it becomes the data

@@ -87,6 +87,12 @@ impl AnntApp {
                     .push(Message::error(format!("parameter counts: {e}"))),
             }
         }
+        if let Some(rx) = &self.sessions_job
+            && let Ok(list) = rx.try_recv()
+        {
+            self.sessions_job = None;
+            self.sessions_list = Some(list);
+        }
         if let Some(rx) = &self.report_job
             && let Ok(r) = rx.try_recv()
         {
@@ -207,7 +213,11 @@ impl AnntApp {
                 self.messages
                     .push(Message::error(format!("{arm} failed: {error}")))
             }
-            WorkerMsg::Event(Event::SessionFinished { result }) => self.session = Some(*result),
+            WorkerMsg::Event(Event::SessionFinished { result }) => {
+                self.session = Some(*result);
+                // The Sessions menu reads the journal afresh: this one is in it now.
+                self.sessions_list = None;
+            }
             WorkerMsg::Event(Event::SessionStarted { .. }) => {}
             WorkerMsg::Failed(e) => {
                 if e.is_device() {

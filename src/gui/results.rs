@@ -213,6 +213,49 @@ pub fn sorted(rows: &[ArmSummary], Sort { column, descending }: Sort) -> Vec<usi
     idx
 }
 
+/// The recorded sessions, newest first (read on a helper thread each time the menu opens).
+fn sessions_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
+    ui.set_min_width(380.0);
+    if app.sessions_list.is_none() && app.sessions_job.is_none() {
+        let root = app.sessions_root.clone();
+        app.sessions_job = Some(super::jobs::spawn(move || {
+            root.and_then(|r| annt::engine::journal::list(&r).ok())
+                .unwrap_or_default()
+        }));
+    }
+    let Some(list) = app.sessions_list.clone() else {
+        ui.label("reading…");
+        return;
+    };
+    if list.is_empty() {
+        ui.label("no sessions recorded yet");
+    }
+    for s in list.iter().take(20) {
+        let text = match &s.problem {
+            Some(p) => format!("{} — unreadable: {p}", s.id),
+            None => format!(
+                "{} — {} run(s), {}",
+                s.id,
+                s.runs,
+                if s.finished {
+                    "finished"
+                } else {
+                    "interrupted"
+                }
+            ),
+        };
+        if ui
+            .add_enabled(s.problem.is_none(), egui::Button::new(text))
+            .clicked()
+        {
+            app.act(UiAction::OpenSession(s.id.clone()));
+            // Read afresh next time (a session may have finished meanwhile).
+            app.sessions_list = None;
+            ui.close();
+        }
+    }
+}
+
 pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
     // Wrapped: on a narrow window the buttons flow onto a second line instead of being cut.
     ui.horizontal_wrapped(|ui| {
@@ -233,6 +276,7 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         {
             app.act(UiAction::SaveReport);
         }
+        ui.menu_button("Sessions", |ui| sessions_menu(app, ui));
         if ui.button("Open report…").clicked() {
             app.act(UiAction::OpenDialog(Dialog::OpenReport));
         }

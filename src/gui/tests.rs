@@ -426,3 +426,25 @@ fn kept_trained_weights_are_saved_for_the_selected_arm() {
         let _ = std::fs::remove_dir_all(folder);
     }
 }
+
+#[test]
+fn a_recorded_session_reopens_from_the_sessions_menu() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut h = harness(quick());
+    h.state_mut().sessions_root = Some(dir.path().to_path_buf());
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
+    let original = h.state().session.clone().expect("session");
+    h.state_mut().session = None;
+    h.get_by_label("Sessions").click();
+    run_until(&mut h, HANG, |a| a.sessions_list.is_some());
+    h.run_steps(2);
+    h.get_by_label_contains("2 run(s), finished").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().session.as_ref().expect("reopened"),
+        &original,
+        "{:?}",
+        h.state().messages
+    );
+}

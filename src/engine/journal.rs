@@ -79,16 +79,7 @@ impl Journal {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let slug = plan
-            .preset
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect::<String>()
-            .split('-')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join("-");
+        let slug = crate::util::file_safe(&plan.preset.name);
         let mut dir = root.join(format!("{secs}-{slug}"));
         // Two sessions in one second get distinct folders.
         let mut n = 1;

@@ -46,15 +46,7 @@ impl SaveWeights {
         match self {
             SaveWeights::File(p) => p.clone(),
             SaveWeights::Folder(dir) => {
-                let slug: String = arm
-                    .replace('×', "x")
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                    .collect::<String>()
-                    .split('-')
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("-");
+                let slug = crate::util::file_safe(&arm.replace('×', "x"));
                 dir.join(format!("{slug}-r{}.safetensors", repeat + 1))
             }
         }

@@ -13,6 +13,35 @@ fn cpu_real(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
+/// A kernel's f32 and f64 forms, `x → y`.
+type PointwiseForward = (fn(&[f32]) -> Vec<f32>, fn(&[f64]) -> Vec<f64>);
+/// A kernel's f32 and f64 forms, `(x, grad) → input grad`.
+type PointwiseBackward = (
+    fn(&[f32], &[f32]) -> Vec<f32>,
+    fn(&[f64], &[f64]) -> Vec<f64>,
+);
+
+/// An element-wise CPU op with its own backward: `forward(x)` as the value, and
+/// `backward(x, grad)` as the input gradient (so the graph keeps the input, not the output).
+/// `x` must be an f32/f64 CPU tensor ([`cpu_real`]).
+fn pointwise(
+    name: &'static str,
+    x: &Tensor,
+    forward: PointwiseForward,
+    backward: PointwiseBackward,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = raw(&x.detach(), x.shape(), forward.0, forward.1)?;
+    attach1(
+        name,
+        &x,
+        y,
+        Box::new(move |x, grad| {
+            map_real2(x, &grad.contiguous()?, x.shape(), backward.0, backward.1)
+        }),
+    )
+}
+
 /// `max(x, 0)`. On the CPU one pass forward and one backward (`g` where `x > 0`); Candle's
 /// `relu` records a comparison, a cast and a product for its backward — three passes and
 /// three buffers per activation. Elsewhere Candle's op.
@@ -20,26 +49,17 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !cpu_real(x) {
         return x.relu();
     }
-    let x = x.contiguous()?;
-    let y = raw(
-        &x.detach(),
-        x.shape(),
-        kernels_cpu::relu_forward::<f32>,
-        kernels_cpu::relu_forward::<f64>,
-    )?;
-    attach1(
+    pointwise(
         "annt-relu",
-        &x,
-        y,
-        Box::new(|x, grad| {
-            map_real2(
-                x,
-                &grad.contiguous()?,
-                x.shape(),
-                kernels_cpu::relu_backward::<f32>,
-                kernels_cpu::relu_backward::<f64>,
-            )
-        }),
+        x,
+        (
+            kernels_cpu::relu_forward::<f32>,
+            kernels_cpu::relu_forward::<f64>,
+        ),
+        (
+            kernels_cpu::relu_backward::<f32>,
+            kernels_cpu::relu_backward::<f64>,
+        ),
     )
 }
 
@@ -86,26 +106,17 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if !cpu_real(x) {
         return x.gelu_erf();
     }
-    let x = x.contiguous()?;
-    let y = raw(
-        &x.detach(),
-        x.shape(),
-        kernels_cpu::gelu_forward::<f32>,
-        kernels_cpu::gelu_forward::<f64>,
-    )?;
-    attach1(
+    pointwise(
         "annt-gelu",
-        &x,
-        y,
-        Box::new(|x, grad| {
-            map_real2(
-                x,
-                &grad.contiguous()?,
-                x.shape(),
-                kernels_cpu::gelu_backward::<f32>,
-                kernels_cpu::gelu_backward::<f64>,
-            )
-        }),
+        x,
+        (
+            kernels_cpu::gelu_forward::<f32>,
+            kernels_cpu::gelu_forward::<f64>,
+        ),
+        (
+            kernels_cpu::gelu_backward::<f32>,
+            kernels_cpu::gelu_backward::<f64>,
+        ),
     )
 }
 

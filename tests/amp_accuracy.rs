@@ -82,6 +82,7 @@ fn train_and_score(
         &Device::Cpu,
         &mut VecSink::default(),
         &StopFlag::new(),
+        None,
     )
     .expect("train");
     let (_, confusion) = evaluate(

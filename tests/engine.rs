@@ -53,6 +53,7 @@ fn train_one(run: RunConfig) -> annt::engine::trainer::TrainedRun {
         &Device::Cpu,
         &mut VecSink::default(),
         &StopFlag::new(),
+        None,
     )
     .expect("train")
 }
@@ -373,6 +374,7 @@ fn the_step_loop_reads_the_device_at_most_once_per_progress_tick_and_epoch() {
         &Device::Cpu,
         &mut sink,
         &StopFlag::new(),
+        None,
     )
     .expect("train");
     let reads = annt::engine::trainer::host_reads_on_this_thread() - before;
@@ -459,7 +461,7 @@ fn a_session_journal_survives_a_torn_last_line_and_says_what_is_broken() {
     assert!(listed[0].finished && listed[0].runs == 2, "{listed:?}");
     let id = listed[0].id.clone();
     let back = journal::open(root.path(), &id).expect("open");
-    assert!(back.finished && !back.torn_tail);
+    assert!(back.finished && !back.torn());
     assert_eq!(back.session, s, "reopened as it finished");
     assert_eq!(back.plan, plan);
 
@@ -471,7 +473,7 @@ fn a_session_journal_survives_a_torn_last_line_and_says_what_is_broken() {
     let torn = &text[..last_start + (text.len() - last_start) / 2];
     std::fs::write(&events, torn).expect("tear");
     let back = journal::open(root.path(), &id).expect("open torn");
-    assert!(!back.finished && back.torn_tail);
+    assert!(!back.finished && back.torn());
     assert_eq!(back.session.runs, s.runs, "every finished run is kept");
     assert_eq!(back.session.summary.len(), 2);
 

@@ -84,7 +84,7 @@ pub enum Unscaled {
 /// before the step. An overflow multiplies the scale by `backoff_factor` and skips the step;
 /// `growth_interval` finite steps in a row multiply it by `growth_factor` (a grown scale that
 /// would be infinite is not applied, as in PyTorch).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LossScaler {
     scale: f64,
     growth_factor: f64,

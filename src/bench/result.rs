@@ -140,6 +140,61 @@ pub struct RunResult {
     /// Where this run's trained weights were saved (safetensors), when they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_file: Option<std::path::PathBuf>,
+    /// Checkpoints the run wrote (`engine::checkpoint`); none when checkpointing was off.
+    #[serde(default, skip_serializing_if = "CheckpointStats::is_empty")]
+    pub checkpoints: CheckpointStats,
+    /// Set when the run continued from a checkpoint after an interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumed>,
+}
+
+/// What writing a run's checkpoints cost. Their time is part of the run's wall and
+/// training time but never of a step's (images/s and ms/step exclude it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    pub count: u32,
+    pub total_secs: f64,
+    pub max_secs: f64,
+    /// Size of the last one on disk.
+    pub last_bytes: u64,
+}
+
+impl CheckpointStats {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn add(&mut self, secs: f64, bytes: u64) {
+        self.count += 1;
+        self.total_secs += secs;
+        self.max_secs = self.max_secs.max(secs);
+        self.last_bytes = bytes;
+    }
+
+    /// Mean seconds per checkpoint.
+    pub fn mean_secs(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_secs / f64::from(self.count)
+        }
+    }
+}
+
+/// Where a resumed run picked up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// Times it was resumed (each from its newest checkpoint).
+    pub times: u32,
+    /// The last resume's starting point: optimiser step, epochs finished, micro-batches of
+    /// the next epoch already trained.
+    pub from_step: u64,
+    pub from_epoch: usize,
+    pub from_batch: usize,
+    /// Whether the kernels that ran are deterministic (the CPU's are), so the run is
+    /// bit-identical to one never interrupted; on CUDA it is equal up to the
+    /// non-deterministic order of some reductions.
+    pub bit_identical: bool,
 }
 
 /// Mean and sample standard deviation over repeats.

@@ -98,7 +98,7 @@ pub fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
                     "session {} was interrupted: {} run(s) recorded{}",
                     r.id,
                     r.session.runs.len(),
-                    if r.torn_tail {
+                    if r.torn() {
                         " (a last line cut off by the interruption was skipped)"
                     } else {
                         ""

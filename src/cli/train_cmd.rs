@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use annt::accel::amp::AmpMode;
 use annt::bench::plan::{Plan, PlanKind};
 use annt::config::{DeviceChoice, Preset};
+use annt::engine::checkpoint::CheckpointPolicy;
+use annt::engine::session::Resume;
 use annt::engine::{Event, EventSink, SaveWeights, SessionOptions, StopFlag, run_session};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -65,10 +67,39 @@ pub struct RunFlags {
     pub seed: Option<u64>,
 }
 
+/// When the run in flight saves a checkpoint into its session's folder (for `--resume`).
+#[derive(Debug, Args)]
+pub struct CheckpointFlags {
+    /// Save a checkpoint after every N-th epoch (0: not by epochs).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub checkpoint_every_epochs: usize,
+    /// Also save one once this many minutes have passed since the last (mid-epoch too).
+    #[arg(long, value_name = "MINUTES")]
+    pub checkpoint_every_minutes: Option<f64>,
+}
+
+impl CheckpointFlags {
+    fn policy(&self) -> anyhow::Result<CheckpointPolicy> {
+        if let Some(m) = self.checkpoint_every_minutes
+            && !(m.is_finite() && m > 0.0)
+        {
+            anyhow::bail!(
+                "--checkpoint-every-minutes must be a positive number of minutes, not {m}"
+            );
+        }
+        Ok(CheckpointPolicy {
+            every_epochs: self.checkpoint_every_epochs,
+            every_minutes: self.checkpoint_every_minutes,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub flags: RunFlags,
+    #[command(flatten)]
+    pub checkpoints: CheckpointFlags,
     /// Gradient accumulation: micro-batches per optimiser step.
     #[arg(long)]
     pub accum: Option<usize>,
@@ -109,6 +140,16 @@ pub struct BenchArgs {
     /// `<arm>-r<repeat>.safetensors` each (loadable back with --weights).
     #[arg(long, value_name = "DIR")]
     pub save_weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub checkpoints: CheckpointFlags,
+    /// Continue the recorded session ID (`annt sessions list`): its finished runs are
+    /// kept, the run that was in flight continues from its last checkpoint, the rest run.
+    /// The plan is the session's own; plan flags are refused.
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
+    /// Where sessions are recorded (default: ANNT_SESSIONS_DIR, else annt's data folder).
+    #[arg(long, value_name = "DIR")]
+    pub sessions_dir: Option<PathBuf>,
 }
 
 fn load_preset(flags: &RunFlags) -> anyhow::Result<Preset> {
@@ -174,21 +215,69 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = SessionOptions {
         save_weights: args.save_weights.map(SaveWeights::File),
         journal: annt::engine::journal::default_root(),
+        checkpoints: args.checkpoints.policy()?,
         ..SessionOptions::default()
     };
     execute(&plan, &options, args.report.as_slice())
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    // Fail on a bad report path before training for minutes.
+    for path in &args.report {
+        annt::report::ReportFormat::from_path(path)?;
+    }
+    let root = args
+        .sessions_dir
+        .clone()
+        .or_else(annt::engine::journal::default_root);
+    if let Some(id) = &args.resume {
+        let f = &args.flags;
+        let plan_flags = f.preset.is_some()
+            || f.data.is_some()
+            || f.model.is_some()
+            || f.epochs.is_some()
+            || f.batch.is_some()
+            || f.max_images.is_some()
+            || f.train_limit.is_some()
+            || f.test_limit.is_some()
+            || f.weights.is_some()
+            || f.device.is_some()
+            || f.seed.is_some();
+        if plan_flags {
+            anyhow::bail!(
+                "--resume continues session {id} with its recorded plan; drop the plan flags (--preset, --data, --model, …)"
+            );
+        }
+        let root =
+            root.context("no folder for sessions: set ANNT_SESSIONS_DIR or --sessions-dir")?;
+        let recovered = annt::engine::journal::open(&root, id)?;
+        let kept = recovered
+            .session
+            .runs
+            .iter()
+            .filter(|r| r.status.counts())
+            .count();
+        eprintln!(
+            "resuming session {id}: {kept} finished run(s) kept{}",
+            match recovered.in_flight.first() {
+                Some((arm, repeat)) => format!(", {arm} (repeat {}) was in flight", repeat + 1),
+                None => String::new(),
+            }
+        );
+        let options = SessionOptions {
+            save_weights: args.save_weights.map(SaveWeights::Folder),
+            journal: Some(root),
+            checkpoints: args.checkpoints.policy()?,
+            resume: Some(Resume::from(&recovered)),
+            ..SessionOptions::default()
+        };
+        return execute(&recovered.plan, &options, &args.report);
+    }
     let preset = load_preset(&args.flags)?;
     let kind = match args.plan {
         PlanArg::Ab => PlanKind::Ab,
         PlanArg::Ablation => PlanKind::Ablation,
     };
-    // Fail on a bad report path before training for minutes.
-    for path in &args.report {
-        annt::report::ReportFormat::from_path(path)?;
-    }
     let plan = Plan {
         kind,
         repeats: args.repeats as usize,
@@ -196,7 +285,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let options = SessionOptions {
         save_weights: args.save_weights.map(SaveWeights::Folder),
-        journal: annt::engine::journal::default_root(),
+        journal: root,
+        checkpoints: args.checkpoints.policy()?,
         ..SessionOptions::default()
     };
     execute(&plan, &options, &args.report)
@@ -301,6 +391,7 @@ impl EventSink for ConsoleSink {
                 eprintln!("  {} finished ({:?}): {:.1} s wall, {:.1}% test accuracy", result.arm, result.status, result.wall_secs, 100.0 * result.final_test_accuracy);
             }
             Event::Warning { message } => self.println(format!("warning: {message}")),
+            Event::Notice { message } => self.println(message),
             Event::RunFailed { arm, error, .. } => self.println(format!("error: {arm}: {error}")),
             Event::SessionFinished { .. } => self.finish(),
         }

@@ -261,13 +261,29 @@ impl<S: BatchStorage> Prefetcher<S> {
         split: Split,
         cfg: LoaderConfig,
         epoch: usize,
+        alloc: impl FnMut(usize) -> S + Send + 'static,
+    ) -> Self {
+        Self::with_storage_from(data, split, cfg, epoch, 0, alloc)
+    }
+
+    /// Like [`Prefetcher::with_storage`], starting at batch `first` of the epoch: a run
+    /// resumed from a checkpoint taken mid-epoch gets exactly the batches it had not yet
+    /// trained on (the order and augmentation depend only on seed, epoch and image).
+    pub fn with_storage_from(
+        data: Arc<Dataset>,
+        split: Split,
+        cfg: LoaderConfig,
+        epoch: usize,
+        first: usize,
         mut alloc: impl FnMut(usize) -> S + Send + 'static,
     ) -> Self {
         let depth = cfg.prefetch.max(1);
         let (tx, rx) = sync_channel::<Batch<S>>(depth);
         let (recycle_tx, recycle_rx) = sync_channel::<S>(depth + 2);
         let stop = Arc::new(AtomicBool::new(false));
-        let remaining = cfg.batches_per_epoch(split.of(&data).len());
+        let remaining = cfg
+            .batches_per_epoch(split.of(&data).len())
+            .saturating_sub(first);
         let stop_w = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("annt-loader".into())
@@ -276,7 +292,7 @@ impl<S: BatchStorage> Prefetcher<S> {
                 let ib = set.image_bytes();
                 let b = cfg.batch_size.max(1);
                 let order = epoch_order(set.len(), cfg.seed, epoch, cfg.shuffle);
-                for k in 0..cfg.batches_per_epoch(set.len()) {
+                for k in first..cfg.batches_per_epoch(set.len()) {
                     if stop_w.load(Ordering::Relaxed) {
                         return;
                     }
@@ -417,6 +433,14 @@ mod tests {
             assert_eq!(g.0, w.pixels);
             assert_eq!(g.1, w.labels);
         }
+        // Started part-way (a resumed run): the same batches from there on.
+        let pf = Prefetcher::with_storage_from(Arc::clone(&data), Split::Train, cfg, 3, 5, |n| {
+            vec![0u8; n]
+        });
+        assert_eq!(pf.remaining(), want.len() - 5);
+        let rest: Vec<Vec<u32>> = pf.map(|b| b.expect("batch").labels).collect();
+        let want_rest: Vec<Vec<u32>> = want[5..].iter().map(|b| b.labels.clone()).collect();
+        assert_eq!(rest, want_rest);
     }
 
     #[test]

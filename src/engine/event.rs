@@ -51,6 +51,11 @@ pub enum Event {
     RunFinished {
         result: Box<RunResult>,
     },
+    /// Something the user should know that is not a problem (a run resumed from a
+    /// checkpoint).
+    Notice {
+        message: String,
+    },
     Warning {
         message: String,
     },

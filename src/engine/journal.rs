@@ -33,8 +33,14 @@ pub fn default_root() -> Option<PathBuf> {
 pub enum Record {
     /// The session's header (no runs yet).
     Started { session: Box<SessionResult> },
-    /// A run that ended: finished, stopped part-way or failed.
+    /// A run that began training (its checkpoints, if any, are in
+    /// `checkpoints/r<repeat>-<arm>/`).
+    Begun { arm: String, repeat: usize },
+    /// A run that ended: finished, stopped part-way or failed. A later record of the same
+    /// arm and repeat (the run again, after a resume) replaces it.
     Run { result: Box<RunResult> },
+    /// The session was resumed by another process (Unix seconds).
+    Resumed { at: u64 },
     /// The whole session as it was reported.
     Finished { session: Box<SessionResult> },
 }
@@ -108,6 +114,37 @@ impl Journal {
         Ok(Self { dir, file })
     }
 
+    /// Opens an existing session's journal to append to it (a resumed session).
+    pub fn reopen(dir: &Path) -> Result<Self, JournalError> {
+        let events = dir.join(EVENTS_FILE);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .map_err(|source| JournalError::Write {
+                path: events.clone(),
+                source,
+            })?;
+        let mut journal = Self {
+            dir: dir.to_path_buf(),
+            file,
+        };
+        // A torn last line (the crash cut a write short) ends with a newline now, so the
+        // next record starts on a line of its own and the torn one stays the only bad one.
+        let text = std::fs::read(&events).map_err(|source| JournalError::Read {
+            path: events.clone(),
+            source,
+        })?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            let err = |source| JournalError::Write {
+                path: events.clone(),
+                source,
+            };
+            journal.file.write_all(b"\n").map_err(err)?;
+            journal.file.sync_data().map_err(err)?;
+        }
+        Ok(journal)
+    }
+
     /// The session's folder (its name is the session's id).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -132,13 +169,25 @@ impl Journal {
 #[derive(Clone, Debug)]
 pub struct Recovered {
     pub id: String,
+    /// The session's folder.
+    pub dir: PathBuf,
     pub plan: Plan,
     /// The session as reported when it finished, or assembled from its runs so far.
     pub session: SessionResult,
     /// Whether its `finished` record is there (false: it was interrupted).
     pub finished: bool,
-    /// A last line cut off mid-write was skipped.
-    pub torn_tail: bool,
+    /// Lines cut off mid-write that were skipped (the last line, or one that a resumed
+    /// session closed with a newline), 1-based.
+    pub torn_lines: Vec<usize>,
+    /// Runs that began but have no `run` record: the one in flight when it stopped.
+    pub in_flight: Vec<(String, usize)>,
+}
+
+impl Recovered {
+    /// A torn write was skipped.
+    pub fn torn(&self) -> bool {
+        !self.torn_lines.is_empty()
+    }
 }
 
 /// Reads the session `id` under `root`.
@@ -168,18 +217,34 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
     let lines: Vec<&str> = text.lines().collect();
     let mut header = None;
     let mut finished = None;
-    let mut runs = Vec::new();
-    let mut torn_tail = false;
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut begun: Vec<(String, usize)> = Vec::new();
+    let mut torn_lines = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
+        let next_is_resumed = lines.get(i + 1).is_some_and(|l| {
+            matches!(
+                serde_json::from_str::<Record>(l),
+                Ok(Record::Resumed { .. })
+            )
+        });
         match serde_json::from_str::<Record>(line) {
             Ok(Record::Started { session }) => header = Some(*session),
-            Ok(Record::Run { result }) => runs.push(*result),
+            Ok(Record::Begun { arm, repeat }) => begun.push((arm, repeat)),
+            Ok(Record::Run { result }) => {
+                runs.retain(|r| (&r.arm, r.repeat) != (&result.arm, result.repeat));
+                begun.retain(|(a, rep)| (a, *rep) != (&result.arm, result.repeat));
+                runs.push(*result);
+            }
+            Ok(Record::Resumed { .. }) => finished = None,
             Ok(Record::Finished { session }) => finished = Some(*session),
-            // The last line, cut off before its newline: the write the crash interrupted.
-            Err(_) if i + 1 == lines.len() && !complete_tail => torn_tail = true,
+            // The last line, cut off before its newline: the write the crash interrupted;
+            // or such a line that a resumed session closed before appending its own.
+            Err(_) if (i + 1 == lines.len() && !complete_tail) || next_is_resumed => {
+                torn_lines.push(i + 1)
+            }
             Err(e) => {
                 return Err(JournalError::BadLine {
                     path: events.clone(),
@@ -196,6 +261,7 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
             let mut s = header.ok_or(JournalError::NoHeader {
                 path: events.clone(),
             })?;
+            runs.sort_by_key(|r| (r.repeat, r.order));
             s.runs = runs;
             s.summarize();
             s
@@ -203,10 +269,12 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
     };
     Ok(Recovered {
         id: id.to_string(),
+        dir,
         plan,
         session,
         finished: is_finished,
-        torn_tail,
+        torn_lines,
+        in_flight: begun,
     })
 }
 

@@ -4,6 +4,7 @@
 //! it in a worker thread. It never imports a front end; all it knows of one is the
 //! [`EventSink`] it reports to and the [`StopFlag`] it polls after every micro-batch.
 
+pub mod checkpoint;
 pub mod event;
 pub mod inspect;
 pub mod journal;

@@ -669,6 +669,7 @@ pub fn smoke_runs(device: &Device) -> Vec<Smoke> {
                 device,
                 &mut VecSink::default(),
                 &StopFlag::new(),
+                None,
             );
             out.push(match result {
                 Ok(t) => {

@@ -14,6 +14,7 @@ use crate::data::{self, DataError, Dataset};
 use crate::util::env::Environment;
 
 use super::EngineError;
+use super::checkpoint::{CheckpointPolicy, RunCheckpoints};
 use super::event::{Event, EventSink, StopFlag};
 use super::trainer::{RunPlace, train_run};
 
@@ -26,8 +27,35 @@ pub struct SessionOptions {
     /// loadable back as pretrained weights); `None`: they are not kept.
     pub save_weights: Option<SaveWeights>,
     /// Record the session under this folder ([`super::journal`]): its plan, and each run's
-    /// result as it ends, on disk at once. `None`: no record.
+    /// result as it ends, on disk at once. `None`: no record (and no checkpoints).
     pub journal: Option<PathBuf>,
+    /// When the run in flight writes a checkpoint into the session's folder
+    /// ([`super::checkpoint`]); only with a journal.
+    pub checkpoints: CheckpointPolicy,
+    /// Continue a recorded session instead of starting one: its finished runs are kept,
+    /// the others run, each from its newest checkpoint when it has one.
+    pub resume: Option<Resume>,
+}
+
+/// What a resumed session continues from (read with [`super::journal::open`]).
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// The session's folder: the journal is appended to, the checkpoints read from it.
+    pub dir: PathBuf,
+    /// Runs already recorded; those that finished (or reached their target) are kept.
+    pub kept: Vec<RunResult>,
+    /// Runs that began and never ended (arm, 0-based repeat).
+    pub in_flight: Vec<(String, usize)>,
+}
+
+impl From<&super::journal::Recovered> for Resume {
+    fn from(r: &super::journal::Recovered) -> Self {
+        Self {
+            dir: r.dir.clone(),
+            kept: r.session.runs.clone(),
+            in_flight: r.in_flight.clone(),
+        }
+    }
 }
 
 /// Where trained weights are written, atomically (a temporary file renamed over the target).
@@ -208,8 +236,13 @@ pub fn run_session(
     };
     // The journal: a failure to keep it is said at once, and the session goes on (its
     // report can still be saved); nothing else depends on it.
-    let mut journal = match &options.journal {
-        Some(root) => match super::journal::Journal::create(root, plan) {
+    let opened = match (&options.resume, &options.journal) {
+        (Some(r), _) => Some(super::journal::Journal::reopen(&r.dir)),
+        (None, Some(root)) => Some(super::journal::Journal::create(root, plan)),
+        (None, None) => None,
+    };
+    let mut journal = match opened {
+        Some(j) => match j {
             Ok(j) => Some(j),
             Err(e) => {
                 sink.emit(Event::Warning {
@@ -220,6 +253,7 @@ pub fn run_session(
         },
         None => None,
     };
+    let session_dir = journal.as_ref().map(|j| j.dir().to_path_buf());
     let mut record = |sink: &mut dyn EventSink, r: super::journal::Record| {
         if let Some(j) = &mut journal
             && let Err(e) = j.append(&r)
@@ -230,12 +264,20 @@ pub fn run_session(
             journal = None;
         }
     };
-    record(
-        sink,
-        super::journal::Record::Started {
-            session: Box::new(session.clone()),
-        },
-    );
+    match &options.resume {
+        None => record(
+            sink,
+            super::journal::Record::Started {
+                session: Box::new(session.clone()),
+            },
+        ),
+        Some(_) => {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            record(sink, super::journal::Record::Resumed { at });
+        }
+    }
     let total_runs = arms.len() * repeats;
     // Repeats outermost: a stopped session has whole rounds of every arm, not all repeats
     // of the first arm and none of the last.
@@ -252,7 +294,42 @@ pub fn run_session(
                 total_runs,
                 order: position,
             };
-            match train_run(arm, place, &data, &device, sink, stop) {
+            // Resumed: a run that finished before the interruption is kept as it was.
+            if let Some(kept) = options.resume.as_ref().and_then(|r| {
+                r.kept
+                    .iter()
+                    .find(|k| k.arm == arm.label && k.repeat == repeat && k.status.counts())
+            }) {
+                sink.emit(Event::RunFinished {
+                    result: Box::new(kept.clone()),
+                });
+                session.runs.push(kept.clone());
+                continue;
+            }
+            let checkpoints = session_dir
+                .as_ref()
+                .filter(|_| !options.checkpoints.is_off() || options.resume.is_some())
+                .map(|dir| RunCheckpoints {
+                    dir: RunCheckpoints::dir_for(dir, &arm.label, repeat),
+                    policy: options.checkpoints,
+                    resume: options.resume.is_some(),
+                    was_started: options.resume.as_ref().is_some_and(|r| {
+                        r.in_flight
+                            .iter()
+                            .any(|(a, rep)| *a == arm.label && *rep == repeat)
+                            || r.kept
+                                .iter()
+                                .any(|k| k.arm == arm.label && k.repeat == repeat)
+                    }),
+                });
+            record(
+                sink,
+                super::journal::Record::Begun {
+                    arm: arm.label.clone(),
+                    repeat,
+                },
+            );
+            match train_run(arm, place, &data, &device, sink, stop, checkpoints.as_ref()) {
                 Ok(mut trained) => {
                     let partial = trained.result.status == RunStatus::Partial;
                     if let (Some(out), false) = (&options.save_weights, partial) {
@@ -274,6 +351,11 @@ pub fn run_session(
                             result: Box::new(trained.result.clone()),
                         },
                     );
+                    // A run that counts is recorded whole: its checkpoints are not needed
+                    // any more (a stopped one keeps them, to be resumed).
+                    if let (Some(c), true) = (&checkpoints, trained.result.status.counts()) {
+                        let _ = std::fs::remove_dir_all(&c.dir);
+                    }
                     session.runs.push(trained.result);
                     if partial {
                         break 'outer;

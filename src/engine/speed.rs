@@ -194,6 +194,7 @@ pub fn measure(cfg: &SpeedConfig, mode: SpeedMode) -> Result<SpeedResult, Engine
         &device,
         &mut VecSink::default(),
         &StopFlag::new(),
+        None,
     )?;
     let r = trained.result;
     let to_mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;

@@ -9,7 +9,9 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::accel::amp::{AmpMode, LossScaler, Unscaled};
 use crate::bench::plan::Arm;
-use crate::bench::result::{AmpReport, EpochRecord, RunResult, RunStatus};
+use crate::bench::result::{
+    AmpReport, CheckpointStats, EpochRecord, Resumed, RunResult, RunStatus,
+};
 use crate::config::{ClipConfig, RunConfig};
 use crate::data::loader::{LoaderConfig, Prefetcher, Split};
 use crate::data::{Dataset, upload};
@@ -23,6 +25,7 @@ use crate::train::timing::{HostPeak, Phase, StepTimer};
 use crate::util::rng::mix_seed;
 
 use super::EngineError;
+use super::checkpoint::{self, RunCheckpoints, RunState};
 use super::event::{Event, EventSink, StopFlag};
 
 /// Minimum time between two progress events on the CPU.
@@ -128,7 +131,8 @@ impl RunPlace {
     }
 }
 
-/// Trains one arm on `data` (already opened) and reports through `sink`.
+/// Trains one arm on `data` (already opened) and reports through `sink`; with
+/// `checkpoints`, writes them as their policy says and, resuming, starts from the newest.
 pub fn train_run(
     arm: &Arm,
     place: RunPlace,
@@ -136,6 +140,7 @@ pub fn train_run(
     device: &Device,
     sink: &mut dyn EventSink,
     stop: &StopFlag,
+    checkpoints: Option<&RunCheckpoints>,
 ) -> Result<TrainedRun, EngineError> {
     let cfg: &RunConfig = &arm.run;
     let t = &cfg.train;
@@ -248,16 +253,117 @@ pub fn train_run(
         loader_cfg.augment = crate::data::augment::Augment::NONE;
     }
 
+    // Where a resumed run starts: epoch, micro-batches of it done, its running sums.
+    let fingerprint = checkpoints.map(|_| {
+        let json = serde_json::to_string(cfg).unwrap_or_default();
+        checkpoint::fingerprint(&json, data)
+    });
+    let mut start = (0usize, 0usize, (0.0f64, 0u64, 0u64));
+    let mut wall_before = 0.0;
+    let mut peak_before: Option<u64> = None;
+    let mut ckpt_stats = CheckpointStats::default();
+    let mut resumed: Option<Resumed> = None;
+    if let (Some(c), Some(fp)) = (checkpoints.filter(|c| c.resume), &fingerprint) {
+        let (found, problems) = checkpoint::latest(&c.dir);
+        for p in &problems {
+            sink.emit(Event::Warning {
+                message: format!("{p}; it is skipped"),
+            });
+        }
+        let restored = found.map(|l| {
+            l.check(fp, &cfg.model.name, &arm.label, repeat)
+                .and_then(|()| l.apply(&model, &mut optimizer))
+                .map(|()| l)
+        });
+        match restored {
+            Some(Ok(l)) => {
+                let st = l.state;
+                start = (
+                    st.epoch,
+                    st.batch,
+                    (st.epoch_loss_sum, st.epoch_correct, st.epoch_seen),
+                );
+                step = st.step;
+                trained_images = st.trained_images;
+                epochs_done = st.epochs_done;
+                eval_secs_total = st.eval_secs;
+                wall_before = st.wall_secs;
+                time_to_target = st.time_to_target_secs;
+                if st.confusion.len() == last_confusion.counts.len() {
+                    last_confusion.counts = st.confusion;
+                }
+                timer.resume(&st.timer);
+                scaler = st.scaler.or(scaler);
+                peak_before = st.peak_host_bytes;
+                ckpt_stats = st.checkpoints;
+                resumed = Some(Resumed {
+                    times: st.resumes + 1,
+                    from_step: st.step,
+                    from_epoch: st.epoch,
+                    from_batch: st.batch,
+                    bit_identical: device.is_cpu(),
+                });
+                // The epochs trained before the interruption, for curves and tables.
+                for record in &epochs_done {
+                    sink.emit(Event::EpochFinished {
+                        arm: arm.label.clone(),
+                        repeat,
+                        record: record.clone(),
+                    });
+                }
+                sink.emit(Event::Notice {
+                    message: format!(
+                        "{}: resumed from {} (step {}, epoch {}{})",
+                        arm.label,
+                        l.path.display(),
+                        st.step,
+                        st.epoch + 1,
+                        if st.batch > 0 {
+                            format!(", after {} of its micro-batches", st.batch)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                });
+            }
+            Some(Err(e)) => sink.emit(Event::Warning {
+                message: format!("{e}; {} starts over", arm.label),
+            }),
+            None if c.was_started => sink.emit(Event::Warning {
+                message: format!(
+                    "{} was interrupted but has no checkpoint in {} (none was written yet, or it was removed); it starts over",
+                    arm.label,
+                    c.dir.display()
+                ),
+            }),
+            None => {}
+        }
+    }
+    let mut last_checkpoint = Instant::now();
+    let wall = |run_start: Instant| wall_before + run_start.elapsed().as_secs_f64();
+
     let staging = crate::accel::pinned::Staging::new(sw.pinned_memory, device)?;
-    'epochs: for epoch in 0..epochs {
+    'epochs: for epoch in start.0..epochs {
+        // Resuming mid-epoch: the micro-batches already trained are not made again.
+        let (first_batch, sums) = if epoch == start.0 {
+            (start.1, start.2)
+        } else {
+            (0, (0.0, 0, 0))
+        };
         // The pinned-memory switch decides where batches wait (see accel::pinned).
         let alloc = staging.allocator();
-        let mut batches =
-            Prefetcher::with_storage(Arc::clone(data), Split::Train, loader_cfg, epoch, alloc);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
+        let mut batches = Prefetcher::with_storage_from(
+            Arc::clone(data),
+            Split::Train,
+            loader_cfg,
+            epoch,
+            first_batch,
+            alloc,
+        );
+        let (mut loss_sum, mut correct, mut seen) = sums;
         let mut tally = DeviceTally::default();
         let epoch_timed_start = timer.summary();
-        for _ in 0..per_epoch {
+        for epoch_step in (first_batch / k) as u64..per_epoch {
             if step >= total_steps {
                 break;
             }
@@ -363,8 +469,48 @@ pub fn train_run(
                         f64::NAN
                     },
                     images_per_sec: s.images_per_sec,
-                    elapsed_secs: run_start.elapsed().as_secs_f64(),
+                    elapsed_secs: wall(run_start),
                 });
+            }
+            if let Some(c) = checkpoints
+                && c.policy.by_time(last_checkpoint)
+                && epoch_step + 1 < per_epoch
+                && step < total_steps
+            {
+                // Between two steps: the sums are read back (the checkpoint reads every
+                // tensor anyway) and the timer catches up.
+                tally.drain_into(&mut loss_sum, &mut correct)?;
+                timer.flush().map_err(|reason| EngineError::Device {
+                    device: format!("{device:?}"),
+                    reason,
+                })?;
+                host_peak.sample();
+                let state = RunState {
+                    epoch,
+                    batch: (epoch_step as usize + 1) * k,
+                    epoch_loss_sum: loss_sum,
+                    epoch_correct: correct,
+                    epoch_seen: seen,
+                    ..snapshot_state(
+                        fingerprint.as_deref().unwrap_or_default(),
+                        cfg,
+                        arm,
+                        repeat,
+                        (step, trained_images),
+                        (
+                            &epochs_done,
+                            &last_confusion,
+                            eval_secs_total,
+                            time_to_target,
+                        ),
+                        wall(run_start),
+                        (&timer, scaler.as_ref(), &optimizer),
+                        peak_before.max(host_peak.peak()),
+                        (ckpt_stats, resumed.as_ref()),
+                    )
+                };
+                write_checkpoint(c, state, &model, &optimizer, &mut ckpt_stats, sink);
+                last_checkpoint = Instant::now();
             }
         }
         tally.drain_into(&mut loss_sum, &mut correct)?;
@@ -408,7 +554,7 @@ pub fn train_run(
             } else {
                 0.0
             },
-            wall_secs: run_start.elapsed().as_secs_f64(),
+            wall_secs: wall(run_start),
             eval_secs,
             lr: optimizer.lr_of_group(0),
             optimizer_steps: step,
@@ -424,16 +570,45 @@ pub fn train_run(
         if let Some(target) = t.target_accuracy
             && accuracy >= target
         {
-            time_to_target = Some(run_start.elapsed().as_secs_f64());
+            time_to_target = Some(wall(run_start));
             status = RunStatus::ReachedTarget;
             break;
+        }
+        // After the epoch's evaluation: the next epoch starts from scratch, so this is
+        // the cheapest and most useful point (a stop here is resumable without loss).
+        if let Some(c) = checkpoints
+            && (c.policy.after_epoch(epoch, epochs) || (stop.is_stopped() && !c.policy.is_off()))
+            && step < total_steps
+        {
+            let state = RunState {
+                epoch: epoch + 1,
+                ..snapshot_state(
+                    fingerprint.as_deref().unwrap_or_default(),
+                    cfg,
+                    arm,
+                    repeat,
+                    (step, trained_images),
+                    (
+                        &epochs_done,
+                        &last_confusion,
+                        eval_secs_total,
+                        time_to_target,
+                    ),
+                    wall(run_start),
+                    (&timer, scaler.as_ref(), &optimizer),
+                    peak_before.max(host_peak.peak()),
+                    (ckpt_stats, resumed.as_ref()),
+                )
+            };
+            write_checkpoint(c, state, &model, &optimizer, &mut ckpt_stats, sink);
+            last_checkpoint = Instant::now();
         }
         if stop.is_stopped() {
             status = RunStatus::Partial;
             break;
         }
     }
-    let wall_secs = run_start.elapsed().as_secs_f64();
+    let wall_secs = wall(run_start);
     let last = epochs_done.last().cloned().unwrap_or_default();
     let result = RunResult {
         arm: arm.label.clone(),
@@ -457,7 +632,7 @@ pub fn train_run(
         eval_secs: eval_secs_total,
         time_to_target_secs: time_to_target,
         timing: timer.summary(),
-        peak_host_bytes: host_peak.peak(),
+        peak_host_bytes: peak_before.max(host_peak.peak()),
         host_bytes_at_start: host_peak.at_start(),
         peak_device_bytes: crate::util::gpu::pool_peak_bytes(device),
         device_bytes_at_start: device_at_start,
@@ -469,11 +644,75 @@ pub fn train_run(
         pinned_memory_applicable: pinned_applicable,
         error: None,
         weights_file: None,
+        checkpoints: ckpt_stats,
+        resumed,
     };
     sink.emit(Event::RunFinished {
         result: Box::new(result.clone()),
     });
     Ok(TrainedRun { result, model })
+}
+
+/// The non-tensor state of a run at a step boundary (the epoch fields are the caller's).
+#[allow(clippy::too_many_arguments)]
+fn snapshot_state(
+    fingerprint: &str,
+    cfg: &RunConfig,
+    arm: &Arm,
+    repeat: usize,
+    (step, trained_images): (u64, u64),
+    (epochs_done, confusion, eval_secs, time_to_target): (
+        &[EpochRecord],
+        &ConfusionMatrix,
+        f64,
+        Option<f64>,
+    ),
+    wall_secs: f64,
+    (timer, scaler, optimizer): (&StepTimer, Option<&LossScaler>, &Optimizer),
+    peak_host_bytes: Option<u64>,
+    (checkpoints, resumed): (CheckpointStats, Option<&Resumed>),
+) -> RunState {
+    let snap_steps = optimizer.snapshot_counts();
+    RunState {
+        format: checkpoint::FORMAT,
+        fingerprint: fingerprint.to_string(),
+        model: cfg.model.name.clone(),
+        arm: arm.label.clone(),
+        repeat,
+        step,
+        trained_images,
+        epochs_done: epochs_done.to_vec(),
+        eval_secs,
+        wall_secs,
+        time_to_target_secs: time_to_target,
+        confusion: confusion.counts.clone(),
+        timer: timer.totals(),
+        scaler: scaler.cloned(),
+        optimizer_steps: snap_steps.0,
+        param_steps: snap_steps.1,
+        peak_host_bytes,
+        checkpoints,
+        resumes: resumed.map_or(0, |r| r.times),
+        ..RunState::default()
+    }
+}
+
+/// Writes one checkpoint and counts its time; a failure is said and training goes on (the
+/// run itself is not at risk, only its resumability).
+fn write_checkpoint(
+    c: &RunCheckpoints,
+    mut state: RunState,
+    model: &Model,
+    optimizer: &Optimizer,
+    stats: &mut CheckpointStats,
+    sink: &mut dyn EventSink,
+) {
+    match checkpoint::save(&c.dir, &mut state, model, optimizer, Instant::now()) {
+        Ok(()) => *stats = state.checkpoints,
+        Err(e) => sink.emit(Event::Warning {
+            message: format!("{e}; training goes on without it"),
+        }),
+    }
 }
 
 /// The dtype an arm's tensors run in and what its convolutions' matrix products compute in.

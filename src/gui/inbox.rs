@@ -181,9 +181,26 @@ impl AnntApp {
                 }
             }
             WorkerMsg::Event(Event::RunFinished { result }) => {
-                if let Some(r) = self.run_mut(&result.arm, result.repeat) {
-                    r.finished = true;
-                    r.status = annt::report::fmt::status(result.status).to_string();
+                let status = annt::report::fmt::status(result.status).to_string();
+                match self.run_mut(&result.arm, result.repeat) {
+                    Some(r) => {
+                        r.finished = true;
+                        r.status = status;
+                    }
+                    // A run a resumed session kept from before the interruption: its
+                    // curves come from its result.
+                    None => self.runs.push(RunView {
+                        arm: result.arm.clone(),
+                        repeat: result.repeat,
+                        epochs: result.epochs.clone(),
+                        step: result.optimizer_steps,
+                        total_steps: result.optimizer_steps,
+                        finished: true,
+                        status,
+                        micro_batch: result.micro_batch,
+                        images_per_sec: result.timing.images_per_sec,
+                        started: None,
+                    }),
                 }
                 self.finished.push(*result);
                 let mut live = SessionResult {
@@ -193,7 +210,7 @@ impl AnntApp {
                 live.summarize();
                 self.live = Some(live);
             }
-            WorkerMsg::Event(Event::Warning { message }) => {
+            WorkerMsg::Event(Event::Warning { message } | Event::Notice { message }) => {
                 self.messages.push(Message::info(message))
             }
             WorkerMsg::Event(Event::RunFailed {

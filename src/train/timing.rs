@@ -75,6 +75,16 @@ pub struct TimingSummary {
     pub phase_ms_per_step: Vec<(Phase, f64)>,
 }
 
+/// A [`StepTimer`]'s counts, as a checkpoint keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimerTotals {
+    pub steps: u64,
+    pub measured_steps: u64,
+    pub measured_images: u64,
+    pub measured_secs: f64,
+    pub phase_secs: [f64; 5],
+}
+
 /// Accumulates per-phase wall time over steps with [`Instant`] (monotonic, so clock
 /// adjustments cannot produce negative or inflated times), excluding the first
 /// `warmup_steps` steps from the totals.
@@ -84,7 +94,10 @@ pub struct TimingSummary {
 /// Time between `start_step` and the first `phase` belongs to no phase.
 pub struct StepTimer {
     warmup_steps: u64,
+    /// Steps up to this count are warm-up (`warmup_steps`, or more after a resume).
+    warm_after: u64,
     steps: u64,
+    measured_steps: u64,
     measured_images: u64,
     measured_secs: f64,
     phase_secs: [f64; 5],
@@ -226,11 +239,36 @@ impl std::fmt::Debug for StepTimer {
 }
 
 impl StepTimer {
+    /// What the timer has counted, for a checkpoint.
+    pub fn totals(&self) -> TimerTotals {
+        TimerTotals {
+            steps: self.steps,
+            measured_steps: self.measured_steps,
+            measured_images: self.measured_images,
+            measured_secs: self.measured_secs,
+            phase_secs: self.phase_secs,
+        }
+    }
+
+    /// Continues from the totals of a run that stopped (a checkpoint): its timed steps
+    /// count as before, and the next `warmup_steps` steps are warm-up again — a fresh
+    /// process's first steps pay for cold caches and allocations, as the run's first did.
+    pub fn resume(&mut self, t: &TimerTotals) {
+        self.steps = t.steps;
+        self.measured_steps = t.measured_steps;
+        self.measured_images = t.measured_images;
+        self.measured_secs = t.measured_secs;
+        self.phase_secs = t.phase_secs;
+        self.warm_after = t.steps + self.warmup_steps;
+    }
+
     /// A timer that ignores the first `warmup_steps` completed steps.
     pub fn new(warmup_steps: u64) -> Self {
         Self {
             warmup_steps,
+            warm_after: warmup_steps,
             steps: 0,
+            measured_steps: 0,
             measured_images: 0,
             measured_secs: 0.0,
             phase_secs: [0.0; 5],
@@ -315,7 +353,8 @@ impl StepTimer {
                     return;
                 };
                 self.steps += 1;
-                if self.steps > self.warmup_steps {
+                if self.steps > self.warm_after {
+                    self.measured_steps += 1;
                     self.measured_secs += (t - start).max(0.0);
                     self.measured_images += images;
                     for (total, step) in self.phase_secs.iter_mut().zip(self.step_phase_secs) {
@@ -349,7 +388,7 @@ impl StepTimer {
 
     /// Whether the next completed step will still be a warm-up step.
     pub fn in_warmup(&self) -> bool {
-        self.steps < self.warmup_steps
+        self.steps < self.warm_after
     }
 
     fn now(&self) -> Instant {
@@ -385,7 +424,7 @@ impl StepTimer {
 
     /// The totals so far as per-step means.
     pub fn summary(&self) -> TimingSummary {
-        let measured_steps = self.steps.saturating_sub(self.warmup_steps);
+        let measured_steps = self.measured_steps;
         let per_step = |secs: f64| {
             if measured_steps > 0 {
                 1000.0 * secs / measured_steps as f64
@@ -394,7 +433,7 @@ impl StepTimer {
             }
         };
         TimingSummary {
-            warmup_steps: self.steps.min(self.warmup_steps),
+            warmup_steps: self.steps - self.measured_steps,
             measured_steps,
             measured_images: self.measured_images,
             measured_secs: self.measured_secs,
@@ -561,6 +600,42 @@ mod tests {
             ms,
             Box::new(move || origin + Duration::from_millis(reader.load(Ordering::SeqCst))),
         )
+    }
+
+    /// A resumed timer keeps the earlier process's timed steps and treats its own first
+    /// steps as warm-up again.
+    #[test]
+    fn a_resumed_timer_keeps_the_totals_and_warms_up_again() {
+        let (ms, clock) = manual_clock();
+        let mut t = StepTimer::new(1).with_clock(clock);
+        for _ in 0..3 {
+            t.start_step();
+            t.phase(Phase::Forward);
+            ms.fetch_add(10, Ordering::SeqCst);
+            t.end_step(4);
+        }
+        let saved = t.totals();
+        assert_eq!(
+            (saved.steps, saved.measured_steps, saved.measured_images),
+            (3, 2, 8)
+        );
+        let (ms2, clock2) = manual_clock();
+        let mut r = StepTimer::new(1).with_clock(clock2);
+        r.resume(&saved);
+        assert!(r.in_warmup());
+        for d in [100, 30] {
+            r.start_step();
+            r.phase(Phase::Forward);
+            ms2.fetch_add(d, Ordering::SeqCst);
+            r.end_step(4);
+        }
+        let s = r.summary();
+        // 2 measured before + 1 after the resumed warm-up step (100 ms, excluded).
+        assert_eq!(
+            (s.warmup_steps, s.measured_steps, s.measured_images),
+            (2, 3, 12)
+        );
+        assert!((s.measured_secs - 0.05).abs() < 1e-9, "{}", s.measured_secs);
     }
 
     #[test]

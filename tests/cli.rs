@@ -127,6 +127,7 @@ fn ctrl_c_keeps_the_finished_run_writes_the_report_and_exits_1() {
         ])
         .arg(&report)
         .env("ANNT_LOG", "off")
+        .env("ANNT_SESSIONS_DIR", dir.path().join("sessions"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

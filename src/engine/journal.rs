@@ -184,6 +184,18 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// Whether some planned run has not finished: it can be resumed.
+    pub fn resumable(&self) -> bool {
+        let planned = self.plan.arms().len() * self.plan.repeats.max(1);
+        let done = self
+            .session
+            .runs
+            .iter()
+            .filter(|r| r.status.counts())
+            .count();
+        done < planned
+    }
+
     /// A torn write was skipped.
     pub fn torn(&self) -> bool {
         !self.torn_lines.is_empty()
@@ -285,6 +297,9 @@ pub struct Listed {
     pub preset: String,
     pub runs: usize,
     pub finished: bool,
+    /// Some planned run has not finished (interrupted, stopped or failed): `annt bench
+    /// --resume` / the window's Resume continue it.
+    pub resumable: bool,
     /// Why it could not be read, when it could not.
     pub problem: Option<String>,
 }
@@ -315,6 +330,7 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, JournalError> {
                 preset: r.plan.preset.name.clone(),
                 runs: r.session.runs.len(),
                 finished: r.finished,
+                resumable: r.resumable(),
                 problem: None,
             },
             Err(e) => Listed {
@@ -322,6 +338,7 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, JournalError> {
                 preset: String::new(),
                 runs: 0,
                 finished: false,
+                resumable: false,
                 problem: Some(e.to_string()),
             },
         })

@@ -36,6 +36,8 @@ pub enum UiAction {
     Download(CifarVariant),
     /// Reopen a recorded session by its id.
     OpenSession(String),
+    /// Continue a recorded session that did not finish all its runs.
+    ResumeSession(String),
 }
 
 impl AnntApp {
@@ -71,6 +73,7 @@ impl AnntApp {
                 UiAction::OpenReport => self.open_report_from_path(),
                 UiAction::SaveReport => self.save_report_to_path(),
                 UiAction::OpenSession(id) => self.open_session(&id),
+                UiAction::ResumeSession(id) => self.resume_session(&id, ctx),
                 UiAction::Download(variant) => {
                     if self.download.is_none() {
                         self.download = Some(Download::start(variant));

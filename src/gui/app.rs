@@ -146,35 +146,62 @@ impl AnntApp {
             return;
         }
         match self.settings.plan() {
-            Ok(plan) => {
-                self.runs.clear();
-                self.stopping_since = None;
-                self.session = None;
-                self.messages.clear();
-                self.finished.clear();
-                self.live = None;
-                self.oom_batch = None;
-                let ctx = ctx.clone();
-                let options = annt::engine::SessionOptions {
-                    save_weights: self
-                        .settings
-                        .keep_weights
-                        .then(session_weights_folder)
-                        .flatten(),
-                    // Recorded as it goes (`annt sessions list` shows it afterwards).
-                    journal: self.sessions_root.clone(),
-                    ..Default::default()
-                };
-                self.worker = Some(Worker::start(
-                    plan,
-                    options,
-                    Box::new(move || ctx.request_repaint()),
-                ));
-            }
+            Ok(plan) => self.start_plan(plan, None, ctx),
             Err(e) => self
                 .messages
                 .push(Message::error(format!("cannot start: {e}"))),
         }
+    }
+    /// Continues the recorded session `id`: its finished runs are kept, the one that was in
+    /// flight continues from its last checkpoint, the rest run.
+    pub fn resume_session(&mut self, id: &str, ctx: &egui::Context) {
+        if self.is_running() {
+            return;
+        }
+        let Some(root) = self.sessions_root.clone() else {
+            return;
+        };
+        match annt::engine::journal::open(&root, id) {
+            Ok(r) => {
+                let resume = annt::engine::session::Resume::from(&r);
+                self.start_plan(r.plan, Some(resume), ctx);
+                self.messages
+                    .push(Message::info(format!("resuming session {id}")));
+            }
+            Err(e) => self.messages.push(Message::error(e.to_string())),
+        }
+    }
+    /// Starts the worker on `plan` (a new session, or `resume`d), clearing the last one.
+    fn start_plan(
+        &mut self,
+        plan: annt::bench::plan::Plan,
+        resume: Option<annt::engine::session::Resume>,
+        ctx: &egui::Context,
+    ) {
+        self.runs.clear();
+        self.stopping_since = None;
+        self.session = None;
+        self.messages.clear();
+        self.finished.clear();
+        self.live = None;
+        self.oom_batch = None;
+        let ctx = ctx.clone();
+        let options = annt::engine::SessionOptions {
+            save_weights: self
+                .settings
+                .keep_weights
+                .then(session_weights_folder)
+                .flatten(),
+            // Recorded as it goes (`annt sessions list` shows it afterwards).
+            journal: self.sessions_root.clone(),
+            resume,
+            ..Default::default()
+        };
+        self.worker = Some(Worker::start(
+            plan,
+            options,
+            Box::new(move || ctx.request_repaint()),
+        ));
     }
     pub fn stop(&mut self) {
         if let Some(w) = &self.worker

@@ -244,15 +244,31 @@ fn sessions_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
                 }
             ),
         };
-        if ui
-            .add_enabled(s.problem.is_none(), egui::Button::new(text))
-            .clicked()
-        {
-            app.act(UiAction::OpenSession(s.id.clone()));
-            // Read afresh next time (a session may have finished meanwhile).
-            app.sessions_list = None;
-            ui.close();
-        }
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(s.problem.is_none(), egui::Button::new(text))
+                .on_hover_text("Show this session's results")
+                .clicked()
+            {
+                app.act(UiAction::OpenSession(s.id.clone()));
+                // Read afresh next time (a session may have finished meanwhile).
+                app.sessions_list = None;
+                ui.close();
+            }
+            if s.resumable
+                && ui
+                    .add_enabled(!app.is_running(), egui::Button::new("Resume"))
+                    .on_hover_text(
+                        "Continue it: finished runs are kept, the interrupted one goes on from its last checkpoint",
+                    )
+                    .on_disabled_hover_text("A session is running")
+                    .clicked()
+            {
+                app.act(UiAction::ResumeSession(s.id.clone()));
+                app.sessions_list = None;
+                ui.close();
+            }
+        });
     }
 }
 

@@ -7,6 +7,7 @@ use egui_kittest::kittest::{NodeT, Queryable};
 
 use super::AnntApp;
 use super::state::Settings;
+use annt::bench::result::RunStatus;
 
 fn quick() -> Settings {
     let mut s = Settings::default();
@@ -447,4 +448,44 @@ fn a_recorded_session_reopens_from_the_sessions_menu() {
         "{:?}",
         h.state().messages
     );
+}
+
+#[test]
+fn a_stopped_session_resumes_from_the_sessions_menu_and_keeps_its_finished_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut settings = quick();
+    settings.run_mut().train.epochs = 3;
+    settings.run_mut().data.test_limit = Some(64);
+    let mut h = harness(settings);
+    h.state_mut().sessions_root = Some(dir.path().to_path_buf());
+    h.get_by_label("Start").click();
+    // Stopped once the second run has finished an epoch (and so has a checkpoint).
+    run_until(&mut h, HANG, |a| {
+        a.runs.len() == 2 && !a.runs[1].epochs.is_empty()
+    });
+    h.get_by_label("Stop").click();
+    run_until(&mut h, HANG, |a| !a.is_running());
+    let stopped = h.state().session.clone().expect("session");
+    assert_eq!(stopped.runs[1].status, RunStatus::Partial);
+    h.get_by_label("Sessions").click();
+    run_until(&mut h, HANG, |a| a.sessions_list.is_some());
+    h.run_steps(2);
+    h.get_by_label("Resume").click();
+    // The click's frame records it; the next applies it (the stopped session is cleared).
+    h.run_steps(2);
+    run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
+    let resumed = h.state().session.clone().expect("resumed session");
+    assert_eq!(resumed.runs[0], stopped.runs[0], "the finished run is kept");
+    let second = &resumed.runs[1];
+    assert_eq!(
+        second.status,
+        RunStatus::Finished,
+        "{:?}",
+        h.state().messages
+    );
+    assert!(second.resumed.is_some(), "it continued from its checkpoint");
+    assert_eq!(second.epochs.len(), 3);
+    // The window shows both runs' curves: the kept one from its result.
+    assert_eq!(h.state().runs.len(), 2);
+    assert!(h.state().runs.iter().all(|r| r.epochs.len() == 3));
 }

@@ -77,14 +77,20 @@ pub fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
                     Some(p) => writeln!(out, "{}  unreadable: {p}", s.id)?,
                     None => writeln!(
                         out,
-                        "{}  {}  {} run(s)  {}",
+                        "{}  {}  {}  {} run(s)  {}{}",
                         s.id,
+                        s.started,
                         s.preset,
                         s.runs,
                         if s.finished {
                             "finished"
                         } else {
                             "interrupted"
+                        },
+                        if s.resumable {
+                            format!("  (resume: annt bench --resume {} --report FILE)", s.id)
+                        } else {
+                            String::new()
                         }
                     )?,
                 }

@@ -294,6 +294,8 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Listed {
     pub id: String,
+    /// When it started (UTC, from the id's leading Unix seconds), e.g. `2026-12-01 22:51`.
+    pub started: String,
     pub preset: String,
     pub runs: usize,
     pub finished: bool,
@@ -302,6 +304,16 @@ pub struct Listed {
     pub resumable: bool,
     /// Why it could not be read, when it could not.
     pub problem: Option<String>,
+}
+
+/// `2026-12-01 22:51` (UTC) from a session id's leading Unix seconds; empty if it has none.
+fn started_of(id: &str) -> String {
+    let secs = id.split('-').next().and_then(|s| s.parse::<u64>().ok());
+    secs.map(|s| {
+        let t = crate::util::env::rfc3339_utc(s);
+        t.get(..16).unwrap_or(&t).replace('T', " ") + " UTC"
+    })
+    .unwrap_or_default()
 }
 
 /// Every session under `root`, newest first.
@@ -324,9 +336,11 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, JournalError> {
     ids.sort_by(|a, b| b.cmp(a));
     Ok(ids
         .into_iter()
-        .map(|id| match open(root, &id) {
+        .map(|id| (started_of(&id), id))
+        .map(|(started, id)| match open(root, &id) {
             Ok(r) => Listed {
                 id,
+                started,
                 preset: r.plan.preset.name.clone(),
                 runs: r.session.runs.len(),
                 finished: r.finished,
@@ -335,6 +349,7 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, JournalError> {
             },
             Err(e) => Listed {
                 id,
+                started,
                 preset: String::new(),
                 runs: 0,
                 finished: false,

@@ -511,6 +511,48 @@ fn notes(session: &SessionResult) -> Vec<String> {
             ));
         }
     }
+    for r in &session.runs {
+        if let Some(info) = &r.resumed {
+            let exact = if info.bit_identical {
+                "annt's CPU kernels are deterministic, so its weights and metrics are those of a run never interrupted"
+            } else {
+                "its weights and metrics equal an uninterrupted run's up to the order of some GPU reductions, which is not deterministic"
+            };
+            notes.push(format!(
+                "{} (repeat {}): interrupted and resumed from its checkpoint at optimiser step {} (epoch {}{}); {exact}. Its images/s and ms/step combine the timed steps of both processes (the first steps after the resume are warm-up again); its wall time is the sum of both.",
+                r.arm,
+                r.repeat + 1,
+                info.from_step,
+                info.from_epoch + 1,
+                if info.from_batch > 0 {
+                    format!(", {} micro-batches in", info.from_batch)
+                } else {
+                    String::new()
+                },
+            ));
+        }
+    }
+    let written: Vec<&RunResult> = session
+        .runs
+        .iter()
+        .filter(|r| !r.checkpoints.is_empty())
+        .collect();
+    if !written.is_empty() {
+        let count: u32 = written.iter().map(|r| r.checkpoints.count).sum();
+        let secs: f64 = written.iter().map(|r| r.checkpoints.total_secs).sum();
+        let wall: f64 = written.iter().map(|r| r.wall_secs).sum();
+        let mib = written
+            .iter()
+            .map(|r| r.checkpoints.last_bytes)
+            .max()
+            .unwrap_or(0) as f64
+            / 1048576.0;
+        notes.push(format!(
+            "Checkpoints (for resuming after an interruption): {count} written, {:.3} s each on average, up to {mib:.1} MiB each, {:.2} % of the runs' wall time. Their time is in wall and training time, never in images/s or ms/step; a finished run's checkpoints are deleted.",
+            secs / f64::from(count.max(1)),
+            if wall > 0.0 { 100.0 * secs / wall } else { 0.0 }
+        ));
+    }
     let excluded = session.runs.iter().filter(|r| !r.status.counts()).count();
     if excluded > 0 {
         notes.push(format!(

@@ -234,8 +234,9 @@ fn sessions_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
         let text = match &s.problem {
             Some(p) => format!("{} — unreadable: {p}", s.id),
             None => format!(
-                "{} — {} run(s), {}",
-                s.id,
+                "{} · {} — {} run(s), {}",
+                s.started,
+                s.preset,
                 s.runs,
                 if s.finished {
                     "finished"
@@ -247,7 +248,7 @@ fn sessions_menu(app: &mut AnntApp, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(s.problem.is_none(), egui::Button::new(text))
-                .on_hover_text("Show this session's results")
+                .on_hover_text(format!("Show this session's results (folder {})", s.id))
                 .clicked()
             {
                 app.act(UiAction::OpenSession(s.id.clone()));

@@ -200,7 +200,7 @@ fn utc_now_rfc3339() -> String {
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`, with Howard Hinnant's
 /// civil-from-days algorithm (exact for the proleptic Gregorian calendar) so no date crate
 /// is needed.
-fn rfc3339_utc(secs: u64) -> String {
+pub fn rfc3339_utc(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -113,9 +113,9 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights_and_accuracy() {
             .and_then(|s| journal::open(&killed_root, &s.id).ok())
             .filter(|r| r.session.runs.len() == 1)
             .and_then(|r| r.in_flight.first().cloned().map(|f| (r.dir, f)));
-        if let Some((dir, (arm, repeat))) = in_flight
+        if let Some((dir, key)) = in_flight
             && !annt::engine::checkpoint::complete(
-                &annt::engine::checkpoint::RunCheckpoints::dir_for(&dir, &arm, repeat),
+                &annt::engine::checkpoint::RunCheckpoints::dir_for(&dir, &key),
             )
             .is_empty()
         {
@@ -133,7 +133,7 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights_and_accuracy() {
     assert!(!before.finished);
     assert_eq!(before.in_flight.len(), 1, "{:?}", before.in_flight);
     let first = before.session.runs[0].clone();
-    let second_arm = before.in_flight[0].0.clone();
+    let second_arm = before.in_flight[0].arm.clone();
     assert_eq!(first.status, RunStatus::Finished);
     let listed = annt(&killed_root)
         .args(["sessions", "list"])

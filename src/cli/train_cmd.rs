@@ -260,7 +260,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!(
             "resuming session {id}: {kept} finished run(s) kept{}",
             match recovered.in_flight.first() {
-                Some((arm, repeat)) => format!(", {arm} (repeat {}) was in flight", repeat + 1),
+                Some(k) => format!(", {} (repeat {}) was in flight", k.arm, k.repeat + 1),
                 None => String::new(),
             }
         );

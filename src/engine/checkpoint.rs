@@ -1,7 +1,7 @@
 //! Checkpoints of the run in flight, so an interrupted session continues where it stopped.
 //!
 //! A checkpoint is a folder `step-<optimiser step, 8 digits>/` in the run's own folder
-//! (`<session>/checkpoints/r<repeat>-<arm>/`) holding
+//! (`<session>/checkpoints/r<repeat>-<position>-<arm>/`) holding
 //! - `weights.safetensors`: every model tensor under its torchvision name, batch-norm
 //!   statistics included (loadable as pretrained weights: `--weights`);
 //! - `optimizer.safetensors`: the optimiser's moment buffers (`<param>.m`, `<param>.v`);
@@ -97,12 +97,15 @@ pub struct RunCheckpoints {
 }
 
 impl RunCheckpoints {
-    /// The folder of the run of `arm` in 0-based `repeat` in a session folder.
-    pub fn dir_for(session_dir: &Path, arm: &str, repeat: usize) -> PathBuf {
-        let slug = crate::util::file_safe(&arm.replace('×', "x"));
-        session_dir
-            .join("checkpoints")
-            .join(format!("r{}-{slug}", repeat + 1))
+    /// The folder of a run's checkpoints in its session's folder:
+    /// `checkpoints/r<repeat>-<position>-<arm>` (1-based; two arms may share a label).
+    pub fn dir_for(session_dir: &Path, run: &super::journal::RunKey) -> PathBuf {
+        let slug = crate::util::file_safe(&run.arm.replace('×', "x"));
+        session_dir.join("checkpoints").join(format!(
+            "r{}-{}-{slug}",
+            run.repeat + 1,
+            run.order + 1
+        ))
     }
 }
 

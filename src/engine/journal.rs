@@ -34,8 +34,14 @@ pub enum Record {
     /// The session's header (no runs yet).
     Started { session: Box<SessionResult> },
     /// A run that began training (its checkpoints, if any, are in
-    /// `checkpoints/r<repeat>-<arm>/`).
-    Begun { arm: String, repeat: usize },
+    /// `checkpoints/r<repeat>-<position>-<arm>/`).
+    Begun {
+        arm: String,
+        repeat: usize,
+        /// Position within its repeat (two arms may share a label).
+        #[serde(default)]
+        order: usize,
+    },
     /// A run that ended: finished, stopped part-way or failed. A later record of the same
     /// arm and repeat (the run again, after a resume) replaces it.
     Run { result: Box<RunResult> },
@@ -165,6 +171,25 @@ impl Journal {
     }
 }
 
+/// Which run of a session: its arm, repeat and position within the repeat (two arms may
+/// share a label, e.g. an A/B whose tuned switches are the baseline's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunKey {
+    pub arm: String,
+    pub repeat: usize,
+    pub order: usize,
+}
+
+impl RunKey {
+    pub fn of(r: &RunResult) -> Self {
+        Self {
+            arm: r.arm.clone(),
+            repeat: r.repeat,
+            order: r.order,
+        }
+    }
+}
+
 /// A session read back from its folder.
 #[derive(Clone, Debug)]
 pub struct Recovered {
@@ -180,7 +205,7 @@ pub struct Recovered {
     /// session closed with a newline), 1-based.
     pub torn_lines: Vec<usize>,
     /// Runs that began but have no `run` record: the one in flight when it stopped.
-    pub in_flight: Vec<(String, usize)>,
+    pub in_flight: Vec<RunKey>,
 }
 
 impl Recovered {
@@ -230,7 +255,7 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
     let mut header = None;
     let mut finished = None;
     let mut runs: Vec<RunResult> = Vec::new();
-    let mut begun: Vec<(String, usize)> = Vec::new();
+    let mut begun: Vec<RunKey> = Vec::new();
     let mut torn_lines = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
@@ -244,10 +269,11 @@ pub fn open(root: &Path, id: &str) -> Result<Recovered, JournalError> {
         });
         match serde_json::from_str::<Record>(line) {
             Ok(Record::Started { session }) => header = Some(*session),
-            Ok(Record::Begun { arm, repeat }) => begun.push((arm, repeat)),
+            Ok(Record::Begun { arm, repeat, order }) => begun.push(RunKey { arm, repeat, order }),
             Ok(Record::Run { result }) => {
-                runs.retain(|r| (&r.arm, r.repeat) != (&result.arm, result.repeat));
-                begun.retain(|(a, rep)| (a, *rep) != (&result.arm, result.repeat));
+                let key = RunKey::of(&result);
+                runs.retain(|r| RunKey::of(r) != key);
+                begun.retain(|b| *b != key);
                 runs.push(*result);
             }
             Ok(Record::Resumed { .. }) => finished = None,

@@ -45,7 +45,7 @@ pub struct Resume {
     /// Runs already recorded; those that finished (or reached their target) are kept.
     pub kept: Vec<RunResult>,
     /// Runs that began and never ended (arm, 0-based repeat).
-    pub in_flight: Vec<(String, usize)>,
+    pub in_flight: Vec<super::journal::RunKey>,
 }
 
 impl From<&super::journal::Recovered> for Resume {
@@ -294,11 +294,16 @@ pub fn run_session(
                 total_runs,
                 order: position,
             };
+            let key = super::journal::RunKey {
+                arm: arm.label.clone(),
+                repeat,
+                order: position,
+            };
             // Resumed: a run that finished before the interruption is kept as it was.
             if let Some(kept) = options.resume.as_ref().and_then(|r| {
                 r.kept
                     .iter()
-                    .find(|k| k.arm == arm.label && k.repeat == repeat && k.status.counts())
+                    .find(|k| super::journal::RunKey::of(k) == key && k.status.counts())
             }) {
                 sink.emit(Event::RunFinished {
                     result: Box::new(kept.clone()),
@@ -310,16 +315,12 @@ pub fn run_session(
                 .as_ref()
                 .filter(|_| !options.checkpoints.is_off() || options.resume.is_some())
                 .map(|dir| RunCheckpoints {
-                    dir: RunCheckpoints::dir_for(dir, &arm.label, repeat),
+                    dir: RunCheckpoints::dir_for(dir, &key),
                     policy: options.checkpoints,
                     resume: options.resume.is_some(),
                     was_started: options.resume.as_ref().is_some_and(|r| {
-                        r.in_flight
-                            .iter()
-                            .any(|(a, rep)| *a == arm.label && *rep == repeat)
-                            || r.kept
-                                .iter()
-                                .any(|k| k.arm == arm.label && k.repeat == repeat)
+                        r.in_flight.contains(&key)
+                            || r.kept.iter().any(|k| super::journal::RunKey::of(k) == key)
                     }),
                 });
             record(
@@ -327,6 +328,7 @@ pub fn run_session(
                 super::journal::Record::Begun {
                     arm: arm.label.clone(),
                     repeat,
+                    order: position,
                 },
             );
             match train_run(arm, place, &data, &device, sink, stop, checkpoints.as_ref()) {

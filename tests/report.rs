@@ -473,9 +473,11 @@ fn writing_is_atomic_and_paths_are_checked() {
         let text = std::fs::read_to_string(&other).expect("read");
         assert!(!text.contains("older"), "{ext}: replaced whole");
     }
+    // The four reports and the CSV's verdict table beside it.
+    assert!(annt::report::verdict_csv_path(&dir.path().join("report.csv")).exists());
     assert_eq!(
         std::fs::read_dir(dir.path()).expect("dir").count(),
-        4,
+        5,
         "no temporary files left"
     );
     let err = write_report(&session(), &dir.path().join("report.pdf")).expect_err("pdf");
@@ -489,7 +491,7 @@ fn writing_is_atomic_and_paths_are_checked() {
         "{err}"
     );
     assert!(!dir.path().join("no").exists());
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 4);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 5);
     let err = read_json(&dir.path().join("absent.json")).expect_err("absent");
     assert!(matches!(err, ReportError::Read { .. }) && err.to_string().contains("absent.json"));
     let err = read_json(&dir.path().join("report.csv")).expect_err("not json");
@@ -564,4 +566,94 @@ fn annt_bench_writes_reports_whose_numbers_match_the_run() {
         .expect("run");
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("x.pdf"));
+}
+
+/// The verdict per switch is in the Markdown and HTML reports and beside a CSV: a clear
+/// speed-up is "better" with its p-value, an accuracy difference smaller than the repeats'
+/// spread is "within noise".
+#[test]
+fn every_format_carries_the_verdict_per_switch() {
+    let tuned = Switches {
+        grad_accum_steps: 2,
+        amp: annt::accel::amp::AmpMode::Bf16,
+        pinned_memory: false,
+    };
+    let mut s = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        preset_name: "verdict".into(),
+        plan: "ab".into(),
+        repeats: 3,
+        ..SessionResult::default()
+    };
+    for (repeat, (base_secs, base_acc, tuned_secs, tuned_acc)) in [
+        (40.0, 0.80, 20.0, 0.78),
+        (41.0, 0.82, 21.0, 0.81),
+        (39.0, 0.78, 19.5, 0.80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.runs.push(run(
+            "baseline",
+            repeat,
+            base_acc,
+            base_secs,
+            Switches::default(),
+            RunStatus::Finished,
+        ));
+        s.runs.push(run(
+            "tuned",
+            repeat,
+            tuned_acc,
+            tuned_secs,
+            tuned,
+            RunStatus::Finished,
+        ));
+    }
+    s.summarize();
+    let md = render(&s, ReportFormat::Markdown).expect("md");
+    assert!(md.contains("## Verdict per switch"), "{md}");
+    let row = |metric: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| GA + AMP | {metric} |")))
+            .unwrap_or_else(|| panic!("no {metric} row in {md}"))
+            .to_string()
+    };
+    let speed = row("images/s");
+    assert!(
+        speed.contains("| better |") && speed.contains("p = 0.0"),
+        "{speed}"
+    );
+    assert!(speed.contains("| +98.5 % |"), "{speed}");
+    let accuracy = row("test accuracy (%)");
+    assert!(accuracy.contains("| within noise |"), "{accuracy}");
+    assert!(
+        md.contains("cannot be separated"),
+        "an A/B's switches are named as one factor"
+    );
+    let html = render(&s, ReportFormat::Html).expect("html");
+    assert!(html.contains("<h2>Verdict per switch</h2>") && html.contains("within noise"));
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("r.csv");
+    write_report(&s, &path).expect("write");
+    let companion = annt::report::verdict_csv_path(&path);
+    let text = std::fs::read_to_string(&companion).expect("the verdict beside the CSV");
+    let rows = parse_csv(&text);
+    assert_eq!(rows.len(), 1 + 4, "{text}");
+    let p = rows[0]
+        .iter()
+        .position(|h| h == "welch_p")
+        .expect("p column");
+    let v = rows[0]
+        .iter()
+        .position(|h| h == "verdict")
+        .expect("verdict column");
+    let speed = rows
+        .iter()
+        .find(|r| r[1] == "images-per-sec")
+        .expect("speed row");
+    assert!(
+        speed[p].parse::<f64>().expect("p") < 0.05 && speed[v] == "better",
+        "{speed:?}"
+    );
 }

@@ -145,6 +145,25 @@ pub struct Interaction {
     pub estimate: f64,
 }
 
+impl Interaction {
+    pub fn estimate_text(&self) -> String {
+        if self.metric.relative() {
+            format!("×{:.3}", self.estimate)
+        } else {
+            format!("{:+.1} points", self.estimate)
+        }
+    }
+
+    /// What "no interaction" reads as.
+    pub fn neutral_text(&self) -> &'static str {
+        if self.metric.relative() {
+            "×1"
+        } else {
+            "0 points"
+        }
+    }
+}
+
 /// The verdict of a session.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Verdict {

@@ -103,6 +103,39 @@ pub fn render(s: &SessionResult) -> String {
     out
 }
 
+/// The verdict per switch ([`crate::bench::verdict`]) as CSV: one row per switch and
+/// metric, with the test's numbers in their own columns.
+pub fn render_verdict(s: &SessionResult) -> String {
+    let v = crate::bench::verdict::verdict(s);
+    let mut out = String::from(
+        "switch,metric,off_mean,off_sd,off_n,on_mean,on_sd,on_n,change,welch_t,welch_df,welch_p,verdict\n",
+    );
+    for e in &v.effects {
+        let (t, df, p) = e
+            .test
+            .map_or((String::new(), String::new(), String::new()), |w| {
+                (w.t.to_string(), w.df.to_string(), w.p.to_string())
+            });
+        let row = [
+            field(&e.factor),
+            serde_plain(e.metric),
+            e.off.mean.to_string(),
+            e.off.sd.to_string(),
+            e.off.n.to_string(),
+            e.on.mean.to_string(),
+            e.on.sd.to_string(),
+            e.on.n.to_string(),
+            e.change.to_string(),
+            t,
+            df,
+            p,
+            serde_plain(e.conclusion),
+        ];
+        out += &(row.join(",") + "\n");
+    }
+    out
+}
+
 /// A unit enum's serde name (`partial`, `reached-target`, `data-wait`): the words the JSON
 /// report uses.
 fn serde_plain<T: serde::Serialize>(v: T) -> String {

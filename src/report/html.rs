@@ -279,6 +279,35 @@ pub fn render(s: &SessionResult) -> String {
         chart("Images/s", "epoch", &by_epoch_speed),
         chart("Test accuracy (%) vs wall time", "seconds", &by_time_acc)
     );
+    let verdict = crate::bench::verdict::verdict(s);
+    o.push_str("<h2>Verdict per switch</h2>");
+    if !verdict.effects.is_empty() {
+        o.push_str("<table><tr>");
+        for h in super::fmt::VERDICT_HEADER {
+            let _ = write!(o, "<th>{}</th>", esc(h));
+        }
+        o.push_str("</tr>");
+        for e in &verdict.effects {
+            let cells = super::fmt::verdict_cells(e).map(|c| esc(&c));
+            let _ = write!(o, "<tr><td>{}</td></tr>", cells.join("</td><td>"));
+        }
+        o.push_str("</table>");
+    }
+    o.push_str("<ul>");
+    for i in &verdict.interactions {
+        let _ = write!(
+            o,
+            "<li>{} on {}: {} (estimate, untested; {} = no interaction)</li>",
+            esc(&i.factors),
+            esc(i.metric.label()),
+            esc(&i.estimate_text()),
+            esc(i.neutral_text())
+        );
+    }
+    for n in &verdict.notes {
+        let _ = write!(o, "<li>{}</li>", esc(n));
+    }
+    o.push_str("</ul>");
     let _ = write!(
         o,
         "<h2>Step time breakdown (ms per optimiser step)</h2><table><tr><th>arm</th>"

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use super::fmt::{
-    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, arm_name, comparison_cells, run_cells,
-    status,
+    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, VERDICT_HEADER, arm_name, comparison_cells,
+    run_cells, status, verdict_cells,
 };
 use crate::bench::result::{SessionResult, definitions};
 use crate::train::timing::Phase;
@@ -45,6 +45,30 @@ pub fn render(s: &SessionResult) -> String {
     let _ = writeln!(o);
     for d in definitions::ALL {
         let _ = writeln!(o, "- {}", cell(d));
+    }
+    let verdict = crate::bench::verdict::verdict(s);
+    let _ = writeln!(o, "\n## Verdict per switch\n");
+    if !verdict.effects.is_empty() {
+        let _ = writeln!(o, "| {} |", VERDICT_HEADER.join(" | "));
+        let _ = writeln!(o, "|{}", "---|".repeat(VERDICT_HEADER.len()));
+        for e in &verdict.effects {
+            let cells = verdict_cells(e).map(|c| cell(&c));
+            let _ = writeln!(o, "| {} |", cells.join(" | "));
+        }
+        let _ = writeln!(o);
+    }
+    for i in &verdict.interactions {
+        let _ = writeln!(
+            o,
+            "- {} on {}: {} (estimate, untested; {} = no interaction)",
+            i.factors,
+            i.metric.label(),
+            i.estimate_text(),
+            i.neutral_text()
+        );
+    }
+    for n in &verdict.notes {
+        let _ = writeln!(o, "- {}", cell(n));
     }
     let _ = writeln!(o, "\n## Step time breakdown (ms per optimiser step)\n");
     let _ = writeln!(o, "| arm | {} |", Phase::ALL.map(|p| p.label()).join(" | "));

@@ -99,7 +99,23 @@ pub fn write_report(session: &SessionResult, path: &Path) -> Result<ReportFormat
         path: path.to_path_buf(),
         source,
     })?;
+    if format == ReportFormat::Csv {
+        // A CSV is one table (a row per run, so spreadsheets read it as is); the verdict
+        // is a table of its own, beside it.
+        let companion = verdict_csv_path(path);
+        write_atomic(&companion, csv::render_verdict(session).as_bytes()).map_err(|source| {
+            ReportError::Write {
+                path: companion.clone(),
+                source,
+            }
+        })?;
+    }
     Ok(format)
+}
+
+/// Where a CSV report's verdict table goes: `report.csv` → `report.verdict.csv`.
+pub fn verdict_csv_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("verdict.csv")
 }
 
 /// Reads a JSON report back (the GUI's "Open report…", or one made by a headless run on a
@@ -118,6 +134,41 @@ pub fn read_json(path: &Path) -> Result<SessionResult, ReportError> {
 /// How numbers read in every report and in the window's table (one place, so they agree).
 pub mod fmt {
     use crate::bench::result::{ArmSummary, RunResult, RunStatus, Stat};
+    use crate::bench::verdict::Effect;
+
+    /// The verdict table's header (window, Markdown, HTML, the CSV's companion file).
+    pub const VERDICT_HEADER: [&str; 7] = [
+        "switch",
+        "metric",
+        "off: mean ± sd (n)",
+        "on: mean ± sd (n)",
+        "change",
+        "Welch's t-test",
+        "verdict",
+    ];
+
+    /// `123.4 ± 5.6 (3)`; the sd only where there are two values or more.
+    pub fn stat_text(s: &Stat, decimals: usize) -> String {
+        if s.n > 1 {
+            format!("{:.decimals$} ± {:.decimals$} ({})", s.mean, s.sd, s.n)
+        } else {
+            format!("{:.decimals$} ({})", s.mean, s.n)
+        }
+    }
+
+    /// One verdict row.
+    pub fn verdict_cells(e: &Effect) -> [String; 7] {
+        let decimals = 1;
+        [
+            e.factor.clone(),
+            e.metric.label().to_string(),
+            stat_text(&e.off, decimals),
+            stat_text(&e.on, decimals),
+            e.change_text(),
+            e.p_text(),
+            e.conclusion.label().to_string(),
+        ]
+    }
 
     /// The comparison table's header, shared by the Markdown and HTML reports and the
     /// window: speed-up first after the arm, then what it rests on. Each column means what

@@ -51,6 +51,8 @@ pub struct AnntApp {
     pub selected_arm: Option<String>,
     /// Curves against wall time instead of epochs.
     pub x_wall_time: bool,
+    /// The bottom panel's tab: table, verdict or confusion matrix.
+    pub bottom_tab: super::results::BottomTab,
     /// The CUDA device could not be used: the window offers the CPU.
     pub cpu_offer: bool,
     /// When Stop was pressed, while the session winds down.
@@ -125,6 +127,7 @@ impl AnntApp {
             sort: results::Sort::PLAN,
             selected_arm: None,
             x_wall_time: false,
+            bottom_tab: Default::default(),
             cpu_offer: false,
             stopping_since: None,
             gpus,

@@ -127,31 +127,45 @@ pub enum Column {
 }
 
 /// The columns, each with the definition its tooltip shows (the reports print the same).
-const COLUMNS: [(Column, &str, &str); 11] = [
+/// Headers are short so that every column fits beside the settings at 1280 px; each
+/// one's tooltip names it in full with its definition.
+pub(super) const COLUMNS: [(Column, &str, &str); 11] = [
     (Column::Order, "arm", definitions::REPEATS),
     (Column::Speedup, "speed-up", definitions::SPEEDUP),
-    (
-        Column::ImagesPerSec,
-        "images/s",
-        definitions::IMAGES_PER_SEC,
-    ),
-    (Column::Accuracy, "test accuracy", definitions::REPEATS),
-    (Column::MacroF1, "macro-F1", definitions::REPEATS),
-    (Column::Wall, "wall time (s)", definitions::TRAIN_TIME),
-    (Column::Train, "train time (s)", definitions::TRAIN_TIME),
-    (Column::Memory, "host peak (MiB)", definitions::PEAK_HOST),
-    (
-        Column::DeviceMemory,
-        "device peak (MiB)",
-        definitions::PEAK_DEVICE,
-    ),
-    (
-        Column::StepMs,
-        "ms/step (data / h2d / fwd / bwd / opt)",
-        definitions::IMAGES_PER_SEC,
-    ),
-    (Column::Order, "optimiser steps", definitions::REPEATS),
+    (Column::ImagesPerSec, "img/s", definitions::IMAGES_PER_SEC),
+    (Column::Accuracy, "test acc", definitions::REPEATS),
+    (Column::MacroF1, "F1", definitions::REPEATS),
+    (Column::Wall, "wall s", definitions::TRAIN_TIME),
+    (Column::Train, "train s", definitions::TRAIN_TIME),
+    (Column::Memory, "host MiB", definitions::PEAK_HOST),
+    (Column::DeviceMemory, "device MiB", definitions::PEAK_DEVICE),
+    (Column::StepMs, "ms/step", definitions::IMAGES_PER_SEC),
+    (Column::Order, "steps", definitions::REPEATS),
 ];
+
+/// Each column's full name, for its tooltip.
+const FULL_NAMES: [&str; 11] = [
+    "arm [finished runs / runs]",
+    "speed-up vs baseline (images/s ratio)",
+    "images per second (training)",
+    "test accuracy (final epoch)",
+    "macro-F1 (final epoch)",
+    "wall time in seconds (training + evaluation)",
+    "training time in seconds",
+    "peak host memory (MiB)",
+    "peak device memory (MiB)",
+    "milliseconds per optimiser step (hover a cell for data / host-to-device / forward / backward / optimiser)",
+    "optimiser steps (micro-batch × accumulation)",
+];
+
+/// What the bottom panel shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BottomTab {
+    #[default]
+    Table,
+    Verdict,
+    Confusion,
+}
 
 /// A row's arm cell: the arm, what kept runs out of its figures, and how many runs the
 /// figures rest on (finished/all).
@@ -321,21 +335,84 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         );
         return;
     };
-    // The table takes what the confusion matrix (at most ~380 px) leaves.
-    let matrix_w = (ui.available_width() * 0.32).min(380.0);
-    let height = ui.available_height();
-    ui.horizontal_top(|ui| {
-        let table_w = ui.available_width() - matrix_w - 8.0;
-        ui.allocate_ui(egui::vec2(table_w, height), |ui| {
+    // One thing at a time, each with the panel's whole width: the table's columns all fit
+    // at 1280 px; the verdict and the confusion matrix have tabs of their own.
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut app.bottom_tab, BottomTab::Table, "Table");
+        ui.selectable_value(
+            &mut app.bottom_tab,
+            BottomTab::Verdict,
+            "Verdict per switch",
+        );
+        ui.selectable_value(
+            &mut app.bottom_tab,
+            BottomTab::Confusion,
+            "Confusion matrix",
+        )
+        .on_hover_text("Of the arm selected in the table");
+    });
+    match app.bottom_tab {
+        BottomTab::Table => {
             egui::ScrollArea::both()
                 .id_salt("table-scroll")
-                .max_width(table_w)
                 .show(ui, |ui| table_grid(app, ui, &session));
-        });
-        ui.allocate_ui(egui::vec2(matrix_w, height), |ui| {
-            ui.vertical(|ui| confusion_ui(app, ui, &session));
-        });
-    });
+        }
+        BottomTab::Verdict => {
+            egui::ScrollArea::both()
+                .id_salt("verdict-scroll")
+                .show(ui, |ui| verdict_ui(ui, &session));
+        }
+        BottomTab::Confusion => confusion_ui(app, ui, &session),
+    }
+}
+
+/// The verdict per switch ([`annt::bench::verdict`]): the same table every report has.
+fn verdict_ui(ui: &mut egui::Ui, session: &SessionResult) {
+    use annt::report::fmt::{VERDICT_HEADER, verdict_cells};
+    let v = annt::bench::verdict::verdict(session);
+    if !v.effects.is_empty() {
+        egui::Grid::new("verdict")
+            .striped(true)
+            .num_columns(VERDICT_HEADER.len())
+            .show(ui, |ui| {
+                for h in VERDICT_HEADER {
+                    ui.label(egui::RichText::new(h).strong());
+                }
+                ui.end_row();
+                for e in &v.effects {
+                    let cells = verdict_cells(e);
+                    for (i, c) in cells.iter().enumerate() {
+                        if i + 1 == cells.len() {
+                            let colour = match e.conclusion {
+                                annt::bench::verdict::Conclusion::Better => {
+                                    egui::Color32::from_rgb(80, 190, 90)
+                                }
+                                annt::bench::verdict::Conclusion::Worse => {
+                                    egui::Color32::from_rgb(220, 90, 80)
+                                }
+                                _ => ui.visuals().weak_text_color(),
+                            };
+                            ui.colored_label(colour, c);
+                        } else {
+                            ui.label(c);
+                        }
+                    }
+                    ui.end_row();
+                }
+            });
+    }
+    for i in &v.interactions {
+        ui.label(format!(
+            "{} on {}: {} (estimate, untested; {} = no interaction)",
+            i.factors,
+            i.metric.label(),
+            i.estimate_text(),
+            i.neutral_text()
+        ));
+    }
+    for n in &v.notes {
+        ui.label(egui::RichText::new(n).weak());
+    }
 }
 
 fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
@@ -362,7 +439,8 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                     if ui
                         .add(egui::Button::new(text).frame(false))
                         .on_hover_text(format!(
-                            "{definition}\n\nClick to sort by this column (again to reverse)."
+                            "{}\n\n{definition}\n\nClick to sort by this column (again to reverse).",
+                            FULL_NAMES[i]
                         ))
                         .clicked()
                     {
@@ -388,7 +466,8 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                         };
                     }
                 } else {
-                    ui.label(text).on_hover_text(*definition);
+                    ui.label(text)
+                        .on_hover_text(format!("{}\n\n{definition}", FULL_NAMES[i]));
                 }
             }
             ui.end_row();
@@ -399,7 +478,7 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 let selected = app.selected_arm.as_deref() == Some(a.arm.as_str());
                 if ui
                     .selectable_label(selected, name)
-                    .on_hover_text("show its confusion matrix")
+                    .on_hover_text("select it: the Confusion matrix tab shows its matrix, Save trained weights… saves its weights")
                     .clicked()
                 {
                     app.selected_arm = Some(a.arm.clone());
@@ -412,8 +491,8 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 ui.label(num(&a.train_secs, 1));
                 ui.label(mib_stat(&a.peak_host));
                 ui.label(mib_stat(&a.peak_device));
-                ui.label(format!(
-                    "{:.0} / {:.0} / {:.0} / {:.0} / {:.0}",
+                ui.label(format!("{:.0}", step_ms(a))).on_hover_text(format!(
+                    "data {:.1} / host→device {:.1} / forward {:.1} / backward {:.1} / optimiser {:.1} ms",
                     phase(a, Phase::DataWait),
                     phase(a, Phase::HostToDevice),
                     phase(a, Phase::Forward),

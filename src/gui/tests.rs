@@ -84,16 +84,18 @@ fn start_a_quick_run_and_see_the_table_fill() {
         (row_label(&rows[1]), row_label(&rows[0]))
     };
     let y = |h: &Harness<'_, AnntApp>, label: &str| h.get_by_label(label).rect().center().y;
-    h.get_by_label("images/s").click();
+    h.get_by_label("img/s").click();
     h.run_steps(2);
     assert!(y(&h, &fast) < y(&h, &slow), "faster arm first");
-    h.get_by_label_contains("images/s (").click();
+    h.get_by_label_contains("img/s (").click();
     h.run_steps(2);
     assert!(y(&h, &slow) < y(&h, &fast), "reversed");
 
-    // A row click shows that arm's confusion matrix.
+    // A row click selects the arm whose confusion matrix the matrix tab shows.
     let tuned = rows[1].arm.clone();
     h.get_by_label(&row_label(&rows[1])).click();
+    h.run_steps(2);
+    h.get_by_label("Confusion matrix").click();
     h.run_steps(2);
     assert!(
         h.query_by_label_contains(&format!("Confusion matrix, {tuned}"))
@@ -116,6 +118,83 @@ fn start_a_quick_run_and_see_the_table_fill() {
     h.get_by_label("Open path").click();
     h.run_steps(2);
     assert_eq!(h.state().session.as_ref().expect("reopened").summary, rows);
+}
+
+/// At 1280×800 — a laptop screen — every column of the comparison table is on screen
+/// beside the settings, speed-up right after the arm.
+#[test]
+fn every_table_column_is_visible_at_1280_by_800() {
+    let mut settings = quick();
+    settings.run_mut().data.test_limit = Some(64);
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
+            let mut app = AnntApp::new(settings);
+            app.sessions_root = None;
+            app
+        });
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
+    h.run_steps(2);
+    let screen = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0));
+    let mut lefts = Vec::new();
+    for (_, title, _) in super::results::COLUMNS {
+        let rect = h.get_by_label(title).rect();
+        assert!(
+            screen.contains_rect(rect),
+            "column {title:?} at {rect:?} is not wholly on a 1280×800 screen"
+        );
+        lefts.push((rect.left(), title));
+    }
+    let mut by_x = lefts.clone();
+    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(by_x[0].1, "arm");
+    assert_eq!(by_x[1].1, "speed-up", "speed-up first after the arm");
+    // And each row's last cell too (the steps column).
+    let s = h.state().session.clone().expect("session");
+    let run = &s.runs[0];
+    let steps = format!(
+        "{} ({}×{})",
+        run.optimizer_steps,
+        run.micro_batch,
+        run.effective_batch / run.micro_batch.max(1)
+    );
+    let cell = h.get_by_label(&steps).rect();
+    assert!(screen.contains_rect(cell), "{steps:?} at {cell:?}");
+}
+
+/// With repeats the verdict tab tests each switch's effect and says so.
+#[test]
+fn the_verdict_tab_shows_each_switchs_effect_with_its_test() {
+    let mut settings = quick();
+    settings.run_mut().data.test_limit = Some(64);
+    settings.repeats = 2;
+    // Enough steps that both arms have timed steps after the warm-up.
+    settings.run_mut().data.train_limit = Some(512);
+    let mut h = harness(settings);
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
+    h.get_by_label("Verdict per switch").click();
+    h.run_steps(2);
+    for header in annt::report::fmt::VERDICT_HEADER {
+        assert!(h.query_by_label(header).is_some(), "{header}");
+    }
+    let v = annt::bench::verdict::verdict(h.state().session.as_ref().expect("session"));
+    // GA is the only switch the quick test's tuned arm turns on; 2 runs a side: tested.
+    let speed = v
+        .effects
+        .iter()
+        .find(|e| e.factor == "GA" && e.metric == annt::bench::verdict::Metric::ImagesPerSec)
+        .expect("GA on images/s");
+    assert_eq!((speed.on.n, speed.off.n), (2, 2));
+    assert!(speed.test.is_some());
+    let cells = annt::report::fmt::verdict_cells(speed);
+    for c in &cells {
+        assert!(
+            h.query_all_by_label(c).next().is_some(),
+            "the window shows {c:?}"
+        );
+    }
 }
 
 #[test]

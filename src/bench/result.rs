@@ -146,6 +146,40 @@ pub struct RunResult {
     /// Set when the run continued from a checkpoint after an interruption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,
+    /// The per-step curves: one point per progress event (at most [`CURVE_POINTS`]; when
+    /// there would be more, every other one is dropped, so the points stay evenly spread).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<CurvePoint>,
+}
+
+/// Points kept in a run's [`RunResult::curve`].
+pub const CURVE_POINTS: usize = 2000;
+
+/// A run at one step, as its progress event said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub step: u64,
+    pub wall_secs: f64,
+    /// Mean training loss since the previous point.
+    pub loss: f64,
+    /// Images/s of the run's timed steps so far.
+    pub images_per_sec: f64,
+    pub lr: f64,
+    pub loss_scale: Option<f64>,
+    pub host_mib: Option<f64>,
+    pub device_mib: Option<f64>,
+}
+
+/// Appends `p` to `curve`, halving it (every other point) when it is full.
+pub fn push_curve_point(curve: &mut Vec<CurvePoint>, p: CurvePoint) {
+    if curve.len() >= CURVE_POINTS {
+        let mut i = 0;
+        curve.retain(|_| {
+            i += 1;
+            i % 2 == 1
+        });
+    }
+    curve.push(p);
 }
 
 /// What writing a run's checkpoints cost. Their time is part of the run's wall and

@@ -147,6 +147,9 @@ pub struct RunState {
     pub checkpoints: CheckpointStats,
     /// Times the run has been resumed before this checkpoint.
     pub resumes: u32,
+    /// The per-step curve so far.
+    #[serde(default)]
+    pub curve: Vec<crate::bench::result::CurvePoint>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -212,6 +212,7 @@ pub fn train_run(
         order,
     } = place;
     sink.emit(Event::RunStarted {
+        steps_per_epoch: per_epoch,
         arm: arm.label.clone(),
         repeat,
         run_index,
@@ -263,6 +264,7 @@ pub fn train_run(
     let mut peak_before: Option<u64> = None;
     let mut ckpt_stats = CheckpointStats::default();
     let mut resumed: Option<Resumed> = None;
+    let mut curve: Vec<crate::bench::result::CurvePoint> = Vec::new();
     if let (Some(c), Some(fp)) = (checkpoints.filter(|c| c.resume), &fingerprint) {
         let (found, problems) = checkpoint::latest(&c.dir);
         for p in &problems {
@@ -296,6 +298,7 @@ pub fn train_run(
                 scaler = st.scaler.or(scaler);
                 peak_before = st.peak_host_bytes;
                 ckpt_stats = st.checkpoints;
+                curve = st.curve;
                 resumed = Some(Resumed {
                     times: st.resumes + 1,
                     from_step: st.step,
@@ -361,6 +364,8 @@ pub fn train_run(
             alloc,
         );
         let (mut loss_sum, mut correct, mut seen) = sums;
+        // The sums at the previous progress event: the difference is the recent loss.
+        let mut at_last_tick = (loss_sum, seen);
         let mut tally = DeviceTally::default();
         let epoch_timed_start = timer.summary();
         for epoch_step in (first_batch / k) as u64..per_epoch {
@@ -457,6 +462,26 @@ pub fn train_run(
                     reason,
                 })?;
                 let s = timer.summary();
+                let recent_n = seen - at_last_tick.1;
+                let recent_loss = if recent_n > 0 {
+                    (loss_sum - at_last_tick.0) / recent_n as f64
+                } else {
+                    f64::NAN
+                };
+                at_last_tick = (loss_sum, seen);
+                let point = crate::bench::result::CurvePoint {
+                    step,
+                    wall_secs: wall(run_start),
+                    loss: recent_loss,
+                    images_per_sec: s.images_per_sec,
+                    lr: optimizer.lr_of_group(0),
+                    loss_scale: scaler.as_ref().map(|s| s.scale()),
+                    host_mib: crate::train::timing::current_rss_bytes()
+                        .map(|b| b as f64 / 1048576.0),
+                    device_mib: crate::util::gpu::pool_current_bytes(device)
+                        .map(|b| b as f64 / 1048576.0),
+                };
+                crate::bench::result::push_curve_point(&mut curve, point);
                 sink.emit(Event::Progress {
                     arm: arm.label.clone(),
                     repeat,
@@ -468,8 +493,13 @@ pub fn train_run(
                     } else {
                         f64::NAN
                     },
+                    recent_loss,
                     images_per_sec: s.images_per_sec,
                     elapsed_secs: wall(run_start),
+                    lr: point.lr,
+                    loss_scale: point.loss_scale,
+                    host_bytes: point.host_mib.map(|m| (m * 1048576.0) as u64),
+                    device_bytes: point.device_mib.map(|m| (m * 1048576.0) as u64),
                 });
             }
             if let Some(c) = checkpoints
@@ -491,6 +521,7 @@ pub fn train_run(
                     epoch_loss_sum: loss_sum,
                     epoch_correct: correct,
                     epoch_seen: seen,
+                    curve: curve.clone(),
                     ..snapshot_state(
                         fingerprint.as_deref().unwrap_or_default(),
                         cfg,
@@ -582,6 +613,7 @@ pub fn train_run(
         {
             let state = RunState {
                 epoch: epoch + 1,
+                curve: curve.clone(),
                 ..snapshot_state(
                     fingerprint.as_deref().unwrap_or_default(),
                     cfg,
@@ -646,6 +678,7 @@ pub fn train_run(
         weights_file: None,
         checkpoints: ckpt_stats,
         resumed,
+        curve,
     };
     sink.emit(Event::RunFinished {
         result: Box::new(result.clone()),

@@ -50,7 +50,11 @@ pub struct AnntApp {
     /// The arm whose confusion matrix is shown.
     pub selected_arm: Option<String>,
     /// Curves against wall time instead of epochs.
-    pub x_wall_time: bool,
+    /// The curves' x axis.
+    pub x_axis: super::results::XAxis,
+    /// Exponential smoothing of the per-step loss curve, 0 (none) to 0.99 (TensorBoard's
+    /// weight, debiased so the start is not pulled towards zero).
+    pub smoothing: f64,
     /// The bottom panel's tab: table, verdict or confusion matrix.
     pub bottom_tab: super::results::BottomTab,
     /// The CUDA device could not be used: the window offers the CPU.
@@ -126,7 +130,8 @@ impl AnntApp {
             live: None,
             sort: results::Sort::PLAN,
             selected_arm: None,
-            x_wall_time: false,
+            x_axis: Default::default(),
+            smoothing: 0.6,
             bottom_tab: Default::default(),
             cpu_offer: false,
             stopping_since: None,

@@ -125,6 +125,8 @@ impl AnntApp {
                 status: format!("{} (from {source})", annt::report::fmt::status(r.status)),
                 micro_batch: r.micro_batch,
                 images_per_sec: r.timing.images_per_sec,
+                steps_per_epoch: r.optimizer_steps_per_epoch,
+                points: r.curve.clone(),
             })
             .collect();
         self.finished = s.runs.clone();

@@ -148,12 +148,14 @@ impl AnntApp {
                 repeat,
                 total_steps,
                 micro_batch,
+                steps_per_epoch,
                 ..
             }) => self.runs.push(RunView {
                 arm,
                 repeat,
                 total_steps,
                 micro_batch,
+                steps_per_epoch,
                 started: Some(Instant::now()),
                 status: "running".into(),
                 ..RunView::default()
@@ -163,11 +165,28 @@ impl AnntApp {
                 repeat,
                 step,
                 images_per_sec,
+                recent_loss,
+                elapsed_secs,
+                lr,
+                loss_scale,
+                host_bytes,
+                device_bytes,
                 ..
             }) => {
                 if let Some(r) = self.run_mut(&arm, repeat) {
                     r.step = step;
                     r.images_per_sec = images_per_sec;
+                    let mib = |b: Option<u64>| b.map(|b| b as f64 / 1048576.0);
+                    r.points.push(annt::bench::result::CurvePoint {
+                        step,
+                        wall_secs: elapsed_secs,
+                        loss: recent_loss,
+                        images_per_sec,
+                        lr,
+                        loss_scale,
+                        host_mib: mib(host_bytes),
+                        device_mib: mib(device_bytes),
+                    });
                 }
             }
             WorkerMsg::Event(Event::EpochFinished {
@@ -199,6 +218,8 @@ impl AnntApp {
                         status,
                         micro_batch: result.micro_batch,
                         images_per_sec: result.timing.images_per_sec,
+                        steps_per_epoch: result.optimizer_steps_per_epoch,
+                        points: result.curve.clone(),
                         started: None,
                     }),
                 }

@@ -70,6 +70,9 @@ pub struct RunView {
     pub micro_batch: usize,
     /// The latest images/s the engine reported (0 before the first timed step).
     pub images_per_sec: f64,
+    pub steps_per_epoch: u64,
+    /// One point per progress event: the per-step curves.
+    pub points: Vec<annt::bench::result::CurvePoint>,
 }
 
 #[cfg(test)]

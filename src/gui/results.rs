@@ -10,9 +10,6 @@ use super::AnntApp;
 use super::action::UiAction;
 use super::jobs::Dialog;
 
-/// A run's curve: name, colour, (epoch, value) points.
-type Curve = (String, egui::Color32, Vec<[f64; 2]>);
-
 const COLOURS: [egui::Color32; 8] = [
     egui::Color32::from_rgb(31, 119, 180),
     egui::Color32::from_rgb(214, 39, 40),
@@ -24,8 +21,76 @@ const COLOURS: [egui::Color32; 8] = [
     egui::Color32::from_rgb(23, 190, 207),
 ];
 
+/// What the curves are drawn against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XAxis {
+    #[default]
+    Step,
+    Epoch,
+    Wall,
+}
+
+impl XAxis {
+    fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "optimiser step",
+            XAxis::Epoch => "epoch",
+            XAxis::Wall => "wall time (s)",
+        }
+    }
+}
+
+/// A stable colour per arm: by the arm's first appearance, so repeats share it.
+fn arm_colour(runs: &[super::RunView], arm: &str) -> egui::Color32 {
+    let mut seen: Vec<&str> = Vec::new();
+    for r in runs {
+        if !seen.contains(&r.arm.as_str()) {
+            seen.push(&r.arm);
+        }
+    }
+    let i = seen.iter().position(|a| *a == arm).unwrap_or(0);
+    COLOURS[i % COLOURS.len()]
+}
+
+/// TensorBoard's smoothing: an exponential moving average with weight `w`, debiased (the
+/// first points are not pulled towards 0); NaNs are skipped.
+pub fn smooth(values: &[[f64; 2]], w: f64) -> Vec<[f64; 2]> {
+    let mut last = 0.0;
+    let mut n = 0;
+    let mut out = Vec::with_capacity(values.len());
+    for &[x, y] in values {
+        if !y.is_finite() {
+            continue;
+        }
+        last = last * w + (1.0 - w) * y;
+        n += 1;
+        let debias = 1.0 - w.powi(n);
+        out.push([x, if debias > 0.0 { last / debias } else { y }]);
+    }
+    out
+}
+
+/// At most `max` evenly spread points (plotting thousands per run costs frame time).
+fn thin(points: Vec<[f64; 2]>, max: usize) -> Vec<[f64; 2]> {
+    if points.len() <= max {
+        return points;
+    }
+    let stride = points.len().div_ceil(max);
+    let last = points.last().copied();
+    let mut out: Vec<[f64; 2]> = points.into_iter().step_by(stride).collect();
+    if let Some(p) = last
+        && out.last() != Some(&p)
+    {
+        out.push(p);
+    }
+    out
+}
+
+/// Points per run a chart draws.
+const PLOT_POINTS: usize = 600;
+
 pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
-    for (i, r) in app.runs.iter().enumerate() {
+    for r in app.runs.iter() {
         let frac = if r.total_steps > 0 {
             r.step as f32 / r.total_steps as f32
         } else {
@@ -39,7 +104,7 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         };
         ui.horizontal(|ui| {
             ui.colored_label(
-                COLOURS[i % COLOURS.len()],
+                arm_colour(&app.runs, &r.arm),
                 format!("{} #{}", r.arm, r.repeat + 1),
             );
             ui.add(
@@ -52,56 +117,187 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             );
         });
     }
-    if app.runs.is_empty() {
-        ui.label("Press Start: the baseline and the tuned arm train one after the other, and their curves appear here.");
-    }
     ui.horizontal(|ui| {
         ui.label("x axis:");
-        ui.radio_value(&mut app.x_wall_time, false, "epoch");
-        ui.radio_value(&mut app.x_wall_time, true, "wall time (s)");
+        ui.radio_value(&mut app.x_axis, XAxis::Step, "step");
+        ui.radio_value(&mut app.x_axis, XAxis::Epoch, "epoch");
+        ui.radio_value(&mut app.x_axis, XAxis::Wall, "wall time (s)");
+        ui.separator();
+        ui.add(egui::Slider::new(&mut app.smoothing, 0.0..=0.99).text("loss smoothing"))
+            .on_hover_text("Exponential moving average of the per-step loss (TensorBoard's smoothing, debiased); the raw loss is drawn faint behind it");
     });
-    let x_time = app.x_wall_time;
-    let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
+    if app.runs.is_empty() {
+        ui.add_space(40.0);
+        ui.vertical_centered(|ui| {
+            ui.label("Press Start: the baseline and the tuned arm train one after the other.");
+            ui.label("Per-step training loss, images/s, learning rate and memory appear here within seconds, test and train accuracy after each epoch.");
+        });
+        return;
+    }
+    let axis = app.x_axis;
+    let fp16 = app
+        .runs
+        .iter()
+        .any(|r| r.points.iter().any(|p| p.loss_scale.is_some()));
+    let rows = 3.0;
+    let height = ((ui.available_height() - 10.0) / rows).max(110.0);
     let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
-    let series = |f: &dyn Fn(&annt::bench::result::EpochRecord) -> f64| -> Vec<Curve> {
+    // Per-step series: x from the step, its epoch fraction or its wall time.
+    let step_x = |r: &super::RunView, p: &annt::bench::result::CurvePoint| match axis {
+        XAxis::Step => p.step as f64,
+        XAxis::Epoch => p.step as f64 / r.steps_per_epoch.max(1) as f64,
+        XAxis::Wall => p.wall_secs,
+    };
+    let epoch_x = |e: &annt::bench::result::EpochRecord| match axis {
+        XAxis::Step => e.optimizer_steps as f64,
+        XAxis::Epoch => e.epoch as f64,
+        XAxis::Wall => e.wall_secs,
+    };
+    struct Series {
+        name: String,
+        colour: egui::Color32,
+        points: Vec<[f64; 2]>,
+        faint: bool,
+    }
+    let per_step = |f: &dyn Fn(&annt::bench::result::CurvePoint) -> Option<f64>| -> Vec<Series> {
         app.runs
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                (
-                    format!("{} #{}", r.arm, r.repeat + 1),
-                    COLOURS[i % COLOURS.len()],
-                    r.epochs
+            .map(|r| Series {
+                name: format!("{} #{}", r.arm, r.repeat + 1),
+                colour: arm_colour(&app.runs, &r.arm),
+                points: thin(
+                    r.points
                         .iter()
-                        .map(|e| {
-                            let x = if x_time { e.wall_secs } else { e.epoch as f64 };
-                            [x, f(e)]
-                        })
+                        .filter_map(|p| f(p).filter(|v| v.is_finite()).map(|v| [step_x(r, p), v]))
                         .collect(),
-                )
+                    PLOT_POINTS,
+                ),
+                faint: false,
             })
             .collect()
     };
-    let charts: [(&str, Vec<Curve>); 4] = [
-        ("Training loss", series(&|e| e.train_loss)),
-        ("Test accuracy (%)", series(&|e| 100.0 * e.test_accuracy)),
-        ("Train accuracy (%)", series(&|e| 100.0 * e.train_accuracy)),
-        ("Images/s", series(&|e| e.images_per_sec)),
+    let per_epoch = |f: &dyn Fn(&annt::bench::result::EpochRecord) -> f64| -> Vec<Series> {
+        app.runs
+            .iter()
+            .map(|r| Series {
+                name: format!("{} #{}", r.arm, r.repeat + 1),
+                colour: arm_colour(&app.runs, &r.arm),
+                points: r.epochs.iter().map(|e| [epoch_x(e), f(e)]).collect(),
+                faint: false,
+            })
+            .collect()
+    };
+    // The loss: raw (faint) and smoothed.
+    let mut loss = Vec::new();
+    for r in &app.runs {
+        let raw: Vec<[f64; 2]> = r
+            .points
+            .iter()
+            .filter(|p| p.loss.is_finite())
+            .map(|p| [step_x(r, p), p.loss])
+            .collect();
+        let colour = arm_colour(&app.runs, &r.arm);
+        let name = format!("{} #{}", r.arm, r.repeat + 1);
+        if app.smoothing > 0.0 {
+            loss.push(Series {
+                name: name.clone(),
+                colour: colour.gamma_multiply(0.35),
+                points: thin(raw.clone(), PLOT_POINTS),
+                faint: true,
+            });
+        }
+        loss.push(Series {
+            name,
+            colour,
+            points: thin(smooth(&raw, app.smoothing), PLOT_POINTS),
+            faint: false,
+        });
+    }
+    let mut memory = per_step(&|p| p.host_mib);
+    for (s, r) in per_step(&|p| p.device_mib).into_iter().zip(&app.runs) {
+        if !s.points.is_empty() {
+            memory.push(Series {
+                name: format!("{} #{} device", r.arm, r.repeat + 1),
+                ..s
+            });
+        }
+    }
+    let mut charts: Vec<(&str, &str, Vec<Series>)> = vec![
+        (
+            "Training loss (per step)",
+            "appears after the first steps",
+            loss,
+        ),
+        (
+            "Test accuracy (%)",
+            "appears after the first epoch's evaluation",
+            per_epoch(&|e| 100.0 * e.test_accuracy),
+        ),
+        (
+            "Images/s (timed steps so far)",
+            "appears once the warm-up steps are done",
+            per_step(&|p| (p.images_per_sec > 0.0).then_some(p.images_per_sec)),
+        ),
+        (
+            "Train accuracy (%)",
+            "appears after the first epoch",
+            per_epoch(&|e| 100.0 * e.train_accuracy),
+        ),
+        (
+            "Learning rate",
+            "appears after the first steps",
+            per_step(&|p| Some(p.lr)),
+        ),
+        (
+            "Memory in use (MiB): host, and device where there is one",
+            "appears after the first steps",
+            memory,
+        ),
     ];
+    if fp16 {
+        charts.push((
+            "Loss scale (fp16)",
+            "appears after the first steps",
+            per_step(&|p| p.loss_scale),
+        ));
+    }
     egui::Grid::new("charts").num_columns(2).show(ui, |ui| {
-        for (i, (title, lines)) in charts.into_iter().enumerate() {
+        for (i, (title, hint, lines)) in charts.into_iter().enumerate() {
             ui.vertical(|ui| {
                 ui.label(title);
-                Plot::new(title)
-                    .legend(Legend::default())
-                    .height(height - 20.0)
-                    .width(width)
-                    .x_axis_label(if x_time { "wall time (s)" } else { "epoch" })
-                    .show(ui, |p| {
-                        for (name, colour, points) in lines {
-                            p.line(Line::new(name, PlotPoints::from(points)).color(colour));
-                        }
-                    });
+                if lines.iter().all(|s| s.points.is_empty()) {
+                    // A hint, not axes around nothing.
+                    let (rect, _) = ui.allocate_exact_size(
+                        egui::vec2(width, height - 24.0),
+                        egui::Sense::hover(),
+                    );
+                    ui.painter().rect_stroke(
+                        rect,
+                        4.0,
+                        ui.visuals().widgets.noninteractive.bg_stroke,
+                        egui::StrokeKind::Inside,
+                    );
+                    ui.painter().text(
+                        rect.center(),
+                        egui::Align2::CENTER_CENTER,
+                        format!("{title}: {hint}"),
+                        egui::FontId::proportional(13.0),
+                        ui.visuals().weak_text_color(),
+                    );
+                } else {
+                    Plot::new(title)
+                        .legend(Legend::default())
+                        .height(height - 24.0)
+                        .width(width)
+                        .x_axis_label(axis.label())
+                        .show(ui, |p| {
+                            for s in lines {
+                                let line =
+                                    Line::new(s.name, PlotPoints::from(s.points)).color(s.colour);
+                                p.line(if s.faint { line.width(1.0) } else { line });
+                            }
+                        });
+                }
             });
             if i % 2 == 1 {
                 ui.end_row();

@@ -568,3 +568,42 @@ fn a_stopped_session_resumes_from_the_sessions_menu_and_keeps_its_finished_run()
     assert_eq!(h.state().runs.len(), 2);
     assert!(h.state().runs.iter().all(|r| r.epochs.len() == 3));
 }
+
+#[test]
+fn loss_smoothing_is_a_debiased_moving_average() {
+    use super::results::smooth;
+    let flat: Vec<[f64; 2]> = (0..5).map(|i| [i as f64, 2.0]).collect();
+    // Debiased: a constant stays that constant from the first point (a plain EMA from 0
+    // would start at 0.8).
+    for p in smooth(&flat, 0.6) {
+        assert!((p[1] - 2.0).abs() < 1e-12, "{p:?}");
+    }
+    let steps = [[0.0, 0.0], [1.0, f64::NAN], [2.0, 10.0]];
+    assert_eq!(
+        smooth(&steps, 0.0),
+        vec![[0.0, 0.0], [2.0, 10.0]],
+        "0 = raw, NaN skipped"
+    );
+    let s = smooth(&steps, 0.5);
+    // (0.5·0 + 0.5·10) / (1 − 0.25) = 6.67: between the two, nearer the newer.
+    assert!((s[1][1] - 5.0 / 0.75).abs() < 1e-12, "{s:?}");
+}
+
+/// Progress events draw per-step points while the first epoch is still running.
+#[test]
+fn per_step_points_arrive_before_the_first_epoch_ends() {
+    let mut settings = quick();
+    settings.run_mut().data.train_limit = Some(1024);
+    settings.run_mut().data.test_limit = Some(64);
+    let mut h = harness(settings);
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| {
+        a.runs.first().is_some_and(|r| r.points.len() >= 3)
+    });
+    let r = &h.state().runs[0];
+    assert!(r.epochs.is_empty(), "points before the first epoch's end");
+    assert!(r.points.windows(2).all(|w| w[0].step < w[1].step));
+    assert!(r.points.iter().all(|p| p.lr > 0.0 && p.host_mib.is_some()));
+    h.get_by_label("Stop").click();
+    run_until(&mut h, HANG, |a| !a.is_running());
+}

@@ -61,6 +61,12 @@ pub fn pool_peak_bytes(device: &candle_core::Device) -> Option<u64> {
     imp::pool_peak_bytes(device)
 }
 
+/// The bytes `device`'s memory pool holds in use now (a driver query that does not wait for
+/// the device; `None` on the CPU).
+pub fn pool_current_bytes(device: &candle_core::Device) -> Option<u64> {
+    imp::pool_current_bytes(device)
+}
+
 /// Turns off cudarc's per-allocation event tracking on a freshly opened CUDA device: it
 /// creates two events for every tensor allocated (thousands per step) to order work across
 /// streams, and annt issues all of a device's work on one stream from one thread (the
@@ -79,6 +85,9 @@ mod imp {
     }
     pub fn single_stream(_: &candle_core::Device) {}
     pub fn pool_peak_bytes(_: &candle_core::Device) -> Option<u64> {
+        None
+    }
+    pub fn pool_current_bytes(_: &candle_core::Device) -> Option<u64> {
         None
     }
 }
@@ -165,6 +174,13 @@ mod imp {
         pool_attr(
             default_pool(device)?,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        )
+    }
+
+    pub fn pool_current_bytes(device: &candle_core::Device) -> Option<u64> {
+        pool_attr(
+            default_pool(device)?,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
         )
     }
 

@@ -35,6 +35,7 @@ fn ab_plan(name: &str, tuned: Switches, train_limit: usize, epochs: usize) -> Pl
             description: String::new(),
             run,
             tuned,
+            paper: None,
         },
     }
 }

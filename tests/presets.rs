@@ -139,3 +139,71 @@ fn a_bad_preset_names_the_file_and_the_problem() {
         "{err}"
     );
 }
+
+/// The presets that reproduce the paper carry its published figures (its repository's
+/// README, results with tuning), and the report shows them beside the measured ones.
+#[test]
+fn paper_presets_carry_the_published_figures_and_reports_show_them() {
+    let want = [
+        (
+            "efficientnet-b0-cifar10",
+            Some(96.0),
+            Some(96.0),
+            Some(96.0),
+            60.0,
+        ),
+        ("vit-b16-cifar10", Some(97.0), Some(97.0), Some(97.0), 120.0),
+        ("resnet50-cifar10", Some(92.0), Some(92.0), Some(92.0), 46.0),
+        (
+            "efficientnet-b0-cifar100",
+            Some(81.0),
+            Some(90.0),
+            None,
+            66.0,
+        ),
+        ("resnet50-cifar100", None, Some(75.2), None, 18.0),
+        ("vit-b16-cifar100", Some(84.0), None, None, 150.0),
+    ];
+    for (name, train, test, f1, minutes) in want {
+        let p = preset(name)
+            .paper
+            .unwrap_or_else(|| panic!("{name}: no paper figures"));
+        assert_eq!(
+            (p.train_accuracy, p.test_accuracy, p.f1, p.execution_minutes),
+            (train, test, f1, Some(minutes)),
+            "{name}"
+        );
+        assert!(p.note.contains("does not name its GPU"), "{name}");
+    }
+    assert!(preset("resnet50-cifar10-controlled").paper.is_none());
+    assert!(preset("quick-cpu").paper.is_none());
+
+    use annt::bench::result::{RunResult, RunStatus, SessionResult};
+    let run = |ga: usize, acc: f64, secs: f64| RunResult {
+        arm: format!("ga{ga}"),
+        status: RunStatus::Finished,
+        switches: annt::config::Switches {
+            grad_accum_steps: ga,
+            ..Default::default()
+        },
+        final_test_accuracy: acc,
+        wall_secs: secs,
+        ..RunResult::default()
+    };
+    let mut s = SessionResult {
+        paper: preset("resnet50-cifar10").paper,
+        runs: vec![run(1, 0.90, 3000.0), run(2, 0.913, 2400.0)],
+        ..SessionResult::default()
+    };
+    s.summarize();
+    let md = annt::report::render(&s, annt::report::ReportFormat::Markdown).expect("md");
+    assert!(md.contains("## The paper's figures beside these"), "{md}");
+    assert!(
+        md.contains("| test accuracy | 92.0 % | 90.0 % | 91.3 % |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| execution time | 46.0 min (GPU not named) | 50.0 min | 40.0 min |"),
+        "{md}"
+    );
+}

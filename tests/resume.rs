@@ -278,6 +278,7 @@ fn torn_journals_missing_and_foreign_checkpoints_are_reported_and_the_rest_is_ke
                 grad_accum_steps: 2,
                 ..Switches::default()
             },
+            paper: None,
         },
     };
     let root = tempfile::tempdir().expect("root");

@@ -119,6 +119,7 @@ mod tests {
                 description: String::new(),
                 run: RunConfig::quick_cpu(),
                 tuned,
+                paper: None,
             },
         }
     }

@@ -325,6 +325,9 @@ pub struct SessionResult {
     pub summary: Vec<ArmSummary>,
     /// What each switch changed, in words, for the report.
     pub notes: Vec<String>,
+    /// The paper's figures for the preset's recipe, when it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<crate::config::PaperFigures>,
 }
 
 impl SessionResult {

@@ -265,6 +265,31 @@ pub struct Preset {
     pub run: RunConfig,
     /// The tuned arm's switches.
     pub tuned: Switches,
+    /// The paper's published figures for this recipe, where it reproduces one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<PaperFigures>,
+}
+
+/// What the paper (arXiv 2312.10024, its repository's README) reports for a recipe, with
+/// its tuning on. Shown beside the measured figures and marked as the paper's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaperFigures {
+    /// Where the figures come from.
+    pub source: String,
+    /// Percent.
+    #[serde(default)]
+    pub train_accuracy: Option<f64>,
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
+    /// Percent (the paper's "F1 score").
+    #[serde(default)]
+    pub f1: Option<f64>,
+    #[serde(default)]
+    pub execution_minutes: Option<f64>,
+    /// What the figures do not say (the paper names no GPU).
+    #[serde(default)]
+    pub note: String,
 }
 
 fn yes() -> bool {
@@ -413,6 +438,7 @@ impl Preset {
                 amp: AmpMode::Bf16,
                 pinned_memory: false,
             },
+            paper: None,
         }
     }
 

@@ -233,6 +233,7 @@ pub fn run_session(
         runs: Vec::new(),
         summary: Vec::new(),
         notes: Vec::new(),
+        paper: plan.preset.paper.clone(),
     };
     // The journal: a failure to keep it is said at once, and the session goes on (its
     // report can still be saved); nothing else depends on it.

@@ -706,6 +706,25 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 ui.end_row();
             }
         });
+    let paper = annt::report::fmt::paper_rows(session);
+    if let Some(p) = session.paper.as_ref().filter(|_| !paper.is_empty()) {
+        ui.add_space(6.0);
+        ui.label(egui::RichText::new("The paper's figures beside these").strong())
+            .on_hover_text(format!("{}. {}", p.source, p.note));
+        egui::Grid::new("paper").striped(true).show(ui, |ui| {
+            for h in annt::report::fmt::PAPER_HEADER {
+                ui.label(egui::RichText::new(h).strong());
+            }
+            ui.end_row();
+            for row in &paper {
+                for c in row {
+                    ui.label(c);
+                }
+                ui.end_row();
+            }
+        });
+        ui.label(egui::RichText::new(&p.note).weak());
+    }
     for n in &session.notes {
         ui.label(egui::RichText::new(n).weak());
     }

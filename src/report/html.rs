@@ -235,6 +235,24 @@ pub fn render(s: &SessionResult) -> String {
     let mut by_epoch_loss = Vec::new();
     let mut by_epoch_speed = Vec::new();
     let mut by_time_acc = Vec::new();
+    let (mut step_loss, mut step_speed, mut step_mem) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in s.runs.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let name = run_name(r, s.repeats);
+        let per_step = |f: &dyn Fn(&crate::bench::result::CurvePoint) -> Option<f64>| {
+            r.curve
+                .iter()
+                .filter_map(|p| f(p).filter(|v| v.is_finite()).map(|v| (p.step as f64, v)))
+                .collect::<Vec<_>>()
+        };
+        step_loss.push((name.clone(), c, per_step(&|p| Some(p.loss))));
+        step_speed.push((
+            name.clone(),
+            c,
+            per_step(&|p| (p.images_per_sec > 0.0).then_some(p.images_per_sec)),
+        ));
+        step_mem.push((name, c, per_step(&|p| p.host_mib)));
+    }
     for (i, r) in s.runs.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let name = run_name(r, s.repeats);
@@ -279,6 +297,37 @@ pub fn render(s: &SessionResult) -> String {
         chart("Images/s", "epoch", &by_epoch_speed),
         chart("Test accuracy (%) vs wall time", "seconds", &by_time_acc)
     );
+    if step_loss.iter().any(|s| !s.2.is_empty()) {
+        let _ = write!(
+            o,
+            "<h2>Per-step curves</h2><div class=\"charts\">{}{}{}</div>",
+            chart("Training loss (per step)", "optimiser step", &step_loss),
+            chart(
+                "Images/s (timed steps so far)",
+                "optimiser step",
+                &step_speed
+            ),
+            chart("Host memory in use (MiB)", "optimiser step", &step_mem)
+        );
+    }
+    let paper = super::fmt::paper_rows(s);
+    if let Some(p) = s.paper.as_ref().filter(|_| !paper.is_empty()) {
+        o.push_str("<h2>The paper's figures beside these</h2><table><tr>");
+        for h in super::fmt::PAPER_HEADER {
+            let _ = write!(o, "<th>{}</th>", esc(h));
+        }
+        o.push_str("</tr>");
+        for row in &paper {
+            let cells = row.clone().map(|c| esc(&c));
+            let _ = write!(o, "<tr><td>{}</td></tr>", cells.join("</td><td>"));
+        }
+        let _ = write!(
+            o,
+            "</table><p class=\"note\">Paper figures: {}. {}</p>",
+            esc(&p.source),
+            esc(&p.note)
+        );
+    }
     let verdict = crate::bench::verdict::verdict(s);
     o.push_str("<h2>Verdict per switch</h2>");
     if !verdict.effects.is_empty() {

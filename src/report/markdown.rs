@@ -46,6 +46,17 @@ pub fn render(s: &SessionResult) -> String {
     for d in definitions::ALL {
         let _ = writeln!(o, "- {}", cell(d));
     }
+    let paper = super::fmt::paper_rows(s);
+    if let Some(p) = s.paper.as_ref().filter(|_| !paper.is_empty()) {
+        let _ = writeln!(o, "\n## The paper's figures beside these\n");
+        let _ = writeln!(o, "| {} |", super::fmt::PAPER_HEADER.join(" | "));
+        let _ = writeln!(o, "|{}", "---|".repeat(super::fmt::PAPER_HEADER.len()));
+        for row in &paper {
+            let cells = row.clone().map(|c| cell(&c));
+            let _ = writeln!(o, "| {} |", cells.join(" | "));
+        }
+        let _ = writeln!(o, "\nPaper figures: {}. {}", cell(&p.source), cell(&p.note));
+    }
     let verdict = crate::bench::verdict::verdict(s);
     let _ = writeln!(o, "\n## Verdict per switch\n");
     if !verdict.effects.is_empty() {

@@ -147,6 +147,82 @@ pub mod fmt {
         "verdict",
     ];
 
+    /// The header of the paper-vs-measured table.
+    pub const PAPER_HEADER: [&str; 4] = [
+        "figure",
+        "paper (with tuning)",
+        "measured: baseline",
+        "measured: tuned",
+    ];
+
+    /// The paper's figures beside the measured ones (baseline and the most-tuned arm:
+    /// means over finished runs); empty when the preset carries none.
+    pub fn paper_rows(s: &crate::bench::result::SessionResult) -> Vec<[String; 4]> {
+        let Some(p) = &s.paper else {
+            return Vec::new();
+        };
+        let counted = |base: bool| -> Vec<&RunResult> {
+            let on = |r: &RunResult| {
+                let w = r.switches;
+                usize::from(w.grad_accum_steps > 1)
+                    + usize::from(w.amp != crate::accel::amp::AmpMode::Off)
+                    + usize::from(w.pinned_memory)
+            };
+            let finished = s.runs.iter().filter(|r| r.status.counts());
+            if base {
+                finished.filter(|r| on(r) == 0).collect()
+            } else {
+                let most = s
+                    .runs
+                    .iter()
+                    .filter(|r| r.status.counts())
+                    .map(on)
+                    .max()
+                    .unwrap_or(0);
+                finished.filter(|r| most > 0 && on(r) == most).collect()
+            }
+        };
+        let mean = |runs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64| -> Option<f64> {
+            (!runs.is_empty()).then(|| runs.iter().map(|r| f(r)).sum::<f64>() / runs.len() as f64)
+        };
+        let (base, tuned) = (counted(true), counted(false));
+        let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1} %"));
+        let mins = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1} min"));
+        let train_acc = |r: &RunResult| 100.0 * r.epochs.last().map_or(0.0, |e| e.train_accuracy);
+        let rows: [(&str, Option<f64>, &dyn Fn(&RunResult) -> f64, bool); 4] = [
+            (
+                "test accuracy",
+                p.test_accuracy,
+                &|r| 100.0 * r.final_test_accuracy,
+                false,
+            ),
+            ("train accuracy", p.train_accuracy, &train_acc, false),
+            ("F1 (macro, %)", p.f1, &|r| 100.0 * r.final_macro_f1, false),
+            (
+                "execution time",
+                p.execution_minutes,
+                &|r| r.wall_secs / 60.0,
+                true,
+            ),
+        ];
+        rows.iter()
+            .filter(|(_, paper, _, _)| paper.is_some())
+            .map(|(name, paper, f, time)| {
+                let show = |v| if *time { mins(v) } else { pct(v) };
+                [
+                    name.to_string(),
+                    if *time {
+                        format!("{} (GPU not named)", mins(*paper))
+                    } else {
+                        pct(*paper)
+                    },
+                    show(mean(&base, *f)),
+                    show(mean(&tuned, *f)),
+                ]
+            })
+            .collect()
+    }
+
     /// `123.4 ± 5.6 (3)`; the sd only where there are two values or more.
     pub fn stat_text(s: &Stat, decimals: usize) -> String {
         if s.n > 1 {

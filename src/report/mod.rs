@@ -189,7 +189,9 @@ pub mod fmt {
         let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1} %"));
         let mins = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1} min"));
         let train_acc = |r: &RunResult| 100.0 * r.epochs.last().map_or(0.0, |e| e.train_accuracy);
-        let rows: [(&str, Option<f64>, &dyn Fn(&RunResult) -> f64, bool); 4] = [
+        // (figure, the paper's value, the measured value of a run, whether it is a time)
+        type Row<'a> = (&'a str, Option<f64>, &'a dyn Fn(&RunResult) -> f64, bool);
+        let rows: [Row; 4] = [
             (
                 "test accuracy",
                 p.test_accuracy,

@@ -360,6 +360,7 @@ pub enum BottomTab {
     #[default]
     Table,
     Verdict,
+    StepTime,
     Confusion,
 }
 
@@ -540,6 +541,8 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             BottomTab::Verdict,
             "Verdict per switch",
         );
+        ui.selectable_value(&mut app.bottom_tab, BottomTab::StepTime, "Step time")
+            .on_hover_text("Where each arm's optimiser step goes, phase by phase");
         ui.selectable_value(
             &mut app.bottom_tab,
             BottomTab::Confusion,
@@ -558,8 +561,72 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 .id_salt("verdict-scroll")
                 .show(ui, |ui| verdict_ui(ui, &session));
         }
+        BottomTab::StepTime => step_time_ui(ui, &session),
         BottomTab::Confusion => confusion_ui(app, ui, &session),
     }
+}
+
+/// The step-time breakdown as one stacked horizontal bar per arm: data wait, host→device,
+/// forward, backward, optimiser (ms per optimiser step, means over finished runs).
+fn step_time_ui(ui: &mut egui::Ui, session: &SessionResult) {
+    use egui_plot::{Bar, BarChart};
+    let rows = &session.summary;
+    if rows.iter().all(|a| a.phase_ms_per_step.is_empty()) {
+        ui.label("No timed steps yet: the breakdown appears when an arm finishes.");
+        return;
+    }
+    let names: Vec<String> = rows.iter().map(arm_name).collect();
+    let colours = [
+        egui::Color32::from_rgb(150, 150, 150),
+        egui::Color32::from_rgb(23, 190, 207),
+        egui::Color32::from_rgb(31, 119, 180),
+        egui::Color32::from_rgb(214, 39, 40),
+        egui::Color32::from_rgb(44, 160, 44),
+    ];
+    let mut charts: Vec<BarChart> = Vec::new();
+    for (k, p) in Phase::ALL.iter().enumerate() {
+        let bars = rows
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                Bar::new(i as f64, phase(a, *p)).name(format!(
+                    "{}: {} {:.1} ms",
+                    names[i],
+                    p.label().replace('→', "-to-"),
+                    phase(a, *p)
+                ))
+            })
+            .collect();
+        let refs: Vec<&BarChart> = charts.iter().collect();
+        // The default font has no arrow glyph: "host→device" is spelt out.
+        let chart = BarChart::new(p.label().replace('→', "-to-"), bars)
+            .color(colours[k % colours.len()])
+            .width(0.6)
+            .horizontal()
+            .stack_on(&refs);
+        charts.push(chart);
+    }
+    let labels = names.clone();
+    Plot::new("step-time")
+        .legend(Legend::default())
+        .height(ui.available_height().max(120.0))
+        .x_axis_label("ms per optimiser step")
+        .y_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_axis_min_width(160.0)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            for c in charts {
+                plot.bar_chart(c);
+            }
+        });
 }
 
 /// The verdict per switch ([`annt::bench::verdict`]): the same table every report has.
@@ -688,7 +755,7 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                 ui.label(mib_stat(&a.peak_host));
                 ui.label(mib_stat(&a.peak_device));
                 ui.label(format!("{:.0}", step_ms(a))).on_hover_text(format!(
-                    "data {:.1} / host→device {:.1} / forward {:.1} / backward {:.1} / optimiser {:.1} ms",
+                    "data {:.1} / host-to-device {:.1} / forward {:.1} / backward {:.1} / optimiser {:.1} ms",
                     phase(a, Phase::DataWait),
                     phase(a, Phase::HostToDevice),
                     phase(a, Phase::Forward),

@@ -195,6 +195,11 @@ fn the_verdict_tab_shows_each_switchs_effect_with_its_test() {
             "the window shows {c:?}"
         );
     }
+    // The step-time tab draws the breakdown (not its "nothing yet" hint).
+    h.get_by_label("Step time").click();
+    h.run_steps(2);
+    assert_eq!(h.state().bottom_tab, super::results::BottomTab::StepTime);
+    assert!(h.query_by_label_contains("No timed steps yet").is_none());
 }
 
 #[test]

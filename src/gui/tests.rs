@@ -612,3 +612,68 @@ fn per_step_points_arrive_before_the_first_epoch_ends() {
     h.get_by_label("Stop").click();
     run_until(&mut h, HANG, |a| !a.is_running());
 }
+
+/// The frame time with 8 arms' curves on screen, each with the most points a run keeps
+/// (2000 per-step points, 30 epochs): logic + layout per frame, as the window's readout
+/// measures it (rendering is the GPU's, or Xvfb's software renderer's, and not included).
+/// `cargo test --release --bin annt frame_time_with_8_arms -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement; prints the p50/p99 frame time"]
+fn frame_time_with_8_arms_of_curves_on_screen() {
+    let mut h = harness(quick());
+    for i in 0..8 {
+        let points = (0..annt::bench::result::CURVE_POINTS as u64)
+            .map(|s| annt::bench::result::CurvePoint {
+                step: s,
+                wall_secs: s as f64 * 0.05,
+                loss: 2.3 / (1.0 + s as f64 / 500.0) + 0.05 * ((s * 7 + i) % 13) as f64 / 13.0,
+                images_per_sec: 400.0 + (s % 17) as f64,
+                lr: 0.1,
+                loss_scale: None,
+                host_mib: Some(250.0 + (s / 100) as f64),
+                device_mib: None,
+            })
+            .collect();
+        let epochs = (1..=30)
+            .map(|e| annt::bench::result::EpochRecord {
+                epoch: e,
+                test_accuracy: 0.3 + 0.02 * e as f64,
+                train_accuracy: 0.3 + 0.02 * e as f64,
+                optimizer_steps: e as u64 * 66,
+                wall_secs: e as f64 * 3.3,
+                ..Default::default()
+            })
+            .collect();
+        h.state_mut().runs.push(super::RunView {
+            arm: format!("arm {}", i / 2),
+            repeat: (i % 2) as usize,
+            epochs,
+            step: 2000,
+            total_steps: 2000,
+            finished: false,
+            status: "running".into(),
+            micro_batch: 64,
+            images_per_sec: 400.0,
+            steps_per_epoch: 66,
+            points,
+            started: None,
+        });
+    }
+    h.run_steps(5);
+    let mut ms: Vec<f64> = (0..300)
+        .map(|_| {
+            let t = Instant::now();
+            h.step();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "frame time, 8 arms × {} points: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        annt::bench::result::CURVE_POINTS,
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+}

@@ -366,18 +366,7 @@ impl Loaded {
                 .weights
                 .get(&p.name)
                 .ok_or_else(|| foreign(format!("it has no tensor {}", p.name)))?;
-            if t.dims() != p.var.dims() {
-                return Err(foreign(format!(
-                    "{} has shape {:?}, the model's {:?}",
-                    p.name,
-                    t.dims(),
-                    p.var.dims()
-                )));
-            }
-            let t = t
-                .to_dtype(p.var.dtype())
-                .and_then(|t| t.to_device(p.var.device()))
-                .map_err(|e| foreign(e.to_string()))?;
+            let t = crate::models::params::value_for(&p.var, t, &p.name).map_err(foreign)?;
             updates.push((p.var.clone(), t));
         }
         optimizer.restore(&self.optimizer).map_err(foreign)?;

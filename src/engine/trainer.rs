@@ -345,6 +345,45 @@ pub fn train_run(
     let mut last_checkpoint = Instant::now();
     let wall = |run_start: Instant| wall_before + run_start.elapsed().as_secs_f64();
 
+    // One checkpoint of the run as it stands between two steps: `epoch` in progress,
+    // `batch` of its micro-batches done, its running sums. A macro, not a closure: it reads
+    // the loop's state (timer, optimiser, metrics) that the loop also mutates.
+    macro_rules! checkpoint_now {
+        ($c:expr, $epoch:expr, $batch:expr, $sums:expr) => {{
+            let (epoch_loss_sum, epoch_correct, epoch_seen) = $sums;
+            let (optimizer_steps, param_steps) = optimizer.snapshot_counts();
+            let state = RunState {
+                format: checkpoint::FORMAT,
+                fingerprint: fingerprint.clone().unwrap_or_default(),
+                model: cfg.model.name.clone(),
+                arm: arm.label.clone(),
+                repeat,
+                epoch: $epoch,
+                batch: $batch,
+                step,
+                trained_images,
+                epoch_loss_sum,
+                epoch_correct,
+                epoch_seen,
+                epochs_done: epochs_done.clone(),
+                eval_secs: eval_secs_total,
+                wall_secs: wall(run_start),
+                time_to_target_secs: time_to_target,
+                confusion: last_confusion.counts.clone(),
+                timer: timer.totals(),
+                scaler: scaler.clone(),
+                optimizer_steps,
+                param_steps,
+                peak_host_bytes: peak_before.max(host_peak.peak()),
+                checkpoints: ckpt_stats,
+                resumes: resumed.as_ref().map_or(0, |r| r.times),
+                curve: curve.clone(),
+            };
+            write_checkpoint($c, state, &model, &optimizer, &mut ckpt_stats, sink);
+            last_checkpoint = Instant::now();
+        }};
+    }
+
     let staging = crate::accel::pinned::Staging::new(sw.pinned_memory, device)?;
     'epochs: for epoch in start.0..epochs {
         // Resuming mid-epoch: the micro-batches already trained are not made again.
@@ -469,6 +508,8 @@ pub fn train_run(
                     f64::NAN
                 };
                 at_last_tick = (loss_sum, seen);
+                let host_bytes = crate::train::timing::current_rss_bytes();
+                let device_bytes = crate::util::gpu::pool_current_bytes(device);
                 let point = crate::bench::result::CurvePoint {
                     step,
                     wall_secs: wall(run_start),
@@ -476,10 +517,8 @@ pub fn train_run(
                     images_per_sec: s.images_per_sec,
                     lr: optimizer.lr_of_group(0),
                     loss_scale: scaler.as_ref().map(|s| s.scale()),
-                    host_mib: crate::train::timing::current_rss_bytes()
-                        .map(|b| b as f64 / 1048576.0),
-                    device_mib: crate::util::gpu::pool_current_bytes(device)
-                        .map(|b| b as f64 / 1048576.0),
+                    host_mib: host_bytes.map(|b| b as f64 / 1048576.0),
+                    device_mib: device_bytes.map(|b| b as f64 / 1048576.0),
                 };
                 crate::bench::result::push_curve_point(&mut curve, point);
                 sink.emit(Event::Progress {
@@ -498,8 +537,8 @@ pub fn train_run(
                     elapsed_secs: wall(run_start),
                     lr: point.lr,
                     loss_scale: point.loss_scale,
-                    host_bytes: point.host_mib.map(|m| (m * 1048576.0) as u64),
-                    device_bytes: point.device_mib.map(|m| (m * 1048576.0) as u64),
+                    host_bytes,
+                    device_bytes,
                 });
             }
             if let Some(c) = checkpoints
@@ -515,33 +554,12 @@ pub fn train_run(
                     reason,
                 })?;
                 host_peak.sample();
-                let state = RunState {
+                checkpoint_now!(
+                    c,
                     epoch,
-                    batch: (epoch_step as usize + 1) * k,
-                    epoch_loss_sum: loss_sum,
-                    epoch_correct: correct,
-                    epoch_seen: seen,
-                    curve: curve.clone(),
-                    ..snapshot_state(
-                        fingerprint.as_deref().unwrap_or_default(),
-                        cfg,
-                        arm,
-                        repeat,
-                        (step, trained_images),
-                        (
-                            &epochs_done,
-                            &last_confusion,
-                            eval_secs_total,
-                            time_to_target,
-                        ),
-                        wall(run_start),
-                        (&timer, scaler.as_ref(), &optimizer),
-                        peak_before.max(host_peak.peak()),
-                        (ckpt_stats, resumed.as_ref()),
-                    )
-                };
-                write_checkpoint(c, state, &model, &optimizer, &mut ckpt_stats, sink);
-                last_checkpoint = Instant::now();
+                    (epoch_step as usize + 1) * k,
+                    (loss_sum, correct, seen)
+                );
             }
         }
         tally.drain_into(&mut loss_sum, &mut correct)?;
@@ -611,29 +629,7 @@ pub fn train_run(
             && (c.policy.after_epoch(epoch, epochs) || (stop.is_stopped() && !c.policy.is_off()))
             && step < total_steps
         {
-            let state = RunState {
-                epoch: epoch + 1,
-                curve: curve.clone(),
-                ..snapshot_state(
-                    fingerprint.as_deref().unwrap_or_default(),
-                    cfg,
-                    arm,
-                    repeat,
-                    (step, trained_images),
-                    (
-                        &epochs_done,
-                        &last_confusion,
-                        eval_secs_total,
-                        time_to_target,
-                    ),
-                    wall(run_start),
-                    (&timer, scaler.as_ref(), &optimizer),
-                    peak_before.max(host_peak.peak()),
-                    (ckpt_stats, resumed.as_ref()),
-                )
-            };
-            write_checkpoint(c, state, &model, &optimizer, &mut ckpt_stats, sink);
-            last_checkpoint = Instant::now();
+            checkpoint_now!(c, epoch + 1, 0, (0.0, 0, 0));
         }
         if stop.is_stopped() {
             status = RunStatus::Partial;
@@ -684,50 +680,6 @@ pub fn train_run(
         result: Box::new(result.clone()),
     });
     Ok(TrainedRun { result, model })
-}
-
-/// The non-tensor state of a run at a step boundary (the epoch fields are the caller's).
-#[allow(clippy::too_many_arguments)]
-fn snapshot_state(
-    fingerprint: &str,
-    cfg: &RunConfig,
-    arm: &Arm,
-    repeat: usize,
-    (step, trained_images): (u64, u64),
-    (epochs_done, confusion, eval_secs, time_to_target): (
-        &[EpochRecord],
-        &ConfusionMatrix,
-        f64,
-        Option<f64>,
-    ),
-    wall_secs: f64,
-    (timer, scaler, optimizer): (&StepTimer, Option<&LossScaler>, &Optimizer),
-    peak_host_bytes: Option<u64>,
-    (checkpoints, resumed): (CheckpointStats, Option<&Resumed>),
-) -> RunState {
-    let snap_steps = optimizer.snapshot_counts();
-    RunState {
-        format: checkpoint::FORMAT,
-        fingerprint: fingerprint.to_string(),
-        model: cfg.model.name.clone(),
-        arm: arm.label.clone(),
-        repeat,
-        step,
-        trained_images,
-        epochs_done: epochs_done.to_vec(),
-        eval_secs,
-        wall_secs,
-        time_to_target_secs: time_to_target,
-        confusion: confusion.counts.clone(),
-        timer: timer.totals(),
-        scaler: scaler.cloned(),
-        optimizer_steps: snap_steps.0,
-        param_steps: snap_steps.1,
-        peak_host_bytes,
-        checkpoints,
-        resumes: resumed.map_or(0, |r| r.times),
-        ..RunState::default()
-    }
 }
 
 /// Writes one checkpoint and counts its time; a failure is said and training goes on (the

@@ -45,6 +45,21 @@ pub struct Param {
     pub kind: ParamKind,
 }
 
+/// `t` as a new value for `var` (restoring saved state): the same shape, else a sentence
+/// naming `what` and both shapes; converted to the variable's dtype and device.
+pub fn value_for(var: &Var, t: &Tensor, what: &str) -> Result<Tensor, String> {
+    if t.dims() != var.dims() {
+        return Err(format!(
+            "{what} has shape {:?}, the parameter {:?}",
+            t.dims(),
+            var.dims()
+        ));
+    }
+    t.to_dtype(var.dtype())
+        .and_then(|t| t.to_device(var.device()))
+        .map_err(|e| e.to_string())
+}
+
 /// All tensors of a model in construction order.
 #[derive(Clone, Debug, Default)]
 pub struct ParamStore {

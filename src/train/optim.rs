@@ -448,20 +448,10 @@ impl Optimizer {
                     ..State::default()
                 };
                 for (suffix, slot) in [("m", &mut st.m), ("v", &mut st.v)] {
-                    if let Some(t) = tensors.get(format!("{}.{suffix}", p.name).as_str()) {
-                        if t.dims() != p.var.dims() {
-                            return Err(format!(
-                                "optimiser state {}.{suffix} has shape {:?}, the parameter {:?}",
-                                p.name,
-                                t.dims(),
-                                p.var.dims()
-                            ));
-                        }
-                        let t = t
-                            .to_dtype(p.var.dtype())
-                            .and_then(|t| t.to_device(p.var.device()))
-                            .map_err(|e| e.to_string())?;
-                        *slot = Some(t);
+                    let name = format!("{}.{suffix}", p.name);
+                    if let Some(t) = tensors.get(name.as_str()) {
+                        let what = format!("optimiser state {name}");
+                        *slot = Some(crate::models::params::value_for(&p.var, t, &what)?);
                     }
                 }
                 states.push(st);

@@ -657,3 +657,74 @@ fn every_format_carries_the_verdict_per_switch() {
         "{speed:?}"
     );
 }
+
+/// With a target accuracy the Markdown and HTML tables gain a time-to-target column: the
+/// mean over the runs that reached it, "k/n reached" when not all did, "not reached" when
+/// none did; without a target the column is absent.
+#[test]
+fn a_target_accuracy_adds_a_time_to_target_column() {
+    let mut s = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        preset_name: "target".into(),
+        plan: "ab".into(),
+        repeats: 2,
+        ..SessionResult::default()
+    };
+    let ga = Switches {
+        grad_accum_steps: 2,
+        ..Switches::default()
+    };
+    for repeat in 0..2 {
+        let mut b = run(
+            "baseline",
+            repeat,
+            0.8,
+            40.0,
+            Switches::default(),
+            RunStatus::ReachedTarget,
+        );
+        b.time_to_target_secs = Some(30.0 + 2.0 * repeat as f64);
+        s.runs.push(b);
+        let mut t = run("tuned", repeat, 0.8, 20.0, ga, RunStatus::Finished);
+        // Only the first repeat reached it.
+        t.time_to_target_secs = (repeat == 0).then_some(15.0);
+        s.runs.push(t);
+        s.runs.push(run(
+            "slow",
+            repeat,
+            0.3,
+            50.0,
+            Switches::default(),
+            RunStatus::Finished,
+        ));
+    }
+    s.summarize();
+    let without = render(&s, ReportFormat::Markdown).expect("md");
+    assert!(!without.contains("time to target"), "{without}");
+    let mut config = annt::config::Preset::quick_cpu().run;
+    config.train.target_accuracy = Some(0.75);
+    s.config = Some(config);
+    let md = render(&s, ReportFormat::Markdown).expect("md");
+    let row = |arm: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {arm} |")))
+            .unwrap_or_else(|| panic!("no row {arm}: {md}"))
+            .to_string()
+    };
+    assert!(md.contains("| time to target (s) |"), "{md}");
+    assert!(
+        row("baseline").ends_with("| 31.0 ± 1.4 |"),
+        "{}",
+        row("baseline")
+    );
+    assert!(
+        row("tuned").ends_with("| 15.0 (1/2 reached) |"),
+        "{}",
+        row("tuned")
+    );
+    assert!(row("slow").ends_with("| not reached |"), "{}", row("slow"));
+    assert!(md.contains("Target test accuracy 75.0 %"), "{md}");
+    let html = render(&s, ReportFormat::Html).expect("html");
+    assert!(html.contains("<th>time to target (s)</th>"));
+    assert!(html.contains("<td>15.0 (1/2 reached)</td>"));
+}

@@ -320,12 +320,14 @@ pub enum Column {
     DeviceMemory,
     StepMs,
     Speedup,
+    /// Shown only when the session has a target accuracy.
+    TimeToTarget,
 }
 
 /// The columns, each with the definition its tooltip shows (the reports print the same).
 /// Headers are short so that every column fits beside the settings at 1280 px; each
 /// one's tooltip names it in full with its definition.
-pub(super) const COLUMNS: [(Column, &str, &str); 11] = [
+pub(super) const COLUMNS: [(Column, &str, &str); 12] = [
     (Column::Order, "arm", definitions::REPEATS),
     (Column::Speedup, "speed-up", definitions::SPEEDUP),
     (Column::ImagesPerSec, "img/s", definitions::IMAGES_PER_SEC),
@@ -337,10 +339,15 @@ pub(super) const COLUMNS: [(Column, &str, &str); 11] = [
     (Column::DeviceMemory, "device MiB", definitions::PEAK_DEVICE),
     (Column::StepMs, "ms/step", definitions::IMAGES_PER_SEC),
     (Column::Order, "steps", definitions::REPEATS),
+    (
+        Column::TimeToTarget,
+        "to target s",
+        definitions::TIME_TO_TARGET,
+    ),
 ];
 
 /// Each column's full name, for its tooltip.
-const FULL_NAMES: [&str; 11] = [
+const FULL_NAMES: [&str; 12] = [
     "arm [finished runs / runs]",
     "speed-up vs baseline (images/s ratio)",
     "images per second (training)",
@@ -352,6 +359,7 @@ const FULL_NAMES: [&str; 11] = [
     "peak device memory (MiB)",
     "milliseconds per optimiser step (hover a cell for data / host-to-device / forward / backward / optimiser)",
     "optimiser steps (micro-batch × accumulation)",
+    "time to the target test accuracy in seconds (k/n: only k of n finished runs reached it)",
 ];
 
 /// What the bottom panel shows.
@@ -394,6 +402,12 @@ fn key(a: &ArmSummary, c: Column) -> f64 {
         Column::StepMs => step_ms(a),
         // An arm with nothing to compare sorts below every measured one.
         Column::Speedup => a.speedup_vs_baseline.unwrap_or(f64::NEG_INFINITY),
+        // Not reached sorts after every arm that reached it.
+        Column::TimeToTarget => a
+            .time_to_target_secs
+            .as_ref()
+            .filter(|t| t.n > 0)
+            .map_or(f64::INFINITY, |t| t.mean),
     }
 }
 
@@ -681,11 +695,16 @@ fn verdict_ui(ui: &mut egui::Ui, session: &SessionResult) {
 fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
     let rows = &session.summary;
     let order = sorted(rows, app.sort);
+    let target = annt::report::fmt::target_accuracy(session);
+    let shown: Vec<usize> = (0..COLUMNS.len())
+        .filter(|&i| COLUMNS[i].0 != Column::TimeToTarget || target.is_some())
+        .collect();
     egui::Grid::new("comparison")
         .striped(true)
-        .num_columns(COLUMNS.len())
+        .num_columns(shown.len())
         .show(ui, |ui| {
-            for (i, (column, title, definition)) in COLUMNS.iter().enumerate() {
+            for &i in &shown {
+                let (column, title, definition) = &COLUMNS[i];
                 // "optimiser steps" is not sortable: it shares `Order` with "arm".
                 let sortable = i == 0 || *column != Column::Order;
                 let arrow = if app.sort.column == *column && sortable && app.sort != Sort::PLAN {
@@ -721,6 +740,7 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                                     | Column::Memory
                                     | Column::DeviceMemory
                                     | Column::StepMs
+                                    | Column::TimeToTarget
                             ) && *column != Column::Order;
                             Sort {
                                 column: *column,
@@ -770,6 +790,12 @@ fn table_grid(app: &mut AnntApp, ui: &mut egui::Ui, session: &SessionResult) {
                         r.effective_batch / r.micro_batch.max(1)
                     )
                 }));
+                if let Some(t) = target {
+                    ui.label(annt::report::fmt::time_to_target(a)).on_hover_text(format!(
+                        "until test accuracy first reached {:.1} %",
+                        100.0 * t
+                    ));
+                }
                 ui.end_row();
             }
         });

@@ -121,11 +121,14 @@ fn start_a_quick_run_and_see_the_table_fill() {
 }
 
 /// At 1280×800 — a laptop screen — every column of the comparison table is on screen
-/// beside the settings, speed-up right after the arm.
+/// beside the settings, speed-up right after the arm; with a target accuracy set, its
+/// time-to-target column too.
 #[test]
 fn every_table_column_is_visible_at_1280_by_800() {
     let mut settings = quick();
     settings.run_mut().data.test_limit = Some(64);
+    // Reached after the first epoch (chance on 10 classes is 10 %): every column shows.
+    settings.run_mut().train.target_accuracy = Some(0.01);
     let mut h = Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
         .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
@@ -161,6 +164,16 @@ fn every_table_column_is_visible_at_1280_by_800() {
     );
     let cell = h.get_by_label(&steps).rect();
     assert!(screen.contains_rect(cell), "{steps:?} at {cell:?}");
+    // The time to target is a number of seconds for both arms, and on screen.
+    for a in &s.summary {
+        let t = annt::report::fmt::time_to_target(a);
+        assert!(t.parse::<f64>().is_ok(), "{}: time to target {t:?}", a.arm);
+        // Two arms may share the figure: every cell showing it is on screen.
+        for node in h.get_all_by_label(&t) {
+            let cell = node.rect();
+            assert!(screen.contains_rect(cell), "{t:?} at {cell:?}");
+        }
+    }
 }
 
 /// With repeats the verdict tab tests each switch's effect and says so.

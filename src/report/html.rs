@@ -215,8 +215,12 @@ pub fn render(s: &SessionResult) -> String {
         );
     }
     o.push_str("<h2>Comparison</h2><table><tr>");
+    let target = super::fmt::target_accuracy(s);
     for h in COMPARISON_HEADER {
         let _ = write!(o, "<th>{}</th>", esc(h));
+    }
+    if target.is_some() {
+        let _ = write!(o, "<th>{}</th>", esc(super::fmt::TIME_TO_TARGET_HEADER));
     }
     o.push_str("</tr>");
     for a in &s.summary {
@@ -224,11 +228,22 @@ pub fn render(s: &SessionResult) -> String {
         for c in comparison_cells(a) {
             let _ = write!(o, "<td>{}</td>", esc(&c));
         }
+        if target.is_some() {
+            let _ = write!(o, "<td>{}</td>", esc(&super::fmt::time_to_target(a)));
+        }
         o.push_str("</tr>");
     }
     o.push_str("</table><ul class=\"note\">");
     for d in definitions::ALL {
         let _ = write!(o, "<li>{}</li>", esc(d));
+    }
+    if let Some(t) = target {
+        let _ = write!(
+            o,
+            "<li>Target test accuracy {:.1} %. {}</li>",
+            100.0 * t,
+            esc(definitions::TIME_TO_TARGET)
+        );
     }
     o.push_str("</ul>");
     let mut by_epoch_acc = Vec::new();

@@ -36,15 +36,32 @@ pub fn render(s: &SessionResult) -> String {
         let _ = writeln!(o, "\nEnvironment: {}.", cell(&env.one_line()));
     }
     let _ = writeln!(o, "\n## Comparison\n");
-    let _ = writeln!(o, "| {} |", COMPARISON_HEADER.join(" | "));
-    let _ = writeln!(o, "|{}", "---|".repeat(COMPARISON_HEADER.len()));
+    let target = super::fmt::target_accuracy(s);
+    let mut header: Vec<&str> = COMPARISON_HEADER.to_vec();
+    if target.is_some() {
+        header.push(super::fmt::TIME_TO_TARGET_HEADER);
+    }
+    let _ = writeln!(o, "| {} |", header.join(" | "));
+    let _ = writeln!(o, "|{}", "---|".repeat(header.len()));
     for a in &s.summary {
-        let cells = comparison_cells(a).map(|c| cell(&c));
+        let mut cells: Vec<String> = comparison_cells(a).to_vec();
+        if target.is_some() {
+            cells.push(super::fmt::time_to_target(a));
+        }
+        let cells: Vec<String> = cells.iter().map(|c| cell(c)).collect();
         let _ = writeln!(o, "| {} |", cells.join(" | "));
     }
     let _ = writeln!(o);
     for d in definitions::ALL {
         let _ = writeln!(o, "- {}", cell(d));
+    }
+    if let Some(t) = target {
+        let _ = writeln!(
+            o,
+            "- Target test accuracy {:.1} %. {}",
+            100.0 * t,
+            cell(definitions::TIME_TO_TARGET)
+        );
     }
     let paper = super::fmt::paper_rows(s);
     if let Some(p) = s.paper.as_ref().filter(|_| !paper.is_empty()) {

@@ -282,6 +282,32 @@ pub mod fmt {
         }
     }
 
+    /// The target test accuracy the session's runs trained towards, when one was set: the
+    /// comparison tables then have a time-to-target column.
+    pub fn target_accuracy(s: &crate::bench::result::SessionResult) -> Option<f64> {
+        s.config.as_ref()?.train.target_accuracy
+    }
+
+    /// The time-to-target column's header.
+    pub const TIME_TO_TARGET_HEADER: &str = "time to target (s)";
+
+    /// An arm's time to the target accuracy ([`crate::bench::result::definitions::TIME_TO_TARGET`]):
+    /// mean ± sd over the finished runs that reached it, saying how many did when not all.
+    pub fn time_to_target(a: &ArmSummary) -> String {
+        match &a.time_to_target_secs {
+            Some(t) if t.n > 0 => {
+                let v = num(t, 1);
+                if t.n < a.runs_counted {
+                    format!("{v} ({}/{} reached)", t.n, a.runs_counted)
+                } else {
+                    v
+                }
+            }
+            _ if a.runs_counted == 0 => "–".into(),
+            _ => "not reached".into(),
+        }
+    }
+
     /// A speed-up, or "–" where there is nothing to compare.
     pub fn speedup(v: Option<f64>) -> String {
         v.map_or("–".into(), |v| format!("{v:.2}×"))

@@ -46,8 +46,9 @@ fn window_paths(args: &[std::ffi::OsString]) -> Option<Vec<std::path::PathBuf>> 
     paths.iter().all(|p| p.exists()).then_some(paths)
 }
 
-/// Opens the window with the first path (the others are logged and ignored: the window
-/// works on one data set). Errors go to stderr, to the log file and — when there is no
+/// Opens the window with the paths: JSON reports are all opened (and overlaid); otherwise
+/// the first path is the data set (the others are logged and ignored: the window works on
+/// one data set). Errors go to stderr, to the log file and — when there is no
 /// terminal to read stderr, as after a double click — to a message box where one can open.
 #[cfg(feature = "gui")]
 fn window(paths: Vec<std::path::PathBuf>) -> ExitCode {
@@ -59,14 +60,19 @@ fn window(paths: Vec<std::path::PathBuf>) -> ExitCode {
         "preset folders: {:?}",
         install_paths::presets_dirs()
     ));
-    if paths.len() > 1 {
+    let reports = paths.iter().all(|p| {
+        p.is_file()
+            && p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    });
+    if paths.len() > 1 && !reports {
         app_log::info(&format!(
             "{} paths given; opening the first, ignoring {:?}",
             paths.len(),
             &paths[1..]
         ));
     }
-    let result = gui::run(paths.into_iter().next());
+    let result = gui::run(paths);
     match result {
         Ok(()) => {
             app_log::info("window closed");

@@ -728,3 +728,55 @@ fn a_target_accuracy_adds_a_time_to_target_column() {
     assert!(html.contains("<th>time to target (s)</th>"));
     assert!(html.contains("<td>15.0 (1/2 reached)</td>"));
 }
+
+/// A run whose steps were all warm-up has no images/s: it is left out of the arm's mean
+/// (not averaged in as 0), and an arm with no timed run has no speed-up at all.
+#[test]
+fn a_run_without_timed_steps_has_no_speed_to_average() {
+    let mut s = SessionResult {
+        schema_version: SCHEMA_VERSION,
+        plan: "ab".into(),
+        repeats: 2,
+        ..SessionResult::default()
+    };
+    let ga = Switches {
+        grad_accum_steps: 2,
+        ..Switches::default()
+    };
+    for repeat in 0..2 {
+        s.runs.push(run(
+            "baseline",
+            repeat,
+            0.8,
+            40.0,
+            Switches::default(),
+            RunStatus::Finished,
+        ));
+        let mut t = run("tuned", repeat, 0.8, 20.0, ga, RunStatus::Finished);
+        if repeat == 1 {
+            t.timing.measured_steps = 0;
+            t.timing.images_per_sec = 0.0;
+        }
+        s.runs.push(t);
+        let mut w = run("warm-up only", repeat, 0.5, 5.0, ga, RunStatus::Finished);
+        w.timing.measured_steps = 0;
+        w.timing.images_per_sec = 0.0;
+        s.runs.push(w);
+    }
+    s.summarize();
+    let row = |arm: &str| s.summary.iter().find(|a| a.arm == arm).expect(arm).clone();
+    let tuned = row("tuned");
+    assert_eq!(tuned.images_per_sec.n, 1);
+    assert!(
+        (tuned.images_per_sec.mean - 320.0).abs() < 1e-9,
+        "{tuned:?}"
+    );
+    assert!((tuned.speedup_vs_baseline.expect("speed-up") - 2.0).abs() < 1e-9);
+    // Its other figures still rest on both finished runs.
+    assert_eq!(tuned.test_accuracy.n, 2);
+    let w = row("warm-up only");
+    assert_eq!(w.images_per_sec.n, 0);
+    assert_eq!(w.speedup_vs_baseline, None);
+    let md = render(&s, ReportFormat::Markdown).expect("md");
+    assert!(!md.contains("NaN") && !md.contains("0.00×"), "{md}");
+}

@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// report (and the window's table tooltips) prints these sentences, so a header never
 /// means something else than its number.
 pub mod definitions {
-    pub const IMAGES_PER_SEC: &str = "images/s: training images per second over the timed optimiser steps, after the warm-up steps. A step is timed from its first batch request to the end of the optimiser update (data wait, host→device, forward, backward, optimiser); evaluation, warm-up steps and the loader restart between epochs are outside it. The per-epoch images/s of the curves is the same ratio over that epoch's timed steps.";
+    pub const IMAGES_PER_SEC: &str = "images/s: training images per second over the timed optimiser steps, after the warm-up steps. A step is timed from its first batch request to the end of the optimiser update (data wait, host→device, forward, backward, optimiser); evaluation, warm-up steps and the loader restart between epochs are outside it. The per-epoch images/s of the curves is the same ratio over that epoch's timed steps. A run with no timed step (all its steps were warm-up) has no images/s and is left out of this mean, so its n can be lower than the arm's.";
     pub const SPEEDUP: &str = "speed-up: the arm's mean images/s ÷ the baseline's, over finished repeats only, i.e. the baseline's time per trained image ÷ the arm's (> 1: faster). Being per image, it stays fair when arms train different numbers of images (an image budget rounds down to whole optimiser steps of each arm). \"–\" where either side has no finished run.";
     pub const TRAIN_TIME: &str = "wall time: the whole run, evaluation included; train time: wall time minus evaluation, end to end (warm-up steps and loader restarts included). Neither is the basis of the speed-up.";
     pub const PEAK_HOST: &str = "host peak: the largest resident memory (RSS) of the annt process while the arm trained, mean over finished repeats. On Linux the kernel's high-water mark is reset when the arm starts, so each arm shows its own peak, which can be lower than an earlier arm's; elsewhere it is the largest RSS seen at the ends of steps and epochs. It counts the whole process: the loaded data set, the model and its gradients, the batch pipeline and, in the window, the GUI; \"above start\" subtracts what was resident when the arm began. (An outside tool reading the process's peak, such as /usr/bin/time, then sees only the peak since the last arm started.)";
@@ -376,7 +376,11 @@ impl SessionResult {
                     macro_f1: stat(&|r| Some(r.final_macro_f1)),
                     wall_secs: stat(&|r| Some(r.wall_secs)),
                     train_secs: stat(&|r| Some(r.train_secs)),
-                    images_per_sec: stat(&|r| Some(r.timing.images_per_sec)),
+                    // A run too short to time a step after its warm-up has no speed (its
+                    // timing says 0): it is left out rather than averaged in as 0 img/s.
+                    images_per_sec: stat(&|r| {
+                        (r.timing.measured_steps > 0).then_some(r.timing.images_per_sec)
+                    }),
                     peak_host: stat(&|r| bytes(r.peak_host_bytes)),
                     peak_host_above_start: stat(&|r| {
                         Some(r.peak_host_bytes?.saturating_sub(r.host_bytes_at_start?) as f64)

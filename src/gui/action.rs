@@ -29,8 +29,11 @@ pub enum UiAction {
     LoadPreset(PathBuf),
     /// Save the settings as a preset at the preset path field.
     SavePreset,
-    /// Open the JSON report at the report path field.
+    /// Open the JSON report at the report path field (several, separated by `;`, are
+    /// overlaid).
     OpenReport,
+    /// Open these JSON reports (dropped together, or chosen together in the dialog).
+    OpenReports(Vec<PathBuf>),
     /// Save the session's report at the report path field.
     SaveReport,
     Download(CifarVariant),
@@ -71,6 +74,7 @@ impl AnntApp {
                 }
                 UiAction::SavePreset => self.save_preset_to_path(),
                 UiAction::OpenReport => self.open_report_from_path(),
+                UiAction::OpenReports(paths) => self.open_reports(&paths),
                 UiAction::SaveReport => self.save_report_to_path(),
                 UiAction::OpenSession(id) => self.open_session(&id),
                 UiAction::ResumeSession(id) => self.resume_session(&id, ctx),

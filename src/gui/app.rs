@@ -15,6 +15,9 @@ pub struct AnntApp {
     pub worker: Option<Worker>,
     pub runs: Vec<RunView>,
     pub session: Option<SessionResult>,
+    /// Reports opened together (two or more), overlaid in the curves and side by side in
+    /// the tabs; the first is also `session`. Empty otherwise.
+    pub compare: Vec<super::Opened>,
     /// Messages for the user (errors in red, with what to do next).
     pub messages: Vec<Message>,
     /// A data set being opened for its summary (a dropped or chosen path, or the current
@@ -36,7 +39,7 @@ pub struct AnntApp {
     pub(super) report_job: Option<Receiver<Result<std::path::PathBuf, annt::report::ReportError>>>,
     pub(super) weights_job: Option<Receiver<jobs::WeightsResult>>,
     /// A native file dialog that is open, and what its answer is for.
-    pub(super) dialog: Option<(jobs::Dialog, Receiver<Option<std::path::PathBuf>>)>,
+    pub(super) dialog: Option<(jobs::Dialog, Receiver<Option<Vec<std::path::PathBuf>>>)>,
     pub report_path: String,
     pub preset_path: String,
     /// The last run failed for want of device memory at this micro-batch: the window
@@ -109,6 +112,7 @@ impl AnntApp {
             worker: None,
             runs: Vec::new(),
             session: None,
+            compare: Vec::new(),
             messages: Vec::new(),
             data_check: None,
             data_summary: None,
@@ -189,6 +193,7 @@ impl AnntApp {
         self.runs.clear();
         self.stopping_since = None;
         self.session = None;
+        self.compare.clear();
         self.messages.clear();
         self.finished.clear();
         self.live = None;
@@ -304,7 +309,10 @@ impl AnntApp {
                 .map(|f| f.path().to_path_buf())
                 .collect()
         });
-        if let Some(path) = dropped.into_iter().next() {
+        // Reports dropped together are opened (and overlaid); anything else is a data set.
+        if !dropped.is_empty() && dropped.iter().all(|p| is_report(p)) {
+            self.act(action::UiAction::OpenReports(dropped));
+        } else if let Some(path) = dropped.into_iter().next() {
             self.act(action::UiAction::ChooseData(path));
         }
         egui::Panel::left("settings")
@@ -339,6 +347,15 @@ impl AnntApp {
             self.frame_ms.pop_front();
         }
     }
+}
+
+/// A JSON report (by its extension): dropped or given on the command line, it is opened
+/// as a report rather than as a data set.
+pub fn is_report(path: &std::path::Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 /// A new folder for this session's trained weights: `<data dir>/annt/weights/session-<unix

@@ -1,20 +1,27 @@
 //! Paths and files: where a native dialog's answer goes, presets and reports read and
 //! written (atomically; a report off the UI thread), a data path or weights file checked.
 
-use super::{AnntApp, Message, RunView, jobs};
+use super::{AnntApp, Message, Opened, RunView, jobs};
 
 impl AnntApp {
-    pub(super) fn dialog_answer(&mut self, kind: jobs::Dialog, path: std::path::PathBuf) {
+    pub(super) fn dialog_answer(&mut self, kind: jobs::Dialog, paths: Vec<std::path::PathBuf>) {
         use jobs::Dialog;
+        if kind == Dialog::OpenReport {
+            if let [one] = paths.as_slice() {
+                self.report_path = one.display().to_string();
+            }
+            self.open_reports(&paths);
+            return;
+        }
+        let Some(path) = paths.into_iter().next() else {
+            return;
+        };
         match kind {
             Dialog::SaveReport => {
                 self.report_path = path.display().to_string();
                 self.save_report_to_path();
             }
-            Dialog::OpenReport => {
-                self.report_path = path.display().to_string();
-                self.open_report_from_path();
-            }
+            Dialog::OpenReport => unreachable!("answered above"),
             Dialog::OpenWeights => {
                 self.settings.run_mut().model.weights = Some(path);
                 self.check_weights();
@@ -93,42 +100,96 @@ impl AnntApp {
                 .push(Message::error(format!("cannot save the preset: {e}"))),
         }
     }
-    /// Loads a JSON report at `report_path` into the plots and the table.
+    /// Loads the JSON report at `report_path` into the plots and the table; several paths
+    /// separated by `;` are overlaid (a path that itself contains `;` and exists is one).
     pub fn open_report_from_path(&mut self) {
-        let path = std::path::PathBuf::from(self.report_path.trim());
-        match annt::report::read_json(&path) {
-            Ok(s) => {
-                self.show_session(s, &path.display().to_string());
-                self.messages
-                    .push(Message::info(format!("report opened: {}", path.display())));
+        let text = self.report_path.trim();
+        let paths: Vec<std::path::PathBuf> = if std::path::Path::new(text).exists() {
+            vec![text.into()]
+        } else {
+            text.split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+                .collect()
+        };
+        self.open_reports(&paths);
+    }
+
+    /// Opens JSON reports: one is shown as if it had just run; two or more are overlaid,
+    /// each labelled with the machine it was measured on. A file that cannot be read is
+    /// named in an error and the others are still opened.
+    pub fn open_reports(&mut self, paths: &[std::path::PathBuf]) {
+        let mut opened: Vec<Opened> = Vec::new();
+        for path in paths {
+            match annt::report::read_json(path) {
+                Ok(s) => opened.push(Opened {
+                    label: annt::report::fmt::machine_label(&s),
+                    file: path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    ),
+                    session: s,
+                }),
+                Err(e) => self.messages.push(Message::error(format!(
+                    "{e} (give the path of a .json report)"
+                ))),
             }
-            Err(e) => self.messages.push(Message::error(format!(
-                "{e} (give the path of a .json report)"
-            ))),
+        }
+        if paths.is_empty() {
+            self.messages
+                .push(Message::error("give the path of a .json report"));
+        }
+        match opened.len() {
+            0 => {}
+            1 => {
+                let o = opened.remove(0);
+                self.show_session(o.session, &o.file);
+                self.messages
+                    .push(Message::info(format!("report opened: {}", o.file)));
+            }
+            n => {
+                // Two reports of one machine: the file names tell them apart.
+                for i in 0..n {
+                    if opened
+                        .iter()
+                        .enumerate()
+                        .any(|(j, o)| j != i && o.label == opened[i].label)
+                    {
+                        opened[i].label = format!("{} ({})", opened[i].label, opened[i].file);
+                    }
+                }
+                self.show_session(opened[0].session.clone(), &opened[0].file);
+                self.runs = opened
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, o)| {
+                        run_views(&o.session, &o.file)
+                            .into_iter()
+                            .map(move |mut v| {
+                                v.source = i;
+                                v
+                            })
+                    })
+                    .collect();
+                self.messages.push(Message::info(format!(
+                    "{n} reports overlaid: {}",
+                    opened
+                        .iter()
+                        .map(|o| format!("{} ({})", o.label, o.file))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+                self.compare = opened;
+            }
         }
     }
 
     /// Puts a finished (or recovered) session in the curves and the table, as if it had just
     /// run; `source` says where it came from.
     fn show_session(&mut self, s: annt::bench::result::SessionResult, source: &str) {
-        self.runs = s
-            .runs
-            .iter()
-            .map(|r| RunView {
-                arm: r.arm.clone(),
-                repeat: r.repeat,
-                epochs: r.epochs.clone(),
-                step: r.optimizer_steps,
-                total_steps: r.optimizer_steps,
-                started: None,
-                finished: true,
-                status: format!("{} (from {source})", annt::report::fmt::status(r.status)),
-                micro_batch: r.micro_batch,
-                images_per_sec: r.timing.images_per_sec,
-                steps_per_epoch: r.optimizer_steps_per_epoch,
-                points: r.curve.clone(),
-            })
-            .collect();
+        self.compare.clear();
+        self.runs = run_views(&s, source);
         self.finished = s.runs.clone();
         self.session = Some(s);
     }
@@ -213,4 +274,26 @@ impl AnntApp {
             Err(e) => Message::error(format!("cannot save the weights: {e}")),
         });
     }
+}
+
+/// A recorded session's runs as the curves show them.
+fn run_views(s: &annt::bench::result::SessionResult, source: &str) -> Vec<RunView> {
+    s.runs
+        .iter()
+        .map(|r| RunView {
+            arm: r.arm.clone(),
+            repeat: r.repeat,
+            epochs: r.epochs.clone(),
+            step: r.optimizer_steps,
+            total_steps: r.optimizer_steps,
+            started: None,
+            finished: true,
+            status: format!("{} (from {source})", annt::report::fmt::status(r.status)),
+            micro_batch: r.micro_batch,
+            images_per_sec: r.timing.images_per_sec,
+            steps_per_epoch: r.optimizer_steps_per_epoch,
+            points: r.curve.clone(),
+            source: 0,
+        })
+        .collect()
 }

@@ -113,8 +113,8 @@ impl AnntApp {
         {
             let kind = *kind;
             self.dialog = None;
-            if let Some(path) = choice {
-                self.dialog_answer(kind, path);
+            if let Some(paths) = choice {
+                self.dialog_answer(kind, paths);
             }
         }
         // Keep the preview and the parameter counts in step with the settings.
@@ -221,6 +221,7 @@ impl AnntApp {
                         steps_per_epoch: result.optimizer_steps_per_epoch,
                         points: result.curve.clone(),
                         started: None,
+                        source: 0,
                     }),
                 }
                 self.finished.push(*result);

@@ -133,8 +133,16 @@ pub enum Dialog {
 /// thread (macOS requires dialogs to be spawned there) — and only awaited on a helper
 /// thread, so the window keeps drawing while it is open (rfd's "spawn on main, await
 /// elsewhere").
-pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
+pub fn dialog(kind: Dialog) -> Receiver<Option<Vec<PathBuf>>> {
     let d = rfd::AsyncFileDialog::new();
+    if kind == Dialog::OpenReport {
+        // Several reports may be picked at once: they are overlaid.
+        let pending = d.add_filter("JSON report", &["json"]).pick_files();
+        return spawn(move || {
+            pollster::block_on(pending)
+                .map(|fs| fs.iter().map(|f| f.path().to_path_buf()).collect())
+        });
+    }
     let pending: std::pin::Pin<
         Box<dyn std::future::Future<Output = Option<rfd::FileHandle>> + Send>,
     > = match kind {
@@ -143,7 +151,7 @@ pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
                 .set_file_name("annt-report.html")
                 .save_file(),
         ),
-        Dialog::OpenReport => Box::pin(d.add_filter("JSON report", &["json"]).pick_file()),
+        Dialog::OpenReport => unreachable!("picked above: several files"),
         Dialog::OpenWeights => Box::pin(d.add_filter("safetensors", &["safetensors"]).pick_file()),
         Dialog::OpenData => Box::pin(d.pick_folder()),
         Dialog::OpenPreset => Box::pin(d.add_filter("Preset", &["toml"]).pick_file()),
@@ -158,7 +166,7 @@ pub fn dialog(kind: Dialog) -> Receiver<Option<PathBuf>> {
                 .save_file(),
         ),
     };
-    spawn(move || pollster::block_on(pending).map(|f| f.path().to_path_buf()))
+    spawn(move || pollster::block_on(pending).map(|f| vec![f.path().to_path_buf()]))
 }
 
 /// Writes a session's report (format from the extension, atomically) off the UI thread: an

@@ -1,12 +1,13 @@
 //! Start-up: the native window, its icon and title, the persisted settings, and a data
-//! path given on the command line.
+//! path or JSON reports given on the command line.
 
 use super::{AnntApp, Settings};
 
-/// Opens the window (the `annt` binary with no arguments). `initial_path`, a data-set
-/// folder or archive from the command line (`Exec=annt %F`), is chosen and validated as a
-/// drop would be.
-pub fn run(initial_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// Opens the window (the `annt` binary with no arguments). `paths` come from the command
+/// line (`Exec=annt %F`) and are treated as a drop would be: JSON reports are opened (two
+/// or more overlaid); otherwise the first, a data-set folder or archive, is chosen and
+/// validated.
+pub fn run(paths: Vec<std::path::PathBuf>) -> anyhow::Result<()> {
     let mut viewport = egui::ViewportBuilder::default()
         .with_inner_size([1280.0, 820.0])
         .with_title("annt")
@@ -38,7 +39,9 @@ pub fn run(initial_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
                 .and_then(|s| eframe::get_value::<Settings>(s, eframe::APP_KEY))
                 .unwrap_or_default();
             let mut app = AnntApp::new(settings);
-            if let Some(path) = initial_path {
+            if !paths.is_empty() && paths.iter().all(|p| super::app::is_report(p)) {
+                app.open_reports(&paths);
+            } else if let Some(path) = paths.into_iter().next() {
                 app.choose_data_path(path);
             }
             Ok(Box::new(app))

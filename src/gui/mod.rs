@@ -73,6 +73,20 @@ pub struct RunView {
     pub steps_per_epoch: u64,
     /// One point per progress event: the per-step curves.
     pub points: Vec<annt::bench::result::CurvePoint>,
+    /// Which of several opened reports it is from (an index into `AnntApp::compare`); 0
+    /// for a live session or a single report.
+    pub source: usize,
+}
+
+/// One of several JSON reports opened together to be overlaid.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The machine it was measured on ([`annt::report::fmt::machine_label`]), with the
+    /// file's name added where two reports share a machine.
+    pub label: String,
+    /// The file's name.
+    pub file: String,
+    pub session: annt::bench::result::SessionResult,
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The centre (live curves and per-arm progress) and the bottom (comparison table, report).
 
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints};
 
 use annt::bench::result::{ArmSummary, SessionResult, definitions};
 use annt::report::fmt::{arm_name, mib_stat, num, pct, speedup};
@@ -86,6 +86,25 @@ fn thin(points: Vec<[f64; 2]>, max: usize) -> Vec<[f64; 2]> {
     out
 }
 
+/// How a run is named in the legends: arm and repeat, and the machine when several
+/// reports are overlaid.
+fn run_name(app: &AnntApp, r: &super::RunView) -> String {
+    match app.compare.get(r.source).filter(|_| app.compare.len() > 1) {
+        Some(o) => format!("{} #{} · {}", r.arm, r.repeat + 1, o.label),
+        None => format!("{} #{}", r.arm, r.repeat + 1),
+    }
+}
+
+/// Overlaid reports share the arm's colour and differ in the line: the first solid, the
+/// second dashed, the third dotted, and so on round.
+fn source_style(source: usize) -> LineStyle {
+    match source % 3 {
+        0 => LineStyle::Solid,
+        1 => LineStyle::Dashed { length: 10.0 },
+        _ => LineStyle::Dotted { spacing: 6.0 },
+    }
+}
+
 /// Points per run a chart draws.
 const PLOT_POINTS: usize = 600;
 
@@ -103,10 +122,7 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             _ => String::new(),
         };
         ui.horizontal(|ui| {
-            ui.colored_label(
-                arm_colour(&app.runs, &r.arm),
-                format!("{} #{}", r.arm, r.repeat + 1),
-            );
+            ui.colored_label(arm_colour(&app.runs, &r.arm), run_name(app, r));
             ui.add(
                 egui::ProgressBar::new(frac)
                     .desired_width(300.0)
@@ -158,13 +174,15 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         colour: egui::Color32,
         points: Vec<[f64; 2]>,
         faint: bool,
+        style: LineStyle,
     }
     let per_step = |f: &dyn Fn(&annt::bench::result::CurvePoint) -> Option<f64>| -> Vec<Series> {
         app.runs
             .iter()
             .map(|r| Series {
-                name: format!("{} #{}", r.arm, r.repeat + 1),
+                name: run_name(app, r),
                 colour: arm_colour(&app.runs, &r.arm),
+                style: source_style(r.source),
                 points: thin(
                     r.points
                         .iter()
@@ -180,8 +198,9 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         app.runs
             .iter()
             .map(|r| Series {
-                name: format!("{} #{}", r.arm, r.repeat + 1),
+                name: run_name(app, r),
                 colour: arm_colour(&app.runs, &r.arm),
+                style: source_style(r.source),
                 points: r.epochs.iter().map(|e| [epoch_x(e), f(e)]).collect(),
                 faint: false,
             })
@@ -197,13 +216,15 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .map(|p| [step_x(r, p), p.loss])
             .collect();
         let colour = arm_colour(&app.runs, &r.arm);
-        let name = format!("{} #{}", r.arm, r.repeat + 1);
+        let name = run_name(app, r);
+        let style = source_style(r.source);
         if app.smoothing > 0.0 {
             loss.push(Series {
                 name: name.clone(),
                 colour: colour.gamma_multiply(0.35),
                 points: thin(raw.clone(), PLOT_POINTS),
                 faint: true,
+                style,
             });
         }
         loss.push(Series {
@@ -211,13 +232,14 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             colour,
             points: thin(smooth(&raw, app.smoothing), PLOT_POINTS),
             faint: false,
+            style,
         });
     }
     let mut memory = per_step(&|p| p.host_mib);
     for (s, r) in per_step(&|p| p.device_mib).into_iter().zip(&app.runs) {
         if !s.points.is_empty() {
             memory.push(Series {
-                name: format!("{} #{} device", r.arm, r.repeat + 1),
+                name: format!("{} device", run_name(app, r)),
                 ..s
             });
         }
@@ -292,8 +314,9 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                         .x_axis_label(axis.label())
                         .show(ui, |p| {
                             for s in lines {
-                                let line =
-                                    Line::new(s.name, PlotPoints::from(s.points)).color(s.colour);
+                                let line = Line::new(s.name, PlotPoints::from(s.points))
+                                    .color(s.colour)
+                                    .style(s.style);
                                 p.line(if s.faint { line.width(1.0) } else { line });
                             }
                         });
@@ -519,10 +542,18 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             app.act(UiAction::SaveReport);
         }
         ui.menu_button("Sessions", |ui| sessions_menu(app, ui));
-        if ui.button("Open report…").clicked() {
+        if ui
+            .button("Open report…")
+            .on_hover_text("Choose one JSON report, or several to overlay them (e.g. a GPU server's headless run beside a local one); dropping .json files on the window does the same")
+            .clicked()
+        {
             app.act(UiAction::OpenDialog(Dialog::OpenReport));
         }
-        if ui.button("Open path").clicked() {
+        if ui
+            .button("Open path")
+            .on_hover_text("The JSON report at the path field; several paths separated by ; are overlaid")
+            .clicked()
+        {
             app.act(UiAction::OpenReport);
         }
         if ui
@@ -564,6 +595,49 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         )
         .on_hover_text("Of the arm selected in the table");
     });
+    let compare = app.compare.clone();
+    if compare.len() > 1 {
+        match app.bottom_tab {
+            BottomTab::Table => {
+                egui::ScrollArea::both()
+                    .id_salt("table-scroll")
+                    .show(ui, |ui| across_reports_ui(ui, &compare));
+            }
+            BottomTab::Verdict => {
+                egui::ScrollArea::both()
+                    .id_salt("verdict-scroll")
+                    .show(ui, |ui| {
+                        for (i, o) in compare.iter().enumerate() {
+                            ui.label(
+                                egui::RichText::new(format!("{} — {}", o.label, o.file)).strong(),
+                            );
+                            ui.push_id(i, |ui| verdict_ui(ui, &o.session));
+                            ui.add_space(6.0);
+                        }
+                    });
+            }
+            BottomTab::StepTime => {
+                let rows = compare
+                    .iter()
+                    .flat_map(|o| {
+                        o.session
+                            .summary
+                            .iter()
+                            .map(|a| (format!("{} · {}", arm_name(a), o.label), a.clone()))
+                    })
+                    .collect::<Vec<_>>();
+                step_time_ui(ui, &rows);
+            }
+            BottomTab::Confusion => {
+                ui.label(format!(
+                    "Of the first report ({} — {}):",
+                    compare[0].label, compare[0].file
+                ));
+                confusion_ui(app, ui, &session);
+            }
+        }
+        return;
+    }
     match app.bottom_tab {
         BottomTab::Table => {
             egui::ScrollArea::both()
@@ -575,21 +649,95 @@ pub fn table_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                 .id_salt("verdict-scroll")
                 .show(ui, |ui| verdict_ui(ui, &session));
         }
-        BottomTab::StepTime => step_time_ui(ui, &session),
+        BottomTab::StepTime => {
+            let rows = session
+                .summary
+                .iter()
+                .map(|a| (arm_name(a), a.clone()))
+                .collect::<Vec<_>>();
+            step_time_ui(ui, &rows);
+        }
         BottomTab::Confusion => confusion_ui(app, ui, &session),
     }
 }
 
+/// The comparison of several opened reports: one row per arm and report, each labelled
+/// with the machine it ran on; the speed-up is within its own report (against that
+/// report's baseline), "vs first" compares the same arm's images/s with the first report's.
+fn across_reports_ui(ui: &mut egui::Ui, compare: &[super::Opened]) {
+    ui.label(format!(
+        "{} reports overlaid: the curves draw the first solid, the second dashed, the third dotted.",
+        compare.len()
+    ));
+    const HEADER: [(&str, &str); 10] = [
+        ("arm", definitions::REPEATS),
+        (
+            "machine",
+            "The GPU the report's runs used, else its CPU and the threads annt trained with",
+        ),
+        ("report", "The JSON file"),
+        ("speed-up", definitions::SPEEDUP),
+        ("img/s", definitions::IMAGES_PER_SEC),
+        (
+            "vs first",
+            "This arm's images/s ÷ the same arm's in the first report: how much faster this machine trains it",
+        ),
+        ("test acc", definitions::REPEATS),
+        ("train s", definitions::TRAIN_TIME),
+        ("host MiB", definitions::PEAK_HOST),
+        ("device MiB", definitions::PEAK_DEVICE),
+    ];
+    let first = &compare[0].session.summary;
+    egui::Grid::new("across-reports")
+        .striped(true)
+        .num_columns(HEADER.len())
+        .show(ui, |ui| {
+            for (h, d) in HEADER {
+                ui.label(egui::RichText::new(h).strong()).on_hover_text(d);
+            }
+            ui.end_row();
+            for o in compare {
+                for a in &o.session.summary {
+                    ui.label(row_label(a));
+                    ui.label(&o.label);
+                    ui.label(&o.file);
+                    ui.label(speedup(a.speedup_vs_baseline));
+                    ui.label(num(&a.images_per_sec, 1));
+                    let vs_first = first
+                        .iter()
+                        .find(|b| b.arm == a.arm)
+                        .filter(|b| {
+                            b.images_per_sec.n > 0
+                                && a.images_per_sec.n > 0
+                                && b.images_per_sec.mean > 0.0
+                        })
+                        .map(|b| a.images_per_sec.mean / b.images_per_sec.mean);
+                    ui.label(speedup(vs_first));
+                    ui.label(pct(&a.test_accuracy));
+                    ui.label(num(&a.train_secs, 1));
+                    ui.label(mib_stat(&a.peak_host));
+                    ui.label(mib_stat(&a.peak_device));
+                    ui.end_row();
+                }
+            }
+        });
+    for o in compare {
+        if let Some(env) = &o.session.environment {
+            ui.label(egui::RichText::new(format!("{}: {}", o.file, env.one_line())).weak());
+        }
+    }
+}
+
 /// The step-time breakdown as one stacked horizontal bar per arm: data wait, host→device,
-/// forward, backward, optimiser (ms per optimiser step, means over finished runs).
-fn step_time_ui(ui: &mut egui::Ui, session: &SessionResult) {
+/// forward, backward, optimiser (ms per optimiser step, means over finished runs); `rows`
+/// are the bars' names and arms.
+fn step_time_ui(ui: &mut egui::Ui, rows: &[(String, ArmSummary)]) {
     use egui_plot::{Bar, BarChart};
-    let rows = &session.summary;
-    if rows.iter().all(|a| a.phase_ms_per_step.is_empty()) {
+    if rows.iter().all(|(_, a)| a.phase_ms_per_step.is_empty()) {
         ui.label("No timed steps yet: the breakdown appears when an arm finishes.");
         return;
     }
-    let names: Vec<String> = rows.iter().map(arm_name).collect();
+    let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
     let colours = [
         egui::Color32::from_rgb(150, 150, 150),
         egui::Color32::from_rgb(23, 190, 207),
@@ -602,7 +750,7 @@ fn step_time_ui(ui: &mut egui::Ui, session: &SessionResult) {
         let bars = rows
             .iter()
             .enumerate()
-            .map(|(i, a)| {
+            .map(|(i, (_, a))| {
                 Bar::new(i as f64, phase(a, *p)).name(format!(
                     "{}: {} {:.1} ms",
                     names[i],

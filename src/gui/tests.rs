@@ -670,6 +670,7 @@ fn frame_time_with_8_arms_of_curves_on_screen() {
             steps_per_epoch: 66,
             points,
             started: None,
+            source: 0,
         });
     }
     h.run_steps(5);
@@ -689,4 +690,98 @@ fn frame_time_with_8_arms_of_curves_on_screen() {
         p(0.99),
         p(1.0)
     );
+}
+
+/// Two JSON reports opened together are overlaid: each run's curves and rows are labelled
+/// with the machine its report was measured on, the table compares the same arm across
+/// machines, and an unreadable file among them is named while the others still open.
+#[test]
+fn two_reports_open_together_and_overlay_labelled_by_machine() {
+    let mut settings = quick();
+    settings.run_mut().data.test_limit = Some(64);
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
+            let mut app = AnntApp::new(settings);
+            app.sessions_root = None;
+            app
+        });
+    h.get_by_label("Start").click();
+    run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
+    let local = h.state().session.clone().expect("session");
+    assert!(local.runs.iter().all(|r| !r.curve.is_empty()));
+    // The same session as a GPU server would have reported it, 4× faster.
+    let mut server = local.clone();
+    let mut env = server.environment.clone().expect("environment");
+    env.gpu = Some(annt::util::env::GpuInfo {
+        name: "NVIDIA H100 80GB HBM3".into(),
+        driver: "580.0".into(),
+        cuda: "13.0".into(),
+        memory_bytes: 80 << 30,
+    });
+    server.environment = Some(env);
+    for a in &mut server.summary {
+        a.images_per_sec.mean *= 4.0;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, bad) = (
+        dir.path().join("local.json"),
+        dir.path().join("server.json"),
+        dir.path().join("broken.json"),
+    );
+    annt::report::write_report(&local, &a).expect("local");
+    annt::report::write_report(&server, &b).expect("server");
+    std::fs::write(&bad, "{ not json").expect("broken");
+    h.state_mut().report_path = format!("{};{};{}", a.display(), bad.display(), b.display());
+    h.get_by_label("Open path").click();
+    h.run_steps(3);
+    let app = h.state();
+    assert_eq!(app.compare.len(), 2, "{:?}", app.messages);
+    let local_label = annt::report::fmt::machine_label(&local);
+    assert!(local_label.ends_with("threads") || local_label.ends_with("thread"));
+    assert_eq!(app.compare[1].label, "H100 80GB HBM3");
+    assert!(
+        app.messages
+            .iter()
+            .any(|m| m.kind == super::MessageKind::Error && m.text.contains("broken.json")),
+        "{:?}",
+        app.messages
+    );
+    // Both reports' runs are in the curves, told apart by source.
+    assert_eq!(app.runs.len(), local.runs.len() * 2);
+    assert!(app.runs.iter().any(|r| r.source == 1));
+    // Each run's progress line names its machine (the legends use the same names).
+    for label in [&local_label, &"H100 80GB HBM3".to_string()] {
+        let name = format!("baseline #1 · {label}");
+        assert!(h.query_all_by_label(&name).next().is_some(), "{name}");
+    }
+    // The table: a machine column, the file, and the arm's speed across machines.
+    assert!(h.query_by_label("machine").is_some());
+    // One row per arm of the second report.
+    assert_eq!(
+        h.get_all_by_label("server.json").count(),
+        local.summary.len()
+    );
+    // Every arm with a measured speed is 4× the local one's (an arm whose steps were all
+    // warm-up has no speed to compare: "–").
+    let timed = local
+        .summary
+        .iter()
+        .filter(|a| a.images_per_sec.n > 0)
+        .count();
+    assert!(timed >= 1);
+    assert_eq!(h.get_all_by_label("4.00×").count(), timed);
+    // The verdict tab has one section per report.
+    h.get_by_label("Verdict per switch").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label(&format!("H100 80GB HBM3 — server.json"))
+            .is_some()
+    );
+    // Opening one report again leaves overlay mode.
+    h.state_mut().report_path = a.display().to_string();
+    h.get_by_label("Open path").click();
+    h.run_steps(2);
+    assert!(h.state().compare.is_empty());
+    assert!(h.state().runs.iter().all(|r| r.source == 0));
 }

@@ -288,6 +288,32 @@ pub mod fmt {
         s.config.as_ref()?.train.target_accuracy
     }
 
+    /// The machine a report was measured on, short enough for a legend: the GPU where the
+    /// run used one, else the CPU model and the threads annt trained with (the same CPU
+    /// with other thread counts is another measurement); the device name for a report
+    /// written before environments were recorded.
+    pub fn machine_label(s: &crate::bench::result::SessionResult) -> String {
+        let Some(env) = &s.environment else {
+            return s.device.clone();
+        };
+        if let Some(g) = &env.gpu {
+            return g.name.trim_start_matches("NVIDIA ").to_string();
+        }
+        let mut cpu = env.cpu_model.clone();
+        for noise in ["(R)", "(TM)", "(tm)", " CPU", " Processor"] {
+            cpu = cpu.replace(noise, "");
+        }
+        // "… @ 2.70GHz": the clock says little next to the model.
+        if let Some(at) = cpu.find(" @ ") {
+            cpu.truncate(at);
+        }
+        let cpu = cpu.split_whitespace().collect::<Vec<_>>().join(" ");
+        match env.rayon_threads {
+            1 => format!("{cpu}, 1 thread"),
+            n => format!("{cpu}, {n} threads"),
+        }
+    }
+
     /// The time-to-target column's header.
     pub const TIME_TO_TARGET_HEADER: &str = "time to target (s)";
 

@@ -774,10 +774,7 @@ fn two_reports_open_together_and_overlay_labelled_by_machine() {
     // The verdict tab has one section per report.
     h.get_by_label("Verdict per switch").click();
     h.run_steps(2);
-    assert!(
-        h.query_by_label(&format!("H100 80GB HBM3 — server.json"))
-            .is_some()
-    );
+    assert!(h.query_by_label("H100 80GB HBM3 — server.json").is_some());
     // Opening one report again leaves overlay mode.
     h.state_mut().report_path = a.display().to_string();
     h.get_by_label("Open path").click();

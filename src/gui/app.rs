@@ -68,6 +68,9 @@ pub struct AnntApp {
     pub gpus: Result<Vec<annt::util::gpu::CudaDevice>, annt::util::gpu::GpuError>,
     /// UI time per frame for the built-in readout (ms, last 600 frames).
     pub frame_ms: std::collections::VecDeque<f32>,
+    /// UI time of every frame drawn while the current session runs (at most
+    /// [`SESSION_FRAMES`]): summarised in a message and the log when it finishes.
+    pub session_frame_ms: Vec<f32>,
     pub(super) title: Option<String>,
     /// When this frame's `logic` began (the frame-time readout covers logic and drawing).
     pub(super) frame_start: Option<Instant>,
@@ -141,6 +144,7 @@ impl AnntApp {
             stopping_since: None,
             gpus,
             frame_ms: Default::default(),
+            session_frame_ms: Vec::new(),
             title: None,
             actions: Vec::new(),
             sessions_root: annt::engine::journal::default_root(),
@@ -191,6 +195,7 @@ impl AnntApp {
         ctx: &egui::Context,
     ) {
         self.runs.clear();
+        self.session_frame_ms.clear();
         self.stopping_since = None;
         self.session = None;
         self.compare.clear();
@@ -346,7 +351,24 @@ impl AnntApp {
         if self.frame_ms.len() > 600 {
             self.frame_ms.pop_front();
         }
+        if self.is_running() && self.session_frame_ms.len() < SESSION_FRAMES {
+            self.session_frame_ms
+                .push(frame_start.elapsed().as_secs_f32() * 1000.0);
+        }
     }
+}
+
+/// Frames a session's frame-time summary keeps (at 10 frames/s, almost 3 hours).
+pub const SESSION_FRAMES: usize = 100_000;
+
+/// p50 and p99 of frame times (ms), `None` for fewer than 10 frames.
+pub fn percentiles(ms: &[f32]) -> Option<(f32, f32)> {
+    if ms.len() < 10 {
+        return None;
+    }
+    let mut v = ms.to_vec();
+    v.sort_by(f32::total_cmp);
+    Some((v[v.len() / 2], v[(v.len() * 99) / 100]))
 }
 
 /// A JSON report (by its extension): dropped or given on the command line, it is opened

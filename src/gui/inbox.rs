@@ -253,6 +253,17 @@ impl AnntApp {
                     .push(Message::error(format!("{arm} failed: {error}")))
             }
             WorkerMsg::Event(Event::SessionFinished { result }) => {
+                // What drawing the live curves cost this window: the UI's own time per
+                // frame (events in, layout), rendering not included.
+                if let Some((p50, p99)) = super::app::percentiles(&self.session_frame_ms) {
+                    let text = format!(
+                        "UI time per frame while the session ran: p50 {p50:.1} ms, p99 {p99:.1} ms over {} frames, {} runs' curves",
+                        self.session_frame_ms.len(),
+                        self.runs.len()
+                    );
+                    crate::app_log::info(&text);
+                    self.messages.push(Message::info(text));
+                }
                 self.session = Some(*result);
                 // The Sessions menu reads the journal afresh: this one is in it now.
                 self.sessions_list = None;

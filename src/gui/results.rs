@@ -308,7 +308,13 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
                     );
                 } else {
                     Plot::new(title)
-                        .legend(Legend::default())
+                        // The loss's faint raw line shares its run's name: the legend shows
+                        // the smoothed line's colour (drawn last), not a grey mix.
+                        .legend(
+                            Legend::default().color_conflict_handling(
+                                egui_plot::ColorConflictHandling::PickLast,
+                            ),
+                        )
                         .height(height - 24.0)
                         .width(width)
                         .x_axis_label(axis.label())

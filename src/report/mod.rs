@@ -443,7 +443,7 @@ pub mod fmt {
         ),
         (
             "Automatic mixed precision (AMP)",
-            "runs convolutions, matrix products and activations in bf16 or fp16 while the master weights, batch/layer norm, softmax and the loss stay in f32. fp16 needs a loss scaler (steps with overflowing gradients are skipped). On GPUs with tensor cores this is where speed comes from; on a CPU annt computes half-precision products in f32 and rounds, so AMP there shows the numerics, not a speed-up.",
+            "runs convolutions, matrix products and activations in bf16 or fp16 while the master weights, batch/layer norm, softmax and the loss stay in f32. fp16 needs a loss scaler (steps with overflowing gradients are skipped). On GPUs with tensor cores this is where speed comes from. On a CPU with bf16 dot-product instructions (AVX512-BF16 or AMX, detected at run time) bf16 runs the dense convolutions' matrix products on them, with f32 accumulation; the notes above name the unit and what stays f32. Elsewhere, and for fp16 on any CPU, annt computes half-precision products in f32 and rounds: AMP then shows the numerics, not a speed-up.",
         ),
         (
             "Pinned memory (PM)",

@@ -781,4 +781,14 @@ fn two_reports_open_together_and_overlay_labelled_by_machine() {
     h.run_steps(2);
     assert!(h.state().compare.is_empty());
     assert!(h.state().runs.iter().all(|r| r.source == 0));
+    // Dropping the two reports on the window overlays them too (not taken for a data set).
+    let data_before = h.state().settings.data_config();
+    for p in [&a, &b] {
+        h.input_mut()
+            .dropped_files
+            .push(std::sync::Arc::new(Dropped(p.to_path_buf())));
+    }
+    h.run_steps(3);
+    assert_eq!(h.state().compare.len(), 2, "{:?}", h.state().messages);
+    assert_eq!(h.state().settings.data_config(), data_before);
 }

@@ -182,3 +182,71 @@ mod tests {
         assert!(MatRef::row_major(&a[..], 1, 5).t().in_bounds());
     }
 }
+
+#[cfg(test)]
+mod layout_speed {
+    use super::*;
+
+    /// Which layout of a weight-gradient product's right operand gemm handles fastest.
+    #[test]
+    #[ignore]
+    fn dw_product_layouts() {
+        for (m, red, n) in [(16, 4096, 144), (32, 2048, 288), (64, 1024, 576)] {
+            let a: Vec<f32> = (0..m * red).map(|v| (v as f32 * 0.37).sin()).collect();
+            let cols: Vec<f32> = (0..n * red).map(|v| (v as f32 * 0.71).cos()).collect();
+            let mut c = vec![0.0f32; m * n];
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..50 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 50.0 * 1e3
+            };
+            // cols stored n × red (patch-major, as im2col writes it): Bᵀ view.
+            let t_view = time(&mut || {
+                matmul(
+                    &mut c,
+                    MatRef::row_major(&a, m, red),
+                    MatRef::row_major(&cols, n, red).t(),
+                    true,
+                )
+            });
+            // cols stored red × n (position-major): row-major B.
+            let t_rows = time(&mut || {
+                matmul(
+                    &mut c,
+                    MatRef::row_major(&a, m, red),
+                    MatRef::row_major(&cols, red, n),
+                    true,
+                )
+            });
+            // dWᵀ = cols · dYᵀ: cols as stored (n × red), dY as a transposed view.
+            let mut ct = vec![0.0f32; n * m];
+            let t_swap = time(&mut || {
+                matmul(
+                    &mut ct,
+                    MatRef::row_major(&cols, n, red),
+                    MatRef::row_major(&a, m, red).t(),
+                    true,
+                )
+            });
+            // A blocked transpose of cols to row-major, for reference.
+            let mut tr = vec![0.0f32; n * red];
+            let t_tr = time(&mut || {
+                for i0 in (0..n).step_by(16) {
+                    for j0 in (0..red).step_by(16) {
+                        for i in i0..(i0 + 16).min(n) {
+                            for j in j0..(j0 + 16).min(red) {
+                                tr[j * n + i] = cols[i * red + j];
+                            }
+                        }
+                    }
+                }
+            });
+            println!(
+                "m {m} red {red} n {n}: transposed view {t_view:.3} ms, row-major {t_rows:.3} ms, swapped {t_swap:.3} ms, transpose {t_tr:.3} ms"
+            );
+        }
+    }
+}

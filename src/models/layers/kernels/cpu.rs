@@ -322,7 +322,6 @@ pub fn conv_backward<T: Real>(
     let single = per == 1;
     let direct = single && pointwise(g);
     let task = images_per_task(per);
-    let gemm_dw_transposed = products.bf16().is_none() || T::as_f32(w).is_none();
     // Each task's dW partial is summed in image order and the partials in task order: the
     // result does not depend on how rayon schedules the tasks, so a run is reproducible bit
     // for bit (a work-stealing fold/reduce would not be).
@@ -333,8 +332,8 @@ pub fn conv_backward<T: Real>(
             let scratch = if direct { 0 } else { k * l * per };
             let (mut cols, mut dcols) = (Scratch::take(0, scratch), Scratch::take(1, scratch));
             let mut wide_dy = Scratch::take(2, if single { 0 } else { c_out * l * per });
-            // The task's dW, transposed where gemm computes it: see the product below.
-            let mut acc = vec![T::zero(); k * c_out];
+            // The task's dW, transposed: see the product below.
+            let mut dwt = vec![T::zero(); k * c_out];
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
                 let wide = imgs * l;
@@ -358,20 +357,14 @@ pub fn conv_backward<T: Real>(
                     }
                     &cols[..k * wide]
                 };
+                // dWᵀ (k × c_out) += cols (k × wide) · dYᵀ (wide × c_out). Both matrices
+                // hold the reduction (the positions) along their rows; as dW = dY · colsᵀ
+                // the large cols would be packed across its rows, which costs more than
+                // the arithmetic for a layer of few channels. This way round only the
+                // small dY is: on ResNet-8's and ResNet-18's shapes 2–2.8× faster through
+                // gemm, 1.5–2.4× on AMX, 1.15–1.8× on AVX512-BF16 (`dw_product_layouts`).
                 let cols_m = MatRef::row_major(patches, k, wide);
-                if gemm_dw_transposed {
-                    // dWᵀ (k × c_out) += cols (k × wide) · dYᵀ (wide × c_out). Both
-                    // matrices hold the reduction (the positions) along their rows; as
-                    // dW = dY · colsᵀ gemm packs the large cols across its rows, which costs
-                    // more than the arithmetic for a layer of few channels. This way round
-                    // only the small dY is: 2–2.8× faster on ResNet-8's and ResNet-18's
-                    // shapes (`dw_product_layouts`).
-                    product(&mut acc, cols_m, None, dy_group.t(), true, products);
-                } else {
-                    // dW (c_out × k) += dY (c_out × wide) · colsᵀ (wide × k) on the bf16
-                    // unit, whose packing was measured for this orientation.
-                    product(&mut acc, dy_group, None, cols_m.t(), true, products);
-                }
+                product(&mut dwt, cols_m, None, dy_group.t(), true, products);
                 if direct {
                     // dx (c × l) = Wᵀ (c × c_out) · dY (c_out × l), written in place.
                     product(
@@ -390,11 +383,8 @@ pub fn conv_backward<T: Real>(
                     }
                 }
             }
-            if !gemm_dw_transposed {
-                return acc;
-            }
             let mut dw = vec![T::zero(); c_out * k];
-            for (kk, row) in acc.chunks_exact(c_out).enumerate() {
+            for (kk, row) in dwt.chunks_exact(c_out).enumerate() {
                 for (o, v) in row.iter().enumerate() {
                     dw[o * k + kk] = *v;
                 }

@@ -187,7 +187,9 @@ mod tests {
 mod layout_speed {
     use super::*;
 
-    /// Which layout of a weight-gradient product's right operand gemm handles fastest.
+    /// Which orientation of a convolution's weight-gradient product is fastest, through gemm
+    /// and on the bf16 units: `cargo test --release --lib dw_product_layouts -- --ignored
+    /// --nocapture` (`benches/results/dw-product-layouts.txt`).
     #[test]
     #[ignore]
     fn dw_product_layouts() {
@@ -247,6 +249,30 @@ mod layout_speed {
             println!(
                 "m {m} red {red} n {n}: transposed view {t_view:.3} ms, row-major {t_rows:.3} ms, swapped {t_swap:.3} ms, transpose {t_tr:.3} ms"
             );
+            for dot in super::super::bf16::Dot::usable() {
+                let t_view = time(&mut || {
+                    super::super::bf16::matmul(
+                        &mut c,
+                        MatRef::row_major(&a, m, red),
+                        MatRef::row_major(&cols, n, red).t(),
+                        true,
+                        dot,
+                    )
+                });
+                let t_swap = time(&mut || {
+                    super::super::bf16::matmul(
+                        &mut ct,
+                        MatRef::row_major(&cols, n, red),
+                        MatRef::row_major(&a, m, red).t(),
+                        true,
+                        dot,
+                    )
+                });
+                println!(
+                    "    {}: transposed view {t_view:.3} ms, swapped {t_swap:.3} ms",
+                    dot.unit().label()
+                );
+            }
         }
     }
 }

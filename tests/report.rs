@@ -658,14 +658,11 @@ fn every_format_carries_the_verdict_per_switch() {
     );
 }
 
-/// With a target accuracy the Markdown and HTML tables gain a time-to-target column: the
-/// mean over the runs that reached it, "k/n reached" when not all did, "not reached" when
-/// none did; without a target the column is absent.
-#[test]
-fn a_target_accuracy_adds_a_time_to_target_column() {
-    let mut s = SessionResult {
+/// An empty A/B session of two repeats, and the switches of a GA×2 arm.
+fn two_repeat_ab(name: &str) -> (SessionResult, Switches) {
+    let s = SessionResult {
         schema_version: SCHEMA_VERSION,
-        preset_name: "target".into(),
+        preset_name: name.into(),
         plan: "ab".into(),
         repeats: 2,
         ..SessionResult::default()
@@ -674,6 +671,15 @@ fn a_target_accuracy_adds_a_time_to_target_column() {
         grad_accum_steps: 2,
         ..Switches::default()
     };
+    (s, ga)
+}
+
+/// With a target accuracy the Markdown and HTML tables gain a time-to-target column: the
+/// mean over the runs that reached it, "k/n reached" when not all did, "not reached" when
+/// none did; without a target the column is absent.
+#[test]
+fn a_target_accuracy_adds_a_time_to_target_column() {
+    let (mut s, ga) = two_repeat_ab("target");
     for repeat in 0..2 {
         let mut b = run(
             "baseline",
@@ -733,16 +739,7 @@ fn a_target_accuracy_adds_a_time_to_target_column() {
 /// (not averaged in as 0), and an arm with no timed run has no speed-up at all.
 #[test]
 fn a_run_without_timed_steps_has_no_speed_to_average() {
-    let mut s = SessionResult {
-        schema_version: SCHEMA_VERSION,
-        plan: "ab".into(),
-        repeats: 2,
-        ..SessionResult::default()
-    };
-    let ga = Switches {
-        grad_accum_steps: 2,
-        ..Switches::default()
-    };
+    let (mut s, ga) = two_repeat_ab("warm-up");
     for repeat in 0..2 {
         s.runs.push(run(
             "baseline",

@@ -22,9 +22,18 @@ fn quick() -> Settings {
 }
 
 fn harness(settings: Settings) -> Harness<'static, AnntApp> {
+    // Tall enough that every section of the left panel is on screen.
+    harness_sized(settings, egui::vec2(1280.0, 1500.0))
+}
+
+/// The window at a laptop's 1280×800, where what fits on screen is the question.
+fn laptop_harness(settings: Settings) -> Harness<'static, AnntApp> {
+    harness_sized(settings, egui::vec2(1280.0, 800.0))
+}
+
+fn harness_sized(settings: Settings, size: egui::Vec2) -> Harness<'static, AnntApp> {
     Harness::builder()
-        // Tall enough that every section of the left panel is on screen.
-        .with_size(egui::vec2(1280.0, 1500.0))
+        .with_size(size)
         .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
             let mut app = AnntApp::new(settings);
             // The tests' sessions are not the user's: nothing goes to their journal folder.
@@ -129,13 +138,7 @@ fn every_table_column_is_visible_at_1280_by_800() {
     settings.run_mut().data.test_limit = Some(64);
     // Reached after the first epoch (chance on 10 classes is 10 %): every column shows.
     settings.run_mut().train.target_accuracy = Some(0.01);
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
-            let mut app = AnntApp::new(settings);
-            app.sessions_root = None;
-            app
-        });
+    let mut h = laptop_harness(settings);
     h.get_by_label("Start").click();
     run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
     h.run_steps(2);
@@ -699,13 +702,7 @@ fn frame_time_with_8_arms_of_curves_on_screen() {
 fn two_reports_open_together_and_overlay_labelled_by_machine() {
     let mut settings = quick();
     settings.run_mut().data.test_limit = Some(64);
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut AnntApp| app.show(ui), {
-            let mut app = AnntApp::new(settings);
-            app.sessions_root = None;
-            app
-        });
+    let mut h = laptop_harness(settings);
     h.get_by_label("Start").click();
     run_until(&mut h, HANG, |a| a.session.is_some() && !a.is_running());
     let local = h.state().session.clone().expect("session");

@@ -60,12 +60,7 @@ fn window(paths: Vec<std::path::PathBuf>) -> ExitCode {
         "preset folders: {:?}",
         install_paths::presets_dirs()
     ));
-    let reports = paths.iter().all(|p| {
-        p.is_file()
-            && p.extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    });
-    if paths.len() > 1 && !reports {
+    if paths.len() > 1 && !paths.iter().all(|p| gui::is_report(p)) {
         app_log::info(&format!(
             "{} paths given; opening the first, ignoring {:?}",
             paths.len(),

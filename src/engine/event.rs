@@ -43,20 +43,13 @@ pub enum Event {
         total_steps: u64,
         /// Mean training loss of the epoch so far.
         loss: f64,
-        /// Mean training loss of the micro-batches since the previous progress event (the
-        /// per-step curve; NaN when none).
-        recent_loss: f64,
         /// Images/s of the run's timed steps so far.
         images_per_sec: f64,
         elapsed_secs: f64,
-        /// Learning rate of the first parameter group at this step.
-        lr: f64,
-        /// The fp16 loss scale (None without fp16).
-        loss_scale: Option<f64>,
-        /// Resident host memory of the process now, and device memory in use now (CUDA's
-        /// pool; a driver query that does not wait for the device).
-        host_bytes: Option<u64>,
-        device_bytes: Option<u64>,
+        /// The per-step curve's point for this event, as the run's result keeps it: the
+        /// loss since the previous event, learning rate, fp16 loss scale, host and device
+        /// memory in use (CUDA's pool; a driver query that does not wait for the device).
+        point: crate::bench::result::CurvePoint,
     },
     EpochFinished {
         arm: String,

@@ -508,8 +508,7 @@ pub fn train_run(
                     f64::NAN
                 };
                 at_last_tick = (loss_sum, seen);
-                let host_bytes = crate::train::timing::current_rss_bytes();
-                let device_bytes = crate::util::gpu::pool_current_bytes(device);
+                let mib = |b: Option<u64>| b.map(|b| b as f64 / 1048576.0);
                 let point = crate::bench::result::CurvePoint {
                     step,
                     wall_secs: wall(run_start),
@@ -517,8 +516,8 @@ pub fn train_run(
                     images_per_sec: s.images_per_sec,
                     lr: optimizer.lr_of_group(0),
                     loss_scale: scaler.as_ref().map(|s| s.scale()),
-                    host_mib: host_bytes.map(|b| b as f64 / 1048576.0),
-                    device_mib: device_bytes.map(|b| b as f64 / 1048576.0),
+                    host_mib: mib(crate::train::timing::current_rss_bytes()),
+                    device_mib: mib(crate::util::gpu::pool_current_bytes(device)),
                 };
                 crate::bench::result::push_curve_point(&mut curve, point);
                 sink.emit(Event::Progress {
@@ -532,13 +531,9 @@ pub fn train_run(
                     } else {
                         f64::NAN
                     },
-                    recent_loss,
                     images_per_sec: s.images_per_sec,
-                    elapsed_secs: wall(run_start),
-                    lr: point.lr,
-                    loss_scale: point.loss_scale,
-                    host_bytes,
-                    device_bytes,
+                    elapsed_secs: point.wall_secs,
+                    point,
                 });
             }
             if let Some(c) = checkpoints

@@ -21,8 +21,6 @@ pub enum UiAction {
     /// After an out-of-memory failure: half the micro-batch, twice the accumulation.
     RetrySmallerMicroBatch,
     OpenDialog(Dialog),
-    /// A data folder or archive to validate and, if it opens, choose.
-    ChooseData(PathBuf),
     /// Check the weights file against the chosen model.
     CheckWeights,
     /// Load the preset at this path (the preset path field is set to it).
@@ -32,8 +30,8 @@ pub enum UiAction {
     /// Open the JSON report at the report path field (several, separated by `;`, are
     /// overlaid).
     OpenReport,
-    /// Open these JSON reports (dropped together, or chosen together in the dialog).
-    OpenReports(Vec<PathBuf>),
+    /// Paths dropped on the window ([`AnntApp::open_paths`]): reports, or a data set.
+    OpenPaths(Vec<PathBuf>),
     /// Save the session's report at the report path field.
     SaveReport,
     Download(CifarVariant),
@@ -66,7 +64,6 @@ impl AnntApp {
                 }
                 UiAction::RetrySmallerMicroBatch => self.retry_with_smaller_micro_batch(ctx),
                 UiAction::OpenDialog(kind) => self.open_dialog(kind),
-                UiAction::ChooseData(path) => self.choose_data_path(path),
                 UiAction::CheckWeights => self.check_weights(),
                 UiAction::LoadPreset(path) => {
                     self.preset_path = path.display().to_string();
@@ -74,7 +71,7 @@ impl AnntApp {
                 }
                 UiAction::SavePreset => self.save_preset_to_path(),
                 UiAction::OpenReport => self.open_report_from_path(),
-                UiAction::OpenReports(paths) => self.open_reports(&paths),
+                UiAction::OpenPaths(paths) => self.open_paths(paths),
                 UiAction::SaveReport => self.save_report_to_path(),
                 UiAction::OpenSession(id) => self.open_session(&id),
                 UiAction::ResumeSession(id) => self.resume_session(&id, ctx),

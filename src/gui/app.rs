@@ -314,11 +314,8 @@ impl AnntApp {
                 .map(|f| f.path().to_path_buf())
                 .collect()
         });
-        // Reports dropped together are opened (and overlaid); anything else is a data set.
-        if !dropped.is_empty() && dropped.iter().all(|p| is_report(p)) {
-            self.act(action::UiAction::OpenReports(dropped));
-        } else if let Some(path) = dropped.into_iter().next() {
-            self.act(action::UiAction::ChooseData(path));
+        if !dropped.is_empty() {
+            self.act(action::UiAction::OpenPaths(dropped));
         }
         egui::Panel::left("settings")
             .default_size(330.0)
@@ -369,15 +366,6 @@ pub fn percentiles(ms: &[f32]) -> Option<(f32, f32)> {
     let mut v = ms.to_vec();
     v.sort_by(f32::total_cmp);
     Some((v[v.len() / 2], v[(v.len() * 99) / 100]))
-}
-
-/// A JSON report (by its extension): dropped or given on the command line, it is opened
-/// as a report rather than as a data set.
-pub fn is_report(path: &std::path::Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 /// A new folder for this session's trained weights: `<data dir>/annt/weights/session-<unix

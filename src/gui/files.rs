@@ -6,14 +6,8 @@ use super::{AnntApp, Message, Opened, RunView, jobs};
 impl AnntApp {
     pub(super) fn dialog_answer(&mut self, kind: jobs::Dialog, paths: Vec<std::path::PathBuf>) {
         use jobs::Dialog;
-        if kind == Dialog::OpenReport {
-            if let [one] = paths.as_slice() {
-                self.report_path = one.display().to_string();
-            }
-            self.open_reports(&paths);
-            return;
-        }
-        let Some(path) = paths.into_iter().next() else {
+        // "Open report…" may answer with several files; every other dialog with one.
+        let Some(path) = paths.first().cloned() else {
             return;
         };
         match kind {
@@ -21,7 +15,12 @@ impl AnntApp {
                 self.report_path = path.display().to_string();
                 self.save_report_to_path();
             }
-            Dialog::OpenReport => unreachable!("answered above"),
+            Dialog::OpenReport => {
+                if paths.len() == 1 {
+                    self.report_path = path.display().to_string();
+                }
+                self.open_reports(&paths);
+            }
             Dialog::OpenWeights => {
                 self.settings.run_mut().model.weights = Some(path);
                 self.check_weights();
@@ -114,6 +113,16 @@ impl AnntApp {
                 .collect()
         };
         self.open_reports(&paths);
+    }
+
+    /// Paths dropped on the window or given on the command line: JSON reports are opened
+    /// (several overlaid); anything else is a data set, the first path.
+    pub fn open_paths(&mut self, paths: Vec<std::path::PathBuf>) {
+        if !paths.is_empty() && paths.iter().all(|p| super::is_report(p)) {
+            self.open_reports(&paths);
+        } else if let Some(path) = paths.into_iter().next() {
+            self.choose_data_path(path);
+        }
     }
 
     /// Opens JSON reports: one is shown as if it had just run; two or more are overlaid,

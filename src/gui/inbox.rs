@@ -165,28 +165,13 @@ impl AnntApp {
                 repeat,
                 step,
                 images_per_sec,
-                recent_loss,
-                elapsed_secs,
-                lr,
-                loss_scale,
-                host_bytes,
-                device_bytes,
+                point,
                 ..
             }) => {
                 if let Some(r) = self.run_mut(&arm, repeat) {
                     r.step = step;
                     r.images_per_sec = images_per_sec;
-                    let mib = |b: Option<u64>| b.map(|b| b as f64 / 1048576.0);
-                    r.points.push(annt::bench::result::CurvePoint {
-                        step,
-                        wall_secs: elapsed_secs,
-                        loss: recent_loss,
-                        images_per_sec,
-                        lr,
-                        loss_scale,
-                        host_mib: mib(host_bytes),
-                        device_mib: mib(device_bytes),
-                    });
+                    r.points.push(point);
                 }
             }
             WorkerMsg::Event(Event::EpochFinished {

@@ -134,39 +134,37 @@ pub enum Dialog {
 /// thread, so the window keeps drawing while it is open (rfd's "spawn on main, await
 /// elsewhere").
 pub fn dialog(kind: Dialog) -> Receiver<Option<Vec<PathBuf>>> {
-    let d = rfd::AsyncFileDialog::new();
-    if kind == Dialog::OpenReport {
-        // Several reports may be picked at once: they are overlaid.
-        let pending = d.add_filter("JSON report", &["json"]).pick_files();
-        return spawn(move || {
-            pollster::block_on(pending)
-                .map(|fs| fs.iter().map(|f| f.path().to_path_buf()).collect())
-        });
+    type Pending =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<rfd::FileHandle>>> + Send>>;
+    // Every dialog but "Open report…" answers with one file.
+    fn one(
+        f: impl std::future::Future<Output = Option<rfd::FileHandle>> + Send + 'static,
+    ) -> Pending {
+        Box::pin(async move { f.await.map(|h| vec![h]) })
     }
-    let pending: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Option<rfd::FileHandle>> + Send>,
-    > = match kind {
-        Dialog::SaveReport => Box::pin(
-            d.add_filter("Report", &["html", "md", "csv", "json"])
-                .set_file_name("annt-report.html")
-                .save_file(),
-        ),
-        Dialog::OpenReport => unreachable!("picked above: several files"),
-        Dialog::OpenWeights => Box::pin(d.add_filter("safetensors", &["safetensors"]).pick_file()),
-        Dialog::OpenData => Box::pin(d.pick_folder()),
-        Dialog::OpenPreset => Box::pin(d.add_filter("Preset", &["toml"]).pick_file()),
-        Dialog::SavePreset => Box::pin(
-            d.add_filter("Preset", &["toml"])
-                .set_file_name("my-preset.toml")
-                .save_file(),
-        ),
-        Dialog::SaveWeights => Box::pin(
-            d.add_filter("safetensors", &["safetensors"])
-                .set_file_name("trained.safetensors")
-                .save_file(),
-        ),
+    let d = rfd::AsyncFileDialog::new();
+    let pending: Pending = match kind {
+        Dialog::SaveReport => one(d
+            .add_filter("Report", &["html", "md", "csv", "json"])
+            .set_file_name("annt-report.html")
+            .save_file()),
+        // Several reports may be picked at once: they are overlaid.
+        Dialog::OpenReport => Box::pin(d.add_filter("JSON report", &["json"]).pick_files()),
+        Dialog::OpenWeights => one(d.add_filter("safetensors", &["safetensors"]).pick_file()),
+        Dialog::OpenData => one(d.pick_folder()),
+        Dialog::OpenPreset => one(d.add_filter("Preset", &["toml"]).pick_file()),
+        Dialog::SavePreset => one(d
+            .add_filter("Preset", &["toml"])
+            .set_file_name("my-preset.toml")
+            .save_file()),
+        Dialog::SaveWeights => one(d
+            .add_filter("safetensors", &["safetensors"])
+            .set_file_name("trained.safetensors")
+            .save_file()),
     };
-    spawn(move || pollster::block_on(pending).map(|f| vec![f.path().to_path_buf()]))
+    spawn(move || {
+        pollster::block_on(pending).map(|fs| fs.iter().map(|f| f.path().to_path_buf()).collect())
+    })
 }
 
 /// Writes a session's report (format from the extension, atomically) off the UI thread: an

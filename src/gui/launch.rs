@@ -39,11 +39,7 @@ pub fn run(paths: Vec<std::path::PathBuf>) -> anyhow::Result<()> {
                 .and_then(|s| eframe::get_value::<Settings>(s, eframe::APP_KEY))
                 .unwrap_or_default();
             let mut app = AnntApp::new(settings);
-            if !paths.is_empty() && paths.iter().all(|p| super::app::is_report(p)) {
-                app.open_reports(&paths);
-            } else if let Some(path) = paths.into_iter().next() {
-                app.choose_data_path(path);
-            }
+            app.open_paths(paths);
             Ok(Box::new(app))
         }),
     )

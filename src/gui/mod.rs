@@ -78,6 +78,15 @@ pub struct RunView {
     pub source: usize,
 }
 
+/// A JSON report (by its extension): dropped or given on the command line, it is opened
+/// as a report rather than as a data set.
+pub fn is_report(path: &std::path::Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
 /// One of several JSON reports opened together to be overlaid.
 #[derive(Clone, Debug)]
 pub struct Opened {

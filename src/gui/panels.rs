@@ -320,12 +320,8 @@ fn schedule_parameters_ui(schedule: &mut annt::train::schedule::ScheduleConfig, 
 
 /// The 99th percentile of the UI's own time per recent frame.
 pub fn frame_p99(app: &AnntApp) -> Option<f32> {
-    if app.frame_ms.len() < 10 {
-        return None;
-    }
-    let mut v: Vec<f32> = app.frame_ms.iter().copied().collect();
-    v.sort_by(f32::total_cmp);
-    v.get((v.len() * 99) / 100).copied()
+    let recent: Vec<f32> = app.frame_ms.iter().copied().collect();
+    super::app::percentiles(&recent).map(|(_, p99)| p99)
 }
 
 fn presets_menu(app: &mut AnntApp, ui: &mut egui::Ui) {

@@ -176,34 +176,31 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
         faint: bool,
         style: LineStyle,
     }
+    // A run's line: its name, colour and style, whatever it plots.
+    let series = |r: &super::RunView, points: Vec<[f64; 2]>| Series {
+        name: run_name(app, r),
+        colour: arm_colour(&app.runs, &r.arm),
+        style: source_style(r.source),
+        points,
+        faint: false,
+    };
     let per_step = |f: &dyn Fn(&annt::bench::result::CurvePoint) -> Option<f64>| -> Vec<Series> {
         app.runs
             .iter()
-            .map(|r| Series {
-                name: run_name(app, r),
-                colour: arm_colour(&app.runs, &r.arm),
-                style: source_style(r.source),
-                points: thin(
-                    r.points
-                        .iter()
-                        .filter_map(|p| f(p).filter(|v| v.is_finite()).map(|v| [step_x(r, p), v]))
-                        .collect(),
-                    PLOT_POINTS,
-                ),
-                faint: false,
+            .map(|r| {
+                let points = r
+                    .points
+                    .iter()
+                    .filter_map(|p| f(p).filter(|v| v.is_finite()).map(|v| [step_x(r, p), v]))
+                    .collect();
+                series(r, thin(points, PLOT_POINTS))
             })
             .collect()
     };
     let per_epoch = |f: &dyn Fn(&annt::bench::result::EpochRecord) -> f64| -> Vec<Series> {
         app.runs
             .iter()
-            .map(|r| Series {
-                name: run_name(app, r),
-                colour: arm_colour(&app.runs, &r.arm),
-                style: source_style(r.source),
-                points: r.epochs.iter().map(|e| [epoch_x(e), f(e)]).collect(),
-                faint: false,
-            })
+            .map(|r| series(r, r.epochs.iter().map(|e| [epoch_x(e), f(e)]).collect()))
             .collect()
     };
     // The loss: raw (faint) and smoothed.
@@ -215,25 +212,15 @@ pub fn curves_ui(app: &mut AnntApp, ui: &mut egui::Ui) {
             .filter(|p| p.loss.is_finite())
             .map(|p| [step_x(r, p), p.loss])
             .collect();
-        let colour = arm_colour(&app.runs, &r.arm);
-        let name = run_name(app, r);
-        let style = source_style(r.source);
         if app.smoothing > 0.0 {
+            let line = series(r, thin(raw.clone(), PLOT_POINTS));
             loss.push(Series {
-                name: name.clone(),
-                colour: colour.gamma_multiply(0.35),
-                points: thin(raw.clone(), PLOT_POINTS),
+                colour: line.colour.gamma_multiply(0.35),
                 faint: true,
-                style,
+                ..line
             });
         }
-        loss.push(Series {
-            name,
-            colour,
-            points: thin(smooth(&raw, app.smoothing), PLOT_POINTS),
-            faint: false,
-            style,
-        });
+        loss.push(series(r, thin(smooth(&raw, app.smoothing), PLOT_POINTS)));
     }
     let mut memory = per_step(&|p| p.host_mib);
     for (s, r) in per_step(&|p| p.device_mib).into_iter().zip(&app.runs) {

@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 
 use super::fmt::{
-    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, arm_name, comparison_cells, run_cells,
-    status,
+    RUN_HEADER, SWITCHES_EXPLAINED, arm_name, comparison_header, comparison_row, run_cells, status,
 };
 use crate::bench::result::{RunResult, RunStatus, SessionResult, definitions};
 use crate::train::timing::Phase;
@@ -215,21 +214,14 @@ pub fn render(s: &SessionResult) -> String {
         );
     }
     o.push_str("<h2>Comparison</h2><table><tr>");
-    let target = super::fmt::target_accuracy(s);
-    for h in COMPARISON_HEADER {
+    for h in comparison_header(s) {
         let _ = write!(o, "<th>{}</th>", esc(h));
-    }
-    if target.is_some() {
-        let _ = write!(o, "<th>{}</th>", esc(super::fmt::TIME_TO_TARGET_HEADER));
     }
     o.push_str("</tr>");
     for a in &s.summary {
         o.push_str("<tr>");
-        for c in comparison_cells(a) {
+        for c in comparison_row(s, a) {
             let _ = write!(o, "<td>{}</td>", esc(&c));
-        }
-        if target.is_some() {
-            let _ = write!(o, "<td>{}</td>", esc(&super::fmt::time_to_target(a)));
         }
         o.push_str("</tr>");
     }
@@ -237,13 +229,8 @@ pub fn render(s: &SessionResult) -> String {
     for d in definitions::ALL {
         let _ = write!(o, "<li>{}</li>", esc(d));
     }
-    if let Some(t) = target {
-        let _ = write!(
-            o,
-            "<li>Target test accuracy {:.1} %. {}</li>",
-            100.0 * t,
-            esc(definitions::TIME_TO_TARGET)
-        );
+    if let Some(note) = super::fmt::target_note(s) {
+        let _ = write!(o, "<li>{}</li>", esc(&note));
     }
     o.push_str("</ul>");
     let mut by_epoch_acc = Vec::new();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::fmt::{
-    COMPARISON_HEADER, RUN_HEADER, SWITCHES_EXPLAINED, VERDICT_HEADER, arm_name, comparison_cells,
+    RUN_HEADER, SWITCHES_EXPLAINED, VERDICT_HEADER, arm_name, comparison_header, comparison_row,
     run_cells, status, verdict_cells,
 };
 use crate::bench::result::{SessionResult, definitions};
@@ -36,32 +36,19 @@ pub fn render(s: &SessionResult) -> String {
         let _ = writeln!(o, "\nEnvironment: {}.", cell(&env.one_line()));
     }
     let _ = writeln!(o, "\n## Comparison\n");
-    let target = super::fmt::target_accuracy(s);
-    let mut header: Vec<&str> = COMPARISON_HEADER.to_vec();
-    if target.is_some() {
-        header.push(super::fmt::TIME_TO_TARGET_HEADER);
-    }
+    let header = comparison_header(s);
     let _ = writeln!(o, "| {} |", header.join(" | "));
     let _ = writeln!(o, "|{}", "---|".repeat(header.len()));
     for a in &s.summary {
-        let mut cells: Vec<String> = comparison_cells(a).to_vec();
-        if target.is_some() {
-            cells.push(super::fmt::time_to_target(a));
-        }
-        let cells: Vec<String> = cells.iter().map(|c| cell(c)).collect();
+        let cells: Vec<String> = comparison_row(s, a).iter().map(|c| cell(c)).collect();
         let _ = writeln!(o, "| {} |", cells.join(" | "));
     }
     let _ = writeln!(o);
     for d in definitions::ALL {
         let _ = writeln!(o, "- {}", cell(d));
     }
-    if let Some(t) = target {
-        let _ = writeln!(
-            o,
-            "- Target test accuracy {:.1} %. {}",
-            100.0 * t,
-            cell(definitions::TIME_TO_TARGET)
-        );
+    if let Some(note) = super::fmt::target_note(s) {
+        let _ = writeln!(o, "- {}", cell(&note));
     }
     let paper = super::fmt::paper_rows(s);
     if let Some(p) = s.paper.as_ref().filter(|_| !paper.is_empty()) {

@@ -334,6 +334,37 @@ pub mod fmt {
         }
     }
 
+    /// The comparison table's header for `s`: [`COMPARISON_HEADER`], and the time to target
+    /// where a target accuracy is set.
+    pub fn comparison_header(s: &crate::bench::result::SessionResult) -> Vec<&'static str> {
+        let mut header = COMPARISON_HEADER.to_vec();
+        if target_accuracy(s).is_some() {
+            header.push(TIME_TO_TARGET_HEADER);
+        }
+        header
+    }
+
+    /// One arm's row of [`comparison_header`] (plain text).
+    pub fn comparison_row(s: &crate::bench::result::SessionResult, a: &ArmSummary) -> Vec<String> {
+        let mut row = comparison_cells(a).to_vec();
+        if target_accuracy(s).is_some() {
+            row.push(time_to_target(a));
+        }
+        row
+    }
+
+    /// The line under the comparison table that names the target and defines the time to
+    /// it, where a target is set.
+    pub fn target_note(s: &crate::bench::result::SessionResult) -> Option<String> {
+        target_accuracy(s).map(|t| {
+            format!(
+                "Target test accuracy {:.1} %. {}",
+                100.0 * t,
+                crate::bench::result::definitions::TIME_TO_TARGET
+            )
+        })
+    }
+
     /// A speed-up, or "–" where there is nothing to compare.
     pub fn speedup(v: Option<f64>) -> String {
         v.map_or("–".into(), |v| format!("{v:.2}×"))

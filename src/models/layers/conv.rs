@@ -109,20 +109,8 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
             let both = map_real_n(
                 &[x, w, &grad.contiguous()?],
                 x_len + w_len,
-                |v| {
-                    // dx has room for dW (conv_backward reserves it): no copy of dx.
-                    let (mut dx, dw) =
-                        kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
-                    dx.extend_from_slice(&dw);
-                    dx
-                },
-                |v| {
-                    // dx has room for dW (conv_backward reserves it): no copy of dx.
-                    let (mut dx, dw) =
-                        kernels_cpu::conv_backward(v[0], v[1], v[2], &g, c_out, products);
-                    dx.extend_from_slice(&dw);
-                    dx
-                },
+                |v| kernels_cpu::conv_backward_joined(v[0], v[1], v[2], &g, c_out, products),
+                |v| kernels_cpu::conv_backward_joined(v[0], v[1], v[2], &g, c_out, products),
             )?;
             let grad_x = both.narrow(0, 0, x_len)?.reshape(x.shape())?;
             let grad_w = both.narrow(0, x_len, w_len)?.reshape(w.shape())?;

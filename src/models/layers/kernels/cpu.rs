@@ -302,7 +302,8 @@ pub fn conv_forward<T: Real>(
 /// Both gradients of [`conv_forward`] in one pass over the images: `dx` (`Wᵀ·dY` folded
 /// back) and `dW = Σ dY·colsᵀ`, with the same groups of images per product as the forward
 /// pass; the patch matrices are rebuilt instead of kept from the forward pass (which would
-/// hold a batch-sized matrix per layer). Returns `(dx, dw)`.
+/// hold a batch-sized matrix per layer). Returns `(dx, dw)`; [`conv_backward_joined`] is the
+/// same with both in one buffer.
 pub fn conv_backward<T: Real>(
     x: &[T],
     w: &[T],
@@ -311,29 +312,45 @@ pub fn conv_backward<T: Real>(
     c_out: usize,
     products: Products,
 ) -> (Vec<T>, Vec<T>) {
+    let mut dx = conv_backward_joined(x, w, dy, g, c_out, products);
+    let dw = dx.split_off(g.n * g.c * g.h * g.w);
+    (dx, dw)
+}
+
+/// [`conv_backward`] returning `dx` (`n·c·h·w` values) followed by `dW` (`c_out·c·kh·kw`) in
+/// one vector: what the layer hands to Candle, without a copy of either.
+pub fn conv_backward_joined<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    g: &Window,
+    c_out: usize,
+    products: Products,
+) -> Vec<T> {
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
-    // Room for dW after dx: the layer returns both in one buffer without copying dx.
-    let mut dx = Vec::with_capacity(g.n * img + c_out * k);
-    dx.resize(g.n * img, T::zero());
+    let dx_len = g.n * img;
+    let mut both = vec![T::zero(); dx_len + c_out * k];
+    let (dx, dw) = both.split_at_mut(dx_len);
     let wm = MatRef::row_major(w, c_out, k);
     let packed_wt = pack_for(wm.t(), products);
     let per = images_per_product(l);
     let single = per == 1;
     let direct = single && pointwise(g);
     let task = images_per_task(per);
-    // Each task's dW partial is summed in image order and the partials in task order: the
-    // result does not depend on how rayon schedules the tasks, so a run is reproducible bit
-    // for bit (a work-stealing fold/reduce would not be).
-    let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut(img * task)
+    // Every task accumulates its own dWᵀ partial (k × c_out: see the product below); the
+    // partials are summed in task order afterwards, so the result does not depend on how
+    // rayon schedules the tasks and a run is reproducible bit for bit (a work-stealing
+    // fold/reduce would not be).
+    let tasks = g.n.div_ceil(task);
+    let mut partials = vec![T::zero(); tasks * k * c_out];
+    dx.par_chunks_mut(img * task)
+        .zip(partials.par_chunks_mut(k * c_out))
         .enumerate()
-        .map(|(t, dx_task)| {
+        .for_each(|(t, (dx_task, dwt))| {
             let scratch = if direct { 0 } else { k * l * per };
             let (mut cols, mut dcols) = (Scratch::take(0, scratch), Scratch::take(1, scratch));
             let mut wide_dy = Scratch::take(2, if single { 0 } else { c_out * l * per });
-            // The task's dW, transposed: see the product below.
-            let mut dwt = vec![T::zero(); k * c_out];
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
                 let wide = imgs * l;
@@ -364,7 +381,7 @@ pub fn conv_backward<T: Real>(
                 // small dY is: on ResNet-8's and ResNet-18's shapes 2–2.8× faster through
                 // gemm, 1.5–2.4× on AMX, 1.15–1.8× on AVX512-BF16 (`dw_product_layouts`).
                 let cols_m = MatRef::row_major(patches, k, wide);
-                product(&mut dwt, cols_m, None, dy_group.t(), true, products);
+                product(dwt, cols_m, None, dy_group.t(), s > 0, products);
                 if direct {
                     // dx (c × l) = Wᵀ (c × c_out) · dY (c_out × l), written in place.
                     product(
@@ -383,22 +400,43 @@ pub fn conv_backward<T: Real>(
                     }
                 }
             }
-            let mut dw = vec![T::zero(); c_out * k];
-            for (kk, row) in dwt.chunks_exact(c_out).enumerate() {
-                for (o, v) in row.iter().enumerate() {
-                    dw[o * k + kk] = *v;
+        });
+    // Σ partials into the first, in task order (0 + p₀ = p₀ exactly, so this is the same
+    // sum as starting from zero), in parallel over disjoint stretches of it; then one
+    // blocked transpose into dW. (Transposing every partial cost ResNet-18's 512-channel
+    // layers two strided passes over 9 MiB each.)
+    let (first, rest) = partials.split_at_mut(k * c_out);
+    if tasks > 1 {
+        const STRETCH: usize = 4096;
+        first
+            .par_chunks_mut(STRETCH)
+            .enumerate()
+            .for_each(|(i, acc)| {
+                for p in rest.chunks_exact(k * c_out) {
+                    for (a, b) in acc.iter_mut().zip(&p[i * STRETCH..]) {
+                        *a += *b;
+                    }
+                }
+            });
+    }
+    transpose_par(first, k, c_out, dw);
+    both
+}
+
+/// `src` (rows × cols, row-major) transposed into `dst` (cols × rows): [`transpose_into`]'s
+/// blocks, in parallel over stripes of 16 destination rows.
+fn transpose_par<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(16 * rows)
+        .enumerate()
+        .for_each(|(b, stripe)| {
+            let c0 = b * 16;
+            let c1 = (c0 + 16).min(cols);
+            for (r, line) in src.chunks_exact(cols).enumerate() {
+                for (c, v) in line[c0..c1].iter().enumerate() {
+                    stripe[c * rows + r] = *v;
                 }
             }
-            dw
-        })
-        .collect();
-    let mut dw = vec![T::zero(); c_out * k];
-    for p in &partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
-    (dx, dw)
+        });
 }
 
 /// Depthwise convolution (one `kh × kw` filter per channel): `x` is `n × c × h × w`, `w` is

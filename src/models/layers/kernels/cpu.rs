@@ -133,6 +133,26 @@ impl Window {
             .checked_sub(self.pad)
             .filter(|&r| r < self.h)
     }
+    /// For a stride-1 window whose output is as wide as its input ("same" padding), row
+    /// `(i, j)` of the patch matrix is the input plane shifted by one flat offset: output
+    /// position `q` reads input element `q + (i − pad)·w + (j − pad)`, except in the columns
+    /// where the window overhangs the left or right padding ([`Self::valid_cols`]) and in
+    /// the output rows outside `[q0 / w, q1 / w)`. `None` for other windows.
+    fn shift(&self, i: usize, j: usize) -> Option<Shift> {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        if self.stride != 1 || ow != self.w {
+            return None;
+        }
+        let dy = i as isize - self.pad as isize;
+        let dx = j as isize - self.pad as isize;
+        let oy_lo = (-dy).clamp(0, oh as isize) as usize;
+        let oy_hi = (self.h as isize - dy).clamp(oy_lo as isize, oh as isize) as usize;
+        Some(Shift {
+            q0: oy_lo * ow,
+            q1: oy_hi * ow,
+            offset: dy * self.w as isize + dx,
+        })
+    }
     /// The output columns `[lo, hi)` whose input column `o·s + j − pad` lies inside the image.
     #[inline]
     fn valid_cols(&self, j: usize) -> (usize, usize) {
@@ -153,6 +173,32 @@ impl Window {
     }
 }
 
+/// A patch-matrix row of a stride-1 "same" window as a shifted plane ([`Window::shift`]).
+#[derive(Clone, Copy, Debug)]
+struct Shift {
+    /// Output positions `[q0, q1)`: the whole rows whose input row lies inside the image.
+    q0: usize,
+    q1: usize,
+    /// Input element minus output position.
+    offset: isize,
+}
+
+impl Shift {
+    /// The output positions within `[q0, q1)` whose shifted input lies inside a plane of
+    /// `plane` elements; those left out of `[q0, q1)` are overhanging columns.
+    fn copy_range(&self, plane: usize) -> (usize, usize) {
+        let a = (self.q0 as isize).max(-self.offset) as usize;
+        let b = (self.q1 as isize)
+            .min(plane as isize - self.offset)
+            .max(a as isize) as usize;
+        (a, b)
+    }
+    /// The input element output position `q` reads.
+    fn source(&self, q: usize) -> usize {
+        (q as isize + self.offset) as usize
+    }
+}
+
 /// One image's patch matrix `[patch_len, out_len]` (row `c·kh·kw + i·kw + j`, column
 /// `oy·ow + ox`) into `cols`, whose rows are `ld ≥ out_len` apart (several images' matrices
 /// side by side), zero where a window overhangs the padding. `x` is the image's `c × h × w`
@@ -164,6 +210,20 @@ fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T], ld: usize) {
         let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
         let (lo, hi) = g.valid_cols(j);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        if let Some(s) = g.shift(i, j) {
+            // One copy of the shifted plane, then zeros where the window overhangs.
+            row[..s.q0].iter_mut().for_each(|v| *v = T::zero());
+            row[s.q1..].iter_mut().for_each(|v| *v = T::zero());
+            let (a, b) = s.copy_range(plane.len());
+            if a < b {
+                row[a..b].copy_from_slice(&plane[s.source(a)..s.source(b)]);
+            }
+            for line in row[s.q0..s.q1].chunks_exact_mut(ow) {
+                line[..lo].iter_mut().for_each(|v| *v = T::zero());
+                line[hi..].iter_mut().for_each(|v| *v = T::zero());
+            }
+            continue;
+        }
         for oy in 0..oh {
             let out_line = &mut row[oy * ow..(oy + 1) * ow];
             let Some(r) = g.in_row(oy, i).filter(|_| lo < hi) else {
@@ -190,13 +250,32 @@ fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T], ld: usize) {
 
 /// Adds one image's patch-matrix gradient `[patch_len, out_len]` onto its `c × h × w`
 /// input gradient (rows `ld` apart): the adjoint of [`im2col_image`].
-fn col2im_image<T: Real>(cols: &[T], g: &Window, dx: &mut [T], ld: usize) {
+///
+/// `cols` is scratch: where a window overhangs the padding its entries are zeroed on the
+/// way (they belong to no input element), which lets a stride-1 layer add a whole shifted
+/// plane at once.
+fn col2im_image<T: Real>(cols: &mut [T], g: &Window, dx: &mut [T], ld: usize) {
     let (l, oh, ow) = (g.out_len(), g.out_h(), g.out_w());
     for kk in 0..g.patch_len() {
-        let row = &cols[kk * ld..kk * ld + l];
+        let row = &mut cols[kk * ld..kk * ld + l];
         let (c, i, j) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
         let (lo, hi) = g.valid_cols(j);
         if lo >= hi {
+            continue;
+        }
+        if let Some(s) = g.shift(i, j) {
+            for line in row[s.q0..s.q1].chunks_exact_mut(ow) {
+                line[..lo].iter_mut().for_each(|v| *v = T::zero());
+                line[hi..].iter_mut().for_each(|v| *v = T::zero());
+            }
+            let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+            let (a, b) = s.copy_range(plane.len());
+            if a < b {
+                let to = &mut plane[s.source(a)..s.source(b)];
+                for (d, v) in to.iter_mut().zip(&row[a..b]) {
+                    *d += *v;
+                }
+            }
             continue;
         }
         let first = lo * g.stride + j - g.pad;
@@ -396,7 +475,7 @@ pub fn conv_backward_joined<T: Real>(
                     let dcols = &mut dcols[..k * wide];
                     product(dcols, wm.t(), packed_wt.as_ref(), dy_group, false, products);
                     for (i, dx_n) in dx_group.chunks_exact_mut(img).enumerate() {
-                        col2im_image(&dcols[i * l..], g, dx_n, wide);
+                        col2im_image(&mut dcols[i * l..], g, dx_n, wide);
                     }
                 }
             }
@@ -1106,8 +1185,14 @@ mod tests {
     fn col2im(cols: &[f64], g: &Window) -> Vec<f64> {
         let (l, img) = (g.out_len(), g.c * g.h * g.w);
         let mut out = vec![0.0; g.n * img];
+        let mut cols = cols.to_vec();
         for n in 0..g.n {
-            col2im_image(&cols[n * l..], g, &mut out[n * img..(n + 1) * img], g.n * l);
+            col2im_image(
+                &mut cols[n * l..],
+                g,
+                &mut out[n * img..(n + 1) * img],
+                g.n * l,
+            );
         }
         out
     }
@@ -1155,6 +1240,13 @@ mod tests {
             (7, 5, 1, 2, 0),
             (8, 8, 4, 4, 0),
             (5, 5, 5, 2, 2),
+            // Stride 1, "same" padding: each patch row is a shifted plane (`Window::shift`),
+            // down to kernels wider than the image.
+            (5, 5, 5, 1, 2),
+            (2, 3, 3, 1, 1),
+            (1, 1, 3, 1, 1),
+            (3, 2, 7, 1, 3),
+            (4, 6, 3, 1, 0),
         ] {
             let g = Window {
                 n: 2,
@@ -1192,25 +1284,33 @@ mod tests {
 
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
-        // <im2col(x), c> == <x, col2im(c)> for all x, c.
-        let g = Window {
-            n: 2,
-            c: 3,
-            h: 7,
-            w: 6,
-            kh: 3,
-            kw: 3,
-            stride: 2,
-            pad: 1,
-        };
-        let x = values(g.n * g.c * g.h * g.w, 3);
-        let c = values(g.n * g.patch_len() * g.out_len(), 4);
-        let lhs: f64 = im2col(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
-        let rhs: f64 = x.iter().zip(&col2im(&c, &g)).map(|(a, b)| a * b).sum();
-        assert!(
-            (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
-        );
+        // <im2col(x), c> == <x, col2im(c)> for all x, c: strided windows and stride-1
+        // "same" ones (shifted planes), including kernels wider than the image.
+        for (h, w, k, stride, pad) in [
+            (7, 6, 3, 2, 1),
+            (7, 6, 3, 1, 1),
+            (4, 5, 5, 1, 2),
+            (2, 1, 5, 1, 2),
+        ] {
+            let g = Window {
+                n: 2,
+                c: 3,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride,
+                pad,
+            };
+            let x = values(g.n * g.c * g.h * g.w, 3);
+            let c = values(g.n * g.patch_len() * g.out_len(), 4);
+            let lhs: f64 = im2col(&x, &g).iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&col2im(&c, &g)).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
     }
 
     #[test]
@@ -1281,6 +1381,9 @@ mod tests {
             (3, 2, 9, 7, 2, 3),
             (4, 6, 5, 1, 1, 0),
             (4, 3, 6, 1, 2, 0),
+            // Stride 1, "same" padding (shifted planes), 5 × 5 and wider than the image.
+            (3, 4, 4, 5, 1, 2),
+            (2, 3, 2, 5, 1, 2),
             // ≥ 256 output positions: one image per product, straight into the output.
             (2, 3, 16, 3, 1, 1),
             (3, 4, 16, 1, 1, 0),

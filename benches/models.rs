@@ -57,6 +57,8 @@ fn median(times: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    // As the annt binary does: Candle's element-wise workers park at once (see the doc).
+    annt::util::env::quiet_candle_workers();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

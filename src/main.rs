@@ -18,6 +18,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    annt::util::env::quiet_candle_workers();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     #[cfg(feature = "gui")]
     if let Some(paths) = window_paths(&args) {

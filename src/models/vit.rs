@@ -16,7 +16,7 @@ use super::layers::ForwardCtx;
 use super::layers::activation::{dropout, gelu};
 use super::layers::attention::SelfAttention;
 use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
-use super::layers::linear::Linear;
+use super::layers::linear::{Linear, add_bias};
 use super::layers::norm::LayerNorm;
 use super::params::{Builder, Init, ParamKind, join};
 
@@ -257,8 +257,12 @@ impl Vit {
             .to_dtype(dtype)?
             .broadcast_as((n, 1, d))?
             .contiguous()?;
-        Tensor::cat(&[&cls, &patches], 1)?
-            .broadcast_add(&self.pos_embedding.as_tensor().to_dtype(dtype)?)
+        let tokens = Tensor::cat(&[&cls, &patches], 1)?;
+        // The position embeddings as a bias over the flattened tokens: one pass, and a
+        // parallel sum over the batch for their gradient.
+        let s = tokens.dim(1)?;
+        let pos = self.pos_embedding.as_tensor().reshape(s * d)?;
+        add_bias(&tokens.reshape((n, s * d))?, &pos, 1)?.reshape((n, s, d))
     }
 }
 

@@ -8,7 +8,7 @@ use crate::models::params::{Builder, Init, ParamKind, join};
 
 use super::activation::softmax;
 use super::kernels::Products;
-use super::linear::{Linear, matmul, matmul_nt};
+use super::linear::{Linear, add_bias, matmul, matmul_nt};
 
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
@@ -75,8 +75,8 @@ impl SelfAttention {
         let (n, s, d) = x.dims3()?;
         let hd = d / self.heads;
         let w = self.in_proj_weight.as_tensor();
-        let qkv = matmul_nt(&x.reshape((n * s, d))?, w, products)?
-            .broadcast_add(&self.in_proj_bias.as_tensor().to_dtype(dtype)?)?
+        let qkv = matmul_nt(&x.reshape((n * s, d))?, w, products)?;
+        let qkv = add_bias(&qkv, self.in_proj_bias.as_tensor(), 1)?
             .reshape((n, s, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // 3 × n × heads × s × hd
         let q = qkv.get(0)?.contiguous()?;

@@ -826,6 +826,13 @@ pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
 
 /// The exact GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2` (PyTorch's `nn.GELU()`).
 pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if let (Some(xf), Some(of)) = (T::as_f32(x), T::as_f32_mut(&mut out)) {
+        of.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(o, x)| super::approx::gelu(x, o));
+        return out;
+    }
     let half = T::from(0.5).unwrap_or_else(T::zero);
     let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
     map1(x, |v| half * v * (T::one() + (v * r2).erf()))
@@ -833,12 +840,20 @@ pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
 
 /// GELU's input gradient: `g·(Φ(x) + x·φ(x))`, `φ` the standard normal density.
 pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if let (Some(xf), Some(gf), Some(of)) = (T::as_f32(x), T::as_f32(g), T::as_f32_mut(&mut out)) {
+        of.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+            .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|((o, x), g)| super::approx::gelu_grad(x, g, o));
+        return out;
+    }
     let half = T::from(0.5).unwrap_or_else(T::zero);
     let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
     let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap_or_else(T::zero);
     zip_map(x, g, |v, gv| {
         let cdf = half * (T::one() + (v * r2).erf());
-        let pdf = inv_sqrt_2pi * (-half * v * v).exp();
+        let pdf = inv_sqrt_2pi * (-half * v * v).exp_fast();
         gv * (cdf + v * pdf)
     })
 }
@@ -850,12 +865,13 @@ const SOFTMAX_ROWS: usize = 64;
 #[inline]
 fn softmax_row<T: Real>(row: &[T], out: &mut [T]) {
     let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-    let mut sum = T::zero();
+    // The exponentials in one loop and their sum in lanes: both vectorise.
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v - max).exp();
-        sum += *o;
+        *o = (v - max).exp_fast();
     }
-    let inv = T::one() / sum;
+    let mut sum = Lanes::default();
+    sum.add_each(out, |v| v);
+    let inv = T::one() / sum.total();
     for o in out.iter_mut() {
         *o = *o * inv;
     }
@@ -902,6 +918,77 @@ pub fn softmax_backward<T: Real>(x: &[T], g: &[T], d: usize) -> Vec<T> {
             }
         });
     out
+}
+
+/// `y + b[ch]` over `y` viewed as `outer × c × inner` (`c = b.len()`): a product's
+/// `rows × out` with `inner` 1, an NCHW tensor's channels with `inner = h·w`.
+pub fn bias_add<T: Real>(y: &[T], b: &[T], inner: usize) -> Vec<T> {
+    let block = b.len() * inner;
+    let mut out = vec![T::zero(); y.len()];
+    if block == 0 {
+        return out;
+    }
+    let per_task = (ELEMENTWISE_CHUNK / block).max(1) * block;
+    out.par_chunks_mut(per_task)
+        .zip(y.par_chunks(per_task))
+        .for_each(|(dst, ys)| {
+            for (d_row, y_row) in dst.chunks_mut(block).zip(ys.chunks(block)) {
+                if inner == 1 {
+                    for ((d, &v), &bias) in d_row.iter_mut().zip(y_row).zip(b) {
+                        *d = v + bias;
+                    }
+                    continue;
+                }
+                for ((d_plane, y_plane), &bias) in
+                    d_row.chunks_mut(inner).zip(y_row.chunks(inner)).zip(b)
+                {
+                    for (d, &v) in d_plane.iter_mut().zip(y_plane) {
+                        *d = v + bias;
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Rows of `outer` per partial sum of [`bias_grad`]: a fixed split, so the sum's order (and
+/// its bits) do not depend on the thread count.
+const BIAS_ROWS: usize = 64;
+
+/// [`bias_add`]'s bias gradient: `g` summed over `outer` and `inner` for each of the `c`
+/// channels. Blocks of [`BIAS_ROWS`] rows are summed in parallel, their partials in order.
+pub fn bias_grad<T: Real>(g: &[T], c: usize, inner: usize) -> Vec<T> {
+    let block = c * inner;
+    let mut total = vec![T::zero(); c];
+    if block == 0 {
+        return total;
+    }
+    let partials: Vec<Vec<T>> = g
+        .par_chunks(BIAS_ROWS * block)
+        .map(|rows| {
+            let mut acc = vec![T::zero(); c];
+            for row in rows.chunks(block) {
+                if inner == 1 {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                    continue;
+                }
+                for (a, plane) in acc.iter_mut().zip(row.chunks(inner)) {
+                    let mut lanes = Lanes::default();
+                    lanes.add_each(plane, |v| v);
+                    *a += lanes.total();
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in &partials {
+        for (t, &v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// `f(x[i])` for every `i`, in parallel chunks.

@@ -14,6 +14,7 @@
 //! Every CUDA kernel has a check against the CPU path in `annt selftest`
 //! (`crate::engine::selftest`), which runs the moment a GPU exists.
 
+pub mod approx;
 pub mod bf16;
 pub mod cpu;
 #[cfg(feature = "cuda")]

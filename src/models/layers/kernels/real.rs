@@ -9,8 +9,10 @@ pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static 
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     /// This thread's scratch vectors of this type (see `Scratch`).
     fn scratch() -> &'static std::thread::LocalKey<Slots<Self>>;
-    /// The error function (GELU's Φ).
+    /// The error function (GELU's Φ): [`super::approx::erf`] in f32, libm in f64.
     fn erf(self) -> Self;
+    /// `eˣ`: [`super::approx::exp`] in f32 (vectorised in loops), std's in f64.
+    fn exp_fast(self) -> Self;
 }
 
 /// Scratch vectors kept per thread and scalar type.
@@ -35,8 +37,13 @@ impl Real for f32 {
     fn scratch() -> &'static std::thread::LocalKey<Slots<f32>> {
         &SCRATCH_F32
     }
+    #[inline]
     fn erf(self) -> f32 {
-        libm::erff(self)
+        super::approx::erf(self)
+    }
+    #[inline]
+    fn exp_fast(self) -> f32 {
+        super::approx::exp(self)
     }
 }
 impl Real for f64 {
@@ -49,7 +56,12 @@ impl Real for f64 {
     fn scratch() -> &'static std::thread::LocalKey<Slots<f64>> {
         &SCRATCH_F64
     }
+    #[inline]
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    #[inline]
+    fn exp_fast(self) -> f64 {
+        self.exp()
     }
 }

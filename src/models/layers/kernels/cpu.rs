@@ -956,7 +956,7 @@ pub fn bias_add<T: Real>(y: &[T], b: &[T], inner: usize) -> Vec<T> {
 const BIAS_ROWS: usize = 64;
 
 /// [`bias_add`]'s bias gradient: `g` summed over `outer` and `inner` for each of the `c`
-/// channels. Blocks of [`BIAS_ROWS`] rows are summed in parallel, their partials in order.
+/// channels. Blocks of `BIAS_ROWS` rows are summed in parallel, their partials in order.
 pub fn bias_grad<T: Real>(g: &[T], c: usize, inner: usize) -> Vec<T> {
     let block = c * inner;
     let mut total = vec![T::zero(); c];

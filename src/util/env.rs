@@ -15,9 +15,6 @@ pub const FEATURE_FLAGS: &[(&str, bool)] = &[
     ("cudnn", cfg!(feature = "cudnn")),
 ];
 
-/// The build profile (`"debug"` or `"release"`, from `debug_assertions`) followed by every
-/// enabled entry of [`FEATURE_FLAGS`]: a debug build's timings are not comparable with a
-/// release build's.
 /// The environment variable that sets how long Candle's element-wise workers spin.
 pub const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
@@ -83,6 +80,9 @@ mod half_instruction_tests {
     }
 }
 
+/// The build profile (`"debug"` or `"release"`, from `debug_assertions`) followed by every
+/// enabled entry of [`FEATURE_FLAGS`]: a debug build's timings are not comparable with a
+/// release build's.
 pub fn build_features() -> Vec<String> {
     let profile = if cfg!(debug_assertions) {
         "debug"

@@ -502,8 +502,8 @@ pub fn conv_backward_joined<T: Real>(
     both
 }
 
-/// `src` (rows × cols, row-major) transposed into `dst` (cols × rows): [`transpose_into`]'s
-/// blocks, in parallel over stripes of 16 destination rows.
+/// `src` (rows × cols, row-major) transposed into `dst` (cols × rows), in parallel over
+/// stripes of 16 destination rows (each reads 16 columns of every source row).
 fn transpose_par<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     dst.par_chunks_mut(16 * rows)
         .enumerate()
@@ -826,11 +826,13 @@ pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
 
 /// The exact GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2` (PyTorch's `nn.GELU()`).
 pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    if let (Some(xf), Some(of)) = (T::as_f32(x), T::as_f32_mut(&mut out)) {
-        of.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(o, x)| super::approx::gelu(x, o));
+    if let Some(xf) = T::as_f32(x) {
+        let mut out = vec![T::zero(); x.len()];
+        if let Some(of) = T::as_f32_mut(&mut out) {
+            of.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|(o, x)| super::approx::gelu(x, o));
+        }
         return out;
     }
     let half = T::from(0.5).unwrap_or_else(T::zero);
@@ -840,12 +842,14 @@ pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
 
 /// GELU's input gradient: `g·(Φ(x) + x·φ(x))`, `φ` the standard normal density.
 pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    if let (Some(xf), Some(gf), Some(of)) = (T::as_f32(x), T::as_f32(g), T::as_f32_mut(&mut out)) {
-        of.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
-            .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|((o, x), g)| super::approx::gelu_grad(x, g, o));
+    if let (Some(xf), Some(gf)) = (T::as_f32(x), T::as_f32(g)) {
+        let mut out = vec![T::zero(); x.len()];
+        if let Some(of) = T::as_f32_mut(&mut out) {
+            of.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+                .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|((o, x), g)| super::approx::gelu_grad(x, g, o));
+        }
         return out;
     }
     let half = T::from(0.5).unwrap_or_else(T::zero);

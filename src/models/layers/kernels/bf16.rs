@@ -261,18 +261,32 @@ fn product(
     accumulate: bool,
     dot: Dot,
 ) {
-    let n = b.cols;
     assert_eq!(
         b.rows, k,
         "bf16 matmul: inner dimensions {k} and {}",
         b.rows
     );
+    assert!(b.in_bounds(), "bf16 matmul: a view leaves its slice");
+    product_with(dst, pa, (m, k, b.cols), accumulate, dot, |pb| {
+        pack_b(b, pb, dot)
+    });
+}
+
+/// `dst (m × n) = A · B` (or `+=`) with A packed in `pa` and B packed by `pack_b` into the
+/// thread's scratch, which it must fill with `n.div_ceil(16) · k.div_ceil(32)` blocks.
+fn product_with(
+    dst: &mut [f32],
+    pa: &[u16],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    dot: Dot,
+    pack_b: impl FnOnce(&mut Vec<u16>),
+) {
     assert!(
         dst.len() >= m * n,
         "bf16 matmul: destination holds {} < {m}×{n}",
         dst.len()
     );
-    assert!(b.in_bounds(), "bf16 matmul: a view leaves its slice");
     if m == 0 || n == 0 {
         return;
     }
@@ -291,7 +305,12 @@ fn product(
     }
     SCRATCH_B.with(|scratch| {
         let mut pb = scratch.borrow_mut();
-        pack_b(b, &mut pb, dot);
+        pack_b(&mut pb);
+        assert_eq!(
+            pb.len(),
+            nb * kb * TILE,
+            "bf16 matmul: packed B has the wrong size"
+        );
         let out = Out {
             dst,
             m,
@@ -300,6 +319,197 @@ fn product(
         };
         kernels::run(dot.unit, pa, &pb, mb, nb, kb, out);
     });
+}
+
+/// `dst = a · patches` (or `+=`): a stride-1 "same" convolution's forward product read
+/// straight from its images, or — with the flipped, transposed weight and the output
+/// gradient's images — its input gradient.
+pub fn matmul_patches(dst: &mut [f32], a: &PackedA, b: &Patches<'_>, accumulate: bool, dot: Dot) {
+    assert_eq!(
+        b.rows(),
+        a.k,
+        "bf16 matmul: inner dimensions {} and {}",
+        a.k,
+        b.rows()
+    );
+    product_with(dst, &a.data, (a.m, a.k, b.cols()), accumulate, dot, |pb| {
+        let (nb, kb) = blocks(b.cols(), b.rows());
+        pb.resize(nb * kb * TILE, 0);
+        kernels::pack_b_patches(b, pb, nb, kb, dot);
+    });
+}
+
+/// `dst = patches · b` (or `+=`): a convolution's weight-gradient product (transposed: the
+/// positions are the reduction), the patches packed straight from the images.
+pub fn matmul_patches_a(
+    dst: &mut [f32],
+    a: &Patches<'_>,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+    dot: Dot,
+) {
+    SCRATCH_A.with(|scratch| {
+        let mut packed = scratch.borrow_mut();
+        let (mb, kb) = blocks(a.rows(), a.cols());
+        packed.resize(mb * kb * TILE, 0);
+        kernels::pack_a_patches(a, &mut packed, mb, kb, dot);
+        product(dst, &packed, a.rows(), a.cols(), b, accumulate, dot);
+    });
+}
+
+/// Where a stride-1 "same" convolution's patch rows read their planes: for each of the
+/// `k × k` taps, the shift from output position to input element and, for each block of 16
+/// positions of an image, the lanes whose window does not overhang the padding. It depends
+/// on the geometry alone: a layer computes it once and every product of the call shares it.
+#[derive(Clone, Debug)]
+pub struct PatchGeometry {
+    h: usize,
+    w: usize,
+    k: usize,
+    /// Blocks of 16 positions per image.
+    blocks: usize,
+    /// Per tap `i·k + j`: input element minus output position.
+    shifts: Vec<isize>,
+    /// Per tap, `blocks` lane masks.
+    masks: Vec<u16>,
+}
+
+impl PatchGeometry {
+    /// The geometry of a square odd `k × k` window with padding `(k − 1) / 2` over `h × w`
+    /// planes, or `None` when the packers cannot read it this way: an even kernel, `h·w`
+    /// not a multiple of 16, rows neither a multiple of 16 wide nor dividing 16 (a block must
+    /// lie inside one output row or cover whole ones, so that its lanes are one contiguous
+    /// run of the shifted plane).
+    pub fn new((h, w): (usize, usize), k: usize) -> Option<Self> {
+        let l = h * w;
+        if k % 2 == 0 || l == 0 || l % 16 != 0 || !(w % 16 == 0 || 16 % w == 0) {
+            return None;
+        }
+        let pad = (k / 2) as isize;
+        let blocks = l / 16;
+        let (mut shifts, mut masks) = (
+            Vec::with_capacity(k * k),
+            Vec::with_capacity(k * k * blocks),
+        );
+        for i in 0..k {
+            for j in 0..k {
+                let (dy, dx) = (i as isize - pad, j as isize - pad);
+                shifts.push(dy * w as isize + dx);
+                for b in 0..blocks {
+                    let mut mask = 0u16;
+                    for lane in 0..16 {
+                        let q = b * 16 + lane;
+                        let (y, x) = ((q / w) as isize + dy, (q % w) as isize + dx);
+                        if (0..h as isize).contains(&y) && (0..w as isize).contains(&x) {
+                            mask |= 1 << lane;
+                        }
+                    }
+                    masks.push(mask);
+                }
+            }
+        }
+        Some(Self {
+            h,
+            w,
+            k,
+            blocks,
+            shifts,
+            masks,
+        })
+    }
+}
+
+/// The patch matrix of a stride-1 "same" convolution ([`PatchGeometry`]) over `images`
+/// consecutive `c × h × w` images: `c·k·k` rows, `images·h·w` columns (the images' matrices
+/// side by side), read by the packers straight from the images' planes — an implicit GEMM.
+/// Unfolding it first (im2col) wrote the whole matrix in f32 and read it back before the
+/// packing read it once more.
+///
+/// Row `(ch, i, j)` is plane `ch` shifted by tap `(i, j)`'s offset, zero where the window
+/// overhangs: the packers take each block of 16 columns as one masked load.
+#[derive(Clone, Copy, Debug)]
+pub struct Patches<'a> {
+    x: &'a [f32],
+    images: usize,
+    c: usize,
+    geometry: &'a PatchGeometry,
+}
+
+impl<'a> Patches<'a> {
+    /// `None` when `x` does not hold `images` images of `c` channels.
+    pub fn new(x: &'a [f32], images: usize, c: usize, geometry: &'a PatchGeometry) -> Option<Self> {
+        let fits = images
+            .checked_mul(c * geometry.h * geometry.w)
+            .is_some_and(|len| len <= x.len());
+        fits.then_some(Self {
+            x,
+            images,
+            c,
+            geometry,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.c * self.geometry.k * self.geometry.k
+    }
+
+    fn cols(&self) -> usize {
+        self.images * self.geometry.h * self.geometry.w
+    }
+
+    /// Row `p`, or `None` past the last (a zero row of the packing's padding).
+    fn row(&self, p: usize) -> Option<PatchRow<'a>> {
+        let g = self.geometry;
+        let taps = g.k * g.k;
+        (p < self.rows()).then(|| {
+            let (ch, tap) = (p / taps, p % taps);
+            PatchRow {
+                offset: (ch * g.h * g.w) as isize + g.shifts[tap],
+                masks: &g.masks[tap * g.blocks..][..g.blocks],
+            }
+        })
+    }
+}
+
+/// One patch row: where in an image its elements start and which lanes of each block of 16
+/// positions hold one.
+#[derive(Clone, Copy, Debug)]
+struct PatchRow<'a> {
+    /// Input element minus output position, from the image's start.
+    offset: isize,
+    masks: &'a [u16],
+}
+
+/// A walk over the 16-column blocks of patch rows, from column 0: the image and the block
+/// within it.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    img: usize,
+    block: usize,
+}
+
+impl Cursor {
+    const START: Cursor = Cursor { img: 0, block: 0 };
+
+    fn advance(&mut self, p: &Patches<'_>) {
+        self.block += 1;
+        if self.block == p.geometry.blocks {
+            self.block = 0;
+            self.img += 1;
+        }
+    }
+
+    /// The (wrapping) address lane 0 of `row`'s block here would read, and the lanes that
+    /// hold an element (none past the last image).
+    #[inline]
+    fn lanes(&self, p: &Patches<'_>, row: &PatchRow<'_>) -> (*const f32, u16) {
+        if self.img >= p.images {
+            return (p.x.as_ptr(), 0);
+        }
+        let l = p.geometry.h * p.geometry.w;
+        let at = (self.img * p.c * l + self.block * 16) as isize + row.offset;
+        (p.x.as_ptr().wrapping_offset(at), row.masks[self.block])
+    }
 }
 
 /// Where finished 16×16 tiles go: the valid part of each is written (or added) into `dst`.
@@ -399,7 +609,7 @@ mod kernels {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::{MatRef, Out, TILE, Unit};
+    use super::{Cursor, Dot, MatRef, Out, PatchRow, Patches, TILE, Unit};
 
     pub(super) fn run(
         unit: Unit,
@@ -787,11 +997,115 @@ mod kernels {
             }
         }
     }
+    /// Packs [`Patches`] as B, as `pack_b_rows` packs a matrix: every element of `out`'s
+    /// `nb · kb` blocks written.
+    pub(super) fn pack_b_patches(b: &Patches<'_>, out: &mut [u16], nb: usize, kb: usize, dot: Dot) {
+        assert!(out.len() >= nb * kb * TILE);
+        let _ = dot;
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16.
+        unsafe { pack_b_patches_avx512(b, out, nb, kb) }
+    }
+
+    /// Packs [`Patches`] as A (rows = patch rows, the reduction along the positions), as
+    /// `pack_a_rows` packs a matrix.
+    pub(super) fn pack_a_patches(a: &Patches<'_>, out: &mut [u16], mb: usize, kb: usize, dot: Dot) {
+        assert!(out.len() >= mb * kb * TILE);
+        let _ = dot;
+        // SAFETY: as in `pack_b_patches`.
+        unsafe { pack_a_patches_avx512(a, out, mb, kb) }
+    }
+
+    /// The 16 values of a patch row's block at `at` (zero where the window overhangs, past
+    /// the last row or image), as f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn patch_block(p: &Patches<'_>, row: Option<&PatchRow<'_>>, at: &Cursor) -> __m512 {
+        let Some(row) = row else {
+            return _mm512_setzero_ps();
+        };
+        let (ptr, mask) = at.lanes(p, row);
+        // SAFETY: a lane is in the mask only where its window's input element lies inside
+        // the image (`PatchGeometry::new`), so it reads plane `ch` of image `at.img`
+        // (< images, `Cursor::lanes`), which `Patches::new` checked `x` holds. Masked-off
+        // lanes are not accessed, so the address may lie outside `x`.
+        unsafe { _mm512_maskz_loadu_ps(mask, ptr) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_b_patches_avx512(b: &Patches<'_>, out: &mut [u16], nb: usize, kb: usize) {
+        // The same interleave as `pack_b_rows`: lane 2c from the pair's first row.
+        let idx: [u16; 32] = std::array::from_fn(|l| {
+            if l % 2 == 0 {
+                (l / 2) as u16
+            } else {
+                16 + (l / 2) as u16
+            }
+        });
+        // SAFETY: 64 bytes from a 32-u16 array.
+        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        for pp in 0..kb * 16 {
+            let (bk, r) = (pp / 16, pp % 16);
+            let (r0, r1) = (b.row(2 * pp), b.row(2 * pp + 1));
+            let mut at = Cursor::START;
+            for bj in 0..nb {
+                let v = _mm512_cvtne2ps_pbh(
+                    patch_block(b, r1.as_ref(), &at),
+                    patch_block(b, r0.as_ref(), &at),
+                );
+                at.advance(b);
+                // SAFETY: same-size reinterpretations; 64 bytes into row r of block (bj, bk),
+                // inside `out` (asserted by the caller).
+                unsafe {
+                    let v =
+                        _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(v));
+                    _mm512_storeu_si512(
+                        out[(bj * kb + bk) * TILE + r * 32..][..32]
+                            .as_mut_ptr()
+                            .cast(),
+                        v,
+                    );
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_a_patches_avx512(a: &Patches<'_>, out: &mut [u16], mb: usize, kb: usize) {
+        for i in 0..mb * 16 {
+            let (bi, r) = (i / 16, i % 16);
+            let row = a.row(i);
+            let mut at = Cursor::START;
+            for bk in 0..kb {
+                let lo = patch_block(a, row.as_ref(), &at);
+                at.advance(a);
+                let hi = patch_block(a, row.as_ref(), &at);
+                at.advance(a);
+                let v = _mm512_cvtne2ps_pbh(hi, lo);
+                // SAFETY: 64 bytes into the 32 u16 of row r of block (bi, bk), inside `out`.
+                unsafe {
+                    _mm512_storeu_si512(
+                        out[(bi * kb + bk) * TILE + r * 32..][..32]
+                            .as_mut_ptr()
+                            .cast(),
+                        std::mem::transmute::<__m512bh, __m512i>(v),
+                    )
+                };
+            }
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernels {
-    use super::{Out, Unit};
+    use super::{Dot, Out, Patches, Unit};
+
+    /// As `run`: no `Dot` exists here.
+    pub(super) fn pack_b_patches(_: &Patches<'_>, _: &mut [u16], _: usize, _: usize, _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    pub(super) fn pack_a_patches(_: &Patches<'_>, _: &mut [u16], _: usize, _: usize, _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
 
     /// No `Dot` can exist off x86-64 (`Dot::usable` is empty), so this never runs.
     pub(super) fn run(_: Unit, _: &[u16], _: &[u16], _: usize, _: usize, _: usize, _: Out<'_>) {

@@ -341,6 +341,13 @@ pub fn conv_forward<T: Real>(
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut out = vec![T::zero(); g.n * c_out * l];
+    if let Some(unit) = implicit::<T>(g, products)
+        && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w))
+        && let Some(of) = T::as_f32_mut(&mut out)
+    {
+        conv_forward_implicit(xf, wf, g, c_out, unit, of);
+        return out;
+    }
     let wm = MatRef::row_major(w, c_out, k);
     // The weight is packed for the bf16 unit once, for every image.
     let packed_w = pack_for(wm, products);
@@ -418,6 +425,13 @@ pub fn conv_backward_joined<T: Real>(
     let img = g.c * g.h * g.w;
     let dx_len = g.n * img;
     let mut both = vec![T::zero(); dx_len + c_out * k];
+    if let Some(unit) = implicit::<T>(g, products)
+        && let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy))
+        && let Some(bf) = T::as_f32_mut(&mut both)
+    {
+        conv_backward_implicit(xf, wf, dyf, g, c_out, unit, bf);
+        return both;
+    }
     let (dx, dw) = both.split_at_mut(dx_len);
     let wm = MatRef::row_major(w, c_out, k);
     let packed_wt = pack_for(wm.t(), products);
@@ -488,10 +502,19 @@ pub fn conv_backward_joined<T: Real>(
                 }
             }
         });
-    // Σ partials into the first, in task order (0 + p₀ = p₀ exactly, so this is the same
-    // sum as starting from zero), in parallel over disjoint stretches of it; then one
-    // blocked transpose into dW. (Transposing every partial cost ResNet-18's 512-channel
-    // layers two strided passes over 9 MiB each.)
+    sum_partials_into(&mut partials, k, c_out, dw);
+    both
+}
+
+/// Σ of the tasks' dWᵀ partials (each `k × c_out`, back to back in `partials`), transposed
+/// into `dw` (`c_out × k`).
+///
+/// The partials are summed into the first in task order (0 + p₀ = p₀ exactly, so this is
+/// the same sum as starting from zero), in parallel over disjoint stretches of it; then one
+/// blocked transpose into dW. (Transposing every partial cost ResNet-18's 512-channel
+/// layers two strided passes over 9 MiB each.)
+fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &mut [T]) {
+    let tasks = partials.len() / (k * c_out);
     let (first, rest) = partials.split_at_mut(k * c_out);
     if tasks > 1 {
         const STRETCH: usize = 4096;
@@ -507,7 +530,134 @@ pub fn conv_backward_joined<T: Real>(
             });
     }
     transpose_par(first, k, c_out, dw);
-    both
+}
+
+/// The bf16 unit and the window's geometry, when this convolution's products read their patches straight from the
+/// images ([`bf16::Patches`], an implicit GEMM): f32 data, products on a bf16 unit, and a
+/// stride-1 "same" window (square, odd, padding (k − 1) / 2) whose planes the packers can
+/// walk. ResNets' 3 × 3 layers and every 1 × 1 stride-1 layer qualify; strided layers and
+/// the stem unfold their patches (im2col) as before.
+fn implicit<T: Real>(g: &Window, products: Products) -> Option<(bf16::Dot, bf16::PatchGeometry)> {
+    let dot = products.bf16()?;
+    T::as_f32(&[])?;
+    let same = g.stride == 1 && g.kh == g.kw && g.kh == 2 * g.pad + 1;
+    let geometry = same.then(|| bf16::PatchGeometry::new((g.h, g.w), g.kh))??;
+    Some((dot, geometry))
+}
+
+/// The patch matrices of images `n0..n0 + imgs` of `x` (`c` channels), as [`bf16::Patches`].
+fn patches_of<'a>(
+    x: &'a [f32],
+    g: &Window,
+    geometry: &'a bf16::PatchGeometry,
+    c: usize,
+    (n0, imgs): (usize, usize),
+) -> bf16::Patches<'a> {
+    let img = c * g.h * g.w;
+    bf16::Patches::new(&x[n0 * img..(n0 + imgs) * img], imgs, c, geometry)
+        .expect("the slice holds the images")
+}
+
+/// [`conv_forward`] on a bf16 unit without unfolding: the same groups of images per product,
+/// the patches packed straight from `x` into `out` (`n × c_out × l`).
+fn conv_forward_implicit(
+    x: &[f32],
+    w: &[f32],
+    g: &Window,
+    c_out: usize,
+    (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
+    out: &mut [f32],
+) {
+    let (k, l) = (g.patch_len(), g.out_len());
+    let packed_w = bf16::PackedA::new(MatRef::row_major(w, c_out, k), dot);
+    let per = images_per_product(l);
+    out.par_chunks_mut(c_out * l * per)
+        .enumerate()
+        .for_each(|(chunk, y)| {
+            let (n0, imgs) = (chunk * per, y.len() / (c_out * l));
+            let patches = patches_of(x, g, &geometry, g.c, (n0, imgs));
+            if imgs == 1 {
+                bf16::matmul_patches(y, &packed_w, &patches, false, dot);
+                return;
+            }
+            let wide = imgs * l;
+            let mut wide_y = Scratch::<f32>::take(1, c_out * wide);
+            bf16::matmul_patches(&mut wide_y, &packed_w, &patches, false, dot);
+            for i in 0..imgs {
+                for o in 0..c_out {
+                    y[(i * c_out + o) * l..][..l].copy_from_slice(&wide_y[o * wide + i * l..][..l]);
+                }
+            }
+        });
+}
+
+/// [`conv_backward_joined`] on a bf16 unit without unfolding or folding back. A stride-1
+/// "same" window's input gradient is itself a "same" convolution: of `dy` with the weight
+/// flipped in space and its channel axes swapped (`w'[c][o][i][j] = w[o][c][kh−1−i][kw−1−j]`),
+/// so `dx` is one product per group over `dy`'s patches — no `Wᵀ·dY` patch matrix and no
+/// col2im. `dW` is as in `conv_backward_joined`, `x`'s patches packed straight from `x`.
+fn conv_backward_implicit(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &Window,
+    c_out: usize,
+    (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
+    both: &mut [f32],
+) {
+    let (k, l) = (g.patch_len(), g.out_len());
+    let (c, kk) = (g.c, g.kh * g.kw);
+    let img = c * g.h * g.w;
+    let (dx, dw) = both.split_at_mut(g.n * img);
+    let mut flipped = vec![0f32; c * c_out * kk];
+    for (row, line) in flipped.chunks_exact_mut(c_out * kk).enumerate() {
+        for (o, taps) in line.chunks_exact_mut(kk).enumerate() {
+            let src = &w[(o * c + row) * kk..][..kk];
+            for (t, v) in taps.iter_mut().enumerate() {
+                *v = src[kk - 1 - t];
+            }
+        }
+    }
+    let packed_flipped = bf16::PackedA::new(MatRef::row_major(&flipped, c, c_out * kk), dot);
+    let per = images_per_product(l);
+    let task = images_per_task(per);
+    let tasks = g.n.div_ceil(task);
+    let mut partials = vec![0f32; tasks * k * c_out];
+    dx.par_chunks_mut(img * task)
+        .zip(partials.par_chunks_mut(k * c_out))
+        .enumerate()
+        .for_each(|(t, (dx_task, dwt))| {
+            let single = per == 1;
+            let mut wide_dy = Scratch::<f32>::take(2, if single { 0 } else { c_out * l * per });
+            let mut wide_dx = Scratch::<f32>::take(1, if single { 0 } else { img * per });
+            for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
+                let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
+                let wide = imgs * l;
+                let dy_patches = patches_of(dy, g, &geometry, c_out, (n0, imgs));
+                let dy_group = if single {
+                    bf16::matmul_patches(dx_group, &packed_flipped, &dy_patches, false, dot);
+                    MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
+                } else {
+                    let wide_dx = &mut wide_dx[..c * wide];
+                    bf16::matmul_patches(wide_dx, &packed_flipped, &dy_patches, false, dot);
+                    for i in 0..imgs {
+                        for ch in 0..c {
+                            dx_group[(i * c + ch) * l..][..l]
+                                .copy_from_slice(&wide_dx[ch * wide + i * l..][..l]);
+                        }
+                        for o in 0..c_out {
+                            wide_dy[o * wide + i * l..][..l]
+                                .copy_from_slice(&dy[((n0 + i) * c_out + o) * l..][..l]);
+                        }
+                    }
+                    MatRef::row_major(&wide_dy[..c_out * wide], c_out, wide)
+                };
+                // dWᵀ (k × c_out) += patches (k × wide) · dYᵀ, as in `conv_backward_joined`.
+                let x_patches = patches_of(x, g, &geometry, c, (n0, imgs));
+                bf16::matmul_patches_a(dwt, &x_patches, dy_group.t(), s > 0, dot);
+            }
+        });
+    sum_partials_into(&mut partials, k, c_out, dw);
 }
 
 /// `src` (rows × cols, row-major) transposed into `dst` (cols × rows), in parallel over
@@ -1602,11 +1752,18 @@ mod tests {
             eprintln!("this CPU has no bf16 dot-product unit: nothing to compare");
         }
         for dot in units {
-            // Grouped images (8 × 8) and one image per product (16 × 16), 3 × 3 and 1 × 1.
-            for (c, co, h, k, stride, pad) in [
-                (5, 7, 8, 3, 1, 1),
-                (3, 20, 16, 3, 2, 1),
-                (4, 6, 16, 1, 1, 0),
+            // Grouped images (8 × 8, 4 × 4) and one image per product (16 × 16, 32 × 32),
+            // 3 × 3, 5 × 5 and 1 × 1; the last field says whether the patches are read
+            // straight from the images (`implicit`) or unfolded first (strided layers and
+            // planes whose positions do not come in blocks of 16).
+            for (c, co, h, k, stride, pad, direct) in [
+                (5, 7, 8, 3, 1, 1, true),
+                (3, 5, 4, 3, 1, 1, true),
+                (2, 4, 32, 3, 1, 1, true),
+                (3, 4, 16, 5, 1, 2, true),
+                (4, 6, 16, 1, 1, 0, true),
+                (3, 20, 16, 3, 2, 1, false),
+                (3, 4, 6, 3, 1, 1, false),
             ] {
                 let g = Window {
                     n: 5,
@@ -1618,6 +1775,11 @@ mod tests {
                     stride,
                     pad,
                 };
+                assert_eq!(
+                    implicit::<f32>(&g, Products::Bf16(dot)).is_some(),
+                    direct,
+                    "{g:?}"
+                );
                 let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
                 let x = f32s(values(g.n * c * h * h, 61));
                 let w = f32s(values(co * c * k * k, 62));

@@ -382,7 +382,11 @@ impl PatchGeometry {
     /// run of the shifted plane).
     pub fn new((h, w): (usize, usize), k: usize) -> Option<Self> {
         let l = h * w;
-        if k % 2 == 0 || l == 0 || l % 16 != 0 || !(w % 16 == 0 || 16 % w == 0) {
+        if k.is_multiple_of(2)
+            || l == 0
+            || !l.is_multiple_of(16)
+            || !(w.is_multiple_of(16) || 16 % w == 0)
+        {
             return None;
         }
         let pad = (k / 2) as isize;

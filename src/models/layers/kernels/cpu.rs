@@ -532,11 +532,12 @@ fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &m
     transpose_par(first, k, c_out, dw);
 }
 
-/// The bf16 unit and the window's geometry, when this convolution's products read their patches straight from the
-/// images ([`bf16::Patches`], an implicit GEMM): f32 data, products on a bf16 unit, and a
-/// stride-1 "same" window (square, odd, padding (k − 1) / 2) whose planes the packers can
-/// walk. ResNets' 3 × 3 layers and every 1 × 1 stride-1 layer qualify; strided layers and
-/// the stem unfold their patches (im2col) as before.
+/// The bf16 unit and the window's geometry, when this convolution's products read their
+/// patches straight from the images ([`bf16::Patches`], an implicit GEMM): f32 data,
+/// products on a bf16 unit, and a stride-1 "same" window (square, odd, padding (k − 1) / 2)
+/// whose planes the packers can walk. The ResNets' stride-1 3 × 3 layers and every 1 × 1
+/// stride-1 layer qualify; strided layers (and the ImageNet stem's 7 × 7 stride 2) unfold
+/// their patches (im2col) as before, and so does fp32, whose products gemm packs itself.
 fn implicit<T: Real>(g: &Window, products: Products) -> Option<(bf16::Dot, bf16::PatchGeometry)> {
     let dot = products.bf16()?;
     T::as_f32(&[])?;

@@ -4,6 +4,8 @@
 //!
 //! - [`cpu`]: plain-slice CPU kernels (per-image im2col + GEMM convolution, direct depthwise, overlapping max-pool
 //!   backward, batch-norm passes); the layer files wrap them into tensors with a backward.
+//!   On a bf16 unit ([`bf16`]) the stride-1 "same" convolutions skip im2col: the packers read
+//!   their patches straight from the images (`bf16::Patches`).
 //! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
 //!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA
 //!   kernels (`kernels/cuda/annt_kernels.cu`, compiled to PTX by `build.rs`) for max pooling and

@@ -896,35 +896,10 @@ mod kernels {
         _mm512_cvtne2ps_pbh(hi, lo)
     }
 
-    /// A with unit column stride: each 32-wide piece of a row converted in one instruction.
+    /// The `vpermw` index that interleaves a k-pair into one row of a B block: lane 2c takes
+    /// column c of the pair's first row, lane 2c + 1 column c of the second.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_a_rows(a: MatRef<'_, f32>, out: &mut [u16], mb: usize, kb: usize) {
-        assert!(out.len() >= mb * kb * TILE);
-        for i in 0..mb * 16 {
-            let (bi, r) = (i / 16, i % 16);
-            for bk in 0..kb {
-                let dst = out[(bi * kb + bk) * TILE + r * 32..][..32].as_mut_ptr();
-                let v = if i < a.rows {
-                    // SAFETY: row i spans `a.cols` floats from `i·row_stride`, inside `a.data`
-                    // (the view is in bounds).
-                    unsafe { load32(a.data.as_ptr().add(i * a.row_stride), bk * 32, a.cols, 1) }
-                } else {
-                    // SAFETY: reinterpreting zero bits.
-                    unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()) }
-                };
-                // SAFETY: 64 bytes into the 32 u16 at `dst`.
-                unsafe {
-                    _mm512_storeu_si512(dst.cast(), std::mem::transmute::<__m512bh, __m512i>(v))
-                };
-            }
-        }
-    }
-
-    /// B with unit column stride: two rows (a k-pair) converted at once and interleaved.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_b_rows(b: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize) {
-        assert!(out.len() >= nb * kb * TILE);
-        // Lane 2c takes column c of the first row, lane 2c + 1 column c of the second.
+    fn pair_index() -> __m512i {
         let idx: [u16; 32] = std::array::from_fn(|l| {
             if l % 2 == 0 {
                 (l / 2) as u16
@@ -933,7 +908,62 @@ mod kernels {
             }
         });
         // SAFETY: 64 bytes from a 32-u16 array.
-        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+    }
+
+    /// 32 bf16 into the first 32 u16 of `dst` (a row of an A block).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn store_bf16(dst: &mut [u16], v: __m512bh) {
+        assert!(dst.len() >= 32);
+        // SAFETY: same-size reinterpretation; 64 bytes into the 32 u16 checked above.
+        unsafe {
+            _mm512_storeu_si512(
+                dst.as_mut_ptr().cast(),
+                std::mem::transmute::<__m512bh, __m512i>(v),
+            )
+        };
+    }
+
+    /// A k-pair's 16 columns (`first`, `second`) rounded to bf16 and interleaved (`idx`, from
+    /// [`pair_index`]) into the first 32 u16 of `dst` (a row of a B block).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn store_pair(dst: &mut [u16], idx: __m512i, first: __m512, second: __m512) {
+        let v = _mm512_cvtne2ps_pbh(second, first);
+        // SAFETY: same-size reinterpretations of 32 bf16.
+        let v = unsafe {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_permutexvar_epi16(
+                idx,
+                std::mem::transmute::<__m512bh, __m512i>(v),
+            ))
+        };
+        store_bf16(dst, v);
+    }
+
+    /// A with unit column stride: each 32-wide piece of a row converted in one instruction.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_a_rows(a: MatRef<'_, f32>, out: &mut [u16], mb: usize, kb: usize) {
+        assert!(out.len() >= mb * kb * TILE);
+        for i in 0..mb * 16 {
+            let (bi, r) = (i / 16, i % 16);
+            for bk in 0..kb {
+                let v = if i < a.rows {
+                    // SAFETY: row i spans `a.cols` floats from `i·row_stride`, inside `a.data`
+                    // (the view is in bounds).
+                    unsafe { load32(a.data.as_ptr().add(i * a.row_stride), bk * 32, a.cols, 1) }
+                } else {
+                    // SAFETY: reinterpreting zero bits.
+                    unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()) }
+                };
+                store_bf16(&mut out[(bi * kb + bk) * TILE + r * 32..], v);
+            }
+        }
+    }
+
+    /// B with unit column stride: two rows (a k-pair) converted at once and interleaved.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_b_rows(b: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize) {
+        assert!(out.len() >= nb * kb * TILE);
+        let idx = pair_index();
         for pp in 0..kb * 16 {
             let (bk, r) = (pp / 16, pp % 16);
             let (p0, p1) = (2 * pp, 2 * pp + 1);
@@ -953,18 +983,12 @@ mod kernels {
                         _mm512_setzero_ps()
                     }
                 };
-                let v = _mm512_cvtne2ps_pbh(row(p1), row(p0));
-                // SAFETY: same-size reinterpretations; 64 bytes into row r of block (bj, bk).
-                unsafe {
-                    let v =
-                        _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(v));
-                    _mm512_storeu_si512(
-                        out[(bj * kb + bk) * TILE + r * 32..][..32]
-                            .as_mut_ptr()
-                            .cast(),
-                        v,
-                    );
-                }
+                store_pair(
+                    &mut out[(bj * kb + bk) * TILE + r * 32..],
+                    idx,
+                    row(p0),
+                    row(p1),
+                );
             }
         }
     }
@@ -1036,38 +1060,23 @@ mod kernels {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_b_patches_avx512(b: &Patches<'_>, out: &mut [u16], nb: usize, kb: usize) {
-        // The same interleave as `pack_b_rows`: lane 2c from the pair's first row.
-        let idx: [u16; 32] = std::array::from_fn(|l| {
-            if l % 2 == 0 {
-                (l / 2) as u16
-            } else {
-                16 + (l / 2) as u16
-            }
-        });
-        // SAFETY: 64 bytes from a 32-u16 array.
-        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        let idx = pair_index();
         for pp in 0..kb * 16 {
             let (bk, r) = (pp / 16, pp % 16);
             let (r0, r1) = (b.row(2 * pp), b.row(2 * pp + 1));
             let mut at = Cursor::START;
             for bj in 0..nb {
-                let v = _mm512_cvtne2ps_pbh(
-                    patch_block(b, r1.as_ref(), &at),
+                let (first, second) = (
                     patch_block(b, r0.as_ref(), &at),
+                    patch_block(b, r1.as_ref(), &at),
                 );
                 at.advance(b);
-                // SAFETY: same-size reinterpretations; 64 bytes into row r of block (bj, bk),
-                // inside `out` (asserted by the caller).
-                unsafe {
-                    let v =
-                        _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(v));
-                    _mm512_storeu_si512(
-                        out[(bj * kb + bk) * TILE + r * 32..][..32]
-                            .as_mut_ptr()
-                            .cast(),
-                        v,
-                    );
-                }
+                store_pair(
+                    &mut out[(bj * kb + bk) * TILE + r * 32..],
+                    idx,
+                    first,
+                    second,
+                );
             }
         }
     }
@@ -1083,16 +1092,10 @@ mod kernels {
                 at.advance(a);
                 let hi = patch_block(a, row.as_ref(), &at);
                 at.advance(a);
-                let v = _mm512_cvtne2ps_pbh(hi, lo);
-                // SAFETY: 64 bytes into the 32 u16 of row r of block (bi, bk), inside `out`.
-                unsafe {
-                    _mm512_storeu_si512(
-                        out[(bi * kb + bk) * TILE + r * 32..][..32]
-                            .as_mut_ptr()
-                            .cast(),
-                        std::mem::transmute::<__m512bh, __m512i>(v),
-                    )
-                };
+                store_bf16(
+                    &mut out[(bi * kb + bk) * TILE + r * 32..],
+                    _mm512_cvtne2ps_pbh(hi, lo),
+                );
             }
         }
     }

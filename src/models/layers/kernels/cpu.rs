@@ -384,13 +384,31 @@ pub fn conv_forward<T: Real>(
             let patches = MatRef::row_major(&cols[..k * wide], k, wide);
             let wide_y = &mut wide_y[..c_out * wide];
             product(wide_y, wm, packed_w.as_ref(), patches, false, products);
-            for i in 0..imgs {
-                for o in 0..c_out {
-                    y[(i * c_out + o) * l..][..l].copy_from_slice(&wide_y[o * wide + i * l..][..l]);
-                }
-            }
+            from_wide(&wide_y[..c_out * wide], c_out, l, y);
         });
     out
+}
+
+/// Images (`ch × l` planes each, back to back in `images`) side by side as one
+/// `ch × (imgs·l)` matrix in `wide`: what a product over a group of images reads.
+fn to_wide<T: Real>(images: &[T], ch: usize, l: usize, wide: &mut [T]) {
+    let width = images.len() / ch;
+    for (i, image) in images.chunks_exact(ch * l).enumerate() {
+        for (c, plane) in image.chunks_exact(l).enumerate() {
+            wide[c * width + i * l..][..l].copy_from_slice(plane);
+        }
+    }
+}
+
+/// The inverse of [`to_wide`]: a group's `ch × (imgs·l)` product back into each image's
+/// planes.
+fn from_wide<T: Real>(wide: &[T], ch: usize, l: usize, images: &mut [T]) {
+    let width = images.len() / ch;
+    for (i, image) in images.chunks_exact_mut(ch * l).enumerate() {
+        for (c, plane) in image.chunks_exact_mut(l).enumerate() {
+            plane.copy_from_slice(&wide[c * width + i * l..][..l]);
+        }
+    }
 }
 
 /// Both gradients of [`conv_forward`] in one pass over the images: `dx` (`Wᵀ·dY` folded
@@ -458,13 +476,14 @@ pub fn conv_backward_joined<T: Real>(
                 let dy_group = if single {
                     MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
                 } else {
-                    for i in 0..imgs {
-                        for o in 0..c_out {
-                            wide_dy[o * wide + i * l..][..l]
-                                .copy_from_slice(&dy[((n0 + i) * c_out + o) * l..][..l]);
-                        }
-                    }
-                    MatRef::row_major(&wide_dy[..c_out * wide], c_out, wide)
+                    let wide_dy = &mut wide_dy[..c_out * wide];
+                    to_wide(
+                        &dy[n0 * c_out * l..(n0 + imgs) * c_out * l],
+                        c_out,
+                        l,
+                        wide_dy,
+                    );
+                    MatRef::row_major(wide_dy, c_out, wide)
                 };
                 let patches = if direct {
                     &x[n0 * img..(n0 + 1) * img]
@@ -584,11 +603,7 @@ fn conv_forward_implicit(
             let wide = imgs * l;
             let mut wide_y = Scratch::<f32>::take(1, c_out * wide);
             bf16::matmul_patches(&mut wide_y, &packed_w, &patches, false, dot);
-            for i in 0..imgs {
-                for o in 0..c_out {
-                    y[(i * c_out + o) * l..][..l].copy_from_slice(&wide_y[o * wide + i * l..][..l]);
-                }
-            }
+            from_wide(&wide_y[..c_out * wide], c_out, l, y);
         });
 }
 
@@ -641,17 +656,15 @@ fn conv_backward_implicit(
                 } else {
                     let wide_dx = &mut wide_dx[..c * wide];
                     bf16::matmul_patches(wide_dx, &packed_flipped, &dy_patches, false, dot);
-                    for i in 0..imgs {
-                        for ch in 0..c {
-                            dx_group[(i * c + ch) * l..][..l]
-                                .copy_from_slice(&wide_dx[ch * wide + i * l..][..l]);
-                        }
-                        for o in 0..c_out {
-                            wide_dy[o * wide + i * l..][..l]
-                                .copy_from_slice(&dy[((n0 + i) * c_out + o) * l..][..l]);
-                        }
-                    }
-                    MatRef::row_major(&wide_dy[..c_out * wide], c_out, wide)
+                    from_wide(wide_dx, c, l, dx_group);
+                    let wide_dy = &mut wide_dy[..c_out * wide];
+                    to_wide(
+                        &dy[n0 * c_out * l..(n0 + imgs) * c_out * l],
+                        c_out,
+                        l,
+                        wide_dy,
+                    );
+                    MatRef::row_major(wide_dy, c_out, wide)
                 };
                 // dWᵀ (k × c_out) += patches (k × wide) · dYᵀ, as in `conv_backward_joined`.
                 let x_patches = patches_of(x, g, &geometry, c, (n0, imgs));

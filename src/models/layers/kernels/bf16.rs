@@ -202,6 +202,9 @@ pub fn reference(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Vec<f32> {
 
 const TILE: usize = 512;
 
+/// k-blocks (of 32) per pass of the AVX-512 kernel over C: 8 KiB of each row block of A.
+const KC: usize = 8;
+
 /// Blocks of 16 rows (A) or 16 columns (B) and of 32 along k.
 fn blocks(outer: usize, k: usize) -> (usize, usize) {
     (outer.div_ceil(16), k.div_ceil(32))
@@ -613,7 +616,7 @@ mod kernels {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::{Cursor, Dot, MatRef, Out, PatchRow, Patches, TILE, Unit};
+    use super::{Cursor, Dot, KC, MatRef, Out, PatchRow, Patches, TILE, Unit};
 
     pub(super) fn run(
         unit: Unit,
@@ -794,59 +797,286 @@ mod kernels {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// One 16 × 16 tile of C at a time: 16 accumulators (one per row), each k-pair row of B
-    /// loaded once and multiplied by every row's broadcast pair of A.
+    /// C in tiles of 16 rows × 32 columns (two column blocks of B, each k-pair row of them
+    /// loaded once per 8 rows of A, and each broadcast pair of A used for both); a last
+    /// odd column block goes 16 × 16 through [`tile_dot`].
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn avx512(pa: &[u16], pb: &[u16], mb: usize, nb: usize, kb: usize, out: Out<'_>) {
-        for bj in 0..nb {
-            for bi in 0..mb {
-                let a = &pa[bi * kb * TILE..(bi + 1) * kb * TILE];
-                let b = &pb[bj * kb * TILE..(bj + 1) * kb * TILE];
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for q in 0..kb {
-                    let (at, bt) = (&a[q * TILE..][..TILE], &b[q * TILE..][..TILE]);
-                    for r in 0..16 {
-                        // SAFETY: 32 u16 (64 bytes) from row r of a 512-value block.
-                        let bv: __m512bh = unsafe {
-                            std::mem::transmute(_mm512_loadu_si512(bt[r * 32..].as_ptr().cast()))
-                        };
-                        for (i, acc) in acc.iter_mut().enumerate() {
-                            // SAFETY: the pair (2r, 2r + 1) of row i lies inside the
-                            // 512-value block `at`; an unaligned u32 read of two u16. The
-                            // vector is 32 bf16 reinterpreted from 16 u32: same size, every
-                            // bit pattern valid.
-                            let av: __m512bh = unsafe {
-                                let pair = at
-                                    .as_ptr()
-                                    .add(i * 32 + 2 * r)
-                                    .cast::<u32>()
-                                    .read_unaligned();
-                                std::mem::transmute(_mm512_set1_epi32(pair as i32))
-                            };
-                            *acc = _mm512_dpbf16_ps(*acc, av, bv);
+    unsafe fn avx512(pa: &[u16], pb: &[u16], mb: usize, nb: usize, kb: usize, mut out: Out<'_>) {
+        // k in chunks of KC blocks, so a chunk of every row block of A (≤ 16·KC KiB per
+        // 16 rows) stays in L2 while each column block pair of B sweeps over it; later
+        // chunks add into what the earlier ones stored.
+        for q0 in (0..kb).step_by(KC) {
+            let q1 = (q0 + KC).min(kb);
+            let add = out.accumulate || q0 > 0;
+            let block =
+                |p: &[u16], i: usize| p[(i * kb + q0) * TILE..(i * kb + q1) * TILE].as_ptr();
+            for bj in (0..nb).step_by(2) {
+                for bi in 0..mb {
+                    let (i0, j0) = (bi * 16, bj * 16);
+                    let a = block(pa, bi);
+                    if bj + 1 < nb {
+                        let b = [block(pb, bj), block(pb, bj + 1)];
+                        // Rows 8..16 only where C has them (a small m leaves them padding).
+                        for half in 0..(out.m - i0).div_ceil(8).min(2) {
+                            let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+                            // SAFETY: `a` (from row 8·half of its blocks) and both `b` point
+                            // at q1 − q0 whole blocks of 512 u16 (sliced by `block`).
+                            unsafe { tile_dot2(a.add(half * 8 * 32), b, q1 - q0, &mut acc) };
+                            for (c, acc) in acc.iter().enumerate() {
+                                store(&mut out, acc, i0 + half * 8, j0 + c * 16, add);
+                            }
                         }
-                    }
-                }
-                // Straight into `dst` (added when accumulating), masked at the right and
-                // bottom edges: going through a scratch tile and `Out::tile` cost 16 row
-                // copies per tile, 8 % of a resnet8-tiny bf16 step.
-                let (i0, j0) = (bi * 16, bj * 16);
-                let mask = lanes(out.n - j0);
-                for (i, acc) in acc.iter().enumerate().take(16.min(out.m - i0)) {
-                    let row = out.dst[(i0 + i) * out.n + j0..].as_mut_ptr();
-                    // SAFETY: the lanes below min(16, n − j0) address row i0 + i, columns
-                    // j0.. < n, of the m × n matrix in `dst` (len ≥ m·n, checked by
-                    // `product`); masked-off lanes are neither read nor written.
-                    unsafe {
-                        let v = if out.accumulate {
-                            _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(mask, row))
-                        } else {
-                            *acc
-                        };
-                        _mm512_mask_storeu_ps(row, mask, v);
+                    } else {
+                        let mut acc = [_mm512_setzero_ps(); 16];
+                        // SAFETY: `a` and `b` point at q1 − q0 whole blocks (sliced by `block`).
+                        unsafe { tile_dot(a, block(pb, bj), q1 - q0, &mut acc) };
+                        store(&mut out, &acc, i0, j0, add);
                     }
                 }
             }
+        }
+    }
+
+    /// Rows i0.. (as many as `acc` has, below m) × columns j0..j0 + 16 (below n) of C from
+    /// `acc`, straight into `dst` (added to it when `add`), masked at the right and bottom
+    /// edges: going through a scratch tile and `Out::tile` cost 16 row copies per tile,
+    /// 8 % of a resnet8-tiny bf16 step.
+    #[target_feature(enable = "avx512f")]
+    fn store(out: &mut Out<'_>, acc: &[__m512], i0: usize, j0: usize, add: bool) {
+        if j0 >= out.n {
+            return;
+        }
+        let mask = lanes(out.n - j0);
+        for (i, acc) in acc.iter().enumerate().take(out.m.saturating_sub(i0)) {
+            let row = out.dst[(i0 + i) * out.n + j0..].as_mut_ptr();
+            // SAFETY: the lanes below min(16, n − j0) address row i0 + i < m, columns j0.. < n,
+            // of the m × n matrix in `dst` (len ≥ m·n, checked by `product`); masked-off
+            // lanes are neither read nor written.
+            unsafe {
+                let v = if add {
+                    _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(mask, row))
+                } else {
+                    *acc
+                };
+                _mm512_mask_storeu_ps(row, mask, v);
+            }
+        }
+    }
+
+    /// One row r of a block pair: B's k-pair row r loaded once, then multiplied into each
+    /// of the 16 accumulators by row i's pair r of A, broadcast straight from memory inside
+    /// `vdpbf16ps` (an embedded `{1to16}` broadcast: one instruction, where the intrinsics
+    /// compile to a separate `vbroadcastss` per product).
+    macro_rules! dot_row {
+        ($r:literal) => {
+            concat!(
+                "vmovups zmm16, [{b} + ",
+                $r,
+                "*64]\n",
+                "vdpbf16ps {c0}, zmm16, dword ptr [{a} + 0*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c1}, zmm16, dword ptr [{a} + 1*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c2}, zmm16, dword ptr [{a} + 2*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c3}, zmm16, dword ptr [{a} + 3*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c4}, zmm16, dword ptr [{a} + 4*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c5}, zmm16, dword ptr [{a} + 5*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c6}, zmm16, dword ptr [{a} + 6*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c7}, zmm16, dword ptr [{a} + 7*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c8}, zmm16, dword ptr [{a} + 8*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c9}, zmm16, dword ptr [{a} + 9*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c10}, zmm16, dword ptr [{a} + 10*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c11}, zmm16, dword ptr [{a} + 11*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c12}, zmm16, dword ptr [{a} + 12*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c13}, zmm16, dword ptr [{a} + 13*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c14}, zmm16, dword ptr [{a} + 14*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+                "vdpbf16ps {c15}, zmm16, dword ptr [{a} + 15*64 + ",
+                $r,
+                "*4]{{1to16}}\n",
+            )
+        };
+    }
+
+    /// As [`dot_row`] for 8 rows of A against two column blocks of B.
+    macro_rules! dot_row2 {
+        ($r:literal) => {
+            concat!(
+                "vmovups zmm16, [{b0} + ",
+                $r,
+                "*64]\n",
+                "vmovups zmm17, [{b1} + ",
+                $r,
+                "*64]\n",
+                "vbroadcastss zmm18, dword ptr [{a} + 0*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c0}, zmm16, zmm18\n",
+                "vdpbf16ps {d0}, zmm17, zmm18\n",
+                "vbroadcastss zmm19, dword ptr [{a} + 1*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c1}, zmm16, zmm19\n",
+                "vdpbf16ps {d1}, zmm17, zmm19\n",
+                "vbroadcastss zmm18, dword ptr [{a} + 2*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c2}, zmm16, zmm18\n",
+                "vdpbf16ps {d2}, zmm17, zmm18\n",
+                "vbroadcastss zmm19, dword ptr [{a} + 3*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c3}, zmm16, zmm19\n",
+                "vdpbf16ps {d3}, zmm17, zmm19\n",
+                "vbroadcastss zmm18, dword ptr [{a} + 4*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c4}, zmm16, zmm18\n",
+                "vdpbf16ps {d4}, zmm17, zmm18\n",
+                "vbroadcastss zmm19, dword ptr [{a} + 5*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c5}, zmm16, zmm19\n",
+                "vdpbf16ps {d5}, zmm17, zmm19\n",
+                "vbroadcastss zmm18, dword ptr [{a} + 6*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c6}, zmm16, zmm18\n",
+                "vdpbf16ps {d6}, zmm17, zmm18\n",
+                "vbroadcastss zmm19, dword ptr [{a} + 7*64 + ",
+                $r,
+                "*4]\n",
+                "vdpbf16ps {c7}, zmm16, zmm19\n",
+                "vdpbf16ps {d7}, zmm17, zmm19\n",
+            )
+        };
+    }
+
+    /// `acc[c][i] += Σ_q Σ_r A_q[i, pair r] · B_q^c[pair r, ·]` for 8 rows of A (`a` points
+    /// at row 0 or 8 of its first block) and two column blocks of B, over `kb` consecutive
+    /// blocks of each (1 KiB apart). Each pair of A is broadcast once into a register and
+    /// used for both column blocks: 10 loads per 16 products, where [`tile_dot`] needs 17.
+    ///
+    /// SAFETY (caller): `a` and both `b` point at `kb` whole blocks each (`a` at most 8 rows
+    /// in); the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile_dot2(a: *const u16, b: [*const u16; 2], kb: usize, acc: &mut [[__m512; 8]; 2]) {
+        if kb == 0 {
+            return;
+        }
+        let [
+            [c0, c1, c2, c3, c4, c5, c6, c7],
+            [d0, d1, d2, d3, d4, d5, d6, d7],
+        ] = acc;
+        // SAFETY: see the caller's contract; the asm reads only the kb blocks, writes only
+        // the named registers and zmm16–19, and leaves the stack alone.
+        unsafe {
+            asm!(
+                "2:",
+                dot_row2!(0), dot_row2!(1), dot_row2!(2), dot_row2!(3),
+                dot_row2!(4), dot_row2!(5), dot_row2!(6), dot_row2!(7),
+                dot_row2!(8), dot_row2!(9), dot_row2!(10), dot_row2!(11),
+                dot_row2!(12), dot_row2!(13), dot_row2!(14), dot_row2!(15),
+                "add {a}, 1024",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                a = inout(reg) a => _, b0 = inout(reg) b[0] => _, b1 = inout(reg) b[1] => _,
+                n = inout(reg) kb => _,
+                c0 = inout(zmm_reg) *c0, c1 = inout(zmm_reg) *c1,
+                c2 = inout(zmm_reg) *c2, c3 = inout(zmm_reg) *c3,
+                c4 = inout(zmm_reg) *c4, c5 = inout(zmm_reg) *c5,
+                c6 = inout(zmm_reg) *c6, c7 = inout(zmm_reg) *c7,
+                d0 = inout(zmm_reg) *d0, d1 = inout(zmm_reg) *d1,
+                d2 = inout(zmm_reg) *d2, d3 = inout(zmm_reg) *d3,
+                d4 = inout(zmm_reg) *d4, d5 = inout(zmm_reg) *d5,
+                d6 = inout(zmm_reg) *d6, d7 = inout(zmm_reg) *d7,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+
+    /// `acc[i] += Σ_q Σ_r A_q[i, pair r] · B_q[pair r, ·]` over `kb` consecutive block pairs
+    /// from `a` and `b` (16 × 32 bf16 of A, 32 × 16 of B, 1 KiB each).
+    ///
+    /// SAFETY (caller): `a` and `b` point at `kb` whole blocks each; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile_dot(a: *const u16, b: *const u16, kb: usize, acc: &mut [__m512; 16]) {
+        if kb == 0 {
+            return;
+        }
+        let [
+            c0,
+            c1,
+            c2,
+            c3,
+            c4,
+            c5,
+            c6,
+            c7,
+            c8,
+            c9,
+            c10,
+            c11,
+            c12,
+            c13,
+            c14,
+            c15,
+        ] = acc;
+        // SAFETY: see the caller's contract; the asm reads only the kb blocks, writes only
+        // the named registers and zmm16, and leaves the stack alone.
+        unsafe {
+            asm!(
+                "2:",
+                dot_row!(0), dot_row!(1), dot_row!(2), dot_row!(3),
+                dot_row!(4), dot_row!(5), dot_row!(6), dot_row!(7),
+                dot_row!(8), dot_row!(9), dot_row!(10), dot_row!(11),
+                dot_row!(12), dot_row!(13), dot_row!(14), dot_row!(15),
+                "add {a}, 1024",
+                "add {b}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                a = inout(reg) a => _, b = inout(reg) b => _, n = inout(reg) kb => _,
+                c0 = inout(zmm_reg) *c0, c1 = inout(zmm_reg) *c1,
+                c2 = inout(zmm_reg) *c2, c3 = inout(zmm_reg) *c3,
+                c4 = inout(zmm_reg) *c4, c5 = inout(zmm_reg) *c5,
+                c6 = inout(zmm_reg) *c6, c7 = inout(zmm_reg) *c7,
+                c8 = inout(zmm_reg) *c8, c9 = inout(zmm_reg) *c9,
+                c10 = inout(zmm_reg) *c10, c11 = inout(zmm_reg) *c11,
+                c12 = inout(zmm_reg) *c12, c13 = inout(zmm_reg) *c13,
+                c14 = inout(zmm_reg) *c14, c15 = inout(zmm_reg) *c15,
+                out("zmm16") _,
+                options(nostack, readonly),
+            );
         }
     }
 
@@ -1258,6 +1488,8 @@ mod tests {
             (16, 144, 1024),
             (32, 288, 256),
             (128, 1152, 64),
+            (256, 2304, 256),
+            (512, 4608, 256),
         ];
         for (m, k, n) in shapes {
             let a = values(m * k, 4);

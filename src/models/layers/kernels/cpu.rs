@@ -1879,4 +1879,83 @@ mod tests {
             );
         }
     }
+
+    /// Not a check: milliseconds per call of each convolution of resnet8-tiny (batch 64) and
+    /// of resnet18-cifar (batch 32), f32 against each bf16 unit, on the global
+    /// thread pool (`RAYON_NUM_THREADS=2 cargo test --release --lib conv_layer_times --
+    /// --ignored --nocapture`): which layers the bf16 path pays on.
+    #[test]
+    #[ignore]
+    fn conv_layer_times() {
+        use super::super::bf16::Dot;
+        // (n, c, c_out, side, k, stride, pad)
+        let layers = [
+            (64, 3, 16, 32, 3, 1, 1),
+            (64, 16, 16, 32, 3, 1, 1),
+            (64, 16, 32, 32, 3, 2, 1),
+            (64, 16, 32, 32, 1, 2, 0),
+            (64, 32, 32, 16, 3, 1, 1),
+            (64, 32, 64, 16, 3, 2, 1),
+            (64, 32, 64, 16, 1, 2, 0),
+            (64, 64, 64, 8, 3, 1, 1),
+            (32, 3, 64, 32, 3, 1, 1),
+            (32, 64, 64, 32, 3, 1, 1),
+            (32, 64, 128, 32, 3, 2, 1),
+            (32, 64, 128, 32, 1, 2, 0),
+            (32, 128, 128, 16, 3, 1, 1),
+            (32, 128, 256, 16, 3, 2, 1),
+            (32, 128, 256, 16, 1, 2, 0),
+            (32, 256, 256, 8, 3, 1, 1),
+            (32, 256, 512, 8, 3, 2, 1),
+            (32, 256, 512, 8, 1, 2, 0),
+            (32, 512, 512, 4, 3, 1, 1),
+        ];
+        for (n, c, co, side, k, stride, pad) in layers {
+            let g = Window {
+                n,
+                c,
+                h: side,
+                w: side,
+                kh: k,
+                kw: k,
+                stride,
+                pad,
+            };
+            let x: Vec<f32> = values(n * c * side * side, 3)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let w: Vec<f32> = values(co * c * k * k, 4)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let dy: Vec<f32> = values(n * co * g.out_len(), 5)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let reps = 10;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() * 1e3 / reps as f64
+            };
+            let mut line = format!("n{n} {c}→{co} {side}² k{k} s{stride}:");
+            let mut units = vec![Products::Native];
+            units.extend(Dot::usable().into_iter().map(Products::Bf16));
+            for p in units {
+                let f = time(&mut || {
+                    std::hint::black_box(conv_forward(&x, &w, &g, co, p));
+                });
+                let b = time(&mut || {
+                    std::hint::black_box(conv_backward(&x, &w, &dy, &g, co, p));
+                });
+                let name = p.bf16().map_or("f32", |d| d.unit().label());
+                line += &format!("  {name} fwd {f:.2} bwd {b:.2}");
+            }
+            println!("{line}");
+        }
+    }
 }

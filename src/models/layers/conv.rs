@@ -98,6 +98,9 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
         |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
         |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
     )?;
+    // The images a network starts from track no op: their gradient is never read, so the
+    // first convolution's backward computes dW alone (and `attach2` hands Candle no dx).
+    let want_dx = x.track_op();
     attach2(
         "annt-conv2d",
         x,
@@ -109,8 +112,16 @@ fn dense(x: &Tensor, w: &Tensor, spec: ConvSpec, products: Products) -> Result<T
             let both = map_real_n(
                 &[x, w, &grad.contiguous()?],
                 x_len + w_len,
-                |v| kernels_cpu::conv_backward_joined(v[0], v[1], v[2], &g, c_out, products),
-                |v| kernels_cpu::conv_backward_joined(v[0], v[1], v[2], &g, c_out, products),
+                |v| {
+                    kernels_cpu::conv_backward_joined(
+                        v[0], v[1], v[2], &g, c_out, products, want_dx,
+                    )
+                },
+                |v| {
+                    kernels_cpu::conv_backward_joined(
+                        v[0], v[1], v[2], &g, c_out, products, want_dx,
+                    )
+                },
             )?;
             let grad_x = both.narrow(0, 0, x_len)?.reshape(x.shape())?;
             let grad_w = both.narrow(0, x_len, w_len)?.reshape(w.shape())?;

@@ -83,6 +83,7 @@ pub fn attach2(
             name,
             value: Slot::new(value),
             backward,
+            tracked: [a.track_op(), b.track_op()],
         },
     )
 }
@@ -111,6 +112,7 @@ pub fn attach3(
             name,
             value: Slot::new(value),
             backward,
+            tracked: [a.track_op(), b.track_op(), c.track_op()],
         },
     )
 }
@@ -121,6 +123,8 @@ struct Attached3 {
     /// would hold every layer's output twice for as long as the graph lives.
     value: Slot,
     backward: Backward3,
+    /// Which inputs record a gradient ([`Tensor::track_op`] at attach time).
+    tracked: [bool; 3],
 }
 
 impl candle_core::CustomOp3 for Attached3 {
@@ -160,7 +164,8 @@ impl candle_core::CustomOp3 for Attached3 {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (ga, gb, gc) =
             (self.backward)(&a.detach(), &b.detach(), &c.detach(), &grad_res.detach())?;
-        Ok((Some(ga), Some(gb), Some(gc)))
+        let [ta, tb, tc] = self.tracked;
+        Ok((wanted(ta, ga), wanted(tb, gb), wanted(tc, gc)))
     }
 }
 
@@ -299,6 +304,8 @@ struct Attached2 {
     /// would hold every layer's output twice for as long as the graph lives.
     value: Slot,
     backward: Backward2,
+    /// Which inputs record a gradient ([`Tensor::track_op`] at attach time).
+    tracked: [bool; 2],
 }
 
 impl CustomOp2 for Attached2 {
@@ -332,8 +339,17 @@ impl CustomOp2 for Attached2 {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (ga, gb) = (self.backward)(&a.detach(), &b.detach(), &grad_res.detach())?;
-        Ok((Some(ga), Some(gb)))
+        let [ta, tb] = self.tracked;
+        Ok((wanted(ta, ga), wanted(tb, gb)))
     }
+}
+
+/// The gradient of an input that records one; `None` for one that does not (the images a
+/// network starts from), so Candle's backward neither zero-fills a gradient for it nor adds
+/// into it. (A backward may then leave that input's gradient uncomputed: the convolution
+/// does, `conv_backward_joined`'s `want_dx`.)
+fn wanted(tracked: bool, grad: Tensor) -> Option<Tensor> {
+    tracked.then_some(grad)
 }
 
 /// Runs a slice kernel on a CPU tensor of `f32` or `f64` and wraps the result; the kernel

@@ -424,13 +424,17 @@ pub fn conv_backward<T: Real>(
     c_out: usize,
     products: Products,
 ) -> (Vec<T>, Vec<T>) {
-    let mut dx = conv_backward_joined(x, w, dy, g, c_out, products);
+    let mut dx = conv_backward_joined(x, w, dy, g, c_out, products, true);
     let dw = dx.split_off(g.n * g.c * g.h * g.w);
     (dx, dw)
 }
 
 /// [`conv_backward`] returning `dx` (`n·c·h·w` values) followed by `dW` (`c_out·c·kh·kw`) in
 /// one vector: what the layer hands to Candle, without a copy of either.
+///
+/// With `want_dx` false only `dW` is computed and the `dx` part is left zero: a network's
+/// first convolution, whose input (the images) needs no gradient, then skips its `Wᵀ·dY`
+/// products and their col2im.
 pub fn conv_backward_joined<T: Real>(
     x: &[T],
     w: &[T],
@@ -438,6 +442,7 @@ pub fn conv_backward_joined<T: Real>(
     g: &Window,
     c_out: usize,
     products: Products,
+    want_dx: bool,
 ) -> Vec<T> {
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
@@ -447,7 +452,7 @@ pub fn conv_backward_joined<T: Real>(
         && let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy))
         && let Some(bf) = T::as_f32_mut(&mut both)
     {
-        conv_backward_implicit(xf, wf, dyf, g, c_out, unit, bf);
+        conv_backward_implicit(xf, wf, dyf, g, c_out, unit, want_dx, bf);
         return both;
     }
     let (dx, dw) = both.split_at_mut(dx_len);
@@ -468,7 +473,8 @@ pub fn conv_backward_joined<T: Real>(
         .enumerate()
         .for_each(|(t, (dx_task, dwt))| {
             let scratch = if direct { 0 } else { k * l * per };
-            let (mut cols, mut dcols) = (Scratch::take(0, scratch), Scratch::take(1, scratch));
+            let dscratch = if want_dx { scratch } else { 0 };
+            let (mut cols, mut dcols) = (Scratch::take(0, scratch), Scratch::take(1, dscratch));
             let mut wide_dy = Scratch::take(2, if single { 0 } else { c_out * l * per });
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
@@ -502,6 +508,9 @@ pub fn conv_backward_joined<T: Real>(
                 // gemm, 1.5–2.4× on AMX, 1.15–1.8× on AVX512-BF16 (`dw_product_layouts`).
                 let cols_m = MatRef::row_major(patches, k, wide);
                 product(dwt, cols_m, None, dy_group.t(), s > 0, products);
+                if !want_dx {
+                    continue;
+                }
                 if direct {
                     // dx (c × l) = Wᵀ (c × c_out) · dY (c_out × l), written in place.
                     product(
@@ -619,6 +628,7 @@ fn conv_backward_implicit(
     g: &Window,
     c_out: usize,
     (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
+    want_dx: bool,
     both: &mut [f32],
 ) {
     let (k, l) = (g.patch_len(), g.out_len());
@@ -651,12 +661,16 @@ fn conv_backward_implicit(
                 let wide = imgs * l;
                 let dy_patches = patches_of(dy, g, &geometry, c_out, (n0, imgs));
                 let dy_group = if single {
-                    bf16::matmul_patches(dx_group, &packed_flipped, &dy_patches, false, dot);
+                    if want_dx {
+                        bf16::matmul_patches(dx_group, &packed_flipped, &dy_patches, false, dot);
+                    }
                     MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
                 } else {
-                    let wide_dx = &mut wide_dx[..c * wide];
-                    bf16::matmul_patches(wide_dx, &packed_flipped, &dy_patches, false, dot);
-                    from_wide(wide_dx, c, l, dx_group);
+                    if want_dx {
+                        let wide_dx = &mut wide_dx[..c * wide];
+                        bf16::matmul_patches(wide_dx, &packed_flipped, &dy_patches, false, dot);
+                        from_wide(wide_dx, c, l, dx_group);
+                    }
                     let wide_dy = &mut wide_dy[..c_out * wide];
                     to_wide(
                         &dy[n0 * c_out * l..(n0 + imgs) * c_out * l],
@@ -1675,6 +1689,10 @@ mod tests {
             );
             let dy = values(y.len(), 30 + seed as u64);
             let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, Products::Native);
+            let only_dw = conv_backward_joined(&x, &w, &dy, &g, co, Products::Native, false);
+            let (no_dx, same_dw) = only_dw.split_at(dx.len());
+            assert!(no_dx.iter().all(|v| *v == 0.0), "dx written {g:?}");
+            assert_eq!(same_dw, &dw[..], "dW alone {g:?}");
             let f = dot(&dy, &y);
             assert!(
                 (dot(&x, &dx) - f).abs() < 1e-8 * f.abs().max(1.0),
@@ -1817,6 +1835,12 @@ mod tests {
                     co,
                     Products::Native,
                 );
+                // Without dx (a first layer's backward): the same dW, bit for bit, and
+                // nothing written where dx would be.
+                let only_dw = conv_backward_joined(&x, &w, &dy, &g, co, Products::Bf16(dot), false);
+                let (no_dx, same_dw) = only_dw.split_at(dx.len());
+                assert!(no_dx.iter().all(|v| *v == 0.0), "dx written {g:?}");
+                assert_eq!(same_dw, &dw[..], "dW alone {g:?}");
                 let (ex, ew) = (max_rel_to(&dx, &wdx), max_rel_to(&dw, &wdw));
                 assert!(
                     ex < 1e-5 && ew < 1e-5,

@@ -452,7 +452,7 @@ pub fn conv_backward_joined<T: Real>(
         && let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy))
         && let Some(bf) = T::as_f32_mut(&mut both)
     {
-        conv_backward_implicit(xf, wf, dyf, g, c_out, unit, want_dx, bf);
+        conv_backward_implicit(xf, wf, (dyf, want_dx), g, c_out, unit, bf);
         return both;
     }
     let (dx, dw) = both.split_at_mut(dx_len);
@@ -621,14 +621,15 @@ fn conv_forward_implicit(
 /// flipped in space and its channel axes swapped (`w'[c][o][i][j] = w[o][c][kh−1−i][kw−1−j]`),
 /// so `dx` is one product per group over `dy`'s patches — no `Wᵀ·dY` patch matrix and no
 /// col2im. `dW` is as in `conv_backward_joined`, `x`'s patches packed straight from `x`.
+///
+/// `dy` comes with `want_dx`, as in [`conv_backward_joined`].
 fn conv_backward_implicit(
     x: &[f32],
     w: &[f32],
-    dy: &[f32],
+    (dy, want_dx): (&[f32], bool),
     g: &Window,
     c_out: usize,
     (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
-    want_dx: bool,
     both: &mut [f32],
 ) {
     let (k, l) = (g.patch_len(), g.out_len());

@@ -457,7 +457,7 @@ pub fn conv_backward_joined<T: Real>(
     }
     let (dx, dw) = both.split_at_mut(dx_len);
     let wm = MatRef::row_major(w, c_out, k);
-    let packed_wt = pack_for(wm.t(), products);
+    let packed_wt = want_dx.then(|| pack_for(wm.t(), products)).flatten();
     let per = images_per_product(l);
     let single = per == 1;
     let direct = single && pointwise(g);
@@ -636,16 +636,19 @@ fn conv_backward_implicit(
     let (c, kk) = (g.c, g.kh * g.kw);
     let img = c * g.h * g.w;
     let (dx, dw) = both.split_at_mut(g.n * img);
-    let mut flipped = vec![0f32; c * c_out * kk];
-    for (row, line) in flipped.chunks_exact_mut(c_out * kk).enumerate() {
-        for (o, taps) in line.chunks_exact_mut(kk).enumerate() {
-            let src = &w[(o * c + row) * kk..][..kk];
-            for (t, v) in taps.iter_mut().enumerate() {
-                *v = src[kk - 1 - t];
+    // The flipped weight only serves dx: not built when dx is not wanted.
+    let packed_flipped = want_dx.then(|| {
+        let mut flipped = vec![0f32; c * c_out * kk];
+        for (row, line) in flipped.chunks_exact_mut(c_out * kk).enumerate() {
+            for (o, taps) in line.chunks_exact_mut(kk).enumerate() {
+                let src = &w[(o * c + row) * kk..][..kk];
+                for (t, v) in taps.iter_mut().enumerate() {
+                    *v = src[kk - 1 - t];
+                }
             }
         }
-    }
-    let packed_flipped = bf16::PackedA::new(MatRef::row_major(&flipped, c, c_out * kk), dot);
+        bf16::PackedA::new(MatRef::row_major(&flipped, c, c_out * kk), dot)
+    });
     let per = images_per_product(l);
     let task = images_per_task(per);
     let tasks = g.n.div_ceil(task);
@@ -656,20 +659,21 @@ fn conv_backward_implicit(
         .for_each(|(t, (dx_task, dwt))| {
             let single = per == 1;
             let mut wide_dy = Scratch::<f32>::take(2, if single { 0 } else { c_out * l * per });
-            let mut wide_dx = Scratch::<f32>::take(1, if single { 0 } else { img * per });
+            let wide_dx_len = if single || !want_dx { 0 } else { img * per };
+            let mut wide_dx = Scratch::<f32>::take(1, wide_dx_len);
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
                 let wide = imgs * l;
                 let dy_patches = patches_of(dy, g, &geometry, c_out, (n0, imgs));
                 let dy_group = if single {
-                    if want_dx {
-                        bf16::matmul_patches(dx_group, &packed_flipped, &dy_patches, false, dot);
+                    if let Some(flipped) = &packed_flipped {
+                        bf16::matmul_patches(dx_group, flipped, &dy_patches, false, dot);
                     }
                     MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
                 } else {
-                    if want_dx {
+                    if let Some(flipped) = &packed_flipped {
                         let wide_dx = &mut wide_dx[..c * wide];
-                        bf16::matmul_patches(wide_dx, &packed_flipped, &dy_patches, false, dot);
+                        bf16::matmul_patches(wide_dx, flipped, &dy_patches, false, dot);
                         from_wide(wide_dx, c, l, dx_group);
                     }
                     let wide_dy = &mut wide_dy[..c_out * wide];

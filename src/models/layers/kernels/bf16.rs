@@ -324,9 +324,9 @@ fn product_with(
     });
 }
 
-/// `dst = a · patches` (or `+=`): a stride-1 "same" convolution's forward product read
-/// straight from its images, or — with the flipped, transposed weight and the output
-/// gradient's images — its input gradient.
+/// `dst = a · patches` (or `+=`): a convolution's forward product read straight from its
+/// images (or their phase planes), or — with the flipped, transposed weight and the output
+/// gradient's images — a stride-1 layer's input gradient.
 pub fn matmul_patches(dst: &mut [f32], a: &PackedA, b: &Patches<'_>, accumulate: bool, dot: Dot) {
     assert_eq!(
         b.rows(),
@@ -360,80 +360,207 @@ pub fn matmul_patches_a(
     });
 }
 
-/// Where a stride-1 "same" convolution's patch rows read their planes: for each of the
-/// `k × k` taps, the shift from output position to input element and, for each block of 16
-/// positions of an image, the lanes whose window does not overhang the padding. It depends
-/// on the geometry alone: a layer computes it once and every product of the call shares it.
+/// Where a convolution's patch rows read their planes, for an odd square `k × k` window with
+/// padding `(k − 1) / 2` at stride `s` over `H × W` planes with `s` dividing both sides (the
+/// output is `H/s × W/s`).
+///
+/// At stride 1 a tap `(i, j)` reads the plane itself, shifted. At stride `s` it reads every
+/// `s`-th element of every `s`-th row, from a phase `(i − pad) mod s, (j − pad) mod s`: split
+/// into its `s²` polyphase planes (`split`: each `H/s × W/s`, the output's size), each tap
+/// reads one of them shifted by `⌊(i − pad)/s⌋, ⌊(j − pad)/s⌋` output positions — so a strided
+/// layer's patches are read like a stride-1 layer's, with no im2col. Only the phases some tap
+/// reads are kept (a 1 × 1 stride-2 window reads one: the subsampled plane).
+///
+/// For each tap: the plane and the shift from output position to plane element and, for
+/// each block of 16 positions of an image, the lanes whose window does not overhang the
+/// padding. It depends on the geometry alone: a layer computes it once and every product of
+/// the call shares it.
 #[derive(Clone, Debug)]
 pub struct PatchGeometry {
+    /// The output plane (and every phase plane).
     h: usize,
     w: usize,
-    k: usize,
+    /// The input plane's width and the stride (1: the input is read as it is).
+    in_w: usize,
+    stride: usize,
+    /// The phases kept, `(row, column)` within an `s × s` cell, in plane order.
+    phases: Vec<(usize, usize)>,
     /// Blocks of 16 positions per image.
     blocks: usize,
-    /// Per tap `i·k + j`: input element minus output position.
-    shifts: Vec<isize>,
+    /// Per tap `i·k + j`: its phase plane and the shift (rows, columns) from output
+    /// position to plane element.
+    taps: Vec<(usize, (isize, isize))>,
     /// Per tap, `blocks` lane masks.
     masks: Vec<u16>,
 }
 
 impl PatchGeometry {
-    /// The geometry of a square odd `k × k` window with padding `(k − 1) / 2` over `h × w`
-    /// planes, or `None` when the packers cannot read it this way: an even kernel, `h·w`
-    /// not a multiple of 16, rows neither a multiple of 16 wide nor dividing 16 (a block must
-    /// lie inside one output row or cover whole ones, so that its lanes are one contiguous
-    /// run of the shifted plane).
-    pub fn new((h, w): (usize, usize), k: usize) -> Option<Self> {
-        let l = h * w;
+    /// The geometry of an odd `k × k` window with padding `(k − 1) / 2` and stride `stride`
+    /// over `h × w` input planes, or `None` when the packers cannot read it this way: an even
+    /// kernel, a stride that does not divide both sides, an output whose `h·w` is not a
+    /// multiple of 16 or whose rows are neither a multiple of 16 wide nor divide 16 (a block
+    /// must lie inside one output row or cover whole ones, so that its lanes are one
+    /// contiguous run of the shifted plane).
+    pub fn new((in_h, in_w): (usize, usize), k: usize, stride: usize) -> Option<Self> {
         if k.is_multiple_of(2)
-            || l == 0
-            || !l.is_multiple_of(16)
-            || !(w.is_multiple_of(16) || 16 % w == 0)
+            || stride == 0
+            || !in_h.is_multiple_of(stride)
+            || !in_w.is_multiple_of(stride)
         {
             return None;
         }
+        let (h, w) = (in_h / stride, in_w / stride);
+        let l = h * w;
+        if l == 0 || !l.is_multiple_of(16) || !(w.is_multiple_of(16) || 16 % w == 0) {
+            return None;
+        }
         let pad = (k / 2) as isize;
-        let blocks = l / 16;
-        let (mut shifts, mut masks) = (
-            Vec::with_capacity(k * k),
-            Vec::with_capacity(k * k * blocks),
-        );
+        let s = stride as isize;
+        // Tap offset `i − pad` = s·shift + phase, with 0 ≤ phase < s.
+        let split = |i: usize| {
+            let o = i as isize - pad;
+            (o.rem_euclid(s) as usize, o.div_euclid(s))
+        };
+        let mut phases = Vec::new();
         for i in 0..k {
             for j in 0..k {
-                let (dy, dx) = (i as isize - pad, j as isize - pad);
-                shifts.push(dy * w as isize + dx);
-                for b in 0..blocks {
-                    let mut mask = 0u16;
-                    for lane in 0..16 {
-                        let q = b * 16 + lane;
-                        let (y, x) = ((q / w) as isize + dy, (q % w) as isize + dx);
-                        if (0..h as isize).contains(&y) && (0..w as isize).contains(&x) {
-                            mask |= 1 << lane;
-                        }
-                    }
-                    masks.push(mask);
+                let phase = (split(i).0, split(j).0);
+                if !phases.contains(&phase) {
+                    phases.push(phase);
                 }
             }
         }
-        Some(Self {
+        phases.sort_unstable();
+        let mut taps = Vec::with_capacity(k * k);
+        for i in 0..k {
+            for j in 0..k {
+                let ((py, dy), (px, dx)) = (split(i), split(j));
+                let plane = phases
+                    .iter()
+                    .position(|&p| p == (py, px))
+                    .expect("every tap's phase was collected");
+                taps.push((plane, (dy, dx)));
+            }
+        }
+        Some(Self::build((h, w), (in_w, stride), phases, taps))
+    }
+
+    /// The geometry of taps `(plane, (dy, dx))` over `h × w` output planes (whose sides the
+    /// caller checked), read from `phases` of `in_w`-wide input planes at `stride`.
+    fn build(
+        (h, w): (usize, usize),
+        (in_w, stride): (usize, usize),
+        phases: Vec<(usize, usize)>,
+        taps: Vec<(usize, (isize, isize))>,
+    ) -> Self {
+        let blocks = h * w / 16;
+        let mut masks = Vec::with_capacity(taps.len() * blocks);
+        for &(_, (dy, dx)) in &taps {
+            for b in 0..blocks {
+                let mut mask = 0u16;
+                for lane in 0..16 {
+                    let q = b * 16 + lane;
+                    let (y, x) = ((q / w) as isize + dy, (q % w) as isize + dx);
+                    if (0..h as isize).contains(&y) && (0..w as isize).contains(&x) {
+                        mask |= 1 << lane;
+                    }
+                }
+                masks.push(mask);
+            }
+        }
+        Self {
             h,
             w,
-            k,
+            in_w,
+            stride,
+            phases,
             blocks,
-            shifts,
+            taps,
             masks,
-        })
+        }
+    }
+
+    /// A strided layer's input gradient, phase by phase: for each phase `(py, px)` that
+    /// some tap reads, the taps that read it (their indices `i·k + j`) and the geometry of
+    /// the output gradient's patches that those taps' weights multiply. Phase plane
+    /// `(py, px)` of `dx` is `Σ_o Σ_t w[o][·][t] · dy[o]` shifted back by tap `t`'s shift —
+    /// the product of a `c × (c_out · taps)` slice of the weight with those patches
+    /// (`dy[o][y − dy_t][x − dx_t]`, zero outside the plane). A phase no tap reads (a 1 × 1
+    /// stride-2 window's three others) gets no gradient and is not listed.
+    pub fn gradient_phases(&self) -> Vec<GradientPhase> {
+        (0..self.phases.len())
+            .map(|plane| {
+                let taps: Vec<usize> = (0..self.taps.len())
+                    .filter(|&t| self.taps[t].0 == plane)
+                    .collect();
+                let shifts = taps
+                    .iter()
+                    .map(|&t| {
+                        let (dy, dx) = self.taps[t].1;
+                        (0, (-dy, -dx))
+                    })
+                    .collect();
+                GradientPhase {
+                    phase: self.phases[plane],
+                    geometry: Self::build((self.h, self.w), (self.w, 1), vec![(0, 0)], shifts),
+                    taps,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the patches read the images as they are (stride 1) rather than their
+    /// [`split`](Self::split).
+    pub fn reads_images(&self) -> bool {
+        self.stride == 1
+    }
+
+    /// Values per channel of what the patches read: the kept phase planes.
+    pub fn plane_len(&self) -> usize {
+        self.phases.len() * self.h * self.w
+    }
+
+    /// One `c`-channel image (`c × H × W`) split into the phase planes its patches read:
+    /// `dst` is `c × phases × (H/s) × (W/s)`, every element written.
+    pub fn split(&self, image: &[f32], c: usize, dst: &mut [f32]) {
+        let (s, in_w, l) = (self.stride, self.in_w, self.h * self.w);
+        let in_plane = self.h * s * in_w;
+        assert!(image.len() >= c * in_plane && dst.len() >= c * self.plane_len());
+        for ch in 0..c {
+            let src = &image[ch * in_plane..][..in_plane];
+            for (p, &(py, px)) in self.phases.iter().enumerate() {
+                let out = &mut dst[(ch * self.phases.len() + p) * l..][..l];
+                for (y, line) in out.chunks_exact_mut(self.w).enumerate() {
+                    let row = &src[(y * s + py) * in_w..][..in_w];
+                    for (x, v) in line.iter_mut().enumerate() {
+                        *v = row[x * s + px];
+                    }
+                }
+            }
+        }
     }
 }
 
-/// The patch matrix of a stride-1 "same" convolution ([`PatchGeometry`]) over `images`
-/// consecutive `c × h × w` images: `c·k·k` rows, `images·h·w` columns (the images' matrices
-/// side by side), read by the packers straight from the images' planes — an implicit GEMM.
-/// Unfolding it first (im2col) wrote the whole matrix in f32 and read it back before the
-/// packing read it once more.
+/// One phase of a strided layer's input gradient ([`PatchGeometry::gradient_phases`]).
+#[derive(Clone, Debug)]
+pub struct GradientPhase {
+    /// `(row, column)` within the stride's cell.
+    pub phase: (usize, usize),
+    /// The taps (`i·k + j`) that read it.
+    pub taps: Vec<usize>,
+    /// Where the output gradient's patches for it read `dy`'s planes.
+    pub geometry: PatchGeometry,
+}
+
+/// The patch matrix of a convolution ([`PatchGeometry`]) over `images` consecutive images of
+/// `c` channels — the images themselves at stride 1, their phase planes
+/// ([`PatchGeometry::split`]) at a larger stride: `c·k·k` rows, `images·(H/s)·(W/s)` columns
+/// (the images' matrices side by side), read by the packers straight from the planes — an
+/// implicit GEMM. Unfolding it first (im2col) wrote the whole matrix in f32 and read it back
+/// before the packing read it once more.
 ///
-/// Row `(ch, i, j)` is plane `ch` shifted by tap `(i, j)`'s offset, zero where the window
-/// overhangs: the packers take each block of 16 columns as one masked load.
+/// Row `(ch, i, j)` is one of channel `ch`'s planes shifted by tap `(i, j)`'s offset, zero
+/// where the window overhangs: the packers take each block of 16 columns as one masked load.
 #[derive(Clone, Copy, Debug)]
 pub struct Patches<'a> {
     x: &'a [f32],
@@ -443,10 +570,11 @@ pub struct Patches<'a> {
 }
 
 impl<'a> Patches<'a> {
-    /// `None` when `x` does not hold `images` images of `c` channels.
+    /// `None` when `x` does not hold `images` images of `c` channels of the geometry's
+    /// planes.
     pub fn new(x: &'a [f32], images: usize, c: usize, geometry: &'a PatchGeometry) -> Option<Self> {
         let fits = images
-            .checked_mul(c * geometry.h * geometry.w)
+            .checked_mul(c * geometry.plane_len())
             .is_some_and(|len| len <= x.len());
         fits.then_some(Self {
             x,
@@ -457,7 +585,7 @@ impl<'a> Patches<'a> {
     }
 
     fn rows(&self) -> usize {
-        self.c * self.geometry.k * self.geometry.k
+        self.c * self.geometry.taps.len()
     }
 
     fn cols(&self) -> usize {
@@ -467,11 +595,14 @@ impl<'a> Patches<'a> {
     /// Row `p`, or `None` past the last (a zero row of the packing's padding).
     fn row(&self, p: usize) -> Option<PatchRow<'a>> {
         let g = self.geometry;
-        let taps = g.k * g.k;
+        let taps = g.taps.len();
         (p < self.rows()).then(|| {
             let (ch, tap) = (p / taps, p % taps);
+            let (plane, (dy, dx)) = g.taps[tap];
             PatchRow {
-                offset: (ch * g.h * g.w) as isize + g.shifts[tap],
+                offset: ((ch * g.phases.len() + plane) * g.h * g.w) as isize
+                    + dy * g.w as isize
+                    + dx,
                 masks: &g.masks[tap * g.blocks..][..g.blocks],
             }
         })
@@ -513,8 +644,7 @@ impl Cursor {
         if self.img >= p.images {
             return (p.x.as_ptr(), 0);
         }
-        let l = p.geometry.h * p.geometry.w;
-        let at = (self.img * p.c * l + self.block * 16) as isize + row.offset;
+        let at = (self.img * p.c * p.geometry.plane_len() + self.block * 16) as isize + row.offset;
         (p.x.as_ptr().wrapping_offset(at), row.masks[self.block])
     }
 }
@@ -1281,8 +1411,8 @@ mod kernels {
             return _mm512_setzero_ps();
         };
         let (ptr, mask) = at.lanes(p, row);
-        // SAFETY: a lane is in the mask only where its window's input element lies inside
-        // the image (`PatchGeometry::new`), so it reads plane `ch` of image `at.img`
+        // SAFETY: a lane is in the mask only where its window's element lies inside its
+        // plane (`PatchGeometry::new`), so it reads a plane of channel `ch` of image `at.img`
         // (< images, `Cursor::lanes`), which `Patches::new` checked `x` holds. Masked-off
         // lanes are not accessed, so the address may lie outside `x`.
         unsafe { _mm512_maskz_loadu_ps(mask, ptr) }

@@ -562,33 +562,57 @@ fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &m
 
 /// The bf16 unit and the window's geometry, when this convolution's products read their
 /// patches straight from the images ([`bf16::Patches`], an implicit GEMM): f32 data,
-/// products on a bf16 unit, and a stride-1 "same" window (square, odd, padding (k − 1) / 2)
-/// whose planes the packers can walk. The ResNets' stride-1 3 × 3 layers and every 1 × 1
-/// stride-1 layer qualify; strided layers (and the ImageNet stem's 7 × 7 stride 2) unfold
-/// their patches (im2col) as before, and so does fp32, whose products gemm packs itself.
+/// products on a bf16 unit, and a square odd window with padding (k − 1) / 2 whose stride
+/// divides the input's sides and whose output planes the packers can walk
+/// ([`bf16::PatchGeometry::new`]). Every 3 × 3 and 1 × 1 layer of the ResNets qualifies,
+/// strided ones and the ImageNet stem's 7 × 7 stride 2 included (their patches read the
+/// images' phase planes); odd-sided strided inputs and planes whose positions do not come in
+/// blocks of 16 unfold their patches (im2col) as before, and so does fp32, whose products
+/// gemm packs itself.
 fn implicit<T: Real>(g: &Window, products: Products) -> Option<(bf16::Dot, bf16::PatchGeometry)> {
     let dot = products.bf16()?;
     T::as_f32(&[])?;
-    let same = g.stride == 1 && g.kh == g.kw && g.kh == 2 * g.pad + 1;
-    let geometry = same.then(|| bf16::PatchGeometry::new((g.h, g.w), g.kh))??;
+    let odd_same = g.kh == g.kw && g.kh == 2 * g.pad + 1;
+    let geometry = odd_same.then(|| bf16::PatchGeometry::new((g.h, g.w), g.kh, g.stride))??;
     Some((dot, geometry))
 }
 
-/// The patch matrices of images `n0..n0 + imgs` of `x` (`c` channels), as [`bf16::Patches`].
+/// The patch matrices of images `n0..n0 + imgs` of `x` (`c` channels of `g`'s input size),
+/// as [`bf16::Patches`]: over the images themselves at stride 1, over their phase planes
+/// split into `split` (`imgs · c · geometry.plane_len()` values) otherwise.
 fn patches_of<'a>(
     x: &'a [f32],
     g: &Window,
     geometry: &'a bf16::PatchGeometry,
     c: usize,
     (n0, imgs): (usize, usize),
+    split: &'a mut [f32],
 ) -> bf16::Patches<'a> {
     let img = c * g.h * g.w;
-    bf16::Patches::new(&x[n0 * img..(n0 + imgs) * img], imgs, c, geometry)
-        .expect("the slice holds the images")
+    let images = &x[n0 * img..(n0 + imgs) * img];
+    let planes: &[f32] = if geometry.reads_images() {
+        images
+    } else {
+        let per = c * geometry.plane_len();
+        for (image, dst) in images.chunks_exact(img).zip(split.chunks_exact_mut(per)) {
+            geometry.split(image, c, dst);
+        }
+        &split[..imgs * per]
+    };
+    bf16::Patches::new(planes, imgs, c, geometry).expect("the slice holds the images")
+}
+
+/// Scratch values [`patches_of`] needs for `imgs` images of `c` channels.
+fn split_len(geometry: &bf16::PatchGeometry, c: usize, imgs: usize) -> usize {
+    if geometry.reads_images() {
+        0
+    } else {
+        imgs * c * geometry.plane_len()
+    }
 }
 
 /// [`conv_forward`] on a bf16 unit without unfolding: the same groups of images per product,
-/// the patches packed straight from `x` into `out` (`n × c_out × l`).
+/// the patches packed straight from `x` (or its phase planes) into `out` (`n × c_out × l`).
 fn conv_forward_implicit(
     x: &[f32],
     w: &[f32],
@@ -604,7 +628,8 @@ fn conv_forward_implicit(
         .enumerate()
         .for_each(|(chunk, y)| {
             let (n0, imgs) = (chunk * per, y.len() / (c_out * l));
-            let patches = patches_of(x, g, &geometry, g.c, (n0, imgs));
+            let mut split = Scratch::<f32>::take(0, split_len(&geometry, g.c, imgs));
+            let patches = patches_of(x, g, &geometry, g.c, (n0, imgs), &mut split);
             if imgs == 1 {
                 bf16::matmul_patches(y, &packed_w, &patches, false, dot);
                 return;
@@ -616,11 +641,15 @@ fn conv_forward_implicit(
         });
 }
 
-/// [`conv_backward_joined`] on a bf16 unit without unfolding or folding back. A stride-1
-/// "same" window's input gradient is itself a "same" convolution: of `dy` with the weight
-/// flipped in space and its channel axes swapped (`w'[c][o][i][j] = w[o][c][kh−1−i][kw−1−j]`),
-/// so `dx` is one product per group over `dy`'s patches — no `Wᵀ·dY` patch matrix and no
-/// col2im. `dW` is as in `conv_backward_joined`, `x`'s patches packed straight from `x`.
+/// [`conv_backward_joined`] on a bf16 unit, `dW`'s patches packed straight from `x` (or its
+/// phase planes), as in [`conv_forward_implicit`].
+///
+/// The input gradient needs neither a `Wᵀ·dY` patch matrix nor col2im. At stride 1 it is
+/// itself a "same" convolution, of `dy` with the weight flipped in space and its channel
+/// axes swapped (`w'[c][o][i][j] = w[o][c][kh−1−i][kw−1−j]`): one product per group over
+/// `dy`'s patches. At a larger stride each phase plane of `dx` is one such product, of the
+/// taps that read that phase ([`bf16::PatchGeometry::gradient_phases`]), written into its
+/// place in `dx` ([`merge_phase`]).
 ///
 /// `dy` comes with `want_dx`, as in [`conv_backward_joined`].
 fn conv_backward_implicit(
@@ -636,19 +665,29 @@ fn conv_backward_implicit(
     let (c, kk) = (g.c, g.kh * g.kw);
     let img = c * g.h * g.w;
     let (dx, dw) = both.split_at_mut(g.n * img);
-    // The flipped weight only serves dx: not built when dx is not wanted.
-    let packed_flipped = want_dx.then(|| {
-        let mut flipped = vec![0f32; c * c_out * kk];
-        for (row, line) in flipped.chunks_exact_mut(c_out * kk).enumerate() {
-            for (o, taps) in line.chunks_exact_mut(kk).enumerate() {
-                let src = &w[(o * c + row) * kk..][..kk];
-                for (t, v) in taps.iter_mut().enumerate() {
-                    *v = src[kk - 1 - t];
-                }
-            }
-        }
-        bf16::PackedA::new(MatRef::row_major(&flipped, c, c_out * kk), dot)
-    });
+    // The input gradient's products: at stride 1 one, of the flipped weight over `dy`'s
+    // patches in the layer's own geometry; at a larger stride one per phase, of the taps
+    // that read it. Not built when dx is not wanted.
+    let dx_products: Vec<DxProduct> = if !want_dx {
+        Vec::new()
+    } else if geometry.reads_images() {
+        let taps: Vec<usize> = (0..kk).rev().collect();
+        vec![DxProduct {
+            phase: None,
+            weight: bf16::PackedA::new(gather_taps(w, c, c_out, kk, &taps).as_ref(), dot),
+            dy_geometry: geometry.clone(),
+        }]
+    } else {
+        geometry
+            .gradient_phases()
+            .into_iter()
+            .map(|phase| DxProduct {
+                phase: Some(phase.phase),
+                weight: bf16::PackedA::new(gather_taps(w, c, c_out, kk, &phase.taps).as_ref(), dot),
+                dy_geometry: phase.geometry,
+            })
+            .collect()
+    };
     let per = images_per_product(l);
     let task = images_per_task(per);
     let tasks = g.n.div_ceil(task);
@@ -659,38 +698,110 @@ fn conv_backward_implicit(
         .for_each(|(t, (dx_task, dwt))| {
             let single = per == 1;
             let mut wide_dy = Scratch::<f32>::take(2, if single { 0 } else { c_out * l * per });
-            let wide_dx_len = if single || !want_dx { 0 } else { img * per };
+            // A product's dx is written wide and copied out, except a stride-1 layer's
+            // one image, written in place.
+            let in_place = single && geometry.reads_images();
+            let wide_dx_len = if dx_products.is_empty() || in_place {
+                0
+            } else {
+                c * l * per
+            };
             let mut wide_dx = Scratch::<f32>::take(1, wide_dx_len);
+            let mut split = Scratch::<f32>::take(0, split_len(&geometry, c, per));
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
                 let wide = imgs * l;
-                let dy_patches = patches_of(dy, g, &geometry, c_out, (n0, imgs));
+                let dy_images = &dy[n0 * c_out * l..(n0 + imgs) * c_out * l];
+                for product in &dx_products {
+                    let dy_patches =
+                        bf16::Patches::new(dy_images, imgs, c_out, &product.dy_geometry)
+                            .expect("the slice holds the images");
+                    if in_place {
+                        bf16::matmul_patches(dx_group, &product.weight, &dy_patches, false, dot);
+                        continue;
+                    }
+                    let wide_dx = &mut wide_dx[..c * wide];
+                    bf16::matmul_patches(wide_dx, &product.weight, &dy_patches, false, dot);
+                    match product.phase {
+                        None => from_wide(wide_dx, c, l, dx_group),
+                        Some(phase) => merge_phase(wide_dx, g, phase, dx_group),
+                    }
+                }
                 let dy_group = if single {
-                    if let Some(flipped) = &packed_flipped {
-                        bf16::matmul_patches(dx_group, flipped, &dy_patches, false, dot);
-                    }
-                    MatRef::row_major(&dy[n0 * c_out * l..(n0 + 1) * c_out * l], c_out, l)
+                    MatRef::row_major(dy_images, c_out, l)
                 } else {
-                    if let Some(flipped) = &packed_flipped {
-                        let wide_dx = &mut wide_dx[..c * wide];
-                        bf16::matmul_patches(wide_dx, flipped, &dy_patches, false, dot);
-                        from_wide(wide_dx, c, l, dx_group);
-                    }
                     let wide_dy = &mut wide_dy[..c_out * wide];
-                    to_wide(
-                        &dy[n0 * c_out * l..(n0 + imgs) * c_out * l],
-                        c_out,
-                        l,
-                        wide_dy,
-                    );
+                    to_wide(dy_images, c_out, l, wide_dy);
                     MatRef::row_major(wide_dy, c_out, wide)
                 };
                 // dWᵀ (k × c_out) += patches (k × wide) · dYᵀ, as in `conv_backward_joined`.
-                let x_patches = patches_of(x, g, &geometry, c, (n0, imgs));
+                let x_patches = patches_of(x, g, &geometry, c, (n0, imgs), &mut split);
                 bf16::matmul_patches_a(dwt, &x_patches, dy_group.t(), s > 0, dot);
             }
         });
     sum_partials_into(&mut partials, k, c_out, dw);
+}
+
+/// One product of a bf16 input gradient ([`conv_backward_implicit`]): the weight's taps,
+/// where `dy`'s patches for them read, and the phase plane of `dx` it gives (`None`: all of
+/// `dx`, at stride 1).
+struct DxProduct {
+    phase: Option<(usize, usize)>,
+    weight: bf16::PackedA,
+    dy_geometry: bf16::PatchGeometry,
+}
+
+/// The `c × (c_out · taps.len())` matrix `a[ch][o·T + t] = w[o][ch][taps[t]]` of weight `w`
+/// (`c_out × c × kk`): the weight of an input-gradient product over `dy`'s patches whose
+/// rows are `(o, t)` (the flipped weight at stride 1, a phase's taps at a larger one).
+fn gather_taps(w: &[f32], c: usize, c_out: usize, kk: usize, taps: &[usize]) -> Matrix {
+    let row = c_out * taps.len();
+    let mut a = vec![0f32; c * row];
+    for (ch, line) in a.chunks_exact_mut(row).enumerate() {
+        for (o, dst) in line.chunks_exact_mut(taps.len()).enumerate() {
+            let src = &w[(o * c + ch) * kk..][..kk];
+            for (v, &t) in dst.iter_mut().zip(taps) {
+                *v = src[t];
+            }
+        }
+    }
+    Matrix {
+        data: a,
+        rows: c,
+        cols: row,
+    }
+}
+
+/// An owned row-major f32 matrix.
+struct Matrix {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    fn as_ref(&self) -> MatRef<'_, f32> {
+        MatRef::row_major(&self.data, self.rows, self.cols)
+    }
+}
+
+/// A group's phase plane `(py, px)` of `dx` (`c × (imgs·l)`, the images side by side, as the
+/// product wrote it) into its places in each image (`c × h × w`):
+/// `dx[ch][s·y + py][s·x + px] = wide[ch][i·l + y·ow + x]`.
+fn merge_phase(wide: &[f32], g: &Window, (py, px): (usize, usize), images: &mut [f32]) {
+    let (l, ow, s) = (g.out_len(), g.out_w(), g.stride);
+    let width = wide.len() / g.c;
+    for (i, image) in images.chunks_exact_mut(g.c * g.h * g.w).enumerate() {
+        for (ch, plane) in image.chunks_exact_mut(g.h * g.w).enumerate() {
+            let src = &wide[ch * width + i * l..][..l];
+            for (y, line) in src.chunks_exact(ow).enumerate() {
+                let row = &mut plane[(s * y + py) * g.w..][..g.w];
+                for (x, v) in line.iter().enumerate() {
+                    row[s * x + px] = *v;
+                }
+            }
+        }
+    }
 }
 
 /// `src` (rows × cols, row-major) transposed into `dst` (cols × rows), in parallel over
@@ -1791,15 +1902,21 @@ mod tests {
         for dot in units {
             // Grouped images (8 × 8, 4 × 4) and one image per product (16 × 16, 32 × 32),
             // 3 × 3, 5 × 5 and 1 × 1; the last field says whether the patches are read
-            // straight from the images (`implicit`) or unfolded first (strided layers and
-            // planes whose positions do not come in blocks of 16).
+            // straight from the images or their phase planes (`implicit`) or unfolded first
+            // (an odd-sided strided input, planes whose positions do not come in blocks of
+            // 16).
             for (c, co, h, k, stride, pad, direct) in [
                 (5, 7, 8, 3, 1, 1, true),
                 (3, 5, 4, 3, 1, 1, true),
                 (2, 4, 32, 3, 1, 1, true),
                 (3, 4, 16, 5, 1, 2, true),
                 (4, 6, 16, 1, 1, 0, true),
-                (3, 20, 16, 3, 2, 1, false),
+                (3, 20, 16, 3, 2, 1, true),
+                (4, 6, 16, 1, 2, 0, true),
+                (3, 5, 32, 7, 2, 3, true),
+                (2, 3, 32, 3, 2, 1, true),
+                (3, 4, 8, 3, 2, 1, true),
+                (2, 3, 31, 3, 2, 1, false),
                 (3, 4, 6, 3, 1, 1, false),
             ] {
                 let g = Window {

@@ -220,10 +220,26 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// `a` packed, in parallel over stripes of 64 rows: a layer packs its weight (up to
+    /// 512 × 4608 for ResNet-18) once per call on the calling thread, where a serial pack
+    /// left the pool's other threads idle.
     pub fn new(a: MatRef<'_, f32>, dot: Dot) -> Self {
+        use rayon::prelude::*;
+        const STRIPE: usize = 4;
         assert!(a.in_bounds(), "bf16 pack: a view leaves its slice");
-        let mut data = Vec::new();
-        pack_a(a, &mut data, dot);
+        let (mb, kb) = blocks(a.rows, a.cols);
+        let mut data = vec![0u16; mb * kb * TILE];
+        data.par_chunks_mut((STRIPE * kb * TILE).max(1))
+            .enumerate()
+            .for_each(|(stripe, out)| {
+                let i0 = stripe * STRIPE * 16;
+                let rows = MatRef {
+                    data: &a.data[(i0 * a.row_stride).min(a.data.len())..],
+                    rows: (a.rows - i0).min(STRIPE * 16),
+                    ..a
+                };
+                pack_a_into(rows, out, dot);
+            });
         Self {
             data,
             m: a.rows,
@@ -678,6 +694,12 @@ impl Out<'_> {
 fn pack_a(a: MatRef<'_, f32>, out: &mut Vec<u16>, dot: Dot) {
     let (mb, kb) = blocks(a.rows, a.cols);
     out.resize(mb * kb * TILE, 0);
+    pack_a_into(a, out, dot);
+}
+
+/// [`pack_a`] into `out`, which holds `a`'s blocks.
+fn pack_a_into(a: MatRef<'_, f32>, out: &mut [u16], dot: Dot) {
+    let (mb, kb) = blocks(a.rows, a.cols);
     let _ = dot;
     #[cfg(target_arch = "x86_64")]
     if a.col_stride == 1 {
@@ -1529,6 +1551,8 @@ mod tests {
             (64, 147, 256),
             (5, 600, 7),
             (40, 9, 100),
+            // Three stripes of `PackedA::new`'s parallel packing, the last one ragged.
+            (150, 40, 20),
         ];
         for dot in units {
             for &(m, k, n) in &shapes {

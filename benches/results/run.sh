@@ -44,14 +44,14 @@ if [ -n "${PYTHON:-}" ]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
   "$PYTHON" benches/compare_torch.py --python "$PYTHON" --annt "$annt" --device cpu \
       --models resnet8_tiny --batch 64 --modes fp32,amp-bf16 --steps 20 --warmup 5 \
-      --threads "$OMP_NUM_THREADS" --json-out "$out/compare-cpu-resnet8-after.json" \
+      --threads "$OMP_NUM_THREADS" --rounds 3 --json-out "$out/compare-cpu-resnet8-after.json" \
       --md-out "$out/compare-cpu-resnet8-after.md"
   "$PYTHON" benches/compare_torch.py --python "$PYTHON" --annt "$annt" --device cpu \
       --models resnet18 --batch 32 --modes fp32,amp-bf16 --steps 6 --warmup 2 \
-      --threads "$OMP_NUM_THREADS" --json-out "$out/compare-cpu-resnet18-after.json" \
+      --threads "$OMP_NUM_THREADS" --rounds 3 --json-out "$out/compare-cpu-resnet18-after.json" \
       --md-out "$out/compare-cpu-resnet18-after.md"
   "$PYTHON" benches/compare_torch.py --python "$PYTHON" --annt "$annt" --device cpu \
       --models vit_tiny_p4,efficientnet_b0 --res 32 --batch 32 --modes fp32,amp-bf16 --steps 4 \
-      --warmup 1 --threads "$OMP_NUM_THREADS" --json-out "$out/compare-cpu-vit-effnet-after.json" \
+      --warmup 1 --threads "$OMP_NUM_THREADS" --rounds 3 --json-out "$out/compare-cpu-vit-effnet-after.json" \
       --md-out "$out/compare-cpu-vit-effnet-after.md"
 fi

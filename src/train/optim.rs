@@ -532,7 +532,7 @@ fn same_cpu_run(t: &Tensor, like: &Tensor) -> bool {
 
 /// One SGD step written into `w`'s storage and, with momentum, into `buf`'s (which must
 /// exist: the first step creates it through [`sgd_fused`]): first the momentum
-/// (`b = μ·b + d`, [`MomentumStep`]), then the parameter from it ([`ParamStep`]), `d`
+/// (`b = μ·b + d`, [`InPlace::momentum`]), then the parameter from it ([`InPlace::param`]), `d`
 /// computed in each pass from the unchanged `w` and `grad` — the op chain's operations in
 /// its order, so the same bits. `None` when the tensors are not contiguous f32/f64 CPU
 /// tensors of one dtype and shape.
@@ -560,11 +560,11 @@ fn sgd_in_place(
     Some((|| {
         match buf {
             Some(b) if with_momentum => {
-                b.inplace_op3(w, grad, &MomentumStep(rule))?;
-                w.inplace_op3(grad, b, &ParamStep(rule))
+                b.inplace_op3(w, grad, &InPlace::momentum(rule))?;
+                w.inplace_op3(grad, b, &InPlace::param(rule))
             }
             // Without momentum the third operand is not read.
-            _ => w.inplace_op3(grad, grad, &ParamStep(rule)),
+            _ => w.inplace_op3(grad, grad, &InPlace::param(rule)),
         }
     })())
 }
@@ -594,58 +594,58 @@ macro_rules! runs {
     }};
 }
 
-/// `buf ← μ·buf + d` in place, `d = g + λ·w` (srcs `[w, g]`).
-struct MomentumStep(SgdRule);
+/// One in-place pass of [`sgd_in_place`] as a Candle op: `dst` rewritten from two sources
+/// by `f32`/`f64` (the same function for either dtype).
+struct InPlace {
+    name: &'static str,
+    rule: SgdRule,
+    f32: fn(&mut [f32], &[f32], &[f32], SgdRule),
+    f64: fn(&mut [f64], &[f64], &[f64], SgdRule),
+}
 
-/// `w ← w − η·d'` in place, `d' = d + μ·buf` (Nesterov) or `buf` (momentum) or `d`
-/// (srcs `[g, buf]`; `buf` unread without momentum).
-struct ParamStep(SgdRule);
-
-impl candle_core::InplaceOp3 for MomentumStep {
-    fn name(&self) -> &'static str {
-        "sgd-momentum"
-    }
-    fn cpu_fwd(
-        &self,
-        dst: &mut candle_core::CpuStorage,
-        dst_l: &candle_core::Layout,
-        w: &candle_core::CpuStorage,
-        w_l: &candle_core::Layout,
-        g: &candle_core::CpuStorage,
-        g_l: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        let srcs = [(w, w_l), (g, g_l)];
-        if matches!(dst, candle_core::CpuStorage::F32(_)) {
-            let (b, v) = runs!(self.name(), F32, dst, dst_l, srcs);
-            momentum_pass(b, v[0], v[1], self.0);
-        } else {
-            let (b, v) = runs!(self.name(), F64, dst, dst_l, srcs);
-            momentum_pass(b, v[0], v[1], self.0);
+impl InPlace {
+    /// `buf ← μ·buf + d`, `d = g + λ·w` (sources `[w, g]`).
+    fn momentum(rule: SgdRule) -> Self {
+        Self {
+            name: "sgd-momentum",
+            rule,
+            f32: momentum_pass,
+            f64: momentum_pass,
         }
-        Ok(())
+    }
+
+    /// `w ← w − η·d'`, `d' = d + μ·buf` (Nesterov) or `buf` (momentum) or `d` (sources
+    /// `[g, buf]`; `buf` unread without momentum).
+    fn param(rule: SgdRule) -> Self {
+        Self {
+            name: "sgd-param",
+            rule,
+            f32: param_pass,
+            f64: param_pass,
+        }
     }
 }
 
-impl candle_core::InplaceOp3 for ParamStep {
+impl candle_core::InplaceOp3 for InPlace {
     fn name(&self) -> &'static str {
-        "sgd-param"
+        self.name
     }
     fn cpu_fwd(
         &self,
         dst: &mut candle_core::CpuStorage,
         dst_l: &candle_core::Layout,
-        g: &candle_core::CpuStorage,
-        g_l: &candle_core::Layout,
+        a: &candle_core::CpuStorage,
+        a_l: &candle_core::Layout,
         b: &candle_core::CpuStorage,
         b_l: &candle_core::Layout,
     ) -> candle_core::Result<()> {
-        let srcs = [(g, g_l), (b, b_l)];
+        let srcs = [(a, a_l), (b, b_l)];
         if matches!(dst, candle_core::CpuStorage::F32(_)) {
-            let (w, v) = runs!(self.name(), F32, dst, dst_l, srcs);
-            param_pass(w, v[0], v[1], self.0);
+            let (d, v) = runs!(self.name, F32, dst, dst_l, srcs);
+            (self.f32)(d, v[0], v[1], self.rule);
         } else {
-            let (w, v) = runs!(self.name(), F64, dst, dst_l, srcs);
-            param_pass(w, v[0], v[1], self.0);
+            let (d, v) = runs!(self.name, F64, dst, dst_l, srcs);
+            (self.f64)(d, v[0], v[1], self.rule);
         }
         Ok(())
     }

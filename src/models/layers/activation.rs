@@ -94,9 +94,27 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// `x · σ(x)` (EfficientNet's activation).
+/// `x · σ(x)` (EfficientNet's activation, after nearly every batch norm). On the CPU one
+/// pass forward and one backward (`g·σ(x)·(1 + x·(1 − σ(x)))`) on the vectorised `exp`:
+/// Candle's `silu` runs its forward on the calling thread alone through libm's `expf`, and
+/// records its backward as six activation-sized ops (sigmoid from neg, exp, add, recip,
+/// then products and sums). Elsewhere Candle's op.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    x.silu()
+    if !cpu_real(x) {
+        return x.silu();
+    }
+    pointwise(
+        "annt-silu",
+        x,
+        (
+            kernels_cpu::silu_forward::<f32>,
+            kernels_cpu::silu_forward::<f64>,
+        ),
+        (
+            kernels_cpu::silu_backward::<f32>,
+            kernels_cpu::silu_backward::<f64>,
+        ),
+    )
 }
 
 /// The exact (erf) GELU, as PyTorch's `nn.GELU()` default that ViT uses. On the CPU one

@@ -263,6 +263,14 @@ fn fused_activations_match_finite_differences_and_candles_ops() {
     reference.extend(grads_of(&theirs, &[&xv]));
     compare("gelu", all, reference);
 
+    let ours = silu(xv.as_tensor()).expect("silu");
+    let theirs = xv.as_tensor().silu().expect("silu");
+    let mut all = vec![ours.clone()];
+    all.extend(grads_of(&ours, &[&xv]));
+    let mut reference = vec![theirs.clone()];
+    reference.extend(grads_of(&theirs, &[&xv]));
+    compare("silu", all, reference);
+
     let rows = (xv.as_tensor() * 4.0).expect("scale");
     let ours = softmax(&rows).expect("softmax");
     let theirs = softmax_ops(&rows).expect("softmax");

@@ -1188,6 +1188,38 @@ pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
     })
 }
 
+/// SiLU, `x·σ(x)` (EfficientNet's activation); f32 through the vectorised `exp`.
+pub fn silu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    if let Some(xf) = T::as_f32(x) {
+        let mut out = zeroed(x.len());
+        if let Some(of) = T::as_f32_mut(&mut out) {
+            of.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|(o, x)| super::approx::silu(x, o));
+        }
+        return out;
+    }
+    map1(x, |v| v / (T::one() + (-v).exp()))
+}
+
+/// SiLU's input gradient: `g·σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    if let (Some(xf), Some(gf)) = (T::as_f32(x), T::as_f32(g)) {
+        let mut out = zeroed(x.len());
+        if let Some(of) = T::as_f32_mut(&mut out) {
+            of.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
+                .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|((o, x), g)| super::approx::silu_grad(x, g, o));
+        }
+        return out;
+    }
+    zip_map(x, g, |v, gv| {
+        let s = T::one() / (T::one() + (-v).exp());
+        gv * s * (T::one() + v * (T::one() - s))
+    })
+}
+
 /// Rows per task of the row-wise kernels (softmax).
 const SOFTMAX_ROWS: usize = 64;
 

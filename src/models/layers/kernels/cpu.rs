@@ -1152,72 +1152,75 @@ pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
 
 /// The exact GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2` (PyTorch's `nn.GELU()`).
 pub fn gelu_forward<T: Real>(x: &[T]) -> Vec<T> {
-    if let Some(xf) = T::as_f32(x) {
-        let mut out = zeroed(x.len());
-        if let Some(of) = T::as_f32_mut(&mut out) {
-            of.par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|(o, x)| super::approx::gelu(x, o));
-        }
-        return out;
-    }
     let half = T::from(0.5).unwrap_or_else(T::zero);
     let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
-    map1(x, |v| half * v * (T::one() + (v * r2).erf()))
+    vectorised1(x, super::approx::gelu, |v| {
+        half * v * (T::one() + (v * r2).erf())
+    })
 }
 
 /// GELU's input gradient: `g·(Φ(x) + x·φ(x))`, `φ` the standard normal density.
 pub fn gelu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
-    if let (Some(xf), Some(gf)) = (T::as_f32(x), T::as_f32(g)) {
-        let mut out = zeroed(x.len());
-        if let Some(of) = T::as_f32_mut(&mut out) {
-            of.par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
-                .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|((o, x), g)| super::approx::gelu_grad(x, g, o));
-        }
-        return out;
-    }
     let half = T::from(0.5).unwrap_or_else(T::zero);
     let r2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap_or_else(T::zero);
     let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap_or_else(T::zero);
-    zip_map(x, g, |v, gv| {
+    vectorised2(x, g, super::approx::gelu_grad, |v, gv| {
         let cdf = half * (T::one() + (v * r2).erf());
         let pdf = inv_sqrt_2pi * (-half * v * v).exp_fast();
         gv * (cdf + v * pdf)
     })
 }
 
-/// SiLU, `x·σ(x)` (EfficientNet's activation); f32 through the vectorised `exp`.
+/// SiLU, `x·σ(x)` (EfficientNet's activation).
 pub fn silu_forward<T: Real>(x: &[T]) -> Vec<T> {
+    vectorised1(x, super::approx::silu, |v| v / (T::one() + (-v).exp()))
+}
+
+/// SiLU's input gradient: `g·σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    vectorised2(x, g, super::approx::silu_grad, |v, gv| {
+        let s = T::one() / (T::one() + (-v).exp());
+        gv * s * (T::one() + v * (T::one() - s))
+    })
+}
+
+/// `kernel` (one of the vectorised f32 loops in `approx`) over f32 data in parallel
+/// chunks; `f` per element otherwise (f64: the gradient checks, on libm).
+fn vectorised1<T: Real>(
+    x: &[T],
+    kernel: fn(&[f32], &mut [f32]),
+    f: impl Fn(T) -> T + Sync,
+) -> Vec<T> {
     if let Some(xf) = T::as_f32(x) {
         let mut out = zeroed(x.len());
         if let Some(of) = T::as_f32_mut(&mut out) {
             of.par_chunks_mut(ELEMENTWISE_CHUNK)
                 .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|(o, x)| super::approx::silu(x, o));
+                .for_each(|(o, x)| kernel(x, o));
         }
         return out;
     }
-    map1(x, |v| v / (T::one() + (-v).exp()))
+    map1(x, f)
 }
 
-/// SiLU's input gradient: `g·σ(x)·(1 + x·(1 − σ(x)))`.
-pub fn silu_backward<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+/// [`vectorised1`] for a kernel of two inputs (a value and its output gradient).
+fn vectorised2<T: Real>(
+    x: &[T],
+    g: &[T],
+    kernel: fn(&[f32], &[f32], &mut [f32]),
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
     if let (Some(xf), Some(gf)) = (T::as_f32(x), T::as_f32(g)) {
         let mut out = zeroed(x.len());
         if let Some(of) = T::as_f32_mut(&mut out) {
             of.par_chunks_mut(ELEMENTWISE_CHUNK)
                 .zip(xf.par_chunks(ELEMENTWISE_CHUNK))
                 .zip(gf.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|((o, x), g)| super::approx::silu_grad(x, g, o));
+                .for_each(|((o, x), g)| kernel(x, g, o));
         }
         return out;
     }
-    zip_map(x, g, |v, gv| {
-        let s = T::one() / (T::one() + (-v).exp());
-        gv * s * (T::one() + v * (T::one() - s))
-    })
+    zip_map(x, g, f)
 }
 
 /// Rows per task of the row-wise kernels (softmax).

@@ -672,7 +672,7 @@ fn decayed<T: num_traits::Float>(g: T, w: T, wd: T, rule: SgdRule) -> T {
     }
 }
 
-/// Elements per parallel task of the in-place passes.
+/// Elements per parallel task of the SGD passes.
 const STRETCH: usize = 1 << 15;
 
 fn momentum_pass<T>(b: &mut [T], w: &[T], g: &[T], rule: SgdRule)
@@ -733,9 +733,7 @@ fn sgd_fused(
     rule: SgdRule,
 ) -> Option<candle_core::Result<(Tensor, Option<Tensor>)>> {
     use candle_core::{CpuStorage, Storage};
-    let same = |t: &Tensor| {
-        t.device().is_cpu() && t.dtype() == w.dtype() && t.shape() == w.shape() && t.is_contiguous()
-    };
+    let same = |t: &Tensor| same_cpu_run(t, w);
     if !same(w) || !same(grad) || !buf.is_none_or(same) {
         return None;
     }
@@ -781,7 +779,6 @@ where
     T: num_traits::Float + num_traits::FromPrimitive + Send + Sync,
 {
     use rayon::prelude::*;
-    const STRETCH: usize = 1 << 15;
     let [lr, wd, mom] = scalars::<T>(rule);
     let zero = T::zero();
     // Candle's `tensor * scalar` is its affine op: v·s + 0.

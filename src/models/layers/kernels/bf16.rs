@@ -582,6 +582,8 @@ pub struct Patches<'a> {
     x: &'a [f32],
     images: usize,
     c: usize,
+    /// Values per image in `x` (`c` channels of the geometry's planes).
+    image_len: usize,
     geometry: &'a PatchGeometry,
 }
 
@@ -589,13 +591,15 @@ impl<'a> Patches<'a> {
     /// `None` when `x` does not hold `images` images of `c` channels of the geometry's
     /// planes.
     pub fn new(x: &'a [f32], images: usize, c: usize, geometry: &'a PatchGeometry) -> Option<Self> {
+        let image_len = c * geometry.plane_len();
         let fits = images
-            .checked_mul(c * geometry.plane_len())
+            .checked_mul(image_len)
             .is_some_and(|len| len <= x.len());
         fits.then_some(Self {
             x,
             images,
             c,
+            image_len,
             geometry,
         })
     }
@@ -660,7 +664,7 @@ impl Cursor {
         if self.img >= p.images {
             return (p.x.as_ptr(), 0);
         }
-        let at = (self.img * p.c * p.geometry.plane_len() + self.block * 16) as isize + row.offset;
+        let at = (self.img * p.image_len + self.block * 16) as isize + row.offset;
         (p.x.as_ptr().wrapping_offset(at), row.masks[self.block])
     }
 }

@@ -687,7 +687,7 @@ fn conv_backward_implicit(
         let taps: Vec<usize> = (0..kk).rev().collect();
         vec![DxProduct {
             phase: None,
-            weight: bf16::PackedA::new(gather_taps(w, c, c_out, kk, &taps).as_ref(), dot),
+            weight: packed_taps(w, (c, c_out, kk), &taps, dot),
             dy_geometry: geometry.clone(),
         }]
     } else {
@@ -696,7 +696,7 @@ fn conv_backward_implicit(
             .into_iter()
             .map(|phase| DxProduct {
                 phase: Some(phase.phase),
-                weight: bf16::PackedA::new(gather_taps(w, c, c_out, kk, &phase.taps).as_ref(), dot),
+                weight: packed_taps(w, (c, c_out, kk), &phase.taps, dot),
                 dy_geometry: phase.geometry,
             })
             .collect()
@@ -765,9 +765,15 @@ struct DxProduct {
 }
 
 /// The `c × (c_out · taps.len())` matrix `a[ch][o·T + t] = w[o][ch][taps[t]]` of weight `w`
-/// (`c_out × c × kk`): the weight of an input-gradient product over `dy`'s patches whose
-/// rows are `(o, t)` (the flipped weight at stride 1, a phase's taps at a larger one).
-fn gather_taps(w: &[f32], c: usize, c_out: usize, kk: usize, taps: &[usize]) -> Matrix {
+/// (`c_out × c × kk`), packed for `dot`: the weight of an input-gradient product over `dy`'s
+/// patches whose rows are `(o, t)` (the flipped weight at stride 1, a phase's taps at a
+/// larger one).
+fn packed_taps(
+    w: &[f32],
+    (c, c_out, kk): (usize, usize, usize),
+    taps: &[usize],
+    dot: bf16::Dot,
+) -> bf16::PackedA {
     // In parallel over groups of 16 input channels: for each `o` a group reads one
     // contiguous run of `w` (16·kk values) instead of 16 runs a whole row of `w` apart, and
     // the two threads share a job the calling thread did alone.
@@ -789,24 +795,7 @@ fn gather_taps(w: &[f32], c: usize, c_out: usize, kk: usize, taps: &[usize]) -> 
                 }
             }
         });
-    Matrix {
-        data: a,
-        rows: c,
-        cols: row,
-    }
-}
-
-/// An owned row-major f32 matrix.
-struct Matrix {
-    data: Vec<f32>,
-    rows: usize,
-    cols: usize,
-}
-
-impl Matrix {
-    fn as_ref(&self) -> MatRef<'_, f32> {
-        MatRef::row_major(&self.data, self.rows, self.cols)
-    }
+    bf16::PackedA::new(MatRef::row_major(&a, c, row), dot)
 }
 
 /// A group's phase plane `(py, px)` of `dx` (`c × (imgs·l)`, the images side by side, as the

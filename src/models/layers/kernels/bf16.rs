@@ -248,6 +248,103 @@ impl PackedA {
     }
 }
 
+/// The left operand of a patch product ([`matmul_patches`]): an `m × (C·T)` matrix whose
+/// columns are `(channel, tap)` of the patches' `C` channels and `T` taps, packed for the
+/// unit that runs the product.
+///
+/// On AVX512-BF16 it is packed by channel pairs ([`PackedPairs`]): the product then reads
+/// its right operand straight from the images converted once to pair-interleaved bf16
+/// (`vdpbf16ps` multiplies pairs, and a pair of channels at one position is one 32-bit
+/// lane), with no packing of the patch matrix at all. Packing it — nine shifted reads and
+/// conversions of every input element for a 3 × 3 layer, each serving only `m` products —
+/// was the largest cost of the thin layers (12.9 % of a resnet8-tiny bf16 step against the
+/// products' own 16.7 %). AMX's tiles read B rows at one fixed stride, which shifted taps do
+/// not have, so AMX keeps the packed blocks.
+#[derive(Clone, Debug)]
+pub struct PatchWeight {
+    layout: PatchLayout,
+}
+
+#[derive(Clone, Debug)]
+enum PatchLayout {
+    Blocks(PackedA),
+    Pairs(PackedPairs),
+}
+
+impl PatchWeight {
+    /// `a` (`m × (C·taps)`, columns `(channel, tap)`) packed for `dot`'s unit.
+    pub fn new(a: MatRef<'_, f32>, taps: usize, dot: Dot) -> Self {
+        let layout = match dot.unit {
+            Unit::Avx512Bf16 => PatchLayout::Pairs(PackedPairs::new(a, taps)),
+            Unit::Amx => PatchLayout::Blocks(PackedA::new(a, dot)),
+        };
+        Self { layout }
+    }
+
+    fn k(&self) -> usize {
+        match &self.layout {
+            PatchLayout::Blocks(a) => a.k,
+            PatchLayout::Pairs(a) => a.channels * a.taps,
+        }
+    }
+}
+
+/// A patch product's left operand by channel pairs: for each block of 16 rows, for each
+/// pair `q = p·T + t` (channel pair `p`, tap `t`), the 16 rows' `(a[·][2p·T + t],
+/// a[·][(2p+1)·T + t])` rounded to bf16, one 32-bit word per row (low half the even
+/// channel), zero past the last row or an odd last channel. [`kernels::pair_dot2`]
+/// broadcasts one row's word against 16 columns of pair-interleaved patches.
+#[derive(Clone, Debug)]
+struct PackedPairs {
+    data: Vec<u32>,
+    m: usize,
+    channels: usize,
+    taps: usize,
+}
+
+impl PackedPairs {
+    fn new(a: MatRef<'_, f32>, taps: usize) -> Self {
+        use rayon::prelude::*;
+        assert!(a.in_bounds(), "bf16 pack: a view leaves its slice");
+        assert!(
+            taps > 0 && a.cols.is_multiple_of(taps),
+            "bf16 pack: {} columns are not whole channels of {taps} taps",
+            a.cols
+        );
+        let channels = a.cols / taps;
+        let pairs = channels.div_ceil(2) * taps;
+        let mut data = vec![0u32; a.rows.div_ceil(16) * pairs * 16];
+        let at = |i: usize, ch: usize, t: usize| {
+            if ch < channels {
+                u32::from(round(
+                    a.data[i * a.row_stride + (ch * taps + t) * a.col_stride],
+                ))
+            } else {
+                0
+            }
+        };
+        // In parallel over blocks of 16 rows, as `PackedA::new`: the weight is packed on the
+        // calling thread once per call.
+        data.par_chunks_mut((pairs * 16).max(1))
+            .enumerate()
+            .for_each(|(bi, block)| {
+                for r in 0..16.min(a.rows - bi * 16) {
+                    let i = bi * 16 + r;
+                    for q in 0..pairs {
+                        let (p, t) = (q / taps, q % taps);
+                        block[q * 16 + r] = at(i, 2 * p, t) | (at(i, 2 * p + 1, t) << 16);
+                    }
+                }
+            });
+        Self {
+            data,
+            m: a.rows,
+            channels,
+            taps,
+        }
+    }
+}
+
 thread_local! {
     /// Per-thread packing buffers, reused from call to call (a product per image would
     /// otherwise allocate and fault in a fresh buffer each time).
@@ -343,19 +440,57 @@ fn product_with(
 /// `dst = a · patches` (or `+=`): a convolution's forward product read straight from its
 /// images (or their phase planes), or — with the flipped, transposed weight and the output
 /// gradient's images — a stride-1 layer's input gradient.
-pub fn matmul_patches(dst: &mut [f32], a: &PackedA, b: &Patches<'_>, accumulate: bool, dot: Dot) {
+pub fn matmul_patches(
+    dst: &mut [f32],
+    a: &PatchWeight,
+    b: &Patches<'_>,
+    accumulate: bool,
+    dot: Dot,
+) {
     assert_eq!(
         b.rows(),
-        a.k,
+        a.k(),
         "bf16 matmul: inner dimensions {} and {}",
-        a.k,
+        a.k(),
         b.rows()
     );
-    product_with(dst, &a.data, (a.m, a.k, b.cols()), accumulate, dot, |pb| {
-        let (nb, kb) = blocks(b.cols(), b.rows());
-        pb.resize(nb * kb * TILE, 0);
-        kernels::pack_b_patches(b, pb, nb, kb, dot);
-    });
+    match &a.layout {
+        PatchLayout::Blocks(a) => {
+            product_with(dst, &a.data, (a.m, a.k, b.cols()), accumulate, dot, |pb| {
+                let (nb, kb) = blocks(b.cols(), b.rows());
+                pb.resize(nb * kb * TILE, 0);
+                kernels::pack_b_patches(b, pb, nb, kb, dot);
+            })
+        }
+        PatchLayout::Pairs(a) => {
+            assert_eq!(
+                (b.c, b.geometry.taps.len()),
+                (a.channels, a.taps),
+                "bf16 matmul: the weight's channels and taps are not the patches'"
+            );
+            let (m, n) = (a.m, b.cols());
+            assert!(
+                dst.len() >= m * n,
+                "bf16 matmul: destination holds {} < {m}×{n}",
+                dst.len()
+            );
+            if m == 0 || n == 0 {
+                return;
+            }
+            SCRATCH_B.with(|scratch| {
+                let mut pairs = scratch.borrow_mut();
+                pairs.resize(b.images * b.c.div_ceil(2) * b.geometry.plane_len() * 2, 0);
+                kernels::interleave(b, &mut pairs, dot);
+                let out = Out {
+                    dst,
+                    m,
+                    n,
+                    accumulate,
+                };
+                kernels::pairs_product(a, b, &pairs, out, dot);
+            });
+        }
+    }
 }
 
 /// `dst = patches · b` (or `+=`): a convolution's weight-gradient product (transposed: the
@@ -408,6 +543,10 @@ pub struct PatchGeometry {
     taps: Vec<(usize, (isize, isize))>,
     /// Per tap, `blocks` lane masks.
     masks: Vec<u16>,
+    /// The same masks by block: `blocks` runs of one mask per tap.
+    block_masks: Vec<u16>,
+    /// Per tap, plane element minus output position, from a channel's first plane.
+    offsets: Vec<isize>,
 }
 
 impl PatchGeometry {
@@ -484,6 +623,13 @@ impl PatchGeometry {
                 masks.push(mask);
             }
         }
+        let block_masks = (0..blocks * taps.len())
+            .map(|i| masks[(i % taps.len()) * blocks + i / taps.len()])
+            .collect();
+        let offsets = taps
+            .iter()
+            .map(|&(plane, (dy, dx))| (plane * h * w) as isize + dy * w as isize + dx)
+            .collect();
         Self {
             h,
             w,
@@ -493,6 +639,8 @@ impl PatchGeometry {
             blocks,
             taps,
             masks,
+            block_masks,
+            offsets,
         }
     }
 
@@ -618,11 +766,8 @@ impl<'a> Patches<'a> {
         let taps = g.taps.len();
         (p < self.rows()).then(|| {
             let (ch, tap) = (p / taps, p % taps);
-            let (plane, (dy, dx)) = g.taps[tap];
             PatchRow {
-                offset: ((ch * g.phases.len() + plane) * g.h * g.w) as isize
-                    + dy * g.w as isize
-                    + dx,
+                offset: (ch * g.plane_len()) as isize + g.offsets[tap],
                 masks: &g.masks[tap * g.blocks..][..g.blocks],
             }
         })
@@ -1467,6 +1612,173 @@ mod kernels {
         }
     }
 
+    /// `p`'s images (or phase planes) as bf16 channel pairs into `out`: image `i`, pair `q`
+    /// holds `plane_len` 32-bit words, word `e` the even channel's element `e` in its low
+    /// half and the odd one's in its high half (zero past an odd last channel). What
+    /// [`pairs_product`] reads its right operand from.
+    pub(super) fn interleave(p: &Patches<'_>, out: &mut [u16], dot: Dot) {
+        let _ = dot;
+        let (pl, pairs) = (p.geometry.plane_len(), p.c.div_ceil(2));
+        assert!(out.len() >= p.images * pairs * pl * 2 && pl.is_multiple_of(16));
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16.
+        unsafe { interleave_avx512(p, out, pl, pairs) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn interleave_avx512(p: &Patches<'_>, out: &mut [u16], pl: usize, pairs: usize) {
+        let idx = pair_index();
+        for img in 0..p.images {
+            let image = &p.x[img * p.image_len..][..p.image_len];
+            for q in 0..pairs {
+                let even = &image[2 * q * pl..][..pl];
+                let odd = (2 * q + 1 < p.c).then(|| &image[(2 * q + 1) * pl..][..pl]);
+                let dst = &mut out[(img * pairs + q) * pl * 2..][..pl * 2];
+                for (e, dst) in dst.chunks_exact_mut(32).enumerate() {
+                    // SAFETY: 16 floats at 16·e < pl of each plane (`pl` is a multiple of 16).
+                    let (lo, hi) = unsafe {
+                        (
+                            _mm512_loadu_ps(even.as_ptr().add(16 * e)),
+                            odd.map_or(_mm512_setzero_ps(), |o| {
+                                _mm512_loadu_ps(o.as_ptr().add(16 * e))
+                            }),
+                        )
+                    };
+                    store_pair(dst, idx, lo, hi);
+                }
+            }
+        }
+    }
+
+    /// `out = a · patches` (or `+=`) from the channel-pair-packed weight and the patches'
+    /// images interleaved by [`interleave`] into `pairs`: each column block's k-pair rows are
+    /// masked loads of the interleaved planes at the tap's shift, so the patch matrix is
+    /// never packed. C in tiles of 8 rows × 32 columns (two column blocks), the channel pairs
+    /// in chunks of about 128 k-pairs so that the weight's chunk for every row block stays in
+    /// L2 while the column blocks sweep over it (as in [`avx512`]).
+    pub(super) fn pairs_product(
+        a: &super::PackedPairs,
+        b: &Patches<'_>,
+        pairs: &[u16],
+        out: Out<'_>,
+        dot: Dot,
+    ) {
+        let _ = dot;
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16.
+        unsafe { pairs_avx512(a, b, pairs, out) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pairs_avx512(a: &super::PackedPairs, b: &Patches<'_>, pairs: &[u16], mut out: Out<'_>) {
+        let g = b.geometry;
+        let (taps, blocks) = (g.taps.len(), g.blocks);
+        let (pl, cps) = (g.plane_len(), b.c.div_ceil(2));
+        let (m, n) = (out.m, out.n);
+        let nb = n / 16;
+        assert!(n.is_multiple_of(16) && nb == b.images * blocks);
+        assert!(pairs.len() >= b.images * cps * pl * 2);
+        assert!(a.data.len() >= m.div_ceil(16) * cps * taps * 16);
+        let chunk = (128 / taps).max(1);
+        // Bytes: per image, per channel pair, and per tap from a block's first position.
+        let (image_bytes, pair_bytes) = ((cps * pl * 4) as isize, (pl * 4) as isize);
+        let offsets: Vec<isize> = g.offsets.iter().map(|o| o * 4).collect();
+        let block = |j: usize| {
+            let (img, blk) = (j / blocks, j % blocks);
+            let at = img as isize * image_bytes + (blk * 64) as isize;
+            (
+                pairs.as_ptr().cast::<u8>().wrapping_offset(at),
+                &g.block_masks[blk * taps..][..taps],
+            )
+        };
+        for p0 in (0..cps).step_by(chunk) {
+            let p1 = (p0 + chunk).min(cps);
+            let add = out.accumulate || p0 > 0;
+            for bj in (0..nb).step_by(2) {
+                // A last odd block is computed twice and stored once.
+                let pair = bj + 1 < nb;
+                let ((b0, m0), (b1, m1)) = (block(bj), block(if pair { bj + 1 } else { bj }));
+                for bi in 0..m.div_ceil(16) {
+                    let i0 = bi * 16;
+                    for half in 0..(m - i0).div_ceil(8).min(2) {
+                        let rows = &a.data[(bi * cps * taps) * 16 + half * 8..];
+                        let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+                        // SAFETY: `rows` holds the pairs p0..p1 of its block (asserted
+                        // above); every lane a mask admits reads an element of its pair's
+                        // plane (`PatchGeometry` masks the lanes whose window overhangs), of
+                        // an image `pairs` holds (asserted); the CPU has AVX512-BF16 (`dot`).
+                        unsafe {
+                            pair_dot2(
+                                rows,
+                                [b0, b1],
+                                (&offsets, [m0, m1]),
+                                (p0, p1, pair_bytes),
+                                &mut acc,
+                            )
+                        };
+                        let r0 = i0 + half * 8;
+                        store(&mut out, &acc[0], r0, bj * 16, add);
+                        if pair {
+                            store(&mut out, &acc[1], r0, bj * 16 + 16, add);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `acc[c][r] += Σ_{p0 ≤ p < p1} Σ_t A[r][p·T + t] · B_c[p·T + t]` for 8 rows of A
+    /// (`rows`: pair `q`'s row `r` at `q·16 + r`) and two column blocks `c` of the
+    /// interleaved patches, whose k-pair row `(p, t)` is 16 words at
+    /// `b[c] + p·pair_bytes + offsets[t]` under mask `masks[c][t]`.
+    ///
+    /// SAFETY (caller): `rows` holds pairs `p1·T` of 16 words; every admitted lane lies in
+    /// the allocation `b` points into; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pair_dot2(
+        rows: &[u32],
+        b: [*const u8; 2],
+        (offsets, masks): (&[isize], [&[u16]; 2]),
+        (p0, p1, pair_bytes): (usize, usize, isize),
+        acc: &mut [[__m512; 8]; 2],
+    ) {
+        let taps = offsets.len();
+        assert!(rows.len() >= (p1 * taps - 1) * 16 + 8 || p1 == p0);
+        let mut c = *acc;
+        for p in p0..p1 {
+            let (b0, b1) = (
+                b[0].wrapping_offset(p as isize * pair_bytes),
+                b[1].wrapping_offset(p as isize * pair_bytes),
+            );
+            let a = rows[p * taps * 16..].as_ptr();
+            for (t, ((&off, &k0), &k1)) in offsets.iter().zip(masks[0]).zip(masks[1]).enumerate() {
+                // SAFETY: the caller's contract: admitted lanes lie in the allocation.
+                let (v0, v1) = unsafe {
+                    (
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
+                            k0,
+                            b0.wrapping_offset(off).cast(),
+                        )),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
+                            k1,
+                            b1.wrapping_offset(off).cast(),
+                        )),
+                    )
+                };
+                let [c0, c1] = &mut c;
+                for (r, (c0, c1)) in c0.iter_mut().zip(c1.iter_mut()).enumerate() {
+                    // SAFETY: pair p·T + t's row r < 8 of `rows` (asserted length).
+                    let w = unsafe {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                            *a.add(t * 16 + r) as i32,
+                        ))
+                    };
+                    *c0 = _mm512_dpbf16_ps(*c0, v0, w);
+                    *c1 = _mm512_dpbf16_ps(*c1, v1, w);
+                }
+            }
+        }
+        *acc = c;
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_a_patches_avx512(a: &Patches<'_>, out: &mut [u16], mb: usize, kb: usize) {
         for i in 0..mb * 16 {
@@ -1497,6 +1809,20 @@ mod kernels {
     }
 
     pub(super) fn pack_a_patches(_: &Patches<'_>, _: &mut [u16], _: usize, _: usize, _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    pub(super) fn interleave(_: &Patches<'_>, _: &mut [u16], _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    pub(super) fn pairs_product(
+        _: &super::PackedPairs,
+        _: &Patches<'_>,
+        _: &[u16],
+        _: Out<'_>,
+        _: Dot,
+    ) {
         unreachable!("bf16 dot-product units exist only on x86-64")
     }
 
@@ -1585,6 +1911,62 @@ mod tests {
                         e < 1e-5,
                         "{:?} {m}×{k}×{n} accumulated: relative error {e}",
                         dot.unit()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The packed-block path of a patch product (AMX's) checked against the channel-pair
+    /// path on every unit this CPU has, so that it stays tested where AMX is missing; the
+    /// pair path itself is held to the f64 convolution in `cpu.rs`.
+    #[test]
+    fn both_patch_weight_layouts_give_the_same_product() {
+        // (channels, rows, side, k, stride, images)
+        let cases = [
+            (5, 7, 8, 3, 1, 3),
+            (40, 18, 16, 3, 1, 1),
+            (3, 20, 16, 3, 2, 2),
+            (6, 5, 4, 1, 1, 5),
+            (260, 9, 4, 1, 1, 2),
+            (3, 17, 32, 7, 2, 1),
+        ];
+        for dot in Dot::usable() {
+            for (c, m, side, k, stride, images) in cases {
+                let geometry = PatchGeometry::new((side, side), k, stride).expect("a geometry");
+                let x = values(images * c * geometry.plane_len(), 3);
+                let patches = Patches::new(&x, images, c, &geometry).expect("patches");
+                let a = values(m * c * k * k, 4);
+                let am = MatRef::row_major(&a, m, c * k * k);
+                let n = patches.cols();
+                let weights = [
+                    PatchWeight::new(am, k * k, dot),
+                    PatchWeight {
+                        layout: PatchLayout::Blocks(PackedA::new(am, dot)),
+                    },
+                    PatchWeight {
+                        layout: PatchLayout::Pairs(PackedPairs::new(am, k * k)),
+                    },
+                ];
+                let products: Vec<Vec<f32>> = weights
+                    .iter()
+                    .map(|w| {
+                        let mut got = vec![7.0; m * n];
+                        matmul_patches(&mut got, w, &patches, false, dot);
+                        // Accumulating adds the product once more.
+                        let mut twice = got.clone();
+                        matmul_patches(&mut twice, w, &patches, true, dot);
+                        let doubled: Vec<f32> = got.iter().map(|v| 2.0 * v).collect();
+                        let e = max_rel(&twice, &doubled);
+                        assert!(e < 1e-6, "{c}×{m} {side}² k{k} s{stride}: accumulate {e}");
+                        got
+                    })
+                    .collect();
+                for other in &products[1..] {
+                    let e = max_rel(other, &products[0]);
+                    assert!(
+                        e < 1e-5,
+                        "{c}×{m} {side}² k{k} s{stride}: layouts differ by {e}"
                     );
                 }
             }

@@ -635,7 +635,7 @@ fn conv_forward_implicit(
     out: &mut [f32],
 ) {
     let (k, l) = (g.patch_len(), g.out_len());
-    let packed_w = bf16::PackedA::new(MatRef::row_major(w, c_out, k), dot);
+    let packed_w = bf16::PatchWeight::new(MatRef::row_major(w, c_out, k), g.kh * g.kw, dot);
     let per = images_per_product(l);
     out.par_chunks_mut(c_out * l * per)
         .enumerate()
@@ -760,7 +760,7 @@ fn conv_backward_implicit(
 /// `dx`, at stride 1).
 struct DxProduct {
     phase: Option<(usize, usize)>,
-    weight: bf16::PackedA,
+    weight: bf16::PatchWeight,
     dy_geometry: bf16::PatchGeometry,
 }
 
@@ -773,7 +773,7 @@ fn packed_taps(
     (c, c_out, kk): (usize, usize, usize),
     taps: &[usize],
     dot: bf16::Dot,
-) -> bf16::PackedA {
+) -> bf16::PatchWeight {
     // In parallel over groups of 16 input channels: for each `o` a group reads one
     // contiguous run of `w` (16·kk values) instead of 16 runs a whole row of `w` apart, and
     // the two threads share a job the calling thread did alone.
@@ -795,7 +795,7 @@ fn packed_taps(
                 }
             }
         });
-    bf16::PackedA::new(MatRef::row_major(&a, c, row), dot)
+    bf16::PatchWeight::new(MatRef::row_major(&a, c, row), taps.len(), dot)
 }
 
 /// A group's phase plane `(py, px)` of `dx` (`c × (imgs·l)`, the images side by side, as the
@@ -1964,6 +1964,10 @@ mod tests {
                 (3, 5, 32, 7, 2, 3, true),
                 (2, 3, 32, 3, 2, 1, true),
                 (3, 4, 8, 3, 2, 1, true),
+                // More channel pairs than one chunk of the pair product (14 at 3 × 3, 128
+                // at 1 × 1), and a second block of output rows that is partly padding.
+                (40, 18, 8, 3, 1, 1, true),
+                (260, 9, 4, 1, 1, 0, true),
                 (2, 3, 31, 3, 2, 1, false),
                 (3, 4, 6, 3, 1, 1, false),
             ] {
@@ -2104,7 +2108,14 @@ mod tests {
             (32, 256, 512, 8, 1, 2, 0),
             (32, 512, 512, 4, 3, 1, 1),
         ];
+        // `ANNT_LAYER=n64 16→32` times only the layers whose label starts with it (for a
+        // profile of one layer).
+        let only = std::env::var("ANNT_LAYER").unwrap_or_default();
         for (n, c, co, side, k, stride, pad) in layers {
+            let label = format!("n{n} {c}→{co} {side}² k{k} s{stride}");
+            if !label.starts_with(only.as_str()) {
+                continue;
+            }
             let g = Window {
                 n,
                 c,
@@ -2129,14 +2140,17 @@ mod tests {
                 .collect();
             let time = |f: &mut dyn FnMut()| {
                 f();
-                let reps = 10;
+                let reps = std::env::var("ANNT_REPS")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(10);
                 let t = std::time::Instant::now();
                 for _ in 0..reps {
                     f();
                 }
                 t.elapsed().as_secs_f64() * 1e3 / reps as f64
             };
-            let mut line = format!("n{n} {c}→{co} {side}² k{k} s{stride}:");
+            let mut line = format!("{label}:");
             let mut units = vec![Products::Native];
             units.extend(Dot::usable().into_iter().map(Products::Bf16));
             for p in units {

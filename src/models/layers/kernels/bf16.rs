@@ -252,7 +252,7 @@ impl PackedA {
 /// columns are `(channel, tap)` of the patches' `C` channels and `T` taps, packed for the
 /// unit that runs the product.
 ///
-/// On AVX512-BF16 it is packed by channel pairs ([`PackedPairs`]): the product then reads
+/// On AVX512-BF16 it is packed by channel pairs (`PackedPairs`): the product then reads
 /// its right operand straight from the images converted once to pair-interleaved bf16
 /// (`vdpbf16ps` multiplies pairs, and a pair of channels at one position is one 32-bit
 /// lane), with no packing of the patch matrix at all. Packing it — nine shifted reads and

@@ -388,6 +388,16 @@ fn product(
     });
 }
 
+/// Whether an `m × n` product has anything to write, after checking that `dst` holds it.
+fn has_work(dst: &[f32], m: usize, n: usize) -> bool {
+    assert!(
+        dst.len() >= m * n,
+        "bf16 matmul: destination holds {} < {m}×{n}",
+        dst.len()
+    );
+    m > 0 && n > 0
+}
+
 /// `dst (m × n) = A · B` (or `+=`) with A packed in `pa` and B packed by `pack_b` into the
 /// thread's scratch, which it must fill with `n.div_ceil(16) · k.div_ceil(32)` blocks.
 fn product_with(
@@ -398,12 +408,7 @@ fn product_with(
     dot: Dot,
     pack_b: impl FnOnce(&mut Vec<u16>),
 ) {
-    assert!(
-        dst.len() >= m * n,
-        "bf16 matmul: destination holds {} < {m}×{n}",
-        dst.len()
-    );
-    if m == 0 || n == 0 {
+    if !has_work(dst, m, n) {
         return;
     }
     let (mb, kb) = blocks(m, k);
@@ -469,12 +474,7 @@ pub fn matmul_patches(
                 "bf16 matmul: the weight's channels and taps are not the patches'"
             );
             let (m, n) = (a.m, b.cols());
-            assert!(
-                dst.len() >= m * n,
-                "bf16 matmul: destination holds {} < {m}×{n}",
-                dst.len()
-            );
-            if m == 0 || n == 0 {
+            if !has_work(dst, m, n) {
                 return;
             }
             SCRATCH_B.with(|scratch| {

@@ -1678,9 +1678,8 @@ mod kernels {
         assert!(pairs.len() >= b.images * cps * pl * 2);
         assert!(a.data.len() >= m.div_ceil(16) * cps * taps * 16);
         let chunk = (128 / taps).max(1);
-        // Bytes: per image, per channel pair, and per tap from a block's first position.
+        // Bytes per image and per channel pair (the taps' offsets are in words).
         let (image_bytes, pair_bytes) = ((cps * pl * 4) as isize, (pl * 4) as isize);
-        let offsets: Vec<isize> = g.offsets.iter().map(|o| o * 4).collect();
         let block = |j: usize| {
             let (img, blk) = (j / blocks, j % blocks);
             let at = img as isize * image_bytes + (blk * 64) as isize;
@@ -1709,7 +1708,7 @@ mod kernels {
                             pair_dot2(
                                 rows,
                                 [b0, b1],
-                                (&offsets, [m0, m1]),
+                                (&g.offsets, [m0, m1]),
                                 (p0, p1, pair_bytes),
                                 &mut acc,
                             )
@@ -1728,7 +1727,8 @@ mod kernels {
     /// `acc[c][r] += Σ_{p0 ≤ p < p1} Σ_t A[r][p·T + t] · B_c[p·T + t]` for 8 rows of A
     /// (`rows`: pair `q`'s row `r` at `q·16 + r`) and two column blocks `c` of the
     /// interleaved patches, whose k-pair row `(p, t)` is 16 words at
-    /// `b[c] + p·pair_bytes + offsets[t]` under mask `masks[c][t]`.
+    /// `b[c] + p·pair_bytes + 4·offsets[t]` under mask `masks[c][t]` (`offsets` in words,
+    /// the geometry's own).
     ///
     /// SAFETY (caller): `rows` holds pairs `p1·T` of 16 words; every admitted lane lies in
     /// the allocation `b` points into; the CPU has AVX512-BF16.
@@ -1755,11 +1755,11 @@ mod kernels {
                     (
                         std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
                             k0,
-                            b0.wrapping_offset(off).cast(),
+                            b0.wrapping_offset(off * 4).cast(),
                         )),
                         std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
                             k1,
-                            b1.wrapping_offset(off).cast(),
+                            b1.wrapping_offset(off * 4).cast(),
                         )),
                     )
                 };

@@ -700,7 +700,9 @@ fn write_checkpoint(
 /// f32 and runs those products on the unit with bf16 inputs and f32 accumulation — the part
 /// of mixed precision that pays on a CPU (Candle's bf16 element-wise ops convert every value
 /// to f32 and back, so bf16 tensors would be slower than f32 ones). Elsewhere the mode's own
-/// dtype, with numerics-only half precision on the CPU.
+/// dtype, with numerics-only half precision on the CPU. An f32 arm on a CPU with AVX-512F
+/// runs its convolutions' forward and input-gradient products on annt's patch product
+/// (`bf16::Fma`: the same f32 arithmetic, read straight from the images), gemm elsewhere.
 pub fn compute_path(amp: AmpMode, device: &Device) -> (candle_core::DType, Products) {
     if amp == AmpMode::Bf16
         && device.is_cpu()
@@ -708,7 +710,14 @@ pub fn compute_path(amp: AmpMode, device: &Device) -> (candle_core::DType, Produ
     {
         return (candle_core::DType::F32, Products::Bf16(dot));
     }
-    (amp.compute_dtype(), Products::Native)
+    let dtype = amp.compute_dtype();
+    if dtype == candle_core::DType::F32
+        && device.is_cpu()
+        && let Some(fma) = crate::models::layers::kernels::bf16::Fma::detect()
+    {
+        return (dtype, Products::F32(fma));
+    }
+    (dtype, Products::Native)
 }
 
 /// Test-split loss and confusion matrix in evaluation mode; `None` loss when stopped.

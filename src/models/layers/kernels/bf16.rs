@@ -17,6 +17,11 @@
 //! tensor core on bf16 inputs. [`reference()`] computes the same rounding with f64
 //! accumulation; the tests hold both units to it.
 //!
+//! The module also holds the f32 patch product ([`Fma`], [`PatchWeight::f32`]): an f32
+//! convolution's products read their patches with the same geometry, masks and kernel shape
+//! as the bf16 pair product, FMAs in place of `vdpbf16ps`, so both live beside the patch
+//! reader they share.
+//!
 //! This module, `gemm.rs` and the CUDA modules are the only places `unsafe` is allowed in
 //! annt's kernels: every block says why it is sound. A [`Dot`] can only be made by
 //! [`Dot::detect`] / [`Dot::usable`], which check the CPU (and the OS, for AMX) first, so the
@@ -109,8 +114,54 @@ fn choose(wish: Option<&str>, usable: &[Dot]) -> Result<Option<Dot>, String> {
     }
 }
 
+/// Overrides how f32 convolutions multiply: `gemm` (unfolded patches through the gemm crate)
+/// or `fma` (the AVX-512F patch product, the default where the CPU has AVX-512F). For
+/// measuring one against the other; `fma` on a CPU without AVX-512F is gemm.
+pub const F32_ENV: &str = "ANNT_CPU_F32";
+
+/// Proof that this CPU has AVX-512F, for the f32 patch product ([`PatchWeight::f32`]): an
+/// f32 convolution's forward and input-gradient products read straight from the images with
+/// masked loads, as the bf16 pair product does, instead of unfolding the patches (im2col)
+/// and having gemm pack them — on resnet8-tiny's thin layers the unfolding and packing cost
+/// as much as the arithmetic. Only [`Fma::detect`] and [`Fma::usable`] make one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fma(());
+
+impl Fma {
+    /// The unit, unless the CPU lacks AVX-512F or [`F32_ENV`] says `gemm`. Probed once per
+    /// process.
+    pub fn detect() -> Option<Fma> {
+        static CHOSEN: OnceLock<Option<Fma>> = OnceLock::new();
+        *CHOSEN.get_or_init(
+            || match std::env::var(F32_ENV).ok().as_deref().map(str::trim) {
+                None | Some("") | Some("fma") => Fma::usable(),
+                Some("gemm") => None,
+                Some(other) => {
+                    eprintln!("annt: {F32_ENV}={other:?} is not one of fma, gemm; using fma");
+                    Fma::usable()
+                }
+            },
+        )
+    }
+
+    /// The unit when the CPU has it, whatever [`F32_ENV`] says (tests run it).
+    pub fn usable() -> Option<Fma> {
+        probe::avx512f().then_some(Fma(()))
+    }
+
+    /// How reports name the f32 path it gives.
+    pub fn label(self) -> &'static str {
+        "AVX-512F FMA (implicit patches)"
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod probe {
+    /// AVX-512F: the f32 patch product's FMAs and masked loads.
+    pub fn avx512f() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
     /// AVX-512 F/BW (the packing) and BF16 (the conversion and `vdpbf16ps`).
     pub fn avx512_bf16() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -155,6 +206,9 @@ mod probe {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod probe {
+    pub fn avx512f() -> bool {
+        false
+    }
     pub fn avx512_bf16() -> bool {
         false
     }
@@ -265,26 +319,37 @@ pub struct PatchWeight {
     layout: PatchLayout,
 }
 
+/// Each layout with the proof that this CPU runs the kernel that reads it.
 #[derive(Clone, Debug)]
 enum PatchLayout {
-    Blocks(PackedA),
-    Pairs(PackedPairs),
+    Blocks(PackedA, Dot),
+    Pairs(PackedPairs, Dot),
+    Taps(PackedTaps, Fma),
 }
 
 impl PatchWeight {
     /// `a` (`m × (C·taps)`, columns `(channel, tap)`) packed for `dot`'s unit.
     pub fn new(a: MatRef<'_, f32>, taps: usize, dot: Dot) -> Self {
         let layout = match dot.unit {
-            Unit::Avx512Bf16 => PatchLayout::Pairs(PackedPairs::new(a, taps)),
-            Unit::Amx => PatchLayout::Blocks(PackedA::new(a, dot)),
+            Unit::Avx512Bf16 => PatchLayout::Pairs(PackedPairs::new(a, taps), dot),
+            Unit::Amx => PatchLayout::Blocks(PackedA::new(a, dot), dot),
         };
         Self { layout }
     }
 
+    /// `a` (`m × (C·taps)`, columns `(channel, tap)`) kept in f32 for the FMA patch
+    /// product: an f32 layer's forward and input-gradient products.
+    pub fn f32(a: MatRef<'_, f32>, taps: usize, fma: Fma) -> Self {
+        Self {
+            layout: PatchLayout::Taps(PackedTaps::new(a, taps), fma),
+        }
+    }
+
     fn k(&self) -> usize {
         match &self.layout {
-            PatchLayout::Blocks(a) => a.k,
-            PatchLayout::Pairs(a) => a.channels * a.taps,
+            PatchLayout::Blocks(a, _) => a.k,
+            PatchLayout::Pairs(a, _) => a.channels * a.taps,
+            PatchLayout::Taps(a, _) => a.channels * a.taps,
         }
     }
 }
@@ -340,6 +405,49 @@ impl PackedPairs {
             data,
             m: a.rows,
             channels,
+            taps,
+        }
+    }
+}
+
+/// An f32 patch product's left operand: for each block of 16 rows, for each column `q =
+/// ch·T + t` of `a` (channel `ch`, tap `t`: `a`'s own order), the 16 rows' values, zero past
+/// the last row. [`kernels::tap_dot2`] broadcasts one row's value against 16 columns of the
+/// patches, read straight from the images: an f32 product needs no interleaving either.
+#[derive(Clone, Debug)]
+struct PackedTaps {
+    data: Vec<f32>,
+    m: usize,
+    channels: usize,
+    taps: usize,
+}
+
+impl PackedTaps {
+    fn new(a: MatRef<'_, f32>, taps: usize) -> Self {
+        use rayon::prelude::*;
+        assert!(a.in_bounds(), "f32 pack: a view leaves its slice");
+        assert!(
+            taps > 0 && a.cols.is_multiple_of(taps),
+            "f32 pack: {} columns are not whole channels of {taps} taps",
+            a.cols
+        );
+        let k = a.cols;
+        let mut data = vec![0f32; a.rows.div_ceil(16) * k * 16];
+        // In parallel over blocks of 16 rows, as `PackedPairs::new`.
+        data.par_chunks_mut((k * 16).max(1))
+            .enumerate()
+            .for_each(|(bi, block)| {
+                for r in 0..16.min(a.rows - bi * 16) {
+                    let row = &a.data[(bi * 16 + r) * a.row_stride..];
+                    for q in 0..k {
+                        block[q * 16 + r] = row[q * a.col_stride];
+                    }
+                }
+            });
+        Self {
+            data,
+            m: a.rows,
+            channels: k / taps,
             taps,
         }
     }
@@ -445,13 +553,7 @@ fn product_with(
 /// `dst = a · patches` (or `+=`): a convolution's forward product read straight from its
 /// images (or their phase planes), or — with the flipped, transposed weight and the output
 /// gradient's images — a stride-1 layer's input gradient.
-pub fn matmul_patches(
-    dst: &mut [f32],
-    a: &PatchWeight,
-    b: &Patches<'_>,
-    accumulate: bool,
-    dot: Dot,
-) {
+pub fn matmul_patches(dst: &mut [f32], a: &PatchWeight, b: &Patches<'_>, accumulate: bool) {
     assert_eq!(
         b.rows(),
         a.k(),
@@ -460,14 +562,16 @@ pub fn matmul_patches(
         b.rows()
     );
     match &a.layout {
-        PatchLayout::Blocks(a) => {
+        PatchLayout::Blocks(a, dot) => {
+            let dot = *dot;
             product_with(dst, &a.data, (a.m, a.k, b.cols()), accumulate, dot, |pb| {
                 let (nb, kb) = blocks(b.cols(), b.rows());
                 pb.resize(nb * kb * TILE, 0);
                 kernels::pack_b_patches(b, pb, nb, kb, dot);
             })
         }
-        PatchLayout::Pairs(a) => {
+        PatchLayout::Pairs(a, dot) => {
+            let dot = *dot;
             assert_eq!(
                 (b.c, b.geometry.taps.len()),
                 (a.channels, a.taps),
@@ -489,6 +593,24 @@ pub fn matmul_patches(
                 };
                 kernels::pairs_product(a, b, &pairs, out, dot);
             });
+        }
+        PatchLayout::Taps(a, fma) => {
+            assert_eq!(
+                (b.c, b.geometry.taps.len()),
+                (a.channels, a.taps),
+                "f32 matmul: the weight's channels and taps are not the patches'"
+            );
+            let (m, n) = (a.m, b.cols());
+            if !has_work(dst, m, n) {
+                return;
+            }
+            let out = Out {
+                dst,
+                m,
+                n,
+                accumulate,
+            };
+            kernels::taps_product(a, b, out, *fma);
         }
     }
 }
@@ -917,7 +1039,7 @@ mod kernels {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::{Cursor, Dot, KC, MatRef, Out, PatchRow, Patches, TILE, Unit};
+    use super::{Cursor, Dot, Fma, KC, MatRef, Out, PatchRow, Patches, TILE, Unit};
 
     pub(super) fn run(
         unit: Unit,
@@ -1779,6 +1901,129 @@ mod kernels {
         *acc = c;
     }
 
+    /// `out = a · patches` (or `+=`) in f32 from the tap-packed weight, each column block's
+    /// k rows masked loads of the patches' own planes at the tap's shift: the structure of
+    /// [`pairs_product`] with one channel per k row instead of a pair and FMAs instead of
+    /// `vdpbf16ps`, so nothing of the patch matrix is unfolded or packed. A tap whose window
+    /// overhangs both column blocks entirely (the top and bottom rows of a plane at least
+    /// 16 wide) is skipped.
+    pub(super) fn taps_product(a: &super::PackedTaps, b: &Patches<'_>, out: Out<'_>, fma: Fma) {
+        let _ = fma;
+        // SAFETY: `fma` exists, so the CPU has AVX-512F.
+        unsafe { taps_avx512(a, b, out) }
+    }
+
+    /// Column blocks per tile of [`taps_avx512`]: 8 rows × 3 blocks, 24 accumulators.
+    const TAP_BLOCKS: usize = 3;
+
+    #[target_feature(enable = "avx512f")]
+    fn taps_avx512(a: &super::PackedTaps, b: &Patches<'_>, mut out: Out<'_>) {
+        const N: usize = TAP_BLOCKS;
+        let g = b.geometry;
+        let (taps, blocks, c) = (g.taps.len(), g.blocks, b.c);
+        let (m, n) = (out.m, out.n);
+        let nb = n / 16;
+        assert!(n.is_multiple_of(16) && nb == b.images * blocks);
+        assert!(b.x.len() >= b.images * b.image_len);
+        assert!(a.data.len() >= m.div_ceil(16) * c * taps * 16);
+        // Channels per chunk: the weight's chunk for every row block stays in L2 while the
+        // column blocks sweep over it.
+        let chunk = (128 / taps).max(1);
+        // Bytes per image and per channel (the taps' offsets are in words).
+        let (image_bytes, plane_bytes) = ((b.image_len * 4) as isize, (g.plane_len() * 4) as isize);
+        let block = |j: usize| {
+            let (img, blk) = (j / blocks, j % blocks);
+            let at = img as isize * image_bytes + (blk * 64) as isize;
+            (
+                b.x.as_ptr().cast::<u8>().wrapping_offset(at),
+                &g.block_masks[blk * taps..][..taps],
+            )
+        };
+        for c0 in (0..c).step_by(chunk) {
+            let c1 = (c0 + chunk).min(c);
+            let add = out.accumulate || c0 > 0;
+            for bj in (0..nb).step_by(N) {
+                // Past the last block the tile repeats it; only blocks below nb are stored.
+                let tile: [(*const u8, &[u16]); N] =
+                    std::array::from_fn(|j| block((bj + j).min(nb - 1)));
+                let ptrs = tile.map(|(p, _)| p);
+                let masks = tile.map(|(_, k)| k);
+                for bi in 0..m.div_ceil(16) {
+                    let i0 = bi * 16;
+                    for half in 0..(m - i0).div_ceil(8).min(2) {
+                        let rows = &a.data[(bi * c * taps) * 16 + half * 8..];
+                        let mut acc = [[_mm512_setzero_ps(); 8]; N];
+                        // SAFETY: `rows` holds the k rows c0·T..c1·T of its block (asserted
+                        // above); every lane a mask admits reads an element of its
+                        // channel's plane (`PatchGeometry` masks the lanes whose window
+                        // overhangs), of an image `b.x` holds (asserted); the CPU has
+                        // AVX-512F (`taps_product`'s `Fma`).
+                        unsafe {
+                            tap_dot(
+                                rows,
+                                ptrs,
+                                (&g.offsets, masks),
+                                (c0, c1, plane_bytes),
+                                &mut acc,
+                            )
+                        };
+                        let r0 = i0 + half * 8;
+                        for (j, acc) in acc.iter().enumerate().take(nb - bj) {
+                            store(&mut out, acc, r0, (bj + j) * 16, add);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `acc[j][r] += Σ_{c0 ≤ ch < c1} Σ_t A[r][ch·T + t] · B_j[ch·T + t]` for 8 rows of A
+    /// (`rows`: k row `q`'s row `r` at `q·16 + r`) and `N` column blocks `j` of the patches,
+    /// whose k row `(ch, t)` is 16 floats at `b[j] + ch·plane_bytes + 4·offsets[t]` under
+    /// mask `masks[j][t]` (`offsets` in words, the geometry's own). A tap no block admits a
+    /// lane of is skipped.
+    ///
+    /// SAFETY (caller): `rows` holds `c1·T` k rows of 16 values; every admitted lane lies in
+    /// the allocation `b` points into; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tap_dot<const N: usize>(
+        rows: &[f32],
+        b: [*const u8; N],
+        (offsets, masks): (&[isize], [&[u16]; N]),
+        (c0, c1, plane_bytes): (usize, usize, isize),
+        acc: &mut [[__m512; 8]; N],
+    ) {
+        let taps = offsets.len();
+        assert!(rows.len() >= (c1 * taps - 1) * 16 + 8 || c1 == c0);
+        assert!(masks.iter().all(|m| m.len() == taps));
+        let mut c = *acc;
+        for ch in c0..c1 {
+            let base = b.map(|p| p.wrapping_offset(ch as isize * plane_bytes));
+            let a = rows[ch * taps * 16..].as_ptr();
+            for (t, &off) in offsets.iter().enumerate() {
+                let k: [u16; N] = std::array::from_fn(|j| masks[j][t]);
+                if k.iter().all(|&k| k == 0) {
+                    continue;
+                }
+                // SAFETY: the caller's contract: admitted lanes lie in the allocation.
+                let v: [__m512; N] = std::array::from_fn(|j| unsafe {
+                    _mm512_maskz_loadu_ps(k[j], base[j].wrapping_offset(off * 4).cast())
+                });
+                // Row r's weight is broadcast once for all N blocks: the loops index both
+                // axes of `c`, which iterators would not make clearer.
+                #[allow(clippy::needless_range_loop)]
+                for r in 0..8 {
+                    // SAFETY: k row ch·T + t's row r < 8 of `rows` (asserted length).
+                    let w = unsafe { _mm512_set1_ps(*a.add(t * 16 + r)) };
+                    for j in 0..N {
+                        c[j][r] = _mm512_fmadd_ps(v[j], w, c[j][r]);
+                    }
+                }
+            }
+        }
+        *acc = c;
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_a_patches_avx512(a: &Patches<'_>, out: &mut [u16], mb: usize, kb: usize) {
         for i in 0..mb * 16 {
@@ -1801,7 +2046,7 @@ mod kernels {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernels {
-    use super::{Dot, Out, Patches, Unit};
+    use super::{Dot, Fma, Out, Patches, Unit};
 
     /// As `run`: no `Dot` exists here.
     pub(super) fn pack_b_patches(_: &Patches<'_>, _: &mut [u16], _: usize, _: usize, _: Dot) {
@@ -1824,6 +2069,11 @@ mod kernels {
         _: Dot,
     ) {
         unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    /// No `Fma` can exist off x86-64 either.
+    pub(super) fn taps_product(_: &super::PackedTaps, _: &Patches<'_>, _: Out<'_>, _: Fma) {
+        unreachable!("the AVX-512F patch product exists only on x86-64")
     }
 
     /// No `Dot` can exist off x86-64 (`Dot::usable` is empty), so this never runs.
@@ -1942,20 +2192,20 @@ mod tests {
                 let weights = [
                     PatchWeight::new(am, k * k, dot),
                     PatchWeight {
-                        layout: PatchLayout::Blocks(PackedA::new(am, dot)),
+                        layout: PatchLayout::Blocks(PackedA::new(am, dot), dot),
                     },
                     PatchWeight {
-                        layout: PatchLayout::Pairs(PackedPairs::new(am, k * k)),
+                        layout: PatchLayout::Pairs(PackedPairs::new(am, k * k), dot),
                     },
                 ];
                 let products: Vec<Vec<f32>> = weights
                     .iter()
                     .map(|w| {
                         let mut got = vec![7.0; m * n];
-                        matmul_patches(&mut got, w, &patches, false, dot);
+                        matmul_patches(&mut got, w, &patches, false);
                         // Accumulating adds the product once more.
                         let mut twice = got.clone();
-                        matmul_patches(&mut twice, w, &patches, true, dot);
+                        matmul_patches(&mut twice, w, &patches, true);
                         let doubled: Vec<f32> = got.iter().map(|v| 2.0 * v).collect();
                         let e = max_rel(&twice, &doubled);
                         assert!(e < 1e-6, "{c}×{m} {side}² k{k} s{stride}: accumulate {e}");

@@ -354,7 +354,7 @@ pub fn conv_forward<T: Real>(
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut out = zeroed(g.n * c_out * l);
-    if let Some(unit) = implicit::<T>(g, products)
+    if let Some(unit) = implicit::<T>(g, c_out, products)
         && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w))
         && let Some(of) = T::as_f32_mut(&mut out)
     {
@@ -461,7 +461,7 @@ pub fn conv_backward_joined<T: Real>(
     let img = g.c * g.h * g.w;
     let dx_len = g.n * img;
     let mut both = zeroed(dx_len + c_out * k);
-    if let Some(unit) = implicit::<T>(g, products)
+    if let Some(unit) = implicit::<T>(g, c_out, products).filter(|(u, _)| want_dx || u.has_dw())
         && let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy))
         && let Some(bf) = T::as_f32_mut(&mut both)
     {
@@ -582,12 +582,59 @@ fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &m
 /// images' phase planes); odd-sided strided inputs and planes whose positions do not come in
 /// blocks of 16 unfold their patches (im2col) as before, and so does fp32, whose products
 /// gemm packs itself.
-fn implicit<T: Real>(g: &Window, products: Products) -> Option<(bf16::Dot, bf16::PatchGeometry)> {
-    let dot = products.bf16()?;
+fn implicit<T: Real>(
+    g: &Window,
+    c_out: usize,
+    products: Products,
+) -> Option<(Implicit, bf16::PatchGeometry)> {
+    let unit = match products {
+        Products::Bf16(dot) => Implicit::Bf16(dot),
+        Products::F32(fma)
+            if c_out * g.patch_len() <= F32_IMPLICIT_WEIGHT && g.c.min(c_out) >= 16 =>
+        {
+            Implicit::F32(fma)
+        }
+        Products::F32(_) | Products::Native => return None,
+    };
     T::as_f32(&[])?;
     let odd_same = g.kh == g.kw && g.kh == 2 * g.pad + 1;
     let geometry = odd_same.then(|| bf16::PatchGeometry::new((g.h, g.w), g.kh, g.stride))??;
-    Some((dot, geometry))
+    Some((unit, geometry))
+}
+
+/// The largest weight (values, `c_out · c·kh·kw`) whose f32 products go through the patch
+/// product rather than gemm: 64 → 64 channels at 3 × 3 (36,864). Measured per layer
+/// (`conv_layer_times`, `benches/results/f32-patch-product-layers.txt`): the patch product
+/// is 1.1–1.9× faster than im2col + gemm on resnet8-tiny's layers and ResNet-18's 64-channel
+/// ones, where unfolding and packing the patches cost as much as the arithmetic, and
+/// 5–25 % slower on ResNet-18's 128–512-channel layers, where gemm's register tile reuses
+/// each loaded value more and the unfolding is a small share. Layers of fewer than 16 input
+/// or output channels (a stem) stay on gemm too: the product's rows come in blocks of 8
+/// and 16, and a 3-row input gradient would compute 8.
+const F32_IMPLICIT_WEIGHT: usize = 40_000;
+
+/// What an implicit convolution's products run on.
+#[derive(Clone, Copy, Debug)]
+enum Implicit {
+    Bf16(bf16::Dot),
+    F32(bf16::Fma),
+}
+
+impl Implicit {
+    /// Whether a layer's weight gradient gains from this path on its own. The f32 path
+    /// computes dW as gemm does (the patches unfolded): a layer that needs only dW (a
+    /// network's first) stays on `conv_backward_joined`.
+    fn has_dw(self) -> bool {
+        matches!(self, Implicit::Bf16(_))
+    }
+
+    /// `a` (`m × (C·taps)`, columns `(channel, tap)`) packed for the unit.
+    fn pack(self, a: MatRef<'_, f32>, taps: usize) -> bf16::PatchWeight {
+        match self {
+            Implicit::Bf16(dot) => bf16::PatchWeight::new(a, taps, dot),
+            Implicit::F32(fma) => bf16::PatchWeight::f32(a, taps, fma),
+        }
+    }
 }
 
 /// The patch matrices of images `n0..n0 + imgs` of `x` (`c` channels of `g`'s input size),
@@ -631,11 +678,11 @@ fn conv_forward_implicit(
     w: &[f32],
     g: &Window,
     c_out: usize,
-    (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
+    (unit, geometry): (Implicit, bf16::PatchGeometry),
     out: &mut [f32],
 ) {
     let (k, l) = (g.patch_len(), g.out_len());
-    let packed_w = bf16::PatchWeight::new(MatRef::row_major(w, c_out, k), g.kh * g.kw, dot);
+    let packed_w = unit.pack(MatRef::row_major(w, c_out, k), g.kh * g.kw);
     let per = images_per_product(l);
     out.par_chunks_mut(c_out * l * per)
         .enumerate()
@@ -644,12 +691,12 @@ fn conv_forward_implicit(
             let mut split = Scratch::<f32>::take(0, split_len(&geometry, g.c, imgs));
             let patches = patches_of(x, g, &geometry, g.c, (n0, imgs), &mut split);
             if imgs == 1 {
-                bf16::matmul_patches(y, &packed_w, &patches, false, dot);
+                bf16::matmul_patches(y, &packed_w, &patches, false);
                 return;
             }
             let wide = imgs * l;
             let mut wide_y = Scratch::<f32>::take(1, c_out * wide);
-            bf16::matmul_patches(&mut wide_y, &packed_w, &patches, false, dot);
+            bf16::matmul_patches(&mut wide_y, &packed_w, &patches, false);
             from_wide(&wide_y[..c_out * wide], c_out, l, y);
         });
 }
@@ -671,7 +718,7 @@ fn conv_backward_implicit(
     (dy, want_dx): (&[f32], bool),
     g: &Window,
     c_out: usize,
-    (dot, geometry): (bf16::Dot, bf16::PatchGeometry),
+    (unit, geometry): (Implicit, bf16::PatchGeometry),
     both: &mut [f32],
 ) {
     let (k, l) = (g.patch_len(), g.out_len());
@@ -687,7 +734,7 @@ fn conv_backward_implicit(
         let taps: Vec<usize> = (0..kk).rev().collect();
         vec![DxProduct {
             phase: None,
-            weight: packed_taps(w, (c, c_out, kk), &taps, dot),
+            weight: packed_taps(w, (c, c_out, kk), &taps, unit),
             dy_geometry: geometry.clone(),
         }]
     } else {
@@ -696,7 +743,7 @@ fn conv_backward_implicit(
             .into_iter()
             .map(|phase| DxProduct {
                 phase: Some(phase.phase),
-                weight: packed_taps(w, (c, c_out, kk), &phase.taps, dot),
+                weight: packed_taps(w, (c, c_out, kk), &phase.taps, unit),
                 dy_geometry: phase.geometry,
             })
             .collect()
@@ -720,7 +767,13 @@ fn conv_backward_implicit(
                 c * l * per
             };
             let mut wide_dx = Scratch::<f32>::take(1, wide_dx_len);
-            let mut split = Scratch::<f32>::take(0, split_len(&geometry, c, per));
+            // dW's operand: the bf16 units read the patches from the phase planes (split
+            // here at a stride > 1), gemm from the unfolded patch matrix.
+            let operand_len = match unit {
+                Implicit::Bf16(_) => split_len(&geometry, c, per),
+                Implicit::F32(_) => k * l * per,
+            };
+            let mut split = Scratch::<f32>::take(0, operand_len);
             for (s, dx_group) in dx_task.chunks_mut(img * per).enumerate() {
                 let (n0, imgs) = (t * task + s * per, dx_group.len() / img);
                 let wide = imgs * l;
@@ -730,11 +783,11 @@ fn conv_backward_implicit(
                         bf16::Patches::new(dy_images, imgs, c_out, &product.dy_geometry)
                             .expect("the slice holds the images");
                     if in_place {
-                        bf16::matmul_patches(dx_group, &product.weight, &dy_patches, false, dot);
+                        bf16::matmul_patches(dx_group, &product.weight, &dy_patches, false);
                         continue;
                     }
                     let wide_dx = &mut wide_dx[..c * wide];
-                    bf16::matmul_patches(wide_dx, &product.weight, &dy_patches, false, dot);
+                    bf16::matmul_patches(wide_dx, &product.weight, &dy_patches, false);
                     match product.phase {
                         None => from_wide(wide_dx, c, l, dx_group),
                         Some(phase) => merge_phase(wide_dx, g, phase, dx_group),
@@ -748,8 +801,23 @@ fn conv_backward_implicit(
                     MatRef::row_major(wide_dy, c_out, wide)
                 };
                 // dWᵀ (k × c_out) += patches (k × wide) · dYᵀ, as in `conv_backward_joined`.
-                let x_patches = patches_of(x, g, &geometry, c, (n0, imgs), &mut split);
-                bf16::matmul_patches_a(dwt, &x_patches, dy_group.t(), s > 0, dot);
+                match unit {
+                    Implicit::Bf16(dot) => {
+                        let x_patches = patches_of(x, g, &geometry, c, (n0, imgs), &mut split);
+                        bf16::matmul_patches_a(dwt, &x_patches, dy_group.t(), s > 0, dot);
+                    }
+                    // f32: the patches unfolded and multiplied through gemm, as in
+                    // `conv_backward_joined` (gemm packs them itself).
+                    Implicit::F32(_) => {
+                        let cols = &mut split[..k * wide];
+                        for i in 0..imgs {
+                            let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
+                            im2col_image(x_n, g, &mut cols[i * l..], wide);
+                        }
+                        let cols_m = MatRef::row_major(cols, k, wide);
+                        matmul(dwt, cols_m, dy_group.t(), s > 0);
+                    }
+                }
             }
         });
     sum_partials_into(&mut partials, k, c_out, dw);
@@ -772,7 +840,7 @@ fn packed_taps(
     w: &[f32],
     (c, c_out, kk): (usize, usize, usize),
     taps: &[usize],
-    dot: bf16::Dot,
+    unit: Implicit,
 ) -> bf16::PatchWeight {
     // In parallel over groups of 16 input channels: for each `o` a group reads one
     // contiguous run of `w` (16·kk values) instead of 16 runs a whole row of `w` apart, and
@@ -795,7 +863,7 @@ fn packed_taps(
                 }
             }
         });
-    bf16::PatchWeight::new(MatRef::row_major(&a, c, row), taps.len(), dot)
+    unit.pack(MatRef::row_major(&a, c, row), taps.len())
 }
 
 /// A group's phase plane `(py, px)` of `dx` (`c × (imgs·l)`, the images side by side, as the
@@ -1982,7 +2050,7 @@ mod tests {
                     pad,
                 };
                 assert_eq!(
-                    implicit::<f32>(&g, Products::Bf16(dot)).is_some(),
+                    implicit::<f32>(&g, co, Products::Bf16(dot)).is_some(),
                     direct,
                     "{g:?}"
                 );
@@ -2022,6 +2090,97 @@ mod tests {
                     dot.unit()
                 );
             }
+        }
+    }
+
+    /// The f32 patch product (forward and dx) against the f64 convolution of the same
+    /// values, on every geometry it can read (grouped and single images, every stride and
+    /// kernel the ResNets use, chunks of channels, ragged row and column blocks), whether or
+    /// not `implicit` would send that layer to it; then which layers it is chosen for.
+    #[test]
+    fn the_f32_patch_product_is_the_f64_convolution() {
+        let Some(fma) = super::super::bf16::Fma::usable() else {
+            eprintln!("this CPU has no AVX-512F: nothing to compare");
+            return;
+        };
+        // (c, c_out, side, k, stride, pad, n)
+        for (c, co, h, k, stride, pad, n) in [
+            (5, 7, 8, 3, 1, 1, 5),
+            (3, 5, 4, 3, 1, 1, 3),
+            (2, 4, 32, 3, 1, 1, 2),
+            (3, 4, 16, 5, 1, 2, 3),
+            (4, 6, 16, 1, 1, 0, 5),
+            (3, 20, 16, 3, 2, 1, 3),
+            (4, 6, 16, 1, 2, 0, 2),
+            (3, 5, 32, 7, 2, 3, 1),
+            (3, 4, 8, 3, 2, 1, 5),
+            (40, 18, 8, 3, 1, 1, 5),
+            (30, 33, 16, 3, 1, 1, 1),
+            (260, 9, 4, 1, 1, 0, 7),
+            (16, 32, 16, 3, 2, 1, 4),
+        ] {
+            let g = Window {
+                n,
+                c,
+                h,
+                w: h,
+                kh: k,
+                kw: k,
+                stride,
+                pad,
+            };
+            let geometry = bf16::PatchGeometry::new((h, h), k, stride).expect("a geometry");
+            let unit = (Implicit::F32(fma), geometry);
+            let (x64, w64) = (values(n * c * h * h, 81), values(co * c * k * k, 82));
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (x, w) = (f32s(&x64), f32s(&w64));
+            let mut y = vec![0f32; n * co * g.out_len()];
+            conv_forward_implicit(&x, &w, &g, co, unit.clone(), &mut y);
+            let want = conv_forward(&x64, &w64, &g, co, Products::Native);
+            let e = max_rel_to(&y, &want);
+            assert!(e < 1e-5, "forward {g:?}: {e}");
+            let dy64 = values(y.len(), 83);
+            let dy = f32s(&dy64);
+            let dx_len = n * c * h * h;
+            let mut both = vec![0f32; dx_len + co * g.patch_len()];
+            conv_backward_implicit(&x, &w, (&dy, true), &g, co, unit, &mut both);
+            let (dx, dw) = both.split_at(dx_len);
+            let (wdx, wdw) = conv_backward(&x64, &w64, &dy64, &g, co, Products::Native);
+            let (ex, ew) = (max_rel_to(dx, &wdx), max_rel_to(dw, &wdw));
+            assert!(ex < 1e-5 && ew < 1e-5, "backward {g:?}: dx {ex}, dw {ew}");
+        }
+        // The layers it is chosen for: readable planes, ≥ 16 channels in and out, a weight
+        // of at most `F32_IMPLICIT_WEIGHT` values; a layer that needs only dW stays on
+        // `conv_backward_joined`.
+        let p = Products::F32(fma);
+        for (c, co, h, k, stride, chosen) in [
+            (16, 16, 32, 3, 1, true),
+            (64, 64, 8, 3, 1, true),
+            (32, 64, 16, 1, 2, true),
+            (64, 128, 8, 3, 1, false),
+            (3, 16, 32, 3, 1, false),
+            (16, 8, 32, 3, 1, false),
+            (16, 16, 31, 3, 2, false),
+            (16, 16, 6, 3, 1, false),
+        ] {
+            let g = Window {
+                n: 2,
+                c,
+                h,
+                w: h,
+                kh: k,
+                kw: k,
+                stride,
+                pad: k / 2,
+            };
+            assert_eq!(implicit::<f32>(&g, co, p).is_some(), chosen, "{g:?}");
+            let (x, w) = (vec![0.5f32; 2 * c * h * h], vec![0.25f32; co * c * k * k]);
+            let dy = vec![1f32; 2 * co * g.out_len()];
+            let (dx, dw) = conv_backward(&x, &w, &dy, &g, co, p);
+            let only_dw = conv_backward_joined(&x, &w, &dy, &g, co, p, false);
+            let (no_dx, same_dw) = only_dw.split_at(dx.len());
+            assert!(no_dx.iter().all(|v| *v == 0.0), "dx written {g:?}");
+            assert_eq!(same_dw, &dw[..], "dW alone {g:?}");
         }
     }
 
@@ -2144,23 +2303,36 @@ mod tests {
                     .ok()
                     .and_then(|r| r.parse().ok())
                     .unwrap_or(10);
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    f();
-                }
-                t.elapsed().as_secs_f64() * 1e3 / reps as f64
+                // The fastest repetition: this machine's noise only ever adds time.
+                (0..reps)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .fold(f64::INFINITY, f64::min)
             };
             let mut line = format!("{label}:");
             let mut units = vec![Products::Native];
+            units.extend(bf16::Fma::usable().map(Products::F32));
             units.extend(Dot::usable().into_iter().map(Products::Bf16));
+            // `ANNT_UNIT=f32` (or a unit's label prefix) times only that unit.
+            let unit = std::env::var("ANNT_UNIT").unwrap_or_default();
             for p in units {
+                let name = match p {
+                    Products::Native => "f32",
+                    Products::F32(_) => "fma",
+                    Products::Bf16(d) => d.unit().label(),
+                };
+                if !name.starts_with(unit.as_str()) {
+                    continue;
+                }
                 let f = time(&mut || {
                     std::hint::black_box(conv_forward(&x, &w, &g, co, p));
                 });
                 let b = time(&mut || {
                     std::hint::black_box(conv_backward(&x, &w, &dy, &g, co, p));
                 });
-                let name = p.bf16().map_or("f32", |d| d.unit().label());
                 line += &format!("  {name} fwd {f:.2} bwd {b:.2}");
             }
             println!("{line}");

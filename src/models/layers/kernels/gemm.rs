@@ -276,3 +276,79 @@ mod layout_speed {
         }
     }
 }
+
+#[cfg(test)]
+mod rates {
+    use super::*;
+
+    /// One core's rate through gemm on ResNet-18's convolution products, as the layers hand
+    /// them over (forward: W · cols; dx: Wᵀ · dY; dW: cols · dYᵀ), against a square product:
+    /// `cargo test --release --lib gemm_rates -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemm_rates() {
+        let time = |flop: f64, f: &mut dyn FnMut()| {
+            f();
+            let reps = 10;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            flop * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let fill =
+            |len: usize, s: f32| -> Vec<f32> { (0..len).map(|v| (v as f32 * s).sin()).collect() };
+        let sq = 1024;
+        let (a, b) = (fill(sq * sq, 0.37), fill(sq * sq, 0.71));
+        let mut c = vec![0.0f32; sq * sq];
+        let r = time(2.0 * (sq * sq * sq) as f64, &mut || {
+            matmul(
+                &mut c,
+                MatRef::row_major(&a, sq, sq),
+                MatRef::row_major(&b, sq, sq),
+                false,
+            )
+        });
+        println!("square {sq}: {r:.1} GFLOP/s");
+        // (c_out, k = c·9, wide)
+        for (co, k, wide) in [
+            (64, 576, 1024),
+            (128, 1152, 256),
+            (256, 2304, 256),
+            (512, 4608, 256),
+        ] {
+            let w = fill(co * k, 0.37);
+            let cols = fill(k * wide, 0.71);
+            let dy = fill(co * wide, 0.13);
+            let flop = 2.0 * (co * k * wide) as f64;
+            let mut y = vec![0.0f32; co * wide];
+            let fwd = time(flop, &mut || {
+                matmul(
+                    &mut y,
+                    MatRef::row_major(&w, co, k),
+                    MatRef::row_major(&cols, k, wide),
+                    false,
+                )
+            });
+            let mut dcols = vec![0.0f32; k * wide];
+            let dx = time(flop, &mut || {
+                matmul(
+                    &mut dcols,
+                    MatRef::row_major(&w, co, k).t(),
+                    MatRef::row_major(&dy, co, wide),
+                    false,
+                )
+            });
+            let mut dwt = vec![0.0f32; k * co];
+            let dw = time(flop, &mut || {
+                matmul(
+                    &mut dwt,
+                    MatRef::row_major(&cols, k, wide),
+                    MatRef::row_major(&dy, co, wide).t(),
+                    true,
+                )
+            });
+            println!("c_out {co} k {k} wide {wide}: fwd {fwd:.1} dx {dx:.1} dW {dw:.1} GFLOP/s");
+        }
+    }
+}

@@ -66,14 +66,26 @@ pub enum Products {
     /// bf16-rounded inputs with f32 accumulation on the CPU's bf16 unit
     /// ([`bf16`]): `--amp bf16` on a CPU that has one. Tensors stay f32.
     Bf16(bf16::Dot),
+    /// f32, the convolutions' forward and input-gradient products on AVX-512F straight
+    /// from the images ([`bf16::Fma`]) instead of unfolded patches through gemm: fp32 on a
+    /// CPU that has it. Everything else is as [`Products::Native`].
+    F32(bf16::Fma),
 }
 
 impl Products {
     /// The bf16 unit, when products run on one.
     pub fn bf16(self) -> Option<bf16::Dot> {
         match self {
-            Products::Native => None,
             Products::Bf16(dot) => Some(dot),
+            Products::Native | Products::F32(_) => None,
+        }
+    }
+
+    /// The f32 patch product, when f32 convolutions use it.
+    pub fn fma(self) -> Option<bf16::Fma> {
+        match self {
+            Products::F32(fma) => Some(fma),
+            Products::Native | Products::Bf16(_) => None,
         }
     }
 }

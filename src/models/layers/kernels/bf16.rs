@@ -412,7 +412,7 @@ impl PackedPairs {
 
 /// An f32 patch product's left operand: for each block of 16 rows, for each column `q =
 /// ch·T + t` of `a` (channel `ch`, tap `t`: `a`'s own order), the 16 rows' values, zero past
-/// the last row. [`kernels::tap_dot2`] broadcasts one row's value against 16 columns of the
+/// the last row. [`kernels::tap_dot`] broadcasts one row's value against 16 columns of the
 /// patches, read straight from the images: an f32 product needs no interleaving either.
 #[derive(Clone, Debug)]
 struct PackedTaps {

@@ -148,11 +148,6 @@ impl Fma {
     pub fn usable() -> Option<Fma> {
         probe::avx512f().then_some(Fma(()))
     }
-
-    /// How reports name the f32 path it gives.
-    pub fn label(self) -> &'static str {
-        "AVX-512F FMA (implicit patches)"
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -164,7 +159,7 @@ mod probe {
 
     /// AVX-512 F/BW (the packing) and BF16 (the conversion and `vdpbf16ps`).
     pub fn avx512_bf16() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
+        avx512f()
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
@@ -354,6 +349,18 @@ impl PatchWeight {
     }
 }
 
+/// The channels of a patch product's left operand `a` (columns `(channel, tap)`), after
+/// checking that the view stays in its slice and its columns are whole channels.
+fn channels_of(a: MatRef<'_, f32>, taps: usize) -> usize {
+    assert!(a.in_bounds(), "patch weight pack: a view leaves its slice");
+    assert!(
+        taps > 0 && a.cols.is_multiple_of(taps),
+        "patch weight pack: {} columns are not whole channels of {taps} taps",
+        a.cols
+    );
+    a.cols / taps
+}
+
 /// A patch product's left operand by channel pairs: for each block of 16 rows, for each
 /// pair `q = p·T + t` (channel pair `p`, tap `t`), the 16 rows' `(a[·][2p·T + t],
 /// a[·][(2p+1)·T + t])` rounded to bf16, one 32-bit word per row (low half the even
@@ -370,13 +377,7 @@ struct PackedPairs {
 impl PackedPairs {
     fn new(a: MatRef<'_, f32>, taps: usize) -> Self {
         use rayon::prelude::*;
-        assert!(a.in_bounds(), "bf16 pack: a view leaves its slice");
-        assert!(
-            taps > 0 && a.cols.is_multiple_of(taps),
-            "bf16 pack: {} columns are not whole channels of {taps} taps",
-            a.cols
-        );
-        let channels = a.cols / taps;
+        let channels = channels_of(a, taps);
         let pairs = channels.div_ceil(2) * taps;
         let mut data = vec![0u32; a.rows.div_ceil(16) * pairs * 16];
         let at = |i: usize, ch: usize, t: usize| {
@@ -425,12 +426,7 @@ struct PackedTaps {
 impl PackedTaps {
     fn new(a: MatRef<'_, f32>, taps: usize) -> Self {
         use rayon::prelude::*;
-        assert!(a.in_bounds(), "f32 pack: a view leaves its slice");
-        assert!(
-            taps > 0 && a.cols.is_multiple_of(taps),
-            "f32 pack: {} columns are not whole channels of {taps} taps",
-            a.cols
-        );
+        let channels = channels_of(a, taps);
         let k = a.cols;
         let mut data = vec![0f32; a.rows.div_ceil(16) * k * 16];
         // In parallel over blocks of 16 rows, as `PackedPairs::new`.
@@ -447,7 +443,7 @@ impl PackedTaps {
         Self {
             data,
             m: a.rows,
-            channels: k / taps,
+            channels,
             taps,
         }
     }
@@ -504,6 +500,17 @@ fn has_work(dst: &[f32], m: usize, n: usize) -> bool {
         dst.len()
     );
     m > 0 && n > 0
+}
+
+/// [`has_work`] for a patch product whose weight has `m` rows of `channels × taps` columns,
+/// after checking that they are the patches' channels and taps.
+fn patch_work(dst: &[f32], (m, channels, taps): (usize, usize, usize), b: &Patches<'_>) -> bool {
+    assert_eq!(
+        (b.c, b.geometry.taps.len()),
+        (channels, taps),
+        "patch matmul: the weight's channels and taps are not the patches'"
+    );
+    has_work(dst, m, b.cols())
 }
 
 /// `dst (m × n) = A · B` (or `+=`) with A packed in `pa` and B packed by `pack_b` into the
@@ -572,13 +579,8 @@ pub fn matmul_patches(dst: &mut [f32], a: &PatchWeight, b: &Patches<'_>, accumul
         }
         PatchLayout::Pairs(a, dot) => {
             let dot = *dot;
-            assert_eq!(
-                (b.c, b.geometry.taps.len()),
-                (a.channels, a.taps),
-                "bf16 matmul: the weight's channels and taps are not the patches'"
-            );
             let (m, n) = (a.m, b.cols());
-            if !has_work(dst, m, n) {
+            if !patch_work(dst, (m, a.channels, a.taps), b) {
                 return;
             }
             SCRATCH_B.with(|scratch| {
@@ -595,13 +597,8 @@ pub fn matmul_patches(dst: &mut [f32], a: &PatchWeight, b: &Patches<'_>, accumul
             });
         }
         PatchLayout::Taps(a, fma) => {
-            assert_eq!(
-                (b.c, b.geometry.taps.len()),
-                (a.channels, a.taps),
-                "f32 matmul: the weight's channels and taps are not the patches'"
-            );
             let (m, n) = (a.m, b.cols());
-            if !has_work(dst, m, n) {
+            if !patch_work(dst, (m, a.channels, a.taps), b) {
                 return;
             }
             let out = Out {

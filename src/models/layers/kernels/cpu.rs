@@ -270,6 +270,15 @@ fn im2col_image<T: Real>(x: &[T], g: &Window, cols: &mut [T], ld: usize) {
     }
 }
 
+/// Images `n0..n0 + wide / out_len` of `x` (`n × c × h × w`) unfolded side by side into
+/// `cols` (`patch_len × wide`): a group's patch matrix, as one product reads it.
+fn unfold_group<T: Real>(x: &[T], g: &Window, n0: usize, cols: &mut [T], wide: usize) {
+    let (img, l) = (g.c * g.h * g.w, g.out_len());
+    for i in 0..wide / l {
+        im2col_image(&x[(n0 + i) * img..][..img], g, &mut cols[i * l..], wide);
+    }
+}
+
 /// Adds one image's patch-matrix gradient `[patch_len, out_len]` onto its `c × h × w`
 /// input gradient (rows `ld` apart): the adjoint of [`im2col_image`].
 ///
@@ -390,10 +399,7 @@ pub fn conv_forward<T: Real>(
                 return;
             }
             let wide = imgs * l;
-            for i in 0..imgs {
-                let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
-                im2col_image(x_n, g, &mut cols[i * l..], wide);
-            }
+            unfold_group(x, g, n0, &mut cols, wide);
             let patches = MatRef::row_major(&cols[..k * wide], k, wide);
             let wide_y = &mut wide_y[..c_out * wide];
             product(wide_y, wm, packed_w.as_ref(), patches, false, products);
@@ -507,10 +513,7 @@ pub fn conv_backward_joined<T: Real>(
                 let patches = if direct {
                     &x[n0 * img..(n0 + 1) * img]
                 } else {
-                    for i in 0..imgs {
-                        let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
-                        im2col_image(x_n, g, &mut cols[i * l..], wide);
-                    }
+                    unfold_group(x, g, n0, &mut cols, wide);
                     &cols[..k * wide]
                 };
                 // dWᵀ (k × c_out) += cols (k × wide) · dYᵀ (wide × c_out). Both matrices
@@ -573,15 +576,16 @@ fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &m
     transpose_par(first, k, c_out, dw);
 }
 
-/// The bf16 unit and the window's geometry, when this convolution's products read their
+/// The unit and the window's geometry, when this convolution's products read their
 /// patches straight from the images ([`bf16::Patches`], an implicit GEMM): f32 data,
-/// products on a bf16 unit, and a square odd window with padding (k − 1) / 2 whose stride
+/// products on a bf16 unit (or, for the layers `F32_IMPLICIT_WEIGHT` names, the f32 patch
+/// product), and a square odd window with padding (k − 1) / 2 whose stride
 /// divides the input's sides and whose output planes the packers can walk
 /// ([`bf16::PatchGeometry::new`]). Every 3 × 3 and 1 × 1 layer of the ResNets qualifies,
 /// strided ones and the ImageNet stem's 7 × 7 stride 2 included (their patches read the
 /// images' phase planes); odd-sided strided inputs and planes whose positions do not come in
-/// blocks of 16 unfold their patches (im2col) as before, and so does fp32, whose products
-/// gemm packs itself.
+/// blocks of 16 unfold their patches (im2col) as before, and so do fp32's other layers,
+/// whose products gemm packs itself.
 fn implicit<T: Real>(
     g: &Window,
     c_out: usize,
@@ -604,11 +608,12 @@ fn implicit<T: Real>(
 
 /// The largest weight (values, `c_out · c·kh·kw`) whose f32 products go through the patch
 /// product rather than gemm: 64 → 64 channels at 3 × 3 (36,864). Measured per layer
-/// (`conv_layer_times`, `benches/results/f32-patch-product-layers.txt`): the patch product
-/// is 1.1–1.9× faster than im2col + gemm on resnet8-tiny's layers and ResNet-18's 64-channel
-/// ones, where unfolding and packing the patches cost as much as the arithmetic, and
-/// 5–25 % slower on ResNet-18's 128–512-channel layers, where gemm's register tile reuses
-/// each loaded value more and the unfolding is a small share. Layers of fewer than 16 input
+/// (`conv_layer_times`, `benches/results/f32-patch-product-layers.txt`, fastest of 20): the
+/// patch product is up to 1.4× faster (forward) and 1.1× (backward) than im2col + gemm on
+/// resnet8-tiny's layers, where unfolding and packing the patches cost as much as the
+/// arithmetic, level on ResNet-18's 64-channel ones, and in earlier runs 5–25 % slower on
+/// ResNet-18's 128–512-channel layers, where gemm's register tile reuses each loaded value
+/// more and the unfolding is a small share. Layers of fewer than 16 input
 /// or output channels (a stem) stay on gemm too: the product's rows come in blocks of 8
 /// and 16, and a 3-row input gradient would compute 8.
 const F32_IMPLICIT_WEIGHT: usize = 40_000;
@@ -810,10 +815,7 @@ fn conv_backward_implicit(
                     // `conv_backward_joined` (gemm packs them itself).
                     Implicit::F32(_) => {
                         let cols = &mut split[..k * wide];
-                        for i in 0..imgs {
-                            let x_n = &x[(n0 + i) * img..(n0 + i + 1) * img];
-                            im2col_image(x_n, g, &mut cols[i * l..], wide);
-                        }
+                        unfold_group(x, g, n0, cols, wide);
                         let cols_m = MatRef::row_major(cols, k, wide);
                         matmul(dwt, cols_m, dy_group.t(), s > 0);
                     }

@@ -187,6 +187,16 @@ mod tests {
 mod layout_speed {
     use super::*;
 
+    /// Milliseconds per call of `f` over `reps` calls, after one untimed call.
+    fn ms_per_call(reps: usize, f: &mut dyn FnMut()) -> f64 {
+        f();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64 * 1e3
+    }
+
     /// Which orientation of a convolution's weight-gradient product is fastest, through gemm
     /// and on the bf16 units: `cargo test --release --lib dw_product_layouts -- --ignored
     /// --nocapture` (`benches/results/dw-product-layouts.txt`).
@@ -197,14 +207,7 @@ mod layout_speed {
             let a: Vec<f32> = (0..m * red).map(|v| (v as f32 * 0.37).sin()).collect();
             let cols: Vec<f32> = (0..n * red).map(|v| (v as f32 * 0.71).cos()).collect();
             let mut c = vec![0.0f32; m * n];
-            let time = |f: &mut dyn FnMut()| {
-                f();
-                let t = std::time::Instant::now();
-                for _ in 0..50 {
-                    f();
-                }
-                t.elapsed().as_secs_f64() / 50.0 * 1e3
-            };
+            let time = |f: &mut dyn FnMut()| ms_per_call(50, f);
             // cols stored n × red (patch-major, as im2col writes it): Bᵀ view.
             let t_view = time(&mut || {
                 matmul(
@@ -275,11 +278,6 @@ mod layout_speed {
             }
         }
     }
-}
-
-#[cfg(test)]
-mod rates {
-    use super::*;
 
     /// One core's rate through gemm on ResNet-18's convolution products, as the layers hand
     /// them over (forward: W · cols; dx: Wᵀ · dY; dW: cols · dYᵀ), against a square product:
@@ -287,15 +285,7 @@ mod rates {
     #[test]
     #[ignore]
     fn gemm_rates() {
-        let time = |flop: f64, f: &mut dyn FnMut()| {
-            f();
-            let reps = 10;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            flop * reps as f64 / t.elapsed().as_secs_f64() / 1e9
-        };
+        let time = |flop: f64, f: &mut dyn FnMut()| flop / ms_per_call(10, f) / 1e6;
         let fill =
             |len: usize, s: f32| -> Vec<f32> { (0..len).map(|v| (v as f32 * s).sin()).collect() };
         let sq = 1024;

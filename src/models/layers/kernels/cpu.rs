@@ -2335,7 +2335,11 @@ mod tests {
                 let b = time(&mut || {
                     std::hint::black_box(conv_backward(&x, &w, &dy, &g, co, p));
                 });
-                line += &format!("  {name} fwd {f:.2} bwd {b:.2}");
+                // dW alone (a first layer's backward): bwd − dw is what dx costs.
+                let d = time(&mut || {
+                    std::hint::black_box(conv_backward_joined(&x, &w, &dy, &g, co, p, false));
+                });
+                line += &format!("  {name} fwd {f:.2} bwd {b:.2} (dw {d:.2})");
             }
             println!("{line}");
         }

@@ -61,6 +61,18 @@ impl<'a, T> MatRef<'a, T> {
 /// (callers parallelise over images). Panics on mismatched shapes or views that leave their
 /// slices — a bug in the caller, never a property of the data.
 pub fn matmul<T: Real>(dst: &mut [T], a: MatRef<'_, T>, b: MatRef<'_, T>, accumulate: bool) {
+    matmul_threads(dst, a, b, accumulate, 1)
+}
+
+/// [`matmul`] on `threads` of rayon's pool (gemm splits the output; each element is still
+/// one reduction in one order).
+pub fn matmul_threads<T: Real>(
+    dst: &mut [T],
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
     assert!(
@@ -105,7 +117,11 @@ pub fn matmul<T: Real>(dst: &mut [T], a: MatRef<'_, T>, b: MatRef<'_, T>, accumu
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

@@ -640,11 +640,7 @@ fn dw_over_batch<T: Real>(
                 }
             });
         let wdy = &mut wide_dy[..c_out * wide];
-        wdy.par_chunks_mut(wide).enumerate().for_each(|(co, row)| {
-            for (i, dst) in row.chunks_exact_mut(l).enumerate() {
-                dst.copy_from_slice(&dy[((n0 + i) * c_out + co) * l..][..l]);
-            }
-        });
+        to_wide(&dy[n0 * c_out * l..(n0 + imgs) * c_out * l], c_out, l, wdy);
         let dym = MatRef::row_major(&*wdy, c_out, wide);
         let cols = MatRef::row_major(&cols[..], k, wide);
         // gemm splits the product over the pool itself: measured faster than one product
@@ -1951,7 +1947,6 @@ mod tests {
             assert!((a - b).abs() < 1e-12);
         }
         let gy = values(y.len(), 7);
-        let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(p, q)| p * q).sum() };
         // <dy, conv(x, w)> is linear in x and in w: its gradients are the adjoints.
         let gx = depthwise_grad_input(&gy, &w, &g);
         let dx = values(x.len(), 8);
@@ -1984,11 +1979,22 @@ mod tests {
         assert_eq!(gx.iter().sum::<f64>(), 10.0);
     }
 
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// `⟨u, grad⟩ = want` to 1e-8 relative: one direction of an adjoint check.
+    fn assert_adjoint(u: &[f64], grad: &[f64], want: f64, what: &str, g: &Window) {
+        assert!(
+            (dot(u, grad) - want).abs() < 1e-8 * want.abs().max(1.0),
+            "{what} {g:?}"
+        );
+    }
+
     /// The per-image convolution equals the naive one, and its backward is the exact
     /// adjoint: with f(x, w) = ⟨dy, conv(x, w)⟩ (linear in each), ⟨x, dx⟩ = ⟨w, dw⟩ = f.
     #[test]
     fn per_image_convolution_matches_the_naive_one_and_its_backward_is_the_adjoint() {
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         for (seed, (c, co, h, k, stride, pad)) in [
             (3, 4, 7, 3, 1, 1),
             (2, 5, 8, 3, 2, 1),
@@ -2031,27 +2037,13 @@ mod tests {
             assert!(no_dx.iter().all(|v| *v == 0.0), "dx written {g:?}");
             assert_eq!(same_dw, &dw[..], "dW alone {g:?}");
             let f = dot(&dy, &y);
-            assert!(
-                (dot(&x, &dx) - f).abs() < 1e-8 * f.abs().max(1.0),
-                "dx {g:?}"
-            );
-            assert!(
-                (dot(&w, &dw) - f).abs() < 1e-8 * f.abs().max(1.0),
-                "dw {g:?}"
-            );
+            assert_adjoint(&x, &dx, f, "dx", &g);
+            assert_adjoint(&w, &dw, f, "dw", &g);
             // And along independent directions: ⟨x2, dx⟩ = ⟨dy, conv(x2, w)⟩, likewise w2.
             let x2 = values(x.len(), 40 + seed as u64);
             let w2 = values(w.len(), 50 + seed as u64);
-            let fx = dot(&dy, &naive_conv(&x2, &w, &g, co));
-            let fw = dot(&dy, &naive_conv(&x, &w2, &g, co));
-            assert!(
-                (dot(&x2, &dx) - fx).abs() < 1e-8 * fx.abs().max(1.0),
-                "dx {g:?}"
-            );
-            assert!(
-                (dot(&w2, &dw) - fw).abs() < 1e-8 * fw.abs().max(1.0),
-                "dw {g:?}"
-            );
+            assert_adjoint(&x2, &dx, dot(&dy, &naive_conv(&x2, &w, &g, co)), "dx", &g);
+            assert_adjoint(&w2, &dw, dot(&dy, &naive_conv(&x, &w2, &g, co)), "dw", &g);
         }
     }
 
@@ -2061,7 +2053,6 @@ mod tests {
     /// same sums.
     #[test]
     fn the_batched_weight_gradient_is_the_adjoint_in_any_chunking() {
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         for (seed, (n, c, co, h, k, stride, pad)) in [
             (20, 3, 4, 4, 3, 1, 1),
             (30, 40, 3, 8, 3, 2, 1),
@@ -2093,20 +2084,10 @@ mod tests {
             let only_dw = conv_backward_joined(&x, &w, &dy, &g, co, Products::Native, false);
             assert_eq!(&only_dw[dx.len()..], &dw[..], "dW alone {g:?}");
             let f = dot(&dy, &y);
-            assert!(
-                (dot(&x, &dx) - f).abs() < 1e-8 * f.abs().max(1.0),
-                "dx {g:?}"
-            );
-            assert!(
-                (dot(&w, &dw) - f).abs() < 1e-8 * f.abs().max(1.0),
-                "dw {g:?}"
-            );
+            assert_adjoint(&x, &dx, f, "dx", &g);
+            assert_adjoint(&w, &dw, f, "dw", &g);
             let w2 = values(w.len(), 90 + seed as u64);
-            let fw = dot(&dy, &naive_conv(&x, &w2, &g, co));
-            assert!(
-                (dot(&w2, &dw) - fw).abs() < 1e-8 * fw.abs().max(1.0),
-                "dw {g:?}"
-            );
+            assert_adjoint(&w2, &dw, dot(&dy, &naive_conv(&x, &w2, &g, co)), "dw", &g);
             // These layers are small enough for the per-task partials: the batched dW is
             // checked against them.
             let kl = g.patch_len() * g.out_len();
@@ -2394,7 +2375,6 @@ mod tests {
         }
         let both = linear_backward(&x, &w, &dy, k, n, Products::Native);
         let (dx, dw) = both.split_at(rows * k);
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
         // Adjoints: ⟨dy, x2·wᵀ⟩ = ⟨x2, dx⟩ and ⟨dy, x·w2ᵀ⟩ = ⟨w2, dw⟩.
         let (x2, w2) = (values(x.len(), 74), values(w.len(), 75));
         let fx = dot(&dy, &linear_forward(&x2, &w, k, n, Products::Native));

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::Products;
 use super::bf16;
+use super::taps;
 use super::gemm::{MatRef, matmul, matmul_threads};
 
 pub use super::real::{Real, SCRATCH_SLOTS, Slots};
@@ -20,14 +21,14 @@ pub use super::real::{Real, SCRATCH_SLOTS, Slots};
 /// task and call cost a ResNet-18 step ~10 % in `memset`. Its contents are whatever the last
 /// task left: every user writes each element it reads. (A thread that takes a slot twice at
 /// once gets a fresh vector the second time.)
-struct Scratch<T: Real> {
+pub(super) struct Scratch<T: Real> {
     buf: Vec<T>,
     len: usize,
     slot: usize,
 }
 
 impl<T: Real> Scratch<T> {
-    fn take(slot: usize, len: usize) -> Self {
+    pub(super) fn take(slot: usize, len: usize) -> Self {
         let mut buf = T::scratch()
             .try_with(|s| std::mem::take(&mut s.borrow_mut()[slot]))
             .unwrap_or_default();
@@ -62,7 +63,7 @@ impl<T: Real> Drop for Scratch<T> {
 /// An output buffer of `len` zeros, filled in parallel when large. A kernel's output was
 /// `vec![0; len]`: glibc's `calloc` clears reused memory with one `memset` on the calling
 /// thread while the pool's workers wait, up to 8 MiB per ResNet-18 activation.
-fn zeroed<T: Real>(len: usize) -> Vec<T> {
+pub(super) fn zeroed<T: Real>(len: usize) -> Vec<T> {
     const SERIAL: usize = 1 << 16;
     if len < SERIAL {
         return vec![T::zero(); len];
@@ -366,6 +367,10 @@ pub fn conv_forward<T: Real>(
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut out = zeroed(g.n * c_out * l);
+    if taps::chosen(g, c_out, products) {
+        taps::forward(x, w, g, c_out, &mut out);
+        return out;
+    }
     if let Some(unit) = implicit::<T>(g, c_out, products)
         && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w))
         && let Some(of) = T::as_f32_mut(&mut out)
@@ -470,6 +475,11 @@ pub fn conv_backward_joined<T: Real>(
     let img = g.c * g.h * g.w;
     let dx_len = g.n * img;
     let mut both = zeroed(dx_len + c_out * k);
+    if taps::chosen(g, c_out, products) {
+        let (dx, dw) = both.split_at_mut(dx_len);
+        taps::backward(x, w, dy, g, c_out, (dx, want_dx), dw);
+        return both;
+    }
     if let Some(unit) = implicit::<T>(g, c_out, products).filter(|(u, _)| want_dx || u.has_dw())
         && let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy))
         && let Some(bf) = T::as_f32_mut(&mut both)

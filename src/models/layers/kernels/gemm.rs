@@ -64,6 +64,46 @@ pub fn matmul<T: Real>(dst: &mut [T], a: MatRef<'_, T>, b: MatRef<'_, T>, accumu
     matmul_threads(dst, a, b, accumulate, 1)
 }
 
+/// A writable matrix view: element (r, c) is `data[r·row_stride + c·col_stride]` — a
+/// block of columns of a wider matrix, or a matrix interleaved with others (a convolution
+/// tap's slice of a weight gradient).
+#[derive(Debug)]
+pub struct MatMut<'a, T> {
+    pub(super) data: &'a mut [T],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: usize,
+    pub(super) col_stride: usize,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// `rows × cols` with the given strides over `data`.
+    pub fn strided(
+        data: &'a mut [T],
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// The same extents as a read-only view (for the bounds check).
+    fn as_ref(&self) -> MatRef<'_, T> {
+        MatRef {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+}
+
 /// [`matmul`] on `threads` of rayon's pool (gemm splits the output; each element is still
 /// one reduction in one order).
 pub fn matmul_threads<T: Real>(
@@ -73,15 +113,40 @@ pub fn matmul_threads<T: Real>(
     accumulate: bool,
     threads: usize,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
+    let (m, n) = (a.rows, b.cols);
     assert!(
         dst.len() >= m * n,
         "matmul: destination holds {} < {m}×{n}",
         dst.len()
     );
+    matmul_into(
+        MatMut::strided(dst, (m, n), (n, 1)),
+        a,
+        b,
+        accumulate,
+        threads,
+    );
+}
+
+/// `dst = a · b` (or `+=`) into a strided view, on `threads` of rayon's pool. Panics on
+/// mismatched shapes or views that leave their slices, as [`matmul`].
+pub fn matmul_into<T: Real>(
+    dst: MatMut<'_, T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
     assert!(
-        a.in_bounds() && b.in_bounds(),
+        dst.rows == m && dst.cols == n,
+        "matmul: destination is {}×{}, the product {m}×{n}",
+        dst.rows,
+        dst.cols
+    );
+    assert!(
+        a.in_bounds() && b.in_bounds() && dst.as_ref().in_bounds(),
         "matmul: a view leaves its slice"
     );
     if m == 0 || n == 0 {
@@ -89,22 +154,25 @@ pub fn matmul_threads<T: Real>(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].iter_mut().for_each(|v| *v = T::zero());
+            for r in 0..m {
+                for c in 0..n {
+                    dst.data[r * dst.row_stride + c * dst.col_stride] = T::zero();
+                }
+            }
         }
         return;
     }
-    // SAFETY: the asserts above keep every address gemm computes inside the slices: dst is
-    // m × n row-major (row stride n, column stride 1) within `dst`, and `a`, `b` address only
-    // elements checked by `in_bounds`. `dst` is a unique borrow, so it aliases neither input.
-    // Strides fit isize: they come from slice lengths.
+    // SAFETY: the asserts above keep every address gemm computes inside the slices: `dst`,
+    // `a` and `b` address only elements checked by `in_bounds`. `dst` is a unique borrow,
+    // so it aliases neither input. Strides fit isize: they come from slice lengths.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst.data.as_mut_ptr(),
+            dst.col_stride as isize,
+            dst.row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

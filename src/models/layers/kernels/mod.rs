@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod gemm;
 pub mod plan;
 pub mod real;
+mod taps;
 
 pub use cpu::Window;
 

@@ -1,0 +1,414 @@
+//! Stride-1 "same" convolutions of small planes (ResNet-18's 8 × 8 and 4 × 4 stages) as one
+//! matrix product per kernel tap, over only the positions where that tap reads the image.
+//!
+//! im2col + gemm multiplies every tap at every position, and where the window hangs over
+//! the padding it multiplies zeros: 16 % of a 3 × 3 layer's multiply-adds at 8 × 8, 31 % at
+//! 4 × 4. Those are exactly the layers where annt trailed PyTorch (whose oneDNN runs a
+//! direct convolution that skips them): `benches/results/conv-layers-annt-vs-torch-*`.
+//!
+//! Here the activations are laid out position-major, `P[ch][p·n + i]` (channel, then
+//! position `p` in the plane, then image `i`): a whole batch's positions side by side, the
+//! images innermost. A tap `(dy, dx)` maps output position `(y, x)` to input `(y+dy, x+dx)`;
+//! the outputs where that input lies inside the image are a rectangle, and in this layout
+//! each of its rows — or the whole rectangle, when the tap is in the window's middle column
+//! — is one contiguous run of columns in both the output and the input matrix, at the same
+//! row stride. So each tap is a handful of gemm calls on views of the two matrices, with no
+//! unfolding, no zeros and no copies:
+//!
+//! - forward: `Y[:, out] += W_t · X[:, in]`;
+//! - input gradient: `dX[:, in] += W_tᵀ · dY[:, out]`;
+//! - weight gradient: `dW_t = Σ dY[:, out] · X[:, in]ᵀ`, written straight into the tap's
+//!   interleaved place in the `c_out × c × kh × kw` weight gradient.
+//!
+//! The centre tap covers every position, so it goes first and writes rather than adds. The
+//! work is split over blocks of output rows (channels) whose size follows the geometry, not
+//! the thread count: every element is the same sum in the same order on any pool.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::Products;
+use super::cpu::{Real, Scratch, Window};
+use super::gemm::{MatMut, MatRef, matmul_into};
+
+/// Output positions per image up to which a layer takes this path (8 × 8).
+const MAX_PLANE: usize = 64;
+/// Fewest input and output channels for this path: below them a tap's product is too thin
+/// for gemm's register tile and im2col + gemm (or the f32 patch product) is faster.
+const MIN_CHANNELS: usize = 128;
+/// Rows (channels) of a product per parallel task.
+const ROWS_PER_TASK: usize = 128;
+
+/// Turns this path off for an A/B in one binary: `ANNT_CPU_TAPS=off` runs these layers
+/// through im2col + gemm as before.
+pub const TAPS_ENV: &str = "ANNT_CPU_TAPS";
+
+/// Whether this convolution runs tap by tap: f32 or f64 products (the bf16 units keep their
+/// own patch products), a geometry [`applies`] takes, and [`TAPS_ENV`] not `off`.
+pub(super) fn chosen(g: &Window, c_out: usize, products: Products) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    let on = *ON.get_or_init(|| match std::env::var(TAPS_ENV).ok().as_deref().map(str::trim) {
+        None | Some("") | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            eprintln!("annt: {TAPS_ENV}={other:?} is not one of on, off; using on");
+            true
+        }
+    });
+    on && products.bf16().is_none() && applies(g, c_out)
+}
+
+/// Whether a convolution of window `g` and `c_out` output channels runs tap by tap: stride 1,
+/// a square odd window with "same" padding, a plane of at most [`MAX_PLANE`] positions and
+/// at least [`MIN_CHANNELS`] channels on both sides.
+pub(super) fn applies(g: &Window, c_out: usize) -> bool {
+    g.stride == 1
+        && g.kh == g.kw
+        && g.kh > 1
+        && g.kh == 2 * g.pad + 1
+        && g.h * g.w <= MAX_PLANE
+        && g.c.min(c_out) >= MIN_CHANNELS
+}
+
+/// One contiguous run of a tap's valid positions: output positions `out..out + len` read
+/// input positions `inp..inp + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    out: usize,
+    inp: usize,
+    len: usize,
+}
+
+/// Every tap of `g`'s window (index `ky·kw + kx`) with its runs of valid positions, the
+/// centre tap first.
+fn tap_spans(g: &Window) -> Vec<(usize, Vec<Span>)> {
+    let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
+    let centre = g.pad * g.kw + g.pad;
+    let mut taps: Vec<usize> = vec![centre];
+    taps.extend((0..g.kh * g.kw).filter(|&t| t != centre));
+    taps.into_iter()
+        .map(|t| {
+            let (dy, dx) = ((t / g.kw) as isize - pad, (t % g.kw) as isize - pad);
+            let (y0, y1) = ((-dy).max(0), (h - dy).min(h));
+            let (x0, x1) = ((-dx).max(0), (w - dx).min(w));
+            let at = |y: isize, x: isize| (y * w + x) as usize;
+            let spans = if y1 <= y0 || x1 <= x0 {
+                Vec::new()
+            } else if dx == 0 {
+                vec![Span {
+                    out: at(y0, 0),
+                    inp: at(y0 + dy, 0),
+                    len: ((y1 - y0) * w) as usize,
+                }]
+            } else {
+                (y0..y1)
+                    .map(|y| Span {
+                        out: at(y, x0),
+                        inp: at(y + dy, x0 + dx),
+                        len: (x1 - x0) as usize,
+                    })
+                    .collect()
+            };
+            (t, spans)
+        })
+        .collect()
+}
+
+/// `images` (`n × ch × l`, NCHW) into `dst` position-major: `dst[c][p·n + i]`.
+fn to_positions<T: Real>(images: &[T], n: usize, ch: usize, l: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(16 * l * n)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            for (j, row) in rows.chunks_exact_mut(l * n).enumerate() {
+                let c = block * 16 + j;
+                for i in 0..n {
+                    let plane = &images[(i * ch + c) * l..][..l];
+                    for (p, v) in plane.iter().enumerate() {
+                        row[p * n + i] = *v;
+                    }
+                }
+            }
+        });
+}
+
+/// The inverse of [`to_positions`]: `src` (`ch × (l·n)`) into `images` (`n × ch × l`), in
+/// parallel over groups of 16 images (a group reads whole cache lines of `src`).
+fn from_positions<T: Real>(src: &[T], n: usize, ch: usize, l: usize, images: &mut [T]) {
+    images
+        .par_chunks_mut(16 * ch * l)
+        .enumerate()
+        .for_each(|(group, out)| {
+            let i0 = group * 16;
+            for (j, image) in out.chunks_exact_mut(ch * l).enumerate() {
+                for (c, plane) in image.chunks_exact_mut(l).enumerate() {
+                    let row = &src[c * l * n + i0 + j..];
+                    for (p, v) in plane.iter_mut().enumerate() {
+                        *v = row[p * n];
+                    }
+                }
+            }
+        });
+}
+
+/// The weight `c_out × c × kk` as `kk` matrices `c_out × c`, one per tap, into `dst`.
+fn tap_major<T: Real>(w: &[T], c_out: usize, c: usize, kk: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(c_out * c)
+        .enumerate()
+        .for_each(|(t, wt)| {
+            for (v, filter) in wt.iter_mut().zip(w.chunks_exact(kk)) {
+                *v = filter[t];
+            }
+        });
+}
+
+/// Columns `[s·n, (s + len)·n)` of a `rows × (l·n)` position-major matrix starting at row 0
+/// of `data`.
+fn columns<T>(data: &[T], rows: usize, l: usize, n: usize, start: usize, len: usize) -> MatRef<'_, T> {
+    MatRef {
+        data: &data[start * n..],
+        rows,
+        cols: len * n,
+        row_stride: l * n,
+        col_stride: 1,
+    }
+}
+
+/// The forward convolution (`x`: `n × c × h × w`, `w`: `c_out × c × kh × kw`) into `out`
+/// (`n × c_out × h × w`).
+pub(super) fn forward<T: Real>(x: &[T], w: &[T], g: &Window, c_out: usize, out: &mut [T]) {
+    let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
+    let spans = tap_spans(g);
+    let mut xp = Scratch::take(0, c * l * n);
+    to_positions(x, n, c, l, &mut xp);
+    let mut wt = Scratch::take(1, kk * c_out * c);
+    tap_major(w, c_out, c, kk, &mut wt);
+    let mut yp = Scratch::take(2, c_out * l * n);
+    let (xp, wt) = (&*xp, &*wt);
+    yp.par_chunks_mut(ROWS_PER_TASK * l * n)
+        .enumerate()
+        .for_each(|(block, ys)| {
+            let (o0, m) = (block * ROWS_PER_TASK, ys.len() / (l * n));
+            for (first, (t, runs)) in spans.iter().enumerate() {
+                let a = MatRef::row_major(&wt[(t * c_out + o0) * c..][..m * c], m, c);
+                for s in runs {
+                    let dst = MatMut::strided(&mut ys[s.out * n..], (m, s.len * n), (l * n, 1));
+                    let b = columns(xp, c, l, n, s.inp, s.len);
+                    matmul_into(dst, a, b, first > 0, 1);
+                }
+            }
+        });
+    from_positions(&yp, n, c_out, l, out);
+}
+
+/// Both gradients of [`forward`]: `dx` (`n × c × h × w`, left untouched unless `want_dx`)
+/// and `dw` (`c_out × c × kh × kw`, overwritten).
+pub(super) fn backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    g: &Window,
+    c_out: usize,
+    (dx, want_dx): (&mut [T], bool),
+    dw: &mut [T],
+) {
+    let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
+    let spans = tap_spans(g);
+    let mut xp = Scratch::take(0, c * l * n);
+    to_positions(x, n, c, l, &mut xp);
+    let mut dyp = Scratch::take(2, c_out * l * n);
+    to_positions(dy, n, c_out, l, &mut dyp);
+    let dyp = &*dyp;
+    // dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X[:, in]ᵀ, written into the
+    // tap's interleaved place: dw[o][ch][t] (row stride c·kk, column stride kk).
+    dw.par_chunks_mut(ROWS_PER_TASK * c * kk)
+        .enumerate()
+        .for_each(|(block, dws)| {
+            let (o0, m) = (block * ROWS_PER_TASK, dws.len() / (c * kk));
+            let dy_rows = &dyp[o0 * l * n..(o0 + m) * l * n];
+            for (t, runs) in &spans {
+                if runs.is_empty() {
+                    // A tap that never reads the image (a window wider than the plane).
+                    for row in dws.chunks_exact_mut(c * kk) {
+                        row.iter_mut().skip(*t).step_by(kk).for_each(|v| *v = T::zero());
+                    }
+                }
+                for (s, run) in runs.iter().enumerate() {
+                    let dst = MatMut::strided(&mut dws[*t..], (m, c), (c * kk, kk));
+                    let a = columns(dy_rows, m, l, n, run.out, run.len);
+                    let b = columns(&xp, c, l, n, run.inp, run.len).t();
+                    matmul_into(dst, a, b, s > 0, 1);
+                }
+            }
+        });
+    if !want_dx {
+        return;
+    }
+    // dX[:, in] += W_tᵀ · dY[:, out], in parallel over blocks of input channels.
+    let mut wt = Scratch::take(1, kk * c_out * c);
+    tap_major(w, c_out, c, kk, &mut wt);
+    let wt = &*wt;
+    // X's position-major copy is done with: its buffer takes dX (every element is written
+    // by the centre tap first).
+    let dxp = &mut *xp;
+    dxp.par_chunks_mut(ROWS_PER_TASK * l * n)
+        .enumerate()
+        .for_each(|(block, dxs)| {
+            let (c0, m) = (block * ROWS_PER_TASK, dxs.len() / (l * n));
+            for (first, (t, runs)) in spans.iter().enumerate() {
+                // W_tᵀ's rows c0..c0 + m: W_t is c_out × c, row-major.
+                let a = MatRef {
+                    data: &wt[t * c_out * c + c0..(t + 1) * c_out * c],
+                    rows: m,
+                    cols: c_out,
+                    row_stride: 1,
+                    col_stride: c,
+                };
+                for s in runs {
+                    let dst = MatMut::strided(&mut dxs[s.inp * n..], (m, s.len * n), (l * n, 1));
+                    let b = columns(dyp, c_out, l, n, s.out, s.len);
+                    matmul_into(dst, a, b, first > 0, 1);
+                }
+            }
+        });
+    from_positions(dxp, n, c, l, dx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cpu::{conv_backward, conv_forward};
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut rng = crate::util::rng::Rng::new(seed);
+        (0..len).map(|_| rng.normal() as f64).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], what: &str, g: &Window) {
+        assert_eq!(got.len(), want.len(), "{what} {g:?}");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-10 * b.abs().max(1.0),
+                "{what} {g:?} [{i}]: {a} against {b}"
+            );
+        }
+    }
+
+    /// Windows of every shape this path meets and the edge cases past them: planes of one
+    /// position, planes narrower than the window, odd sides, 5 × 5 windows.
+    fn windows() -> Vec<(Window, usize)> {
+        [
+            (3, 4, 4, 4, 3, 5),
+            (2, 3, 8, 8, 3, 4),
+            (5, 2, 3, 5, 3, 3),
+            (1, 3, 1, 1, 3, 2),
+            (2, 2, 2, 3, 5, 3),
+            (3, 3, 5, 4, 5, 2),
+            (17, 2, 2, 2, 3, 3),
+        ]
+        .into_iter()
+        .map(|(n, c, h, w, k, co)| {
+            let g = Window {
+                n,
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride: 1,
+                pad: k / 2,
+            };
+            (g, co)
+        })
+        .collect()
+    }
+
+    /// Tap by tap equals im2col + gemm (`cpu`'s path for these few channels, itself checked
+    /// against the naive convolution and as the exact adjoint in `cpu`'s tests) for the
+    /// output and both gradients, and `want_dx = false` leaves dx alone.
+    #[test]
+    fn tap_products_equal_the_unfolded_convolution_and_its_gradients() {
+        for (seed, (g, co)) in windows().into_iter().enumerate() {
+            let seed = seed as u64;
+            let x = values(g.n * g.c * g.h * g.w, 100 + seed);
+            let w = values(co * g.patch_len(), 200 + seed);
+            let dy = values(g.n * co * g.out_len(), 300 + seed);
+            let mut y = vec![f64::NAN; g.n * co * g.out_len()];
+            forward(&x, &w, &g, co, &mut y);
+            assert_close(&y, &conv_forward(&x, &w, &g, co, Products::Native), "y", &g);
+            let (want_dx, want_dw) = conv_backward(&x, &w, &dy, &g, co, Products::Native);
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut dw = vec![f64::NAN; w.len()];
+            backward(&x, &w, &dy, &g, co, (&mut dx, true), &mut dw);
+            assert_close(&dx, &want_dx, "dx", &g);
+            assert_close(&dw, &want_dw, "dw", &g);
+            let mut untouched = vec![7.0; x.len()];
+            backward(&x, &w, &dy, &g, co, (&mut untouched, false), &mut dw);
+            assert!(untouched.iter().all(|&v| v == 7.0));
+            assert_close(&dw, &want_dw, "dw alone", &g);
+        }
+    }
+
+    /// The blocks of rows follow the geometry, so the result is the same bits on any pool:
+    /// 260 channels are three blocks, run on one thread and on three.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let g = Window {
+            n: 3,
+            c: 260,
+            h: 4,
+            w: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let co = 130;
+        let x: Vec<f32> = values(g.n * g.c * 16, 1).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = values(co * g.patch_len(), 2).iter().map(|&v| v as f32).collect();
+        let dy: Vec<f32> = values(g.n * co * 16, 3).iter().map(|&v| v as f32).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut y = vec![0f32; g.n * co * 16];
+                forward(&x, &w, &g, co, &mut y);
+                let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+                backward(&x, &w, &dy, &g, co, (&mut dx, true), &mut dw);
+                (y, dx, dw)
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+
+    /// ResNet-18's 8 × 8 and 4 × 4 stride-1 layers take this path; its strided, 1 × 1,
+    /// 16 × 16 and thin layers do not.
+    #[test]
+    fn the_path_takes_the_small_plane_layers_only() {
+        let window = |c, side, k, stride| Window {
+            n: 32,
+            c,
+            h: side,
+            w: side,
+            kh: k,
+            kw: k,
+            stride,
+            pad: k / 2,
+        };
+        assert!(applies(&window(256, 8, 3, 1), 256));
+        assert!(applies(&window(512, 4, 3, 1), 512));
+        assert!(!applies(&window(256, 8, 3, 2), 512));
+        assert!(!applies(&window(256, 8, 1, 1), 512));
+        assert!(!applies(&window(128, 16, 3, 1), 128));
+        assert!(!applies(&window(64, 8, 3, 1), 64));
+        assert_eq!(tap_spans(&window(8, 4, 3, 1)).len(), 9);
+        // The centre tap is first and covers the plane in one run.
+        let spans = tap_spans(&window(8, 4, 3, 1));
+        assert_eq!(spans[0], (4, vec![Span { out: 0, inp: 0, len: 16 }]));
+        // The valid positions are 100 of 144 at 4 × 4: the padded taps are skipped.
+        let valid: usize = spans.iter().flat_map(|(_, r)| r).map(|s| s.len).sum();
+        assert_eq!(valid, 100);
+    }
+}

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 
 use super::Products;
 use super::bf16;
-use super::taps;
 use super::gemm::{MatRef, matmul, matmul_threads};
+use super::taps;
 
 pub use super::real::{Real, SCRATCH_SLOTS, Slots};
 

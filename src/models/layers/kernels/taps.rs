@@ -48,14 +48,16 @@ pub const TAPS_ENV: &str = "ANNT_CPU_TAPS";
 /// own patch products), a geometry [`applies`] takes, and [`TAPS_ENV`] not `off`.
 pub(super) fn chosen(g: &Window, c_out: usize, products: Products) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(|| match std::env::var(TAPS_ENV).ok().as_deref().map(str::trim) {
-        None | Some("") | Some("on") => true,
-        Some("off") => false,
-        Some(other) => {
-            eprintln!("annt: {TAPS_ENV}={other:?} is not one of on, off; using on");
-            true
-        }
-    });
+    let on = *ON.get_or_init(
+        || match std::env::var(TAPS_ENV).ok().as_deref().map(str::trim) {
+            None | Some("") | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                eprintln!("annt: {TAPS_ENV}={other:?} is not one of on, off; using on");
+                true
+            }
+        },
+    );
     on && products.bf16().is_none() && applies(g, c_out)
 }
 
@@ -115,12 +117,21 @@ fn tap_spans(g: &Window) -> Vec<(usize, Vec<Span>)> {
         .collect()
 }
 
+/// The row stride of a position-major matrix of `l` positions × `n` images: one cache line
+/// more than a row. A batch of 32 makes rows of 512 or 2048 values, and rows a power of two
+/// apart fall into the same cache sets: gemm's packing of a block of rows then missed the
+/// cache on every row (a weight gradient at 8 × 8 took twice its arithmetic's time).
+fn lead(l: usize, n: usize) -> usize {
+    l * n + 16
+}
+
 /// `images` (`n × ch × l`, NCHW) into `dst` position-major: `dst[c][p·n + i]`.
 fn to_positions<T: Real>(images: &[T], n: usize, ch: usize, l: usize, dst: &mut [T]) {
-    dst.par_chunks_mut(16 * l * n)
+    dst.par_chunks_mut(16 * lead(l, n))
         .enumerate()
         .for_each(|(block, rows)| {
-            for (j, row) in rows.chunks_exact_mut(l * n).enumerate() {
+            for (j, row) in rows.chunks_exact_mut(lead(l, n)).enumerate() {
+                let row = &mut row[..l * n];
                 let c = block * 16 + j;
                 for i in 0..n {
                     let plane = &images[(i * ch + c) * l..][..l];
@@ -142,7 +153,7 @@ fn from_positions<T: Real>(src: &[T], n: usize, ch: usize, l: usize, images: &mu
             let i0 = group * 16;
             for (j, image) in out.chunks_exact_mut(ch * l).enumerate() {
                 for (c, plane) in image.chunks_exact_mut(l).enumerate() {
-                    let row = &src[c * l * n + i0 + j..];
+                    let row = &src[c * lead(l, n) + i0 + j..];
                     for (p, v) in plane.iter_mut().enumerate() {
                         *v = row[p * n];
                     }
@@ -164,12 +175,19 @@ fn tap_major<T: Real>(w: &[T], c_out: usize, c: usize, kk: usize, dst: &mut [T])
 
 /// Columns `[s·n, (s + len)·n)` of a `rows × (l·n)` position-major matrix starting at row 0
 /// of `data`.
-fn columns<T>(data: &[T], rows: usize, l: usize, n: usize, start: usize, len: usize) -> MatRef<'_, T> {
+fn columns<T>(
+    data: &[T],
+    rows: usize,
+    l: usize,
+    n: usize,
+    start: usize,
+    len: usize,
+) -> MatRef<'_, T> {
     MatRef {
         data: &data[start * n..],
         rows,
         cols: len * n,
-        row_stride: l * n,
+        row_stride: lead(l, n),
         col_stride: 1,
     }
 }
@@ -178,21 +196,23 @@ fn columns<T>(data: &[T], rows: usize, l: usize, n: usize, start: usize, len: us
 /// (`n × c_out × h × w`).
 pub(super) fn forward<T: Real>(x: &[T], w: &[T], g: &Window, c_out: usize, out: &mut [T]) {
     let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
+    let ld = lead(l, n);
     let spans = tap_spans(g);
-    let mut xp = Scratch::take(0, c * l * n);
+    let mut xp = Scratch::take(0, c * ld);
     to_positions(x, n, c, l, &mut xp);
     let mut wt = Scratch::take(1, kk * c_out * c);
     tap_major(w, c_out, c, kk, &mut wt);
-    let mut yp = Scratch::take(2, c_out * l * n);
+    let mut yp = Scratch::take(2, c_out * ld);
     let (xp, wt) = (&*xp, &*wt);
-    yp.par_chunks_mut(ROWS_PER_TASK * l * n)
+    // Y[o, out] = Σ_t W_t[o, :] · X[:, in], in parallel over blocks of output channels.
+    yp.par_chunks_mut(ROWS_PER_TASK * ld)
         .enumerate()
         .for_each(|(block, ys)| {
-            let (o0, m) = (block * ROWS_PER_TASK, ys.len() / (l * n));
+            let (o0, m) = (block * ROWS_PER_TASK, ys.len() / ld);
             for (first, (t, runs)) in spans.iter().enumerate() {
                 let a = MatRef::row_major(&wt[(t * c_out + o0) * c..][..m * c], m, c);
                 for s in runs {
-                    let dst = MatMut::strided(&mut ys[s.out * n..], (m, s.len * n), (l * n, 1));
+                    let dst = MatMut::strided(&mut ys[s.out * n..], (m, s.len * n), (ld, 1));
                     let b = columns(xp, c, l, n, s.inp, s.len);
                     matmul_into(dst, a, b, first > 0, 1);
                 }
@@ -213,10 +233,11 @@ pub(super) fn backward<T: Real>(
     dw: &mut [T],
 ) {
     let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
+    let ld = lead(l, n);
     let spans = tap_spans(g);
-    let mut xp = Scratch::take(0, c * l * n);
+    let mut xp = Scratch::take(0, c * ld);
     to_positions(x, n, c, l, &mut xp);
-    let mut dyp = Scratch::take(2, c_out * l * n);
+    let mut dyp = Scratch::take(2, c_out * ld);
     to_positions(dy, n, c_out, l, &mut dyp);
     let dyp = &*dyp;
     // dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X[:, in]ᵀ, written into the
@@ -225,12 +246,15 @@ pub(super) fn backward<T: Real>(
         .enumerate()
         .for_each(|(block, dws)| {
             let (o0, m) = (block * ROWS_PER_TASK, dws.len() / (c * kk));
-            let dy_rows = &dyp[o0 * l * n..(o0 + m) * l * n];
+            let dy_rows = &dyp[o0 * ld..(o0 + m) * ld];
             for (t, runs) in &spans {
                 if runs.is_empty() {
                     // A tap that never reads the image (a window wider than the plane).
                     for row in dws.chunks_exact_mut(c * kk) {
-                        row.iter_mut().skip(*t).step_by(kk).for_each(|v| *v = T::zero());
+                        row.iter_mut()
+                            .skip(*t)
+                            .step_by(kk)
+                            .for_each(|v| *v = T::zero());
                     }
                 }
                 for (s, run) in runs.iter().enumerate() {
@@ -251,10 +275,10 @@ pub(super) fn backward<T: Real>(
     // X's position-major copy is done with: its buffer takes dX (every element is written
     // by the centre tap first).
     let dxp = &mut *xp;
-    dxp.par_chunks_mut(ROWS_PER_TASK * l * n)
+    dxp.par_chunks_mut(ROWS_PER_TASK * ld)
         .enumerate()
         .for_each(|(block, dxs)| {
-            let (c0, m) = (block * ROWS_PER_TASK, dxs.len() / (l * n));
+            let (c0, m) = (block * ROWS_PER_TASK, dxs.len() / ld);
             for (first, (t, runs)) in spans.iter().enumerate() {
                 // W_tᵀ's rows c0..c0 + m: W_t is c_out × c, row-major.
                 let a = MatRef {
@@ -265,7 +289,7 @@ pub(super) fn backward<T: Real>(
                     col_stride: c,
                 };
                 for s in runs {
-                    let dst = MatMut::strided(&mut dxs[s.inp * n..], (m, s.len * n), (l * n, 1));
+                    let dst = MatMut::strided(&mut dxs[s.inp * n..], (m, s.len * n), (ld, 1));
                     let b = columns(dyp, c_out, l, n, s.out, s.len);
                     matmul_into(dst, a, b, first > 0, 1);
                 }
@@ -333,16 +357,18 @@ mod tests {
             let x = values(g.n * g.c * g.h * g.w, 100 + seed);
             let w = values(co * g.patch_len(), 200 + seed);
             let dy = values(g.n * co * g.out_len(), 300 + seed);
+            let want_y = conv_forward(&x, &w, &g, co, Products::Native);
+            let (want_dx, want_dw) = conv_backward(&x, &w, &dy, &g, co, Products::Native);
             let mut y = vec![f64::NAN; g.n * co * g.out_len()];
             forward(&x, &w, &g, co, &mut y);
-            assert_close(&y, &conv_forward(&x, &w, &g, co, Products::Native), "y", &g);
-            let (want_dx, want_dw) = conv_backward(&x, &w, &dy, &g, co, Products::Native);
+            assert_close(&y, &want_y, "y", &g);
             let mut dx = vec![f64::NAN; x.len()];
             let mut dw = vec![f64::NAN; w.len()];
             backward(&x, &w, &dy, &g, co, (&mut dx, true), &mut dw);
             assert_close(&dx, &want_dx, "dx", &g);
             assert_close(&dw, &want_dw, "dw", &g);
             let mut untouched = vec![7.0; x.len()];
+            dw.fill(f64::NAN);
             backward(&x, &w, &dy, &g, co, (&mut untouched, false), &mut dw);
             assert!(untouched.iter().all(|&v| v == 7.0));
             assert_close(&dw, &want_dw, "dw alone", &g);
@@ -364,8 +390,14 @@ mod tests {
             pad: 1,
         };
         let co = 130;
-        let x: Vec<f32> = values(g.n * g.c * 16, 1).iter().map(|&v| v as f32).collect();
-        let w: Vec<f32> = values(co * g.patch_len(), 2).iter().map(|&v| v as f32).collect();
+        let x: Vec<f32> = values(g.n * g.c * 16, 1)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let w: Vec<f32> = values(co * g.patch_len(), 2)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let dy: Vec<f32> = values(g.n * co * 16, 3).iter().map(|&v| v as f32).collect();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -406,9 +438,108 @@ mod tests {
         assert_eq!(tap_spans(&window(8, 4, 3, 1)).len(), 9);
         // The centre tap is first and covers the plane in one run.
         let spans = tap_spans(&window(8, 4, 3, 1));
-        assert_eq!(spans[0], (4, vec![Span { out: 0, inp: 0, len: 16 }]));
+        assert_eq!(
+            spans[0],
+            (
+                4,
+                vec![Span {
+                    out: 0,
+                    inp: 0,
+                    len: 16
+                }]
+            )
+        );
         // The valid positions are 100 of 144 at 4 × 4: the padded taps are skipped.
         let valid: usize = spans.iter().flat_map(|(_, r)| r).map(|s| s.len).sum();
         assert_eq!(valid, 100);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::super::gemm::{MatMut, MatRef, matmul_into};
+
+    /// Which operand layouts make a tap's weight-gradient product fast through gemm:
+    /// `cargo test --release --lib tap_dw_layouts -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn tap_dw_layouts() {
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            (0..20)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        for (m, c, k) in [
+            (128, 256, 224),
+            (256, 256, 224),
+            (128, 512, 96),
+            (128, 256, 2048),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|v| (v as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..c * k).map(|v| (v as f32 * 0.71).cos()).collect();
+            let mut d = vec![0f32; m * c * 9];
+            let gf = 2.0 * (m * c * k) as f64 / 1e6;
+            // a: m × k row-major; b: c × k row-major used transposed; dst strided 9.
+            let t1 = time(&mut || {
+                matmul_into(
+                    MatMut::strided(&mut d, (m, c), (c * 9, 9)),
+                    MatRef::row_major(&a, m, k),
+                    MatRef::row_major(&b, c, k).t(),
+                    true,
+                    1,
+                )
+            });
+            let t2 = time(&mut || {
+                matmul_into(
+                    MatMut::strided(&mut d, (m, c), (c, 1)),
+                    MatRef::row_major(&a, m, k),
+                    MatRef::row_major(&b, c, k).t(),
+                    true,
+                    1,
+                )
+            });
+            // a stored k × m (column-major m × k), b stored k × c (row-major k × c).
+            let t3 = time(&mut || {
+                matmul_into(
+                    MatMut::strided(&mut d, (m, c), (c, 1)),
+                    MatRef::row_major(&a, k, m).t(),
+                    MatRef::row_major(&b, k, c),
+                    true,
+                    1,
+                )
+            });
+            let t4 = time(&mut || {
+                matmul_into(
+                    MatMut::strided(&mut d, (m, c), (c * 9, 9)),
+                    MatRef::row_major(&a, k, m).t(),
+                    MatRef::row_major(&b, k, c),
+                    true,
+                    1,
+                )
+            });
+            // dst transposed (c × m) dense: dWᵀ = bᵀ·aᵀ.
+            let t5 = time(&mut || {
+                matmul_into(
+                    MatMut::strided(&mut d, (c, m), (m, 1)),
+                    MatRef::row_major(&b, c, k),
+                    MatRef::row_major(&a, m, k).t(),
+                    true,
+                    1,
+                )
+            });
+            println!(
+                "m {m} c {c} k {k}: rows/strided {:.0} rows/dense {:.0} cols/dense {:.0} cols/strided {:.0} swapped {:.0} GFLOP/s",
+                gf / t1,
+                gf / t2,
+                gf / t3,
+                gf / t4,
+                gf / t5
+            );
+        }
     }
 }

@@ -37,8 +37,10 @@ const MAX_PLANE: usize = 64;
 /// Fewest input and output channels for this path: below them a tap's product is too thin
 /// for gemm's register tile and im2col + gemm (or the f32 patch product) is faster.
 const MIN_CHANNELS: usize = 128;
-/// Rows (channels) of a product per parallel task.
-const ROWS_PER_TASK: usize = 128;
+/// Rows (channels) of a product per parallel task: half the rows, at most 128.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / 2).clamp(16, 128)
+}
 
 /// Turns this path off for an A/B in one binary: `ANNT_CPU_TAPS=off` runs these layers
 /// through im2col + gemm as before.
@@ -61,20 +63,23 @@ pub(super) fn chosen(g: &Window, c_out: usize, products: Products) -> bool {
     on && products.bf16().is_none() && applies(g, c_out)
 }
 
-/// Whether a convolution of window `g` and `c_out` output channels runs tap by tap: stride 1,
-/// a square odd window with "same" padding, a plane of at most [`MAX_PLANE`] positions and
-/// at least [`MIN_CHANNELS`] channels on both sides.
+/// Whether a convolution of window `g` and `c_out` output channels runs tap by tap: a square
+/// odd window with "same" padding, a stride that divides the input's sides (each tap then
+/// reads one phase plane of the input, shifted), an output plane of at most [`MAX_PLANE`]
+/// positions and at least [`MIN_CHANNELS`] channels on both sides.
 pub(super) fn applies(g: &Window, c_out: usize) -> bool {
-    g.stride == 1
-        && g.kh == g.kw
+    g.kh == g.kw
         && g.kh > 1
         && g.kh == 2 * g.pad + 1
-        && g.h * g.w <= MAX_PLANE
+        && g.stride >= 1
+        && g.h % g.stride == 0
+        && g.w % g.stride == 0
+        && g.out_len() <= MAX_PLANE
         && g.c.min(c_out) >= MIN_CHANNELS
 }
 
 /// One contiguous run of a tap's valid positions: output positions `out..out + len` read
-/// input positions `inp..inp + len`.
+/// positions `inp..inp + len` of the tap's phase plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     out: usize,
@@ -82,37 +87,60 @@ struct Span {
     len: usize,
 }
 
-/// Every tap of `g`'s window (index `ky·kw + kx`) with its runs of valid positions, the
-/// centre tap first.
-fn tap_spans(g: &Window) -> Vec<(usize, Vec<Span>)> {
-    let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
+/// A tap of the window: its index `ky·kw + kx` in the weight, the phase plane of the input
+/// it reads (`py·s + px`: input rows `s·y + py`, columns `s·x + px`; the whole input at
+/// stride 1) and its runs of valid positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tap {
+    index: usize,
+    phase: usize,
+    runs: Vec<Span>,
+}
+
+/// Every tap of `g`'s window, the centre tap first (it reads phase 0 unshifted, so it
+/// covers every output position in one run).
+///
+/// Output `(y, x)` and kernel row `ky` read input row `s·y + ky − pad`, which is row
+/// `y + sy` of phase `py`, with `ky − pad = s·sy + py` (`0 ≤ py < s`); the same for columns.
+/// A phase plane has the output's size (the stride divides the sides), so the tap is a
+/// shift by `(sy, sx)` within it, valid where `y + sy` and `x + sx` stay inside.
+fn taps(g: &Window) -> Vec<Tap> {
+    let (h, w) = (g.out_h() as isize, g.out_w() as isize);
+    let (s, pad) = (g.stride as isize, g.pad as isize);
     let centre = g.pad * g.kw + g.pad;
-    let mut taps: Vec<usize> = vec![centre];
-    taps.extend((0..g.kh * g.kw).filter(|&t| t != centre));
-    taps.into_iter()
+    let mut order: Vec<usize> = vec![centre];
+    order.extend((0..g.kh * g.kw).filter(|&t| t != centre));
+    order
+        .into_iter()
         .map(|t| {
-            let (dy, dx) = ((t / g.kw) as isize - pad, (t % g.kw) as isize - pad);
-            let (y0, y1) = ((-dy).max(0), (h - dy).min(h));
-            let (x0, x1) = ((-dx).max(0), (w - dx).min(w));
+            let (ky, kx) = ((t / g.kw) as isize - pad, (t % g.kw) as isize - pad);
+            let (sy, py) = (ky.div_euclid(s), ky.rem_euclid(s));
+            let (sx, px) = (kx.div_euclid(s), kx.rem_euclid(s));
+            let (y0, y1) = ((-sy).max(0), (h - sy).min(h));
+            let (x0, x1) = ((-sx).max(0), (w - sx).min(w));
             let at = |y: isize, x: isize| (y * w + x) as usize;
-            let spans = if y1 <= y0 || x1 <= x0 {
+            let runs = if y1 <= y0 || x1 <= x0 {
                 Vec::new()
-            } else if dx == 0 {
+            } else if sx == 0 {
                 vec![Span {
                     out: at(y0, 0),
-                    inp: at(y0 + dy, 0),
+                    inp: at(y0 + sy, 0),
                     len: ((y1 - y0) * w) as usize,
                 }]
             } else {
                 (y0..y1)
                     .map(|y| Span {
                         out: at(y, x0),
-                        inp: at(y + dy, x0 + dx),
+                        inp: at(y + sy, x0 + sx),
                         len: (x1 - x0) as usize,
                     })
                     .collect()
             };
-            (t, spans)
+            Tap {
+                index: t,
+                phase: (py * s + px) as usize,
+                runs,
+            }
         })
         .collect()
 }
@@ -125,37 +153,68 @@ fn lead(l: usize, n: usize) -> usize {
     l * n + 16
 }
 
-/// `images` (`n × ch × l`, NCHW) into `dst` position-major: `dst[c][p·n + i]`.
-fn to_positions<T: Real>(images: &[T], n: usize, ch: usize, l: usize, dst: &mut [T]) {
-    dst.par_chunks_mut(16 * lead(l, n))
+/// `images` (`n × ch × h × w`, NCHW) into `dst` position-major, split into the `s × s` phase
+/// planes of stride `s` (`h/s × w/s` positions, `l` of them): row `c·s² + phase`, element
+/// `p·n + i` (row stride [`lead`]) is image `i`'s channel `c` at the phase's position `p`.
+/// At stride 1 the one phase is the image.
+fn to_positions<T: Real>(
+    images: &[T],
+    (n, ch): (usize, usize),
+    (h, w): (usize, usize),
+    s: usize,
+    dst: &mut [T],
+) {
+    let (ph, pw) = (h / s, w / s);
+    let (l, ld) = (ph * pw, lead(ph * pw, n));
+    dst.par_chunks_mut(16 * ld)
         .enumerate()
         .for_each(|(block, rows)| {
-            for (j, row) in rows.chunks_exact_mut(lead(l, n)).enumerate() {
+            for (j, row) in rows.chunks_exact_mut(ld).enumerate() {
+                let r = block * 16 + j;
+                let (c, phase) = (r / (s * s), r % (s * s));
+                let (py, px) = (phase / s, phase % s);
                 let row = &mut row[..l * n];
-                let c = block * 16 + j;
                 for i in 0..n {
-                    let plane = &images[(i * ch + c) * l..][..l];
-                    for (p, v) in plane.iter().enumerate() {
-                        row[p * n + i] = *v;
+                    let plane = &images[(i * ch + c) * h * w..][..h * w];
+                    for y in 0..ph {
+                        let line = &plane[(s * y + py) * w + px..];
+                        for x in 0..pw {
+                            row[(y * pw + x) * n + i] = line[s * x];
+                        }
                     }
                 }
             }
         });
 }
 
-/// The inverse of [`to_positions`]: `src` (`ch × (l·n)`) into `images` (`n × ch × l`), in
-/// parallel over groups of 16 images (a group reads whole cache lines of `src`).
-fn from_positions<T: Real>(src: &[T], n: usize, ch: usize, l: usize, images: &mut [T]) {
+/// The inverse of [`to_positions`]: `src` (rows `c·s² + phase`) into `images`
+/// (`n × ch × h × w`), in parallel over groups of 16 images (a group reads whole cache lines
+/// of `src`).
+fn from_positions<T: Real>(
+    src: &[T],
+    (n, ch): (usize, usize),
+    (h, w): (usize, usize),
+    s: usize,
+    images: &mut [T],
+) {
+    let (ph, pw) = (h / s, w / s);
+    let ld = lead(ph * pw, n);
     images
-        .par_chunks_mut(16 * ch * l)
+        .par_chunks_mut(16 * ch * h * w)
         .enumerate()
         .for_each(|(group, out)| {
             let i0 = group * 16;
-            for (j, image) in out.chunks_exact_mut(ch * l).enumerate() {
-                for (c, plane) in image.chunks_exact_mut(l).enumerate() {
-                    let row = &src[c * lead(l, n) + i0 + j..];
-                    for (p, v) in plane.iter_mut().enumerate() {
-                        *v = row[p * n];
+            for (j, image) in out.chunks_exact_mut(ch * h * w).enumerate() {
+                for (c, plane) in image.chunks_exact_mut(h * w).enumerate() {
+                    for phase in 0..s * s {
+                        let (py, px) = (phase / s, phase % s);
+                        let row = &src[(c * s * s + phase) * ld + i0 + j..];
+                        for y in 0..ph {
+                            let line = &mut plane[(s * y + py) * w + px..];
+                            for x in 0..pw {
+                                line[s * x] = row[(y * pw + x) * n];
+                            }
+                        }
                     }
                 }
             }
@@ -173,12 +232,11 @@ fn tap_major<T: Real>(w: &[T], c_out: usize, c: usize, kk: usize, dst: &mut [T])
         });
 }
 
-/// Columns `[s·n, (s + len)·n)` of a `rows × (l·n)` position-major matrix starting at row 0
-/// of `data`.
+/// Columns `[start·n, (start + len)·n)` of `rows` rows `row_stride` apart, from the start of
+/// `data`: a run of positions of a position-major matrix.
 fn columns<T>(
     data: &[T],
-    rows: usize,
-    l: usize,
+    (rows, row_stride): (usize, usize),
     n: usize,
     start: usize,
     len: usize,
@@ -187,38 +245,42 @@ fn columns<T>(
         data: &data[start * n..],
         rows,
         cols: len * n,
-        row_stride: lead(l, n),
+        row_stride,
         col_stride: 1,
     }
 }
 
 /// The forward convolution (`x`: `n × c × h × w`, `w`: `c_out × c × kh × kw`) into `out`
-/// (`n × c_out × h × w`).
+/// (`n × c_out × oh × ow`).
 pub(super) fn forward<T: Real>(x: &[T], w: &[T], g: &Window, c_out: usize, out: &mut [T]) {
-    let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
-    let ld = lead(l, n);
-    let spans = tap_spans(g);
-    let mut xp = Scratch::take(0, c * ld);
-    to_positions(x, n, c, l, &mut xp);
+    let (n, c, kk, s) = (g.n, g.c, g.kh * g.kw, g.stride);
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ld = lead(oh * ow, n);
+    let taps = taps(g);
+    let mut xp = Scratch::take(0, c * s * s * ld);
+    to_positions(x, (n, c), (g.h, g.w), s, &mut xp);
     let mut wt = Scratch::take(1, kk * c_out * c);
     tap_major(w, c_out, c, kk, &mut wt);
     let mut yp = Scratch::take(2, c_out * ld);
     let (xp, wt) = (&*xp, &*wt);
-    // Y[o, out] = Σ_t W_t[o, :] · X[:, in], in parallel over blocks of output channels.
-    yp.par_chunks_mut(ROWS_PER_TASK * ld)
+    // Y[o, out] = Σ_t W_t[o, :] · X_phase(t)[:, in], in parallel over blocks of output
+    // channels; the centre tap writes every position first.
+    let per = rows_per_task(c_out);
+    yp.par_chunks_mut(per * ld)
         .enumerate()
         .for_each(|(block, ys)| {
-            let (o0, m) = (block * ROWS_PER_TASK, ys.len() / ld);
-            for (first, (t, runs)) in spans.iter().enumerate() {
-                let a = MatRef::row_major(&wt[(t * c_out + o0) * c..][..m * c], m, c);
-                for s in runs {
-                    let dst = MatMut::strided(&mut ys[s.out * n..], (m, s.len * n), (ld, 1));
-                    let b = columns(xp, c, l, n, s.inp, s.len);
+            let (o0, m) = (block * per, ys.len() / ld);
+            for (first, tap) in taps.iter().enumerate() {
+                let a = MatRef::row_major(&wt[(tap.index * c_out + o0) * c..][..m * c], m, c);
+                let phase = &xp[tap.phase * ld..];
+                for r in &tap.runs {
+                    let dst = MatMut::strided(&mut ys[r.out * n..], (m, r.len * n), (ld, 1));
+                    let b = columns(phase, (c, s * s * ld), n, r.inp, r.len);
                     matmul_into(dst, a, b, first > 0, 1);
                 }
             }
         });
-    from_positions(&yp, n, c_out, l, out);
+    from_positions(&yp, (n, c_out), (oh, ow), 1, out);
 }
 
 /// Both gradients of [`forward`]: `dx` (`n × c × h × w`, left untouched unless `want_dx`)
@@ -232,55 +294,66 @@ pub(super) fn backward<T: Real>(
     (dx, want_dx): (&mut [T], bool),
     dw: &mut [T],
 ) {
-    let (n, c, l, kk) = (g.n, g.c, g.h * g.w, g.kh * g.kw);
-    let ld = lead(l, n);
-    let spans = tap_spans(g);
-    let mut xp = Scratch::take(0, c * ld);
-    to_positions(x, n, c, l, &mut xp);
+    let (n, c, kk, s) = (g.n, g.c, g.kh * g.kw, g.stride);
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ld = lead(oh * ow, n);
+    let taps = taps(g);
+    let mut xp = Scratch::take(0, c * s * s * ld);
+    to_positions(x, (n, c), (g.h, g.w), s, &mut xp);
     let mut dyp = Scratch::take(2, c_out * ld);
-    to_positions(dy, n, c_out, l, &mut dyp);
+    to_positions(dy, (n, c_out), (oh, ow), 1, &mut dyp);
     let dyp = &*dyp;
-    // dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X[:, in]ᵀ, written into the
-    // tap's interleaved place: dw[o][ch][t] (row stride c·kk, column stride kk).
-    dw.par_chunks_mut(ROWS_PER_TASK * c * kk)
+    // dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X_phase(t)[:, in]ᵀ, written
+    // into the tap's interleaved place: dw[o][ch][t] (row stride c·kk, column stride kk).
+    let per = rows_per_task(c_out);
+    dw.par_chunks_mut(per * c * kk)
         .enumerate()
         .for_each(|(block, dws)| {
-            let (o0, m) = (block * ROWS_PER_TASK, dws.len() / (c * kk));
+            let (o0, m) = (block * per, dws.len() / (c * kk));
             let dy_rows = &dyp[o0 * ld..(o0 + m) * ld];
-            for (t, runs) in &spans {
-                if runs.is_empty() {
+            for tap in &taps {
+                let t = tap.index;
+                if tap.runs.is_empty() {
                     // A tap that never reads the image (a window wider than the plane).
                     for row in dws.chunks_exact_mut(c * kk) {
                         row.iter_mut()
-                            .skip(*t)
+                            .skip(t)
                             .step_by(kk)
                             .for_each(|v| *v = T::zero());
                     }
                 }
-                for (s, run) in runs.iter().enumerate() {
-                    let dst = MatMut::strided(&mut dws[*t..], (m, c), (c * kk, kk));
-                    let a = columns(dy_rows, m, l, n, run.out, run.len);
-                    let b = columns(&xp, c, l, n, run.inp, run.len).t();
-                    matmul_into(dst, a, b, s > 0, 1);
+                let phase = &xp[tap.phase * ld..];
+                for (k, r) in tap.runs.iter().enumerate() {
+                    let dst = MatMut::strided(&mut dws[t..], (m, c), (c * kk, kk));
+                    let a = columns(dy_rows, (m, ld), n, r.out, r.len);
+                    let b = columns(phase, (c, s * s * ld), n, r.inp, r.len).t();
+                    matmul_into(dst, a, b, k > 0, 1);
                 }
             }
         });
     if !want_dx {
         return;
     }
-    // dX[:, in] += W_tᵀ · dY[:, out], in parallel over blocks of input channels.
+    // dX_phase(t)[:, in] += W_tᵀ · dY[:, out], in parallel over blocks of input channels
+    // (each block's rows of every phase are contiguous: rows c·s² + phase).
     let mut wt = Scratch::take(1, kk * c_out * c);
     tap_major(w, c_out, c, kk, &mut wt);
     let wt = &*wt;
-    // X's position-major copy is done with: its buffer takes dX (every element is written
-    // by the centre tap first).
+    // X's position-major copy is done with: its buffer takes dX. At stride 1 the centre tap
+    // writes every element first; at a larger stride no tap covers a whole phase, so the
+    // phases start from zero and every tap adds.
     let dxp = &mut *xp;
-    dxp.par_chunks_mut(ROWS_PER_TASK * ld)
+    if s > 1 {
+        dxp.par_chunks_mut(1 << 14).for_each(|v| v.fill(T::zero()));
+    }
+    let per = rows_per_task(c);
+    dxp.par_chunks_mut(per * s * s * ld)
         .enumerate()
         .for_each(|(block, dxs)| {
-            let (c0, m) = (block * ROWS_PER_TASK, dxs.len() / ld);
-            for (first, (t, runs)) in spans.iter().enumerate() {
+            let (c0, m) = (block * per, dxs.len() / (s * s * ld));
+            for (first, tap) in taps.iter().enumerate() {
                 // W_tᵀ's rows c0..c0 + m: W_t is c_out × c, row-major.
+                let t = tap.index;
                 let a = MatRef {
                     data: &wt[t * c_out * c + c0..(t + 1) * c_out * c],
                     rows: m,
@@ -288,14 +361,15 @@ pub(super) fn backward<T: Real>(
                     row_stride: 1,
                     col_stride: c,
                 };
-                for s in runs {
-                    let dst = MatMut::strided(&mut dxs[s.inp * n..], (m, s.len * n), (ld, 1));
-                    let b = columns(dyp, c_out, l, n, s.out, s.len);
-                    matmul_into(dst, a, b, first > 0, 1);
+                for r in &tap.runs {
+                    let start = tap.phase * ld + r.inp * n;
+                    let dst = MatMut::strided(&mut dxs[start..], (m, r.len * n), (s * s * ld, 1));
+                    let b = columns(dyp, (c_out, ld), n, r.out, r.len);
+                    matmul_into(dst, a, b, s > 1 || first > 0, 1);
                 }
             }
         });
-    from_positions(dxp, n, c, l, dx);
+    from_positions(dxp, (n, c), (g.h, g.w), s, dx);
 }
 
 #[cfg(test)]
@@ -319,19 +393,25 @@ mod tests {
     }
 
     /// Windows of every shape this path meets and the edge cases past them: planes of one
-    /// position, planes narrower than the window, odd sides, 5 × 5 windows.
+    /// position, planes narrower than the window, odd sides, 5 × 5 windows, strides 2 and 3.
     fn windows() -> Vec<(Window, usize)> {
         [
-            (3, 4, 4, 4, 3, 5),
-            (2, 3, 8, 8, 3, 4),
-            (5, 2, 3, 5, 3, 3),
-            (1, 3, 1, 1, 3, 2),
-            (2, 2, 2, 3, 5, 3),
-            (3, 3, 5, 4, 5, 2),
-            (17, 2, 2, 2, 3, 3),
+            (3, 4, 4, 4, 3, 5, 1),
+            (2, 3, 8, 8, 3, 4, 1),
+            (5, 2, 3, 5, 3, 3, 1),
+            (1, 3, 1, 1, 3, 2, 1),
+            (2, 2, 2, 3, 5, 3, 1),
+            (3, 3, 5, 4, 5, 2, 1),
+            (17, 2, 2, 2, 3, 3, 1),
+            (3, 4, 8, 8, 3, 5, 2),
+            (2, 3, 4, 6, 3, 2, 2),
+            (2, 2, 2, 2, 3, 3, 2),
+            (2, 2, 6, 6, 5, 3, 2),
+            (2, 3, 6, 3, 3, 2, 3),
+            (17, 2, 4, 4, 3, 2, 2),
         ]
         .into_iter()
-        .map(|(n, c, h, w, k, co)| {
+        .map(|(n, c, h, w, k, co, stride)| {
             let g = Window {
                 n,
                 c,
@@ -339,7 +419,7 @@ mod tests {
                 w,
                 kh: k,
                 kw: k,
-                stride: 1,
+                stride,
                 pad: k / 2,
             };
             (g, co)
@@ -415,8 +495,8 @@ mod tests {
         assert_eq!(run(1), run(3));
     }
 
-    /// ResNet-18's 8 × 8 and 4 × 4 stride-1 layers take this path; its strided, 1 × 1,
-    /// 16 × 16 and thin layers do not.
+    /// ResNet-18's 3 × 3 layers with 8 × 8 and 4 × 4 outputs take this path (strided ones
+    /// included); its 1 × 1, 16 × 16 and thin layers do not.
     #[test]
     fn the_path_takes_the_small_plane_layers_only() {
         let window = |c, side, k, stride| Window {
@@ -431,27 +511,39 @@ mod tests {
         };
         assert!(applies(&window(256, 8, 3, 1), 256));
         assert!(applies(&window(512, 4, 3, 1), 512));
-        assert!(!applies(&window(256, 8, 3, 2), 512));
+        assert!(applies(&window(256, 8, 3, 2), 512));
+        assert!(applies(&window(128, 16, 3, 2), 256));
+        assert!(!applies(&window(256, 8, 1, 2), 512));
         assert!(!applies(&window(256, 8, 1, 1), 512));
         assert!(!applies(&window(128, 16, 3, 1), 128));
+        assert!(!applies(&window(64, 32, 3, 2), 128));
         assert!(!applies(&window(64, 8, 3, 1), 64));
-        assert_eq!(tap_spans(&window(8, 4, 3, 1)).len(), 9);
+        assert!(!applies(&window(256, 9, 3, 2), 256));
         // The centre tap is first and covers the plane in one run.
-        let spans = tap_spans(&window(8, 4, 3, 1));
+        let spans = taps(&window(8, 4, 3, 1));
+        assert_eq!(spans.len(), 9);
         assert_eq!(
             spans[0],
-            (
-                4,
-                vec![Span {
+            Tap {
+                index: 4,
+                phase: 0,
+                runs: vec![Span {
                     out: 0,
                     inp: 0,
                     len: 16
                 }]
-            )
+            }
         );
         // The valid positions are 100 of 144 at 4 × 4: the padded taps are skipped.
-        let valid: usize = spans.iter().flat_map(|(_, r)| r).map(|s| s.len).sum();
+        let valid: usize = spans.iter().flat_map(|t| &t.runs).map(|s| s.len).sum();
         assert_eq!(valid, 100);
+        // At stride 2 (8 × 8 in, 4 × 4 out) the taps read the four phase planes, and only
+        // the top row and left column of outputs see padding: 121 of 144.
+        let strided = taps(&window(8, 8, 3, 2));
+        let phases: std::collections::BTreeSet<usize> = strided.iter().map(|t| t.phase).collect();
+        assert_eq!(phases.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        let valid: usize = strided.iter().flat_map(|t| &t.runs).map(|s| s.len).sum();
+        assert_eq!(valid, 121);
     }
 }
 

@@ -467,6 +467,33 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_, f32>, b: MatRef<'_, f32>, accumulat
     });
 }
 
+/// [`matmul_packed`] into an `m × n` block of a wider matrix: rows `ld` apart in `dst`
+/// (a run of columns of a position-major activation, `taps`).
+pub fn matmul_packed_into(
+    dst: &mut [f32],
+    ld: usize,
+    a: &PackedA,
+    b: MatRef<'_, f32>,
+    accumulate: bool,
+    dot: Dot,
+) {
+    assert_eq!(
+        a.k, b.rows,
+        "bf16 matmul: inner dimensions {} and {}",
+        a.k, b.rows
+    );
+    assert!(b.in_bounds(), "bf16 matmul: a view leaves its slice");
+    product_into(
+        dst,
+        ld,
+        &a.data,
+        (a.m, a.k, b.cols),
+        accumulate,
+        dot,
+        |pb| pack_b(b, pb, dot),
+    );
+}
+
 /// [`matmul`] with the left operand already packed.
 pub fn matmul_packed(dst: &mut [f32], a: &PackedA, b: MatRef<'_, f32>, accumulate: bool, dot: Dot) {
     product(dst, &a.data, a.m, a.k, b, accumulate, dot);
@@ -494,9 +521,18 @@ fn product(
 
 /// Whether an `m × n` product has anything to write, after checking that `dst` holds it.
 fn has_work(dst: &[f32], m: usize, n: usize) -> bool {
+    has_work_ld(dst, (m, n), n)
+}
+
+/// [`has_work`] for rows `ld` apart: `dst` holds `(m − 1)·ld + n` values.
+fn has_work_ld(dst: &[f32], (m, n): (usize, usize), ld: usize) -> bool {
     assert!(
-        dst.len() >= m * n,
-        "bf16 matmul: destination holds {} < {m}×{n}",
+        ld >= n,
+        "bf16 matmul: rows {ld} apart hold fewer than {n} columns"
+    );
+    assert!(
+        m == 0 || dst.len() >= (m - 1) * ld + n,
+        "bf16 matmul: destination holds {} < {m}×{n} with rows {ld} apart",
         dst.len()
     );
     m > 0 && n > 0
@@ -523,7 +559,20 @@ fn product_with(
     dot: Dot,
     pack_b: impl FnOnce(&mut Vec<u16>),
 ) {
-    if !has_work(dst, m, n) {
+    product_into(dst, n, pa, (m, k, n), accumulate, dot, pack_b)
+}
+
+/// [`product_with`] into an `m × n` matrix whose rows are `ld` apart in `dst`.
+fn product_into(
+    dst: &mut [f32],
+    ld: usize,
+    pa: &[u16],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    dot: Dot,
+    pack_b: impl FnOnce(&mut Vec<u16>),
+) {
+    if !has_work_ld(dst, (m, n), ld) {
         return;
     }
     let (mb, kb) = blocks(m, k);
@@ -535,7 +584,9 @@ fn product_with(
     );
     if kb == 0 {
         if !accumulate {
-            dst[..m * n].iter_mut().for_each(|v| *v = 0.0);
+            for row in 0..m {
+                dst[row * ld..][..n].iter_mut().for_each(|v| *v = 0.0);
+            }
         }
         return;
     }
@@ -551,6 +602,7 @@ fn product_with(
             dst,
             m,
             n,
+            ld,
             accumulate,
         };
         kernels::run(dot.unit, pa, &pb, mb, nb, kb, out);
@@ -591,6 +643,7 @@ pub fn matmul_patches(dst: &mut [f32], a: &PatchWeight, b: &Patches<'_>, accumul
                     dst,
                     m,
                     n,
+                    ld: n,
                     accumulate,
                 };
                 kernels::pairs_product(a, b, &pairs, out, dot);
@@ -605,6 +658,7 @@ pub fn matmul_patches(dst: &mut [f32], a: &PatchWeight, b: &Patches<'_>, accumul
                 dst,
                 m,
                 n,
+                ld: n,
                 accumulate,
             };
             kernels::taps_product(a, b, out, *fma);
@@ -933,11 +987,14 @@ impl Cursor {
     }
 }
 
-/// Where finished 16×16 tiles go: the valid part of each is written (or added) into `dst`.
+/// Where finished 16×16 tiles go: the valid part of each is written (or added) into `dst`,
+/// an `m × n` matrix whose rows are `ld ≥ n` apart (`n` but for a block of columns of a
+/// wider matrix, [`matmul_packed_into`]).
 struct Out<'a> {
     dst: &'a mut [f32],
     m: usize,
     n: usize,
+    ld: usize,
     accumulate: bool,
 }
 
@@ -949,7 +1006,7 @@ impl Out<'_> {
         }
         let w = 16.min(self.n - j0);
         for r in 0..16.min(self.m - i0) {
-            let row = &mut self.dst[(i0 + r) * self.n + j0..][..w];
+            let row = &mut self.dst[(i0 + r) * self.ld + j0..][..w];
             let src = &tile[r * 16..r * 16 + w];
             for (d, s) in row.iter_mut().zip(src) {
                 *d = if self.accumulate { *d + s } else { *s };
@@ -1080,9 +1137,10 @@ mod kernels {
             let (i0, j0) = (bi * 16, bj * 16);
             if i0 + 16 <= self.m && j0 + 16 <= self.n {
                 Target {
-                    // In bounds: the tile's last element (i0 + 15)·n + j0 + 15 < m·n ≤ len.
-                    ptr: self.dst[i0 * self.n + j0..].as_mut_ptr(),
-                    stride: self.n * 4,
+                    // In bounds: the tile's last element (i0 + 15)·ld + j0 + 15 <
+                    // (m − 1)·ld + n ≤ len (`has_work`).
+                    ptr: self.dst[i0 * self.ld + j0..].as_mut_ptr(),
+                    stride: self.ld * 4,
                     direct: true,
                 }
             } else {
@@ -1268,10 +1326,10 @@ mod kernels {
         }
         let mask = lanes(out.n - j0);
         for (i, acc) in acc.iter().enumerate().take(out.m.saturating_sub(i0)) {
-            let row = out.dst[(i0 + i) * out.n + j0..].as_mut_ptr();
+            let row = out.dst[(i0 + i) * out.ld + j0..].as_mut_ptr();
             // SAFETY: the lanes below min(16, n − j0) address row i0 + i < m, columns j0.. < n,
-            // of the m × n matrix in `dst` (len ≥ m·n, checked by `product`); masked-off
-            // lanes are neither read nor written.
+            // of the m × n matrix in `dst` (rows ld apart, len ≥ (m − 1)·ld + n, checked by
+            // `has_work`); masked-off lanes are neither read nor written.
             unsafe {
                 let v = if add {
                     _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(mask, row))

@@ -74,7 +74,7 @@ pub(super) fn zeroed<T: Real>(len: usize) -> Vec<T> {
 }
 
 /// A view of the same matrix over f32 data, when `T` is f32.
-fn f32_view<T: Real>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
+pub(super) fn f32_view<T: Real>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
     Some(MatRef {
         data: T::as_f32(m.data)?,
         rows: m.rows,
@@ -367,8 +367,8 @@ pub fn conv_forward<T: Real>(
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
     let mut out = zeroed(g.n * c_out * l);
-    if taps::chosen(g, c_out, products) {
-        taps::forward(x, w, g, c_out, &mut out);
+    if taps::chosen::<T>(g, c_out, products, taps::Pass::Forward) {
+        taps::forward(x, w, g, c_out, products, &mut out);
         return out;
     }
     if let Some(unit) = implicit::<T>(g, c_out, products)
@@ -475,9 +475,9 @@ pub fn conv_backward_joined<T: Real>(
     let img = g.c * g.h * g.w;
     let dx_len = g.n * img;
     let mut both = zeroed(dx_len + c_out * k);
-    if taps::chosen(g, c_out, products) {
+    if taps::chosen::<T>(g, c_out, products, taps::Pass::Backward) {
         let (dx, dw) = both.split_at_mut(dx_len);
-        taps::backward(x, w, dy, g, c_out, (dx, want_dx), dw);
+        taps::backward(x, w, dy, g, c_out, products, (dx, want_dx), dw);
         return both;
     }
     if let Some(unit) = implicit::<T>(g, c_out, products).filter(|(u, _)| want_dx || u.has_dw())

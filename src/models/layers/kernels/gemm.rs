@@ -114,6 +114,11 @@ pub fn matmul_threads<T: Real>(
     threads: usize,
 ) {
     let (m, n) = (a.rows, b.cols);
+    assert_eq!(
+        b.rows, a.cols,
+        "matmul: inner dimensions {} and {}",
+        a.cols, b.rows
+    );
     assert!(
         dst.len() >= m * n,
         "matmul: destination holds {} < {m}×{n}",
@@ -244,6 +249,35 @@ mod tests {
             false,
         );
         assert!(d.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12));
+    }
+
+    /// A strided destination (a block of columns of a wider matrix, and columns interleaved
+    /// with another matrix's) gets the product and nothing outside it changes.
+    #[test]
+    fn strided_destinations_get_the_product_and_nothing_else() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|v| (v as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|v| (v as f64 * 0.71).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        for (row_stride, col_stride, offset) in [(n + 4, 1, 2), (3 * n, 3, 1), (n, 1, 0)] {
+            let mut wide = vec![-1.0; offset + (m - 1) * row_stride + (n - 1) * col_stride + 5];
+            let len = wide.len();
+            for accumulate in [false, true] {
+                let dst = MatMut::strided(&mut wide[offset..], (m, n), (row_stride, col_stride));
+                matmul_into(dst, am, bm, accumulate, 1);
+            }
+            let mut inside = vec![false; len];
+            for i in 0..m {
+                for j in 0..n {
+                    let at = offset + i * row_stride + j * col_stride;
+                    inside[at] = true;
+                    // Written, then accumulated once more.
+                    assert!((wide[at] - 2.0 * want[i * n + j]).abs() < 1e-12);
+                }
+            }
+            assert!(wide.iter().zip(&inside).all(|(v, i)| *i || *v == -1.0));
+        }
     }
 
     #[test]

@@ -477,7 +477,8 @@ pub fn conv_backward_joined<T: Real>(
     let mut both = zeroed(dx_len + c_out * k);
     if taps::chosen::<T>(g, c_out, products, taps::Pass::Backward) {
         let (dx, dw) = both.split_at_mut(dx_len);
-        taps::backward(x, w, dy, g, c_out, products, (dx, want_dx), dw);
+        let dx = want_dx.then_some(dx);
+        taps::backward(x, w, dy, g, c_out, products, taps::Grads { dx, dw });
         return both;
     }
     if let Some(unit) = implicit::<T>(g, c_out, products).filter(|(u, _)| want_dx || u.has_dw())

@@ -5,7 +5,11 @@
 //! - [`cpu`]: plain-slice CPU kernels (per-image im2col + GEMM convolution, direct depthwise, overlapping max-pool
 //!   backward, batch-norm passes); the layer files wrap them into tensors with a backward.
 //!   On a bf16 unit ([`bf16`]) the stride-1 "same" convolutions skip im2col: the packers read
-//!   their patches straight from the images (`bf16::Patches`).
+//!   their patches straight from the images (`bf16::Patches`). Dense 3 × 3 convolutions with
+//!   8 × 8 or smaller outputs and ≥ 128 channels (ResNet-18's last two stages) run one
+//!   product per kernel tap over only the positions it reads (`taps`), skipping the
+//!   padding that im2col multiplies as zeros; `cpu::conv_forward` and
+//!   `cpu::conv_backward_joined` are where that is decided.
 //! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
 //!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA
 //!   kernels (`kernels/cuda/annt_kernels.cu`, compiled to PTX by `build.rs`) for max pooling and

@@ -102,8 +102,8 @@ pub(super) fn applies(g: &Window, c_out: usize) -> bool {
         && g.kh > 1
         && g.kh == 2 * g.pad + 1
         && g.stride >= 1
-        && g.h % g.stride == 0
-        && g.w % g.stride == 0
+        && g.h.is_multiple_of(g.stride)
+        && g.w.is_multiple_of(g.stride)
         && g.out_len() <= MAX_PLANE
         && g.c.min(c_out) >= MIN_CHANNELS
 }
@@ -369,8 +369,14 @@ pub(super) fn forward<T: Real>(
     from_positions(&yp, (n, c_out), (oh, ow), 1, out);
 }
 
-/// Both gradients of [`forward`]: `dx` (`n × c × h × w`, left untouched unless `want_dx`)
-/// and `dw` (`c_out × c × kh × kw`, overwritten).
+/// Where [`backward`] writes: the input gradient (`n × c × h × w`), when wanted, and the
+/// weight gradient (`c_out × c × kh × kw`), both overwritten.
+pub(super) struct Grads<'a, T> {
+    pub dx: Option<&'a mut [T]>,
+    pub dw: &'a mut [T],
+}
+
+/// Both gradients of [`forward`] into `grads`.
 pub(super) fn backward<T: Real>(
     x: &[T],
     w: &[T],
@@ -378,9 +384,9 @@ pub(super) fn backward<T: Real>(
     g: &Window,
     c_out: usize,
     products: Products,
-    (dx, want_dx): (&mut [T], bool),
-    dw: &mut [T],
+    grads: Grads<'_, T>,
 ) {
+    let Grads { dx, dw } = grads;
     let (n, c, kk, s) = (g.n, g.c, g.kh * g.kw, g.stride);
     let (oh, ow) = (g.out_h(), g.out_w());
     let ld = lead(oh * ow, n);
@@ -441,9 +447,9 @@ pub(super) fn backward<T: Real>(
                 }
             }
         });
-    if !want_dx {
+    let Some(dx) = dx else {
         return;
-    }
+    };
     // dX_phase(t)[:, in] += W_tᵀ · dY[:, out], in parallel over blocks of input channels
     // (each block's rows of every phase are contiguous: rows c·s² + phase).
     let mut wt = Scratch::take(1, kk * c * c_out);
@@ -532,7 +538,7 @@ mod tests {
 
     /// Tap by tap equals im2col + gemm (`cpu`'s path for these few channels, itself checked
     /// against the naive convolution and as the exact adjoint in `cpu`'s tests) for the
-    /// output and both gradients, and `want_dx = false` leaves dx alone.
+    /// output and both gradients, and for the weight gradient alone.
     #[test]
     fn tap_products_equal_the_unfolded_convolution_and_its_gradients() {
         for (seed, (g, co)) in windows().into_iter().enumerate() {
@@ -554,12 +560,13 @@ mod tests {
                 &g,
                 co,
                 Products::Native,
-                (&mut dx, true),
-                &mut dw,
+                Grads {
+                    dx: Some(&mut dx),
+                    dw: &mut dw,
+                },
             );
             assert_close(&dx, &want_dx, "dx", &g);
             assert_close(&dw, &want_dw, "dw", &g);
-            let mut untouched = vec![7.0; x.len()];
             dw.fill(f64::NAN);
             backward(
                 &x,
@@ -568,10 +575,11 @@ mod tests {
                 &g,
                 co,
                 Products::Native,
-                (&mut untouched, false),
-                &mut dw,
+                Grads {
+                    dx: None,
+                    dw: &mut dw,
+                },
             );
-            assert!(untouched.iter().all(|&v| v == 7.0));
             assert_close(&dw, &want_dw, "dw alone", &g);
         }
     }
@@ -611,7 +619,18 @@ mod tests {
                 forward(&x, &w, &g, co, products, &mut y);
                 close(&y, &want_y, "y", &g);
                 let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
-                backward(&x, &w, &dy, &g, co, products, (&mut dx, true), &mut dw);
+                backward(
+                    &x,
+                    &w,
+                    &dy,
+                    &g,
+                    co,
+                    products,
+                    Grads {
+                        dx: Some(&mut dx),
+                        dw: &mut dw,
+                    },
+                );
                 close(&dx, &want_dx, "dx", &g);
                 close(&dw, &want_dw, "dw", &g);
             }
@@ -646,7 +665,7 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
-                .unwrap();
+                .expect("a thread pool");
             pool.install(|| {
                 let mut y = vec![0f32; g.n * co * 16];
                 forward(&x, &w, &g, co, Products::Native, &mut y);
@@ -658,8 +677,10 @@ mod tests {
                     &g,
                     co,
                     Products::Native,
-                    (&mut dx, true),
-                    &mut dw,
+                    Grads {
+                        dx: Some(&mut dx),
+                        dw: &mut dw,
+                    },
                 );
                 (y, dx, dw)
             })

@@ -42,12 +42,14 @@ const MAX_PLANE: usize = 64;
 /// for gemm's register tile and im2col + gemm (or the f32 patch product) is faster. Its
 /// 64 → 128 stride-2 layer at 32 × 32 (16 × 16 out) measured 5–10 % slower this way.
 const MIN_CHANNELS: usize = 128;
-/// Rows (channels) of a product per parallel task: half the rows, at most 128. The
-/// blocks follow the geometry, not the thread count, so results are the same bits on any
-/// pool; as before (the image groups of im2col + gemm), a 4 × 4 layer has few tasks, and a
-/// many-core CPU runs these layers on up to 4 of its cores.
+/// Rows (channels) of a product per parallel task: the rows shared out over the pool's
+/// threads, in multiples of 16, at most 128 (on 2 threads, 128 measured slightly faster
+/// than 64: each block packs the other operand again). A block's rows change no element's
+/// sum, which runs over the reduction alone in an order fixed by its length, so the result
+/// is the same bits on any pool (`results_do_not_depend_on_the_thread_count`).
 fn rows_per_task(rows: usize) -> usize {
-    (rows / 2).clamp(16, 128)
+    let threads = rayon::current_num_threads().max(1);
+    rows.div_ceil(threads).next_multiple_of(16).clamp(16, 128)
 }
 
 /// Turns this path off for an A/B in one binary: `ANNT_CPU_TAPS=off` runs these layers
@@ -637,55 +639,54 @@ mod tests {
         }
     }
 
-    /// The blocks of rows follow the geometry, so the result is the same bits on any pool:
-    /// 260 channels are three blocks, run on one thread and on three.
+    /// The same bits on any pool, though the blocks of rows follow the thread count: 260
+    /// input and 130 output channels are blocks of 128, 96 and 48 rows on 1, 3 and 8
+    /// threads, at stride 1 and 2, in f32 and on each bf16 unit.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let g = Window {
-            n: 3,
-            c: 260,
-            h: 4,
-            w: 4,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let co = 130;
-        let x: Vec<f32> = values(g.n * g.c * 16, 1)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let w: Vec<f32> = values(co * g.patch_len(), 2)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let dy: Vec<f32> = values(g.n * co * 16, 3).iter().map(|&v| v as f32).collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
-            pool.install(|| {
-                let mut y = vec![0f32; g.n * co * 16];
-                forward(&x, &w, &g, co, Products::Native, &mut y);
-                let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
-                backward(
-                    &x,
-                    &w,
-                    &dy,
-                    &g,
-                    co,
-                    Products::Native,
-                    Grads {
-                        dx: Some(&mut dx),
-                        dw: &mut dw,
-                    },
+        let mut units = vec![Products::Native];
+        units.extend(Dot::usable().into_iter().map(Products::Bf16));
+        for (stride, side) in [(1, 4), (2, 8)] {
+            let g = Window {
+                n: 3,
+                c: 260,
+                h: side,
+                w: side,
+                kh: 3,
+                kw: 3,
+                stride,
+                pad: 1,
+            };
+            let co = 130;
+            let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&v| v as f32).collect() };
+            let x = f32s(values(g.n * g.c * side * side, 1));
+            let w = f32s(values(co * g.patch_len(), 2));
+            let dy = f32s(values(g.n * co * g.out_len(), 3));
+            for products in &units {
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("a thread pool");
+                    pool.install(|| {
+                        let mut y = vec![0f32; g.n * co * g.out_len()];
+                        forward(&x, &w, &g, co, *products, &mut y);
+                        let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+                        let grads = Grads {
+                            dx: Some(&mut dx),
+                            dw: &mut dw,
+                        };
+                        backward(&x, &w, &dy, &g, co, *products, grads);
+                        (y, dx, dw)
+                    })
+                };
+                let one = run(1);
+                assert!(
+                    one == run(3) && one == run(8),
+                    "{products:?} at stride {stride}"
                 );
-                (y, dx, dw)
-            })
-        };
-        assert_eq!(run(1), run(3));
+            }
+        }
     }
 
     /// ResNet-18's 3 × 3 layers with 8 × 8 and 4 × 4 outputs take this path (strided ones

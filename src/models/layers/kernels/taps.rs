@@ -1,10 +1,12 @@
-//! Stride-1 "same" convolutions of small planes (ResNet-18's 8 × 8 and 4 × 4 stages) as one
-//! matrix product per kernel tap, over only the positions where that tap reads the image.
+//! Dense convolutions with small outputs (ResNet-18's 8 × 8 and 4 × 4 stages, strided ones
+//! included) as one matrix product per kernel tap, over only the positions where that tap
+//! reads the image.
 //!
 //! im2col + gemm multiplies every tap at every position, and where the window hangs over
 //! the padding it multiplies zeros: 16 % of a 3 × 3 layer's multiply-adds at 8 × 8, 31 % at
-//! 4 × 4. Those are exactly the layers where annt trailed PyTorch (whose oneDNN runs a
-//! direct convolution that skips them): `benches/results/conv-layers-annt-vs-torch-*`.
+//! 4 × 4. Those were exactly the layers where annt trailed PyTorch, whose oneDNN runs a
+//! direct convolution that skips them
+//! (`benches/results/conv-layers-annt-vs-torch-zen4-2026-12-06.txt`).
 //!
 //! Here the activations are laid out position-major, `P[ch][p·n + i]` (channel, then
 //! position `p` in the plane, then image `i`): a whole batch's positions side by side, the
@@ -12,17 +14,20 @@
 //! the outputs where that input lies inside the image are a rectangle, and in this layout
 //! each of its rows — or the whole rectangle, when the tap is in the window's middle column
 //! — is one contiguous run of columns in both the output and the input matrix, at the same
-//! row stride. So each tap is a handful of gemm calls on views of the two matrices, with no
-//! unfolding, no zeros and no copies:
+//! row stride. So each tap is a handful of matrix products on views of the two matrices,
+//! with no unfolding, no zeros and no copies:
 //!
 //! - forward: `Y[:, out] += W_t · X[:, in]`;
 //! - input gradient: `dX[:, in] += W_tᵀ · dY[:, out]`;
-//! - weight gradient: `dW_t = Σ dY[:, out] · X[:, in]ᵀ`, written straight into the tap's
+//! - weight gradient: `dW_t = Σ dY[:, out] · X[:, in]ᵀ`, written into the tap's
 //!   interleaved place in the `c_out × c × kh × kw` weight gradient.
 //!
-//! The centre tap covers every position, so it goes first and writes rather than adds. The
-//! work is split over blocks of output rows (channels) whose size follows the geometry, not
-//! the thread count: every element is the same sum in the same order on any pool.
+//! At a stride `s` the input is split into its `s²` phase planes (rows `s·y + py`, columns
+//! `s·x + px`), each the output's size, and every tap reads one of them, shifted ([`taps`]).
+//! The products run through gemm in f32 (and f64 in the tests), or on the bf16 unit under
+//! `--amp bf16` ([`Lhs`]). The centre tap covers every position, so it goes first and writes
+//! rather than adds. The work is split over blocks of channels; no element's sum depends on
+//! the blocks, so a run gives the same bits on any number of threads.
 
 use std::sync::OnceLock;
 

@@ -751,7 +751,11 @@ mod speed {
     use super::super::gemm::{MatMut, MatRef, matmul_into};
 
     /// Which operand layouts make a tap's weight-gradient product fast through gemm:
-    /// `cargo test --release --lib tap_dw_layouts -- --ignored --nocapture`.
+    /// `cargo test --release --lib tap_dw_layouts -- --ignored --nocapture`. On one core of
+    /// the 2-core Zen 4 (2026-12-07) every layout ran at 92–111 GFLOP/s but one, the
+    /// column stride of 9 costing about 10 %: the slow first weight gradient at 8 × 8 was
+    /// not the layout but rows 2ᵏ values apart ([`lead`]), which this test's dense rows
+    /// do not have.
     #[test]
     #[ignore]
     fn tap_dw_layouts() {
@@ -775,62 +779,54 @@ mod speed {
             let b: Vec<f32> = (0..c * k).map(|v| (v as f32 * 0.71).cos()).collect();
             let mut d = vec![0f32; m * c * 9];
             let gf = 2.0 * (m * c * k) as f64 / 1e6;
-            // a: m × k row-major; b: c × k row-major used transposed; dst strided 9.
-            let t1 = time(&mut || {
-                matmul_into(
-                    MatMut::strided(&mut d, (m, c), (c * 9, 9)),
+            // (label, destination shape and strides, a, b): a stored m × k or k × m
+            // (column-major), b stored c × k (used transposed) or k × c; the destination
+            // dense, with a column stride of 9 (a tap's place in dW), or transposed.
+            let cases = [
+                (
+                    "rows/strided",
+                    (m, c),
+                    (c * 9, 9),
                     MatRef::row_major(&a, m, k),
                     MatRef::row_major(&b, c, k).t(),
-                    true,
-                    1,
-                )
-            });
-            let t2 = time(&mut || {
-                matmul_into(
-                    MatMut::strided(&mut d, (m, c), (c, 1)),
+                ),
+                (
+                    "rows/dense",
+                    (m, c),
+                    (c, 1),
                     MatRef::row_major(&a, m, k),
                     MatRef::row_major(&b, c, k).t(),
-                    true,
-                    1,
-                )
-            });
-            // a stored k × m (column-major m × k), b stored k × c (row-major k × c).
-            let t3 = time(&mut || {
-                matmul_into(
-                    MatMut::strided(&mut d, (m, c), (c, 1)),
+                ),
+                (
+                    "cols/dense",
+                    (m, c),
+                    (c, 1),
                     MatRef::row_major(&a, k, m).t(),
                     MatRef::row_major(&b, k, c),
-                    true,
-                    1,
-                )
-            });
-            let t4 = time(&mut || {
-                matmul_into(
-                    MatMut::strided(&mut d, (m, c), (c * 9, 9)),
+                ),
+                (
+                    "cols/strided",
+                    (m, c),
+                    (c * 9, 9),
                     MatRef::row_major(&a, k, m).t(),
                     MatRef::row_major(&b, k, c),
-                    true,
-                    1,
-                )
-            });
-            // dst transposed (c × m) dense: dWᵀ = bᵀ·aᵀ.
-            let t5 = time(&mut || {
-                matmul_into(
-                    MatMut::strided(&mut d, (c, m), (m, 1)),
+                ),
+                (
+                    "swapped",
+                    (c, m),
+                    (m, 1),
                     MatRef::row_major(&b, c, k),
                     MatRef::row_major(&a, m, k).t(),
-                    true,
-                    1,
-                )
-            });
-            println!(
-                "m {m} c {c} k {k}: rows/strided {:.0} rows/dense {:.0} cols/dense {:.0} cols/strided {:.0} swapped {:.0} GFLOP/s",
-                gf / t1,
-                gf / t2,
-                gf / t3,
-                gf / t4,
-                gf / t5
-            );
+                ),
+            ];
+            let mut line = format!("m {m} c {c} k {k}:");
+            for (label, shape, strides, lhs, rhs) in cases {
+                let t = time(&mut || {
+                    matmul_into(MatMut::strided(&mut d, shape, strides), lhs, rhs, true, 1)
+                });
+                line += &format!(" {label} {:.0}", gf / t);
+            }
+            println!("{line} GFLOP/s");
         }
     }
 }

@@ -752,10 +752,13 @@ mod speed {
 
     /// Which operand layouts make a tap's weight-gradient product fast through gemm:
     /// `cargo test --release --lib tap_dw_layouts -- --ignored --nocapture`. On one core of
-    /// the 2-core Zen 4 (2026-12-07) every layout ran at 92–111 GFLOP/s but one, the
-    /// column stride of 9 costing about 10 %: the slow first weight gradient at 8 × 8 was
-    /// not the layout but rows 2ᵏ values apart ([`lead`]), which this test's dense rows
-    /// do not have.
+    /// the 2-core Zen 4 (2026-12-07), with reductions of 96–224 (a row's run) every layout
+    /// ran at 80–111 GFLOP/s, the column stride of 9 costing about 10 %; the slow first
+    /// weight gradient at 8 × 8 was rows 2ᵏ values apart ([`lead`]), which this test's
+    /// dense rows do not have. With a reduction of 2048 (a middle-column tap's one run at
+    /// 8 × 8, batch 32) the layout this path uses (`rows`: both operands' reduction
+    /// contiguous) ran at 49–51 GFLOP/s against 89–100 with the positions as rows
+    /// (`cols`): a position-major-transposed copy for those taps is the next step here.
     #[test]
     #[ignore]
     fn tap_dw_layouts() {

@@ -226,7 +226,9 @@ fn to_positions<T: Real>(
 
 /// The inverse of [`to_positions`]: `src` (rows `c·s² + phase`) into `images`
 /// (`n × ch × h × w`), in parallel over groups of 16 images (a group reads whole cache lines
-/// of `src`).
+/// of `src`). The two walk the phase planes with the same nested loops: one shared iterator
+/// of (plane index, position) pairs measured ~8 % slower forward on ResNet-18's 4 × 4 and
+/// 8 × 8 layers (`conv_layer_times`, three alternating runs of each binary).
 fn from_positions<T: Real>(
     src: &[T],
     (n, ch): (usize, usize),

@@ -7,8 +7,10 @@ use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
 use super::activation::softmax;
+use super::custom::{attach1, map_real_n, raw};
 use super::kernels::Products;
-use super::linear::{Linear, add_bias, matmul, matmul_nt};
+use super::kernels::attention::{Heads, attention_backward, attention_forward};
+use super::linear::{Linear, add_bias, linear, matmul, matmul_nt};
 
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
@@ -75,7 +77,18 @@ impl SelfAttention {
         let (n, s, d) = x.dims3()?;
         let hd = d / self.heads;
         let w = self.in_proj_weight.as_tensor();
-        let qkv = matmul_nt(&x.reshape((n * s, d))?, w, products)?;
+        let x2 = x.reshape((n * s, d))?;
+        if let Some(qkv) = linear(&x2, w, Some(self.in_proj_bias.as_tensor()), products)? {
+            let heads = Heads {
+                images: n,
+                seq: s,
+                heads: self.heads,
+                head_dim: hd,
+            };
+            let out = attention_core(&qkv, heads)?.reshape((n, s, d))?;
+            return self.out_proj.forward_with(&out, products);
+        }
+        let qkv = matmul_nt(&x2, w, products)?;
         let qkv = add_bias(&qkv, self.in_proj_bias.as_tensor(), 1)?
             .reshape((n, s, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?; // 3 × n × heads × s × hd
@@ -90,4 +103,48 @@ impl SelfAttention {
             .reshape((n, s, d))?;
         self.out_proj.forward_with(&out, products)
     }
+}
+
+/// `softmax(q·kᵀ/√d_h)·v` for every image and head of `qkv` (`images·seq × 3d`, the rows
+/// `[q | k | v]` of the input projection, f32 or f64 on the CPU) as one node of the graph:
+/// [`attention_forward`] and [`attention_backward`]. Returns `images·seq × d`. The attention
+/// weights are kept for the backward (as the op-by-op graph keeps its softmax output).
+fn attention_core(qkv: &Tensor, heads: Heads) -> Result<Tensor> {
+    let qkv = qkv.contiguous()?;
+    let rows = heads.images * heads.seq;
+    let (mut p32, mut p64) = (None, None);
+    let out = raw(
+        &qkv.detach(),
+        (rows, heads.width()),
+        |x| {
+            let (out, probs) = attention_forward(x, heads);
+            p32 = Some(probs);
+            out
+        },
+        |x| {
+            let (out, probs) = attention_forward(x, heads);
+            p64 = Some(probs);
+            out
+        },
+    )?;
+    let shape = (heads.images, heads.heads, heads.seq, heads.seq);
+    let cpu = candle_core::Device::Cpu;
+    let probs = match (p32, p64) {
+        (Some(p), _) => Tensor::from_vec(p, shape, &cpu)?,
+        (_, Some(p)) => Tensor::from_vec(p, shape, &cpu)?,
+        _ => candle_core::bail!("attention: the kernel gave no weights"),
+    };
+    attach1(
+        "annt-attention",
+        &qkv,
+        out,
+        Box::new(move |qkv, grad| {
+            map_real_n(
+                &[qkv, &probs, &grad.contiguous()?],
+                (rows, 3 * heads.width()),
+                |v| attention_backward(v[0], v[1], v[2], heads),
+                |v| attention_backward(v[0], v[1], v[2], heads),
+            )
+        }),
+    )
 }

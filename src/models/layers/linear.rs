@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use super::custom::{attach2, map_real, map_real_n, raw2};
+use super::custom::{attach2, attach3, map_real, map_real_n, raw_n, raw2};
 use super::kernels::{Products, cpu as kernels_cpu};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
@@ -57,6 +57,90 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor, products: Products) -> Result<Tensor> {
             ))
         }),
     )
+}
+
+/// A fully connected layer `x · wᵀ + b` (`x`: `rows × k`, `w`: `n × k`, `b`: `n`) as one
+/// node of the graph, on the CPU in f32 or f64 (f32 for a bf16 unit); `None` elsewhere (the
+/// caller then builds it from [`matmul_nt`] and [`add_bias`]).
+///
+/// Built from Candle's ops the layer is a transpose, a product and a bias add: three nodes
+/// whose backward zero-fills and adds a gradient for each edge (the transposed weight's
+/// through a strided add), and a product split across the threads by Candle. Here the
+/// forward writes the bias and adds the product onto it in one pass, and the backward is
+/// two gemm products and a column sum written straight into the three gradients.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    products: Products,
+) -> Result<Option<Tensor>> {
+    let dtype = x.dtype();
+    let fits = match dtype {
+        DType::F32 => true,
+        DType::F64 => products.bf16().is_none(),
+        _ => false,
+    };
+    if !x.device().is_cpu() || !fits {
+        return Ok(None);
+    }
+    let (rows, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let x = x.contiguous()?;
+    let w = w.to_dtype(dtype)?.contiguous()?;
+    let Some(b) = b else {
+        let y = raw2(
+            &x.detach(),
+            &w.detach(),
+            (rows, n),
+            |x, w| kernels_cpu::linear_bias_forward(x, w, None, k, n, products),
+            |x, w| kernels_cpu::linear_bias_forward(x, w, None, k, n, products),
+        )?;
+        return attach2(
+            "annt-linear",
+            &x,
+            &w,
+            y,
+            Box::new(move |x, w, grad| {
+                let both = map_real_n(
+                    &[x, w, &grad.contiguous()?],
+                    rows * k + n * k,
+                    |v| kernels_cpu::linear_bias_backward(v[0], v[1], v[2], k, n, false, products),
+                    |v| kernels_cpu::linear_bias_backward(v[0], v[1], v[2], k, n, false, products),
+                )?;
+                Ok((
+                    both.narrow(0, 0, rows * k)?.reshape((rows, k))?,
+                    both.narrow(0, rows * k, n * k)?.reshape((n, k))?,
+                ))
+            }),
+        )
+        .map(Some);
+    };
+    let b = b.to_dtype(dtype)?.contiguous()?;
+    let y = raw_n(
+        &[&x.detach(), &w.detach(), &b.detach()],
+        (rows, n),
+        |v| kernels_cpu::linear_bias_forward(v[0], v[1], Some(v[2]), k, n, products),
+        |v| kernels_cpu::linear_bias_forward(v[0], v[1], Some(v[2]), k, n, products),
+    )?;
+    attach3(
+        "annt-linear-bias",
+        [&x, &w, &b],
+        y,
+        Box::new(move |x, w, _b, grad| {
+            let all = map_real_n(
+                &[x, w, &grad.contiguous()?],
+                rows * k + n * k + n,
+                |v| kernels_cpu::linear_bias_backward(v[0], v[1], v[2], k, n, true, products),
+                |v| kernels_cpu::linear_bias_backward(v[0], v[1], v[2], k, n, true, products),
+            )?;
+            Ok((
+                all.narrow(0, 0, rows * k)?.reshape((rows, k))?,
+                all.narrow(0, rows * k, n * k)?.reshape((n, k))?,
+                all.narrow(0, rows * k + n * k, n)?,
+            ))
+        }),
+    )
+    .map(Some)
 }
 
 /// `y + bias`, the bias along dimension `dim` of `y` (1 for a `rows × out` product and for
@@ -183,10 +267,17 @@ impl Linear {
         let rows = x.elem_count() / d_in;
         // One 2-D product (not a batched one): its weight gradient is a single GEMM.
         let x2 = x.reshape((rows, d_in))?;
-        let mut y = matmul_nt(&x2, self.weight.as_tensor(), products)?;
-        if let Some(bias) = &self.bias {
-            y = add_bias(&y, bias.as_tensor(), 1)?;
-        }
+        let bias = self.bias.as_ref().map(|b| b.as_tensor());
+        let y = match linear(&x2, self.weight.as_tensor(), bias, products)? {
+            Some(y) => y,
+            None => {
+                let y = matmul_nt(&x2, self.weight.as_tensor(), products)?;
+                match bias {
+                    Some(b) => add_bias(&y, b, 1)?,
+                    None => y,
+                }
+            }
+        };
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = d_out;

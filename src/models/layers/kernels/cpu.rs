@@ -1397,7 +1397,7 @@ const SOFTMAX_ROWS: usize = 64;
 
 /// Softmax of one row into `out`: the maximum subtracted for stability.
 #[inline]
-fn softmax_row<T: Real>(row: &[T], out: &mut [T]) {
+pub(super) fn softmax_row<T: Real>(row: &[T], out: &mut [T]) {
     let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
     // The exponentials in one loop and their sum in lanes: both vectorise.
     for (o, &v) in out.iter_mut().zip(row) {
@@ -1696,6 +1696,84 @@ pub fn linear_backward<T: Real>(
     }
     dx.extend(dw);
     dx
+}
+
+/// A fully connected layer with its bias in one pass over the output:
+/// `y = x · wᵀ + b` (`x`: `rows × k`, `w`: `n × k`, `b`: `n` or none). In the tensors' own
+/// dtype the output starts as copies of the bias and one product over all threads adds
+/// `x · wᵀ` onto it (gemm splits the output between the threads); on a bf16 unit the
+/// product is [`linear_forward`]'s and the bias is added after.
+pub fn linear_bias_forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    k: usize,
+    n: usize,
+    products: Products,
+) -> Vec<T> {
+    let rows = x.len() / k.max(1);
+    if products.bf16().is_some() && T::as_f32(x).is_some() {
+        let mut y = linear_forward(x, w, k, n, products);
+        if let Some(b) = b {
+            y.par_chunks_mut(FC_ROWS * n).for_each(|block| {
+                for row in block.chunks_exact_mut(n) {
+                    for (v, &bv) in row.iter_mut().zip(b) {
+                        *v += bv;
+                    }
+                }
+            });
+        }
+        return y;
+    }
+    let mut y = match b {
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * n);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => zeroed(rows * n),
+    };
+    matmul_threads(
+        &mut y,
+        MatRef::row_major(x, rows, k),
+        MatRef::row_major(w, n, k).t(),
+        b.is_some(),
+        rayon::current_num_threads(),
+    );
+    y
+}
+
+/// The gradients of [`linear_bias_forward`] end to end: `dx = dy · w` (`rows × k`),
+/// `dw = dyᵀ · x` (`n × k`) and, `with_bias`, `db = Σ_rows dy` (`n`). In the tensors' own
+/// dtype each product is one gemm over all threads; on a bf16 unit they are
+/// [`linear_backward`]'s.
+pub fn linear_bias_backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    k: usize,
+    n: usize,
+    with_bias: bool,
+    products: Products,
+) -> Vec<T> {
+    let rows = x.len() / k.max(1);
+    let mut out = if products.bf16().is_some() && T::as_f32(x).is_some() {
+        linear_backward(x, w, dy, k, n, products)
+    } else {
+        let threads = rayon::current_num_threads();
+        let mut out = vec![T::zero(); rows * k + n * k];
+        let (dx, dw) = out.split_at_mut(rows * k);
+        let dym = MatRef::row_major(dy, rows, n);
+        matmul_threads(dx, dym, MatRef::row_major(w, n, k), false, threads);
+        matmul_threads(dw, dym.t(), MatRef::row_major(x, rows, k), false, threads);
+        out
+    };
+    if with_bias {
+        out.extend(bias_grad(dy, n, 1));
+    }
+    out
 }
 
 /// Rows per task of the layer-norm kernels: fixed, so the parameter-gradient partials are

@@ -33,6 +33,22 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// `rows × cols` with the given strides over `data` (a block of columns of a wider
+    /// matrix: one attention head's queries inside the rows of `[q | k | v]`).
+    pub fn strided(
+        data: &'a [T],
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
     /// The transpose (no copy).
     pub fn t(self) -> Self {
         Self {

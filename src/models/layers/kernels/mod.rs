@@ -21,6 +21,7 @@
 //! (`crate::engine::selftest`), which runs the moment a GPU exists.
 
 pub mod approx;
+pub mod attention;
 pub mod bf16;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -52,89 +52,20 @@ pub fn erf(x: f32) -> f32 {
     (1.0 - poly * exp(-a * a)).copysign(x)
 }
 
-/// Defines `pub fn $name` over slices that runs `$body` compiled for AVX-512F, or for AVX2
-/// with FMA, when the CPU has them, and for the baseline x86-64 (SSE2) otherwise.
-///
-/// The crate is built for the baseline, so these loops were 4 lanes wide: GELU's forward and
-/// backward were 9.5 % of a ViT-Ti/4 step on the CPU after its attention was fused. The
-/// body is the same source in every variant (the element formulas above are
-/// `inline(always)`, so they are compiled with each variant's instructions); only the
-/// instruction set differs, and with it the rounding of `mul_add`-contracted steps, which
-/// the compiler does not do here (Rust never contracts `a * b + c` on its own).
-macro_rules! simd_slices {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$doc])*
-        #[allow(unsafe_code)] // calls of the `target_feature` variants (see SAFETY)
-        pub fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                match isa() {
-                    // SAFETY: `isa` read the CPU's feature flags: this CPU has AVX-512F.
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above, for AVX2 and FMA.
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Base => {}
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-
-/// The widest vector instructions [`simd_slices`] kernels may use on this CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Base,
-}
-
-/// Detected once (`is_x86_feature_detected!` caches too, but this is a single load).
-fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var("ANNT_CPU_SIMD").as_deref() == Ok("base") {
-                return Isa::Base;
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Base
-    })
-}
-
-simd_slices! {
+crate::simd_fn! {
     /// GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2`, of every `x` into `out`. A plain loop
     /// over f32 slices, its own function: inside the generic element-wise kernels the
     /// compiler kept [`erf`] scalar.
-    fn gelu(x: &[f32], out: &mut [f32]) {
+    pub fn gelu(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
         }
     }
 }
 
-simd_slices! {
+crate::simd_fn! {
     /// GELU's input gradient `g·(Φ(x) + x·φ(x))` into `out`, `φ` the standard normal density.
-    fn gelu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
+    pub fn gelu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
         const INV_SQRT_2PI: f32 = 0.398_942_3;
         for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
             let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
@@ -144,18 +75,18 @@ simd_slices! {
     }
 }
 
-simd_slices! {
+crate::simd_fn! {
     /// SiLU, `x·σ(x)` with `σ(x) = 1/(1 + e⁻ˣ)`, of every `x` into `out`.
-    fn silu(x: &[f32], out: &mut [f32]) {
+    pub fn silu(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = v / (1.0 + exp(-v));
         }
     }
 }
 
-simd_slices! {
+crate::simd_fn! {
     /// SiLU's input gradient `g·σ(x)·(1 + x·(1 − σ(x)))` into `out`.
-    fn silu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
+    pub fn silu_grad(x: &[f32], g: &[f32], out: &mut [f32]) {
         for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
             let s = 1.0 / (1.0 + exp(-v));
             *o = gv * s * (1.0 + v * (1.0 - s));

@@ -29,6 +29,7 @@ pub mod cuda;
 pub mod gemm;
 pub mod plan;
 pub mod real;
+pub mod simd;
 mod taps;
 
 pub use cpu::Window;

@@ -16,6 +16,7 @@ use super::layers::ForwardCtx;
 use super::layers::activation::{dropout, gelu};
 use super::layers::attention::SelfAttention;
 use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
+use super::layers::encoder::{EncoderLayers, encoder_block};
 use super::layers::linear::{Linear, add_bias};
 use super::layers::norm::LayerNorm;
 use super::params::{Builder, Init, ParamKind, join};
@@ -161,6 +162,16 @@ impl EncoderBlock {
 
     /// `x`: `n × s × d` → `n × s × d`.
     fn forward(&self, x: &Tensor, p: f32, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let layers = EncoderLayers {
+            ln_1: &self.ln_1,
+            attention: &self.self_attention,
+            ln_2: &self.ln_2,
+            mlp_0: &self.mlp_0,
+            mlp_3: &self.mlp_3,
+        };
+        if let Some(y) = encoder_block(x, &layers, p, ctx)? {
+            return Ok(y);
+        }
         let products = ctx.products;
         let attn = self
             .self_attention

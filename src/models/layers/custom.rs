@@ -510,3 +510,156 @@ where
 {
     raw_n(tensors, shape, f32_kernel, f64_kernel)?.into_tensor()
 }
+
+/// A backward pass for any number of inputs: `output_grad → one gradient per input` (in the
+/// order the inputs were given; the closure holds the inputs it needs).
+pub type BackwardN = Box<dyn Fn(&Tensor) -> Result<Vec<Tensor>> + Send + Sync>;
+
+/// Gradients the first node of an [`attach_many`] computed for its other inputs, waiting
+/// for the carrier nodes to hand them on.
+type Pending = std::sync::Arc<std::sync::Mutex<Vec<Option<Tensor>>>>;
+
+/// As [`attach1`] for a value computed from any number of inputs: a whole ViT encoder
+/// block (its input and twelve parameters) as one node of the graph.
+///
+/// Candle's custom ops take at most three inputs, so the value is attached to `inputs[0]`
+/// and one *carrier*: a one-element tensor computed from the other inputs through a tree
+/// of three-input nodes. The value's backward computes every gradient at once, returns the
+/// first input's and parks the others; each carrier node's backward then returns the parked
+/// gradients of its own inputs. Candle runs a node's backward before those of its inputs,
+/// so the gradients are always parked before a carrier asks for them. Each carrier costs a
+/// one-element gradient; the op-by-op graph it replaces zero-filled and added a gradient
+/// the size of an activation for every edge.
+pub fn attach_many(
+    name: &'static str,
+    inputs: &[&Tensor],
+    value: impl Into<Value>,
+    backward: BackwardN,
+) -> Result<Tensor> {
+    let value = value.into();
+    let Some((first, rest)) = inputs.split_first() else {
+        bail!("{name}: attach_many needs at least one input");
+    };
+    if grad_off() || !inputs.iter().any(|t| t.track_op()) {
+        return value.into_tensor();
+    }
+    if rest.is_empty() {
+        return attach1(
+            name,
+            first,
+            value,
+            Box::new(move |_x, grad| {
+                backward(grad)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{name}: no gradient")))
+            }),
+        );
+    }
+    let pending: Pending = std::sync::Arc::new(std::sync::Mutex::new(vec![None; rest.len()]));
+    // Leaves: the other inputs in threes; then carriers of carriers until one is left.
+    let mut level: Vec<Carried> = rest
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Carried::Input(i, (*t).clone()))
+        .collect();
+    while level.len() > 1 || matches!(level.first(), Some(Carried::Input(..))) {
+        let mut next = Vec::with_capacity(level.len().div_ceil(3));
+        for group in level.chunks(3) {
+            next.push(Carried::Carrier(carrier(name, group, &pending)?));
+        }
+        level = next;
+    }
+    let Some(Carried::Carrier(carrier)) = level.pop() else {
+        bail!("{name}: no carrier was built");
+    };
+    let count = rest.len();
+    attach2(
+        name,
+        first,
+        &carrier,
+        value,
+        Box::new(move |_first, carrier, grad| {
+            let mut grads = backward(grad)?;
+            if grads.len() != count + 1 {
+                bail!(
+                    "{name}: the backward gave {} gradients for {} inputs",
+                    grads.len(),
+                    count + 1
+                );
+            }
+            let rest = grads.split_off(1);
+            let mut slots = pending
+                .lock()
+                .map_err(|_| candle_core::Error::Msg(format!("{name}: gradient slots poisoned")))?;
+            for (slot, g) in slots.iter_mut().zip(rest) {
+                *slot = Some(g);
+            }
+            let first = grads
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{name}: no gradient")))?;
+            Ok((first, carrier.zeros_like()?))
+        }),
+    )
+}
+
+/// What a level of [`attach_many`]'s carrier tree holds: an input (its index among the
+/// carried ones) or a carrier node below.
+enum Carried {
+    Input(usize, Tensor),
+    Carrier(Tensor),
+}
+
+/// One carrier node over up to three inputs or carriers: a one-element zero whose backward
+/// hands each input its parked gradient (and each carrier below a one-element zero).
+fn carrier(name: &'static str, group: &[Carried], pending: &Pending) -> Result<Tensor> {
+    let tensors: Vec<Tensor> = group
+        .iter()
+        .map(|c| match c {
+            Carried::Input(_, t) | Carried::Carrier(t) => t.clone(),
+        })
+        .collect();
+    let slots: Vec<Option<usize>> = group
+        .iter()
+        .map(|c| match c {
+            Carried::Input(i, _) => Some(*i),
+            Carried::Carrier(_) => None,
+        })
+        .collect();
+    let device = tensors[0].device().clone();
+    let zero = Tensor::zeros(1, DType::F32, &device)?;
+    let pending = pending.clone();
+    let take = move |k: usize, t: &Tensor| -> Result<Tensor> {
+        match slots[k] {
+            None => Tensor::zeros(1, DType::F32, t.device()),
+            Some(i) => {
+                let mut parked = pending.lock().map_err(|_| {
+                    candle_core::Error::Msg(format!("{name}: gradient slots poisoned"))
+                })?;
+                parked.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "{name}: no gradient parked for input {}",
+                        i + 1
+                    ))
+                })
+            }
+        }
+    };
+    match tensors.as_slice() {
+        [a] => attach1(name, a, zero, Box::new(move |a, _g| take(0, a))),
+        [a, b] => attach2(
+            name,
+            a,
+            b,
+            zero,
+            Box::new(move |a, b, _g| Ok((take(0, a)?, take(1, b)?))),
+        ),
+        [a, b, c] => attach3(
+            name,
+            [a, b, c],
+            zero,
+            Box::new(move |a, b, c, _g| Ok((take(0, a)?, take(1, b)?, take(2, c)?))),
+        ),
+        _ => bail!("{name}: a carrier takes one to three inputs"),
+    }
+}

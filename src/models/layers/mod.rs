@@ -12,6 +12,7 @@ pub mod attention;
 pub mod conv;
 pub mod conv_bn;
 pub mod custom;
+pub mod encoder;
 pub mod kernels;
 pub mod linear;
 pub mod loss;

@@ -441,6 +441,80 @@ fn linear_layer_norm_and_attention_gradients_match_finite_differences() {
     );
 }
 
+/// The fused encoder block (one node, `encoder::encoder_block`): its value equals the block
+/// built from its layers (LN → attention → residual → LN → MLP with GELU → residual), and
+/// the gradients of its input and all twelve parameters match finite differences.
+#[test]
+fn the_fused_encoder_block_matches_its_layers_and_finite_differences() {
+    use super::activation::gelu;
+    use super::encoder::{EncoderLayers, encoder_block};
+    let mut b = Builder::new(7, &Device::Cpu).with_dtype(DType::F64);
+    let (d, heads, mlp) = (6, 2, 5);
+    let ln_1 = LayerNorm::new(&mut b, "ln_1", d, 1e-6).expect("ln");
+    let attention = SelfAttention::new(&mut b, "a", d, heads).expect("attention");
+    let ln_2 = LayerNorm::new(&mut b, "ln_2", d, 1e-6).expect("ln");
+    let mlp_0 = Linear::new(&mut b, "m0", d, mlp, ParamKind::Weight).expect("linear");
+    let mlp_3 = Linear::new(&mut b, "m3", mlp, d, ParamKind::Weight).expect("linear");
+    // Non-trivial norms and biases (they start at 1 and 0).
+    for (v, seed) in [
+        (&ln_1.weight, 31),
+        (&ln_1.bias, 32),
+        (&ln_2.weight, 33),
+        (&ln_2.bias, 34),
+        (&attention.in_proj_bias, 35),
+    ] {
+        v.set(&randn(v.dims(), seed, DType::F64)).expect("set");
+    }
+    let layers = EncoderLayers {
+        ln_1: &ln_1,
+        attention: &attention,
+        ln_2: &ln_2,
+        mlp_0: &mlp_0,
+        mlp_3: &mlp_3,
+    };
+    let x = var(&[2, 5, d], 36);
+    let ctx = ForwardCtx::train(DType::F64, 1);
+    let fused = || {
+        encoder_block(x.as_tensor(), &layers, 0.0, &ctx)
+            .and_then(|y| y.ok_or_else(|| candle_core::Error::Msg("not fused".into())))
+    };
+    let by_layers = || -> R<Tensor> {
+        let x = x.as_tensor();
+        let x1 = (x + attention.forward(&ln_1.forward(x)?)?)?;
+        let h = gelu(&mlp_0.forward(&ln_2.forward(&x1)?)?)?;
+        x1 + mlp_3.forward(&h)?
+    };
+    let gap = (fused().expect("fused") - by_layers().expect("layers"))
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar::<f64>())
+        .expect("gap");
+    assert!(gap < 1e-12, "fused block differs from its layers by {gap}");
+    let biases: Vec<Var> = [&attention.out_proj.bias, &mlp_0.bias, &mlp_3.bias]
+        .iter()
+        .map(|b| (*b).clone().expect("bias"))
+        .collect();
+    check(
+        "encoder block",
+        &[
+            &x,
+            &ln_1.weight,
+            &ln_1.bias,
+            &attention.in_proj_weight,
+            &attention.in_proj_bias,
+            &attention.out_proj.weight,
+            &biases[0],
+            &ln_2.weight,
+            &ln_2.bias,
+            &mlp_0.weight,
+            &biases[1],
+            &mlp_3.weight,
+            &biases[2],
+        ],
+        fused,
+    );
+}
+
 #[test]
 fn activation_softmax_and_loss_gradients_match_finite_differences() {
     let x = var(&[3, 5], 17);

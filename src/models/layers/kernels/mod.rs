@@ -26,6 +26,7 @@ pub mod bf16;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod encoder;
 pub mod gemm;
 pub mod plan;
 pub mod real;

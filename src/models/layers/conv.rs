@@ -66,7 +66,7 @@ pub fn conv2d_with(
     }
 }
 
-fn window(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Window> {
+pub(super) fn window(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Window> {
     let (n, c, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
     if h + 2 * spec.padding < kh || wd + 2 * spec.padding < kw || spec.stride == 0 {

@@ -2,15 +2,17 @@
 //! EfficientNet are built from, written once. With ReLU, batch norm and the activation run
 //! as one op on the CPU ([`BatchNorm2d::forward_relu`]).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use crate::models::error::ModelError;
 use crate::models::params::Builder;
 
-use super::ForwardCtx;
 use super::activation::silu;
-use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
+use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, window};
+use super::custom::{attach_many, map_real_n, raw2};
+use super::kernels::cpu as kernels_cpu;
 use super::norm::BatchNorm2d;
+use super::{ForwardCtx, Kernels};
 
 /// What follows the batch norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +77,92 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if let Some(y) = self.forward_fused(x, ctx)? {
+            return Ok(y);
+        }
         let y = self.conv.forward(x, ctx)?;
         match self.activation {
             Activation::Identity => self.bn.forward(&y, ctx),
             Activation::Relu => self.bn.forward_relu(&y, ctx),
             Activation::Silu => silu(&self.bn.forward(&y, ctx)?),
         }
+    }
+
+    /// Training on the CPU (annt's kernels, f32/f64, a dense convolution without bias, then
+    /// identity or ReLU): the convolution, batch norm and activation as one node of the
+    /// graph, its inputs the images, the weight, γ and β (`custom::attach_many`). As two
+    /// nodes, Candle's backward zero-filled and added an activation-sized gradient for the
+    /// convolution's output; here the batch norm's input gradient goes straight into the
+    /// convolution's backward. Same kernels, same arithmetic. `None` elsewhere.
+    fn forward_fused(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+        let relu = match self.activation {
+            Activation::Identity => false,
+            Activation::Relu => true,
+            Activation::Silu => return Ok(None),
+        };
+        let dtype = x.dtype();
+        if !ctx.train
+            || ctx.kernels != Kernels::Annt
+            || !x.device().is_cpu()
+            || !matches!(dtype, DType::F32 | DType::F64)
+            || (dtype == DType::F64 && ctx.products.bf16().is_some())
+            || self.conv.spec.groups != 1
+            || self.conv.bias.is_some()
+        {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        let w = self.conv.weight.as_tensor().to_dtype(dtype)?.contiguous()?;
+        let g = window(&x, &w, self.conv.spec)?;
+        let c_out = w.dim(0)?;
+        let products = ctx.products;
+        let (xd, wd) = (x.detach(), w.detach());
+        let y = raw2(
+            &xd,
+            &wd,
+            (g.n, c_out, g.out_h(), g.out_w()),
+            |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
+            |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
+        )?
+        .into_tensor()?;
+        let (value, fit) = self.bn.train_value(&y, relu)?;
+        let gamma = self.bn.weight.as_tensor().clone();
+        let beta = self.bn.bias.as_tensor().clone();
+        let (gd, bd) = (gamma.detach(), beta.detach());
+        let want_dx = x.track_op();
+        attach_many(
+            if relu {
+                "annt-conv-bn-relu"
+            } else {
+                "annt-conv-bn"
+            },
+            &[&x, &w, &gamma, &beta],
+            value,
+            Box::new(move |grad| {
+                let (dy, dgamma, dbeta) = fit.backward(&y, &gd, &bd, grad)?;
+                let (x_len, w_len) = (xd.elem_count(), wd.elem_count());
+                let both = map_real_n(
+                    &[&xd, &wd, &dy],
+                    x_len + w_len,
+                    |v| {
+                        kernels_cpu::conv_backward_joined(
+                            v[0], v[1], v[2], &g, c_out, products, want_dx,
+                        )
+                    },
+                    |v| {
+                        kernels_cpu::conv_backward_joined(
+                            v[0], v[1], v[2], &g, c_out, products, want_dx,
+                        )
+                    },
+                )?;
+                Ok(vec![
+                    both.narrow(0, 0, x_len)?.reshape(xd.shape())?,
+                    both.narrow(0, x_len, w_len)?.reshape(wd.shape())?,
+                    dgamma,
+                    dbeta,
+                ])
+            }),
+        )
+        .map(Some)
     }
 }

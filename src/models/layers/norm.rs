@@ -199,10 +199,28 @@ impl BatchNorm2d {
     /// `relu`, the output is `max(·, 0)` and the backward first masks the gradient.
     fn forward_train_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let (value, fit) = self.train_value(&x, relu)?;
+        attach3(
+            if relu {
+                "annt-batch-norm-relu"
+            } else {
+                "annt-batch-norm"
+            },
+            [&x, self.weight.as_tensor(), self.bias.as_tensor()],
+            value,
+            Box::new(move |x, gamma_t, beta_t, grad| fit.backward(x, gamma_t, beta_t, grad)),
+        )
+    }
+
+    /// Training-mode batch norm of `x` (contiguous, `n × c × h × w`, f32 or f64 on the CPU)
+    /// without a graph: its batch statistics (the running ones updated), the output
+    /// `x̂·γ + β` (ReLU'd with `relu`) and what its backward needs. The convolution + batch
+    /// norm node (`conv_bn`) and [`Self::forward_train_fused`] share it.
+    pub(super) fn train_value(&self, x: &Tensor, relu: bool) -> Result<(Raw, BnFit)> {
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let stats = map_real(
-            &x,
+            x,
             2 * c,
             |v| kernels_cpu::channel_stats(v, n, c, hw),
             |v| kernels_cpu::channel_stats(v, n, c, hw),
@@ -222,54 +240,86 @@ impl BatchNorm2d {
         let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
         let shift: Vec<f64> = (0..c).map(|i| beta[i] - scale[i] * mean[i]).collect();
         let value = if relu {
-            affine_relu(&x, &scale, &shift, c, hw, None)?
+            affine_relu(x, &scale, &shift, c, hw, None)?
         } else {
-            affine_raw(&x, None, &scale, None, &shift, c, hw)?
+            affine_raw(x, None, &scale, None, &shift, c, hw)?
         };
+        let fit = BnFit {
+            n,
+            c,
+            hw,
+            relu,
+            mean,
+            invstd,
+            scale,
+            shift,
+        };
+        Ok((value, fit))
+    }
+}
+
+/// What a training-mode batch norm's backward needs from its forward
+/// ([`BatchNorm2d::train_value`]): the batch statistics and the output's coefficients.
+pub(super) struct BnFit {
+    n: usize,
+    c: usize,
+    hw: usize,
+    relu: bool,
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    scale: Vec<f64>,
+    shift: Vec<f64>,
+}
+
+impl BnFit {
+    /// The gradients of the input `x`, `γ` and `β` for the output gradient `grad`.
+    pub(super) fn backward(
+        &self,
+        x: &Tensor,
+        gamma_t: &Tensor,
+        beta_t: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (n, c, hw) = (self.n, self.c, self.hw);
+        let (mean, invstd) = (&self.mean, &self.invstd);
+        let grad = if self.relu {
+            affine_relu(
+                x,
+                &self.scale,
+                &self.shift,
+                c,
+                hw,
+                Some(&grad.contiguous()?),
+            )?
+            .into_tensor()?
+        } else {
+            grad.contiguous()?
+        };
+        let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
+        let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
+        let sums = map_real_n(
+            &[&grad, x, &mean_t],
+            2 * c,
+            |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+            |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+        )?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+        let (s1, s2) = sums.split_at(c);
         let count = (n * hw) as f64;
-        attach3(
-            if relu {
-                "annt-batch-norm-relu"
-            } else {
-                "annt-batch-norm"
-            },
-            [&x, self.weight.as_tensor(), self.bias.as_tensor()],
-            value,
-            Box::new(move |x, gamma_t, beta_t, grad| {
-                let grad = if relu {
-                    affine_relu(x, &scale, &shift, c, hw, Some(&grad.contiguous()?))?
-                        .into_tensor()?
-                } else {
-                    grad.contiguous()?
-                };
-                let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
-                let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
-                let sums = map_real_n(
-                    &[&grad, x, &mean_t],
-                    2 * c,
-                    |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
-                    |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
-                )?
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?;
-                let (s1, s2) = sums.split_at(c);
-                // dx = γσ⁻¹·(dy − Σdy/M − x̂·Σ(dy·x̂)/M) = A·dy + B·x + D per channel.
-                let a: Vec<f64> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
-                let b: Vec<f64> = (0..c)
-                    .map(|i| -a[i] * invstd[i] * invstd[i] * s2[i] / count)
-                    .collect();
-                let d: Vec<f64> = (0..c)
-                    .map(|i| -a[i] * s1[i] / count - b[i] * mean[i])
-                    .collect();
-                let grad_x = affine(&grad, Some(x), &a, Some(&b), &d, c, hw)?;
-                let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
-                let grad_gamma =
-                    Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
-                let grad_beta =
-                    Tensor::from_vec(s1.to_vec(), c, x.device())?.to_dtype(beta_t.dtype())?;
-                Ok((grad_x, grad_gamma, grad_beta))
-            }),
-        )
+        // dx = γσ⁻¹·(dy − Σdy/M − x̂·Σ(dy·x̂)/M) = A·dy + B·x + D per channel.
+        let a: Vec<f64> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+        let b: Vec<f64> = (0..c)
+            .map(|i| -a[i] * invstd[i] * invstd[i] * s2[i] / count)
+            .collect();
+        let d: Vec<f64> = (0..c)
+            .map(|i| -a[i] * s1[i] / count - b[i] * mean[i])
+            .collect();
+        let grad_x = affine(&grad, Some(x), &a, Some(&b), &d, c, hw)?;
+        let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
+        let grad_gamma = Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
+        let grad_beta = Tensor::from_vec(s1.to_vec(), c, x.device())?.to_dtype(beta_t.dtype())?;
+        Ok((grad_x, grad_gamma, grad_beta))
     }
 }
 

@@ -165,6 +165,73 @@ fn batch_norm_gradients_match_finite_differences_in_train_and_eval() {
     });
 }
 
+/// Convolution + batch norm (+ ReLU) as one node (`ConvBn::forward_fused`, training on the
+/// CPU): the value equals the convolution and the batch norm applied one after the other
+/// (Candle's own convolution, the unfused layers), and the gradients of the images, the
+/// weight, γ and β match finite differences; stride 1 and 2, with and without ReLU.
+#[test]
+fn the_fused_conv_bn_node_matches_its_layers_and_finite_differences() {
+    use super::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
+    let norm = NormConfig {
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    for (i, (stride, activation)) in [
+        (1, Activation::Relu),
+        (2, Activation::Identity),
+        (1, Activation::Identity),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut b = Builder::new(40 + i as u64, &Device::Cpu).with_dtype(DType::F64);
+        let shape = ConvShape {
+            c_in: 3,
+            c_out: 4,
+            kernel: 3,
+        };
+        let layer = ConvBn::new(
+            &mut b,
+            ["conv", "bn"],
+            shape,
+            ConvSpec::new(stride, 1),
+            norm,
+            activation,
+        )
+        .expect("conv-bn");
+        layer
+            .bn
+            .weight
+            .set(&randn(&[4], 41, DType::F64))
+            .expect("set");
+        layer
+            .bn
+            .bias
+            .set(&randn(&[4], 42, DType::F64))
+            .expect("set");
+        let x = var(&[3, 3, 5, 4], 43 + i as u64);
+        let fused = layer.forward(x.as_tensor(), &ctx_train()).expect("fused");
+        let stock = ctx_train().with_kernels(Kernels::CandleStock);
+        let y = layer.conv.forward(x.as_tensor(), &stock).expect("conv");
+        let unfused = match activation {
+            Activation::Relu => layer.bn.forward_relu(&y, &stock),
+            _ => layer.bn.forward(&y, &stock),
+        }
+        .expect("layers");
+        let gap = (fused - unfused)
+            .and_then(|t| t.abs())
+            .and_then(|t| t.max_all())
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("gap");
+        assert!(gap < 1e-12, "stride {stride}: fused differs by {gap}");
+        check(
+            "conv + batch norm",
+            &[&x, &layer.conv.weight, &layer.bn.weight, &layer.bn.bias],
+            || layer.forward(x.as_tensor(), &ctx_train()),
+        );
+    }
+}
+
 #[test]
 fn fused_batch_norm_matches_the_primitive_op_version() {
     let mut b = Builder::new(5, &Device::Cpu);

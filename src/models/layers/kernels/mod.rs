@@ -10,6 +10,10 @@
 //!   product per kernel tap over only the positions it reads (`taps`), skipping the
 //!   padding that im2col multiplies as zeros; `cpu::conv_forward` and
 //!   `cpu::conv_backward_joined` are where that is decided.
+//!   [`attention`] is multi-head attention's core (the heads read in place from the input
+//!   projection's rows) and [`encoder`] a whole ViT encoder block, forward and backward, as
+//!   functions of slices; the layers attach each as one node of the graph. [`simd`] compiles
+//!   a loop once per vector instruction set (GELU's and SiLU's) and picks at run time.
 //! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
 //!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA
 //!   kernels (`kernels/cuda/annt_kernels.cu`, compiled to PTX by `build.rs`) for max pooling and

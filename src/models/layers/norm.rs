@@ -11,7 +11,7 @@ use candle_core::{DType, Result, Tensor, Var};
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
-use super::custom::{Raw, attach3, map_real, map_real_n, raw_n};
+use super::custom::{Raw, attach3, map_real, map_real_n, raw, raw_n};
 use super::kernels::{Backend, cpu as kernels_cpu};
 use super::{ForwardCtx, norm_dtype};
 
@@ -240,7 +240,7 @@ impl BatchNorm2d {
         let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
         let shift: Vec<f64> = (0..c).map(|i| beta[i] - scale[i] * mean[i]).collect();
         let value = if relu {
-            affine_relu(x, &scale, &shift, c, hw, None)?
+            affine_relu(x, &scale, &shift, c, hw)?
         } else {
             affine_raw(x, None, &scale, None, &shift, c, hw)?
         };
@@ -282,26 +282,33 @@ impl BnFit {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, c, hw) = (self.n, self.c, self.hw);
         let (mean, invstd) = (&self.mean, &self.invstd);
-        let grad = if self.relu {
-            affine_relu(
-                x,
-                &self.scale,
-                &self.shift,
-                c,
-                hw,
-                Some(&grad.contiguous()?),
-            )?
-            .into_tensor()?
-        } else {
-            grad.contiguous()?
-        };
+        // Behind a ReLU the gradient is masked where the output was clipped; the mask is
+        // recomputed inside the two passes below from the forward's own coefficients
+        // (converted to x's dtype the same way), not written out as a masked copy first.
+        let grad = grad.contiguous()?;
+        let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
+        let (ma32, md32) = (to32(&self.scale), to32(&self.shift));
+        let (ma, md) = (&self.scale[..], &self.shift[..]);
+        let relu = self.relu;
         let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
         let mean_t = Tensor::from_vec(mean.clone(), c, x.device())?;
         let sums = map_real_n(
             &[&grad, x, &mean_t],
             2 * c,
-            |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
-            |v| kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+            |v| match relu {
+                true => kernels_cpu::channel_grad_sums_relu(
+                    v[0],
+                    v[1],
+                    v[2],
+                    (&ma32, &md32),
+                    (n, c, hw),
+                ),
+                false => kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+            },
+            |v| match relu {
+                true => kernels_cpu::channel_grad_sums_relu(v[0], v[1], v[2], (ma, md), (n, c, hw)),
+                false => kernels_cpu::channel_grad_sums(v[0], v[1], v[2], n, c, hw),
+            },
         )?
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?;
@@ -315,7 +322,29 @@ impl BnFit {
         let d: Vec<f64> = (0..c)
             .map(|i| -a[i] * s1[i] / count - b[i] * mean[i])
             .collect();
-        let grad_x = affine(&grad, Some(x), &a, Some(&b), &d, c, hw)?;
+        let grad_x = if relu {
+            let (a32, b32, d32) = (to32(&a), to32(&b), to32(&d));
+            raw_n(
+                &[&grad, x],
+                x.shape(),
+                |v| {
+                    kernels_cpu::channel_affine_relu_grad(
+                        v[0],
+                        v[1],
+                        (&ma32, &md32),
+                        &a32,
+                        &b32,
+                        &d32,
+                        c,
+                        hw,
+                    )
+                },
+                |v| kernels_cpu::channel_affine_relu_grad(v[0], v[1], (ma, md), &a, &b, &d, c, hw),
+            )?
+            .into_tensor()?
+        } else {
+            affine(&grad, Some(x), &a, Some(&b), &d, c, hw)?
+        };
         let grad_gamma: Vec<f64> = (0..c).map(|i| s2[i] * invstd[i]).collect();
         let grad_gamma = Tensor::from_vec(grad_gamma, c, x.device())?.to_dtype(gamma_t.dtype())?;
         let grad_beta = Tensor::from_vec(s1.to_vec(), c, x.device())?.to_dtype(beta_t.dtype())?;
@@ -323,34 +352,16 @@ impl BnFit {
     }
 }
 
-/// `max(a[ch]·x + d[ch], 0)` (with `grad`: that ReLU's backward, `grad` where the value is
-/// positive), the coefficients converted to `x`'s dtype the same way both times so the
-/// backward's mask is the forward's.
-fn affine_relu(
-    x: &Tensor,
-    a: &[f64],
-    d: &[f64],
-    c: usize,
-    hw: usize,
-    grad: Option<&Tensor>,
-) -> Result<Raw> {
+/// `max(a[ch]·x + d[ch], 0)`, the coefficients converted to `x`'s dtype as the backward
+/// converts them (`BnFit::backward` recomputes the ReLU's mask from them).
+fn affine_relu(x: &Tensor, a: &[f64], d: &[f64], c: usize, hw: usize) -> Result<Raw> {
     let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
     let (a32, d32) = (to32(a), to32(d));
-    let inputs: Vec<&Tensor> = match grad {
-        Some(g) => vec![x, g],
-        None => vec![x],
-    };
-    raw_n(
-        &inputs,
+    raw(
+        x,
         x.shape(),
-        |v| match v.get(1) {
-            Some(g) => kernels_cpu::channel_relu_mask(g, v[0], &a32, &d32, c, hw),
-            None => kernels_cpu::channel_affine_relu(v[0], &a32, &d32, c, hw),
-        },
-        |v| match v.get(1) {
-            Some(g) => kernels_cpu::channel_relu_mask(g, v[0], a, d, c, hw),
-            None => kernels_cpu::channel_affine_relu(v[0], a, d, c, hw),
-        },
+        |v| kernels_cpu::channel_affine_relu(v, &a32, &d32, c, hw),
+        |v| kernels_cpu::channel_affine_relu(v, a, d, c, hw),
     )
 }
 

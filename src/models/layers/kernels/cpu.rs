@@ -1254,6 +1254,37 @@ impl<T: Real> Lanes<T> {
     }
 }
 
+/// `out = a[ch]·g' + b[ch]·x + d[ch]` with `g'` the gradient a ReLU after
+/// `ma[ch]·x + md[ch]` passes back (`g` where that is > 0, else 0): batch norm's input
+/// gradient behind a ReLU, without writing `g'` out first.
+#[allow(clippy::too_many_arguments)]
+pub fn channel_affine_relu_grad<T: Real>(
+    g: &[T],
+    x: &[T],
+    (ma, md): (&[T], &[T]),
+    a: &[T],
+    b: &[T],
+    d: &[T],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut out = zeroed(x.len());
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+        let ch = plane % c;
+        let r = plane * hw..(plane + 1) * hw;
+        let (mac, mdc, ac, bc, dc) = (ma[ch], md[ch], a[ch], b[ch], d[ch]);
+        for ((o, &gv), &xv) in dst.iter_mut().zip(&g[r.clone()]).zip(&x[r]) {
+            let passed = if mac * xv + mdc > T::zero() {
+                gv
+            } else {
+                T::zero()
+            };
+            *o = ac * passed + bc * xv + dc;
+        }
+    });
+    out
+}
+
 /// `out = a[ch]·x + b[ch]·z + d[ch]` elementwise over `n × c × hw` data (`z` may be empty
 /// when every `b` is zero): batch norm's forward (`a` = scale, `d` = shift) and backward.
 pub fn channel_affine<T: Real>(
@@ -1573,31 +1604,6 @@ pub fn channel_affine_relu<T: Real>(x: &[T], a: &[T], d: &[T], c: usize, hw: usi
     out
 }
 
-/// The gradient behind [`channel_affine_relu`]'s ReLU: `g` where `a[ch]·x + d[ch] > 0`, else 0.
-/// The same coefficients and arithmetic as the forward, so the mask is the forward's exactly.
-pub fn channel_relu_mask<T: Real>(
-    g: &[T],
-    x: &[T],
-    a: &[T],
-    d: &[T],
-    c: usize,
-    hw: usize,
-) -> Vec<T> {
-    let mut out = zeroed(x.len());
-    out.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
-        let ch = plane % c;
-        let r = plane * hw..(plane + 1) * hw;
-        for ((o, &v), &gv) in dst.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-            *o = if a[ch] * v + d[ch] > T::zero() {
-                gv
-            } else {
-                T::zero()
-            };
-        }
-    });
-    out
-}
-
 /// Per-channel `[Σ g, Σ g·(x − mean)]` over `n × c × hw` data: the two sums of batch norm's
 /// backward pass.
 pub fn channel_grad_sums<T: Real>(
@@ -1608,6 +1614,29 @@ pub fn channel_grad_sums<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
+    grad_sums(g, x, mean, None, (n, c, hw))
+}
+
+/// [`channel_grad_sums`] of the gradient a ReLU after `a[ch]·x + d[ch]` passes back: `g`
+/// where `a[ch]·x + d[ch] > 0`, else 0 — the ReLU's backward, computed in place instead of
+/// written out as a masked copy and read back.
+pub fn channel_grad_sums_relu<T: Real>(
+    g: &[T],
+    x: &[T],
+    mean: &[T],
+    (a, d): (&[T], &[T]),
+    (n, c, hw): (usize, usize, usize),
+) -> Vec<T> {
+    grad_sums(g, x, mean, Some((a, d)), (n, c, hw))
+}
+
+fn grad_sums<T: Real>(
+    g: &[T],
+    x: &[T],
+    mean: &[T],
+    relu: Option<(&[T], &[T])>,
+    (n, c, hw): (usize, usize, usize),
+) -> Vec<T> {
     let sums: Vec<(T, T)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -1615,8 +1644,25 @@ pub fn channel_grad_sums<T: Real>(
             let m = mean[ch];
             for i in 0..n {
                 let range = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                s1.add_each(&g[range.clone()], |gv| gv);
-                s2.add_pairs(&g[range.clone()], &x[range], |gv, xv| gv * (xv - m));
+                let (gs, xs) = (&g[range.clone()], &x[range]);
+                match relu {
+                    None => {
+                        s1.add_each(gs, |gv| gv);
+                        s2.add_pairs(gs, xs, |gv, xv| gv * (xv - m));
+                    }
+                    Some((a, d)) => {
+                        let (a, d) = (a[ch], d[ch]);
+                        let pass = move |gv: T, xv: T| {
+                            if a * xv + d > T::zero() {
+                                gv
+                            } else {
+                                T::zero()
+                            }
+                        };
+                        s1.add_pairs(gs, xs, pass);
+                        s2.add_pairs(gs, xs, |gv, xv| pass(gv, xv) * (xv - m));
+                    }
+                }
             }
             (s1.total(), s2.total())
         })

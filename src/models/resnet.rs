@@ -10,7 +10,7 @@ use super::error::ModelError;
 use super::layers::conv::ConvSpec;
 use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
 use super::layers::linear::Linear;
-use super::layers::{ForwardCtx, activation::add_relu, pool};
+use super::layers::{ForwardCtx, pool};
 use super::params::{Builder, ParamKind, join};
 
 const BN_EPS: f64 = 1e-5;
@@ -198,15 +198,16 @@ impl Unit {
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut y = self.second.forward(&self.first.forward(x, ctx)?, ctx)?;
-        if let Some(third) = &self.third {
-            y = third.forward(&y, ctx)?;
-        }
+        let y = self.first.forward(x, ctx)?;
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x, ctx)?,
             None => x.clone(),
         };
-        add_relu(&y, &shortcut)
+        // The last pair takes the shortcut's sum and the ReLU into its own node.
+        match &self.third {
+            Some(third) => third.forward_add_relu(&self.second.forward(&y, ctx)?, &shortcut, ctx),
+            None => self.second.forward_add_relu(&y, &shortcut, ctx),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use candle_core::{DType, Result, Tensor};
 use crate::models::error::ModelError;
 use crate::models::params::Builder;
 
-use super::activation::silu;
+use super::activation::{add_relu, silu};
 use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, window};
 use super::custom::{attach_many, map_real_n, raw2};
 use super::kernels::cpu as kernels_cpu;
@@ -88,6 +88,25 @@ impl ConvBn {
         }
     }
 
+    /// `relu(self.forward(x) + shortcut)`: a residual block's last convolution, its batch
+    /// norm, the shortcut's sum and the ReLU. In training on the CPU (where
+    /// [`Self::forward_fused`] applies, and this pair has no activation of its own) that is
+    /// one node, so the batch norm's output needs no gradient of its own in Candle's graph;
+    /// elsewhere the layers and `activation::add_relu`.
+    pub fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        shortcut: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        if self.activation == Activation::Identity
+            && let Some(y) = self.fused(x, Some(shortcut), ctx)?
+        {
+            return Ok(y);
+        }
+        add_relu(&self.forward(x, ctx)?, shortcut)
+    }
+
     /// Training on the CPU (annt's kernels, f32/f64, a dense convolution without bias, then
     /// identity or ReLU): the convolution, batch norm and activation as one node of the
     /// graph, its inputs the images, the weight, γ and β (`custom::attach_many`). As two
@@ -95,6 +114,18 @@ impl ConvBn {
     /// convolution's output; here the batch norm's input gradient goes straight into the
     /// convolution's backward. Same kernels, same arithmetic. `None` elsewhere.
     fn forward_fused(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+        self.fused(x, None, ctx)
+    }
+
+    /// [`Self::forward_fused`], and with `shortcut` (identity activation only) the residual
+    /// sum and ReLU after the batch norm, computed and differentiated as `add_relu` does
+    /// (the mask `bn + shortcut > 0` from the same two tensors), the shortcut a fifth input.
+    fn fused(
+        &self,
+        x: &Tensor,
+        shortcut: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> Result<Option<Tensor>> {
         let relu = match self.activation {
             Activation::Identity => false,
             Activation::Relu => true,
@@ -108,6 +139,7 @@ impl ConvBn {
             || (dtype == DType::F64 && ctx.products.bf16().is_some())
             || self.conv.spec.groups != 1
             || self.conv.bias.is_some()
+            || (relu && shortcut.is_some())
         {
             return Ok(None);
         }
@@ -115,30 +147,77 @@ impl ConvBn {
         let w = self.conv.weight.as_tensor().to_dtype(dtype)?.contiguous()?;
         let g = window(&x, &w, self.conv.spec)?;
         let c_out = w.dim(0)?;
+        let out_shape = (g.n, c_out, g.out_h(), g.out_w());
+        let shortcut = match shortcut {
+            None => None,
+            Some(sc) => {
+                if !sc.device().is_cpu()
+                    || sc.dtype() != dtype
+                    || sc.dims() != [out_shape.0, out_shape.1, out_shape.2, out_shape.3]
+                {
+                    return Ok(None);
+                }
+                Some(sc.contiguous()?)
+            }
+        };
         let products = ctx.products;
         let (xd, wd) = (x.detach(), w.detach());
         let y = raw2(
             &xd,
             &wd,
-            (g.n, c_out, g.out_h(), g.out_w()),
+            out_shape,
             |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
             |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
         )?
         .into_tensor()?;
-        let (value, fit) = self.bn.train_value(&y, relu)?;
+        let (bn_value, fit) = self.bn.train_value(&y, relu)?;
+        // With a shortcut: the batch norm's output is kept (the ReLU's mask is computed from
+        // it and the shortcut, as add_relu's backward does) and the node's value is their
+        // sum, ReLU'd.
+        let (value, residual) = match &shortcut {
+            None => (bn_value, None),
+            Some(sc) => {
+                let bn_out = bn_value.into_tensor()?;
+                let value = raw2(
+                    &bn_out,
+                    &sc.detach(),
+                    out_shape,
+                    kernels_cpu::add_relu_forward::<f32>,
+                    kernels_cpu::add_relu_forward::<f64>,
+                )?;
+                (value, Some((bn_out, sc.detach())))
+            }
+        };
         let gamma = self.bn.weight.as_tensor().clone();
         let beta = self.bn.bias.as_tensor().clone();
         let (gd, bd) = (gamma.detach(), beta.detach());
         let want_dx = x.track_op();
+        let mut inputs = vec![&x, &w, &gamma, &beta];
+        if let Some(sc) = &shortcut {
+            inputs.push(sc);
+        }
+        let name = match (relu, shortcut.is_some()) {
+            (true, _) => "annt-conv-bn-relu",
+            (false, true) => "annt-conv-bn-add-relu",
+            (false, false) => "annt-conv-bn",
+        };
         attach_many(
-            if relu {
-                "annt-conv-bn-relu"
-            } else {
-                "annt-conv-bn"
-            },
-            &[&x, &w, &gamma, &beta],
+            name,
+            &inputs,
             value,
             Box::new(move |grad| {
+                // Through the residual ReLU first: the same gradient reaches the batch norm
+                // and the shortcut.
+                let passed = match &residual {
+                    None => None,
+                    Some((bn_out, sc)) => Some(map_real_n(
+                        &[bn_out, sc, &grad.contiguous()?],
+                        bn_out.shape(),
+                        |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
+                        |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
+                    )?),
+                };
+                let grad = passed.as_ref().unwrap_or(grad);
                 let (dy, dgamma, dbeta) = fit.backward(&y, &gd, &bd, grad)?;
                 let (x_len, w_len) = (xd.elem_count(), wd.elem_count());
                 let both = map_real_n(
@@ -155,12 +234,16 @@ impl ConvBn {
                         )
                     },
                 )?;
-                Ok(vec![
+                let mut grads = vec![
                     both.narrow(0, 0, x_len)?.reshape(xd.shape())?,
                     both.narrow(0, x_len, w_len)?.reshape(wd.shape())?,
                     dgamma,
                     dbeta,
-                ])
+                ];
+                if let Some(p) = passed {
+                    grads.push(p);
+                }
+                Ok(grads)
             }),
         )
         .map(Some)

@@ -218,7 +218,7 @@ fn the_fused_conv_bn_node_matches_its_layers_and_finite_differences() {
             _ => layer.bn.forward(&y, &stock),
         }
         .expect("layers");
-        let gap = (fused - unfused)
+        let gap = (fused - &unfused)
             .and_then(|t| t.abs())
             .and_then(|t| t.max_all())
             .and_then(|t| t.to_scalar::<f64>())
@@ -229,6 +229,38 @@ fn the_fused_conv_bn_node_matches_its_layers_and_finite_differences() {
             &[&x, &layer.conv.weight, &layer.bn.weight, &layer.bn.bias],
             || layer.forward(x.as_tensor(), &ctx_train()),
         );
+        if activation == Activation::Identity {
+            // The residual form: relu(bn(conv(x)) + shortcut), the shortcut a fifth input.
+            let sc = var(unfused.dims(), 50 + i as u64);
+            let fused = layer
+                .forward_add_relu(x.as_tensor(), sc.as_tensor(), &ctx_train())
+                .expect("fused residual");
+            let unfused = super::activation::add_relu(
+                &layer.bn.forward(&y, &stock).expect("bn"),
+                sc.as_tensor(),
+            )
+            .expect("add relu");
+            let gap = (fused - unfused)
+                .and_then(|t| t.abs())
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar::<f64>())
+                .expect("gap");
+            assert!(
+                gap < 1e-12,
+                "stride {stride}: fused residual differs by {gap}"
+            );
+            check(
+                "conv + batch norm + shortcut + relu",
+                &[
+                    &x,
+                    &layer.conv.weight,
+                    &layer.bn.weight,
+                    &layer.bn.bias,
+                    &sc,
+                ],
+                || layer.forward_add_relu(x.as_tensor(), sc.as_tensor(), &ctx_train()),
+            );
+        }
     }
 }
 

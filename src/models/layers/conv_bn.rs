@@ -89,8 +89,8 @@ impl ConvBn {
     }
 
     /// `relu(self.forward(x) + shortcut)`: a residual block's last convolution, its batch
-    /// norm, the shortcut's sum and the ReLU. In training on the CPU (where
-    /// [`Self::forward_fused`] applies, and this pair has no activation of its own) that is
+    /// norm, the shortcut's sum and the ReLU. In training on the CPU (where the fused
+    /// conv + batch-norm node applies, and this pair has no activation of its own) that is
     /// one node, so the batch norm's output needs no gradient of its own in Candle's graph;
     /// elsewhere the layers and `activation::add_relu`.
     pub fn forward_add_relu(

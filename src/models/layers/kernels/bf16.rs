@@ -22,7 +22,7 @@
 //! as the bf16 pair product, FMAs in place of `vdpbf16ps`, so both live beside the patch
 //! reader they share.
 //!
-//! This module, `gemm.rs` and the CUDA modules are the only places `unsafe` is allowed in
+//! This module, `gemm.rs`, `fill.rs` and the CUDA modules are the only places `unsafe` is allowed in
 //! annt's kernels: every block says why it is sound. A [`Dot`] can only be made by
 //! [`Dot::detect`] / [`Dot::usable`], which check the CPU (and the OS, for AMX) first, so the
 //! `#[target_feature]` functions below never run on a CPU without those instructions.

@@ -14,6 +14,7 @@
 //!   projection's rows) and [`encoder`] a whole ViT encoder block, forward and backward, as
 //!   functions of slices; the layers attach each as one node of the graph. [`simd`] compiles
 //!   a loop once per vector instruction set (GELU's and SiLU's) and picks at run time.
+//!   [`fill`] makes the element-wise kernels' outputs without zero-filling them first.
 //! - `cuda` (the `cuda` build): cuDNN convolutions (forward, backward-data, backward-filter,
 //!   grouped/depthwise through the group count; with the `cudnn` feature) and annt's own CUDA
 //!   kernels (`kernels/cuda/annt_kernels.cu`, compiled to PTX by `build.rs`) for max pooling and
@@ -31,6 +32,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod encoder;
+pub mod fill;
 pub mod gemm;
 pub mod plan;
 pub mod real;

@@ -118,8 +118,9 @@ impl ConvBn {
     }
 
     /// [`Self::forward_fused`], and with `shortcut` (identity activation only) the residual
-    /// sum and ReLU after the batch norm, computed and differentiated as `add_relu` does
-    /// (the mask `bn + shortcut > 0` from the same two tensors), the shortcut a fifth input.
+    /// sum and ReLU after the batch norm in the batch norm's own pass, rounded as `add_relu`
+    /// rounds (the backward's mask `bn + shortcut > 0` recomputed from the convolution's
+    /// output and the shortcut), the shortcut a fifth input.
     fn fused(
         &self,
         x: &Tensor,
@@ -170,24 +171,11 @@ impl ConvBn {
             |a, b| kernels_cpu::conv_forward(a, b, &g, c_out, products),
         )?
         .into_tensor()?;
-        let (bn_value, fit) = self.bn.train_value(&y, relu)?;
-        // With a shortcut: the batch norm's output is kept (the ReLU's mask is computed from
-        // it and the shortcut, as add_relu's backward does) and the node's value is their
-        // sum, ReLU'd.
-        let (value, residual) = match &shortcut {
-            None => (bn_value, None),
-            Some(sc) => {
-                let bn_out = bn_value.into_tensor()?;
-                let value = raw2(
-                    &bn_out,
-                    &sc.detach(),
-                    out_shape,
-                    kernels_cpu::add_relu_forward::<f32>,
-                    kernels_cpu::add_relu_forward::<f64>,
-                )?;
-                (value, Some((bn_out, sc.detach())))
-            }
-        };
+        // With a shortcut the node's value is relu(bn + shortcut), made in the same pass as
+        // the batch norm's output (which is not kept: the backward recomputes the ReLU's mask
+        // from the convolution's output and the shortcut).
+        let (value, fit) = self.bn.train_value(&y, relu, shortcut.as_ref())?;
+        let residual = shortcut.as_ref().map(Tensor::detach);
         let gamma = self.bn.weight.as_tensor().clone();
         let beta = self.bn.bias.as_tensor().clone();
         let (gd, bd) = (gamma.detach(), beta.detach());
@@ -210,12 +198,7 @@ impl ConvBn {
                 // and the shortcut.
                 let passed = match &residual {
                     None => None,
-                    Some((bn_out, sc)) => Some(map_real_n(
-                        &[bn_out, sc, &grad.contiguous()?],
-                        bn_out.shape(),
-                        |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
-                        |v| kernels_cpu::add_relu_backward(v[0], v[1], v[2]),
-                    )?),
+                    Some(sc) => Some(fit.add_relu_grad(&y, sc, grad)?),
                 };
                 let grad = passed.as_ref().unwrap_or(grad);
                 let (dy, dgamma, dbeta) = fit.backward(&y, &gd, &bd, grad)?;

@@ -199,7 +199,7 @@ impl BatchNorm2d {
     /// `relu`, the output is `max(·, 0)` and the backward first masks the gradient.
     fn forward_train_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
-        let (value, fit) = self.train_value(&x, relu)?;
+        let (value, fit) = self.train_value(&x, relu, None)?;
         attach3(
             if relu {
                 "annt-batch-norm-relu"
@@ -216,7 +216,19 @@ impl BatchNorm2d {
     /// without a graph: its batch statistics (the running ones updated), the output
     /// `x̂·γ + β` (ReLU'd with `relu`) and what its backward needs. The convolution + batch
     /// norm node (`conv_bn`) and [`Self::forward_train_fused`] share it.
-    pub(super) fn train_value(&self, x: &Tensor, relu: bool) -> Result<(Raw, BnFit)> {
+    ///
+    /// With `residual` (and `relu` false) the value is `relu(x̂·γ + β + residual)`: a
+    /// residual block's sum and ReLU in the same pass ([`BnFit::add_relu_grad`] is its
+    /// gradient to the sum).
+    pub(super) fn train_value(
+        &self,
+        x: &Tensor,
+        relu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<(Raw, BnFit)> {
+        if relu && residual.is_some() {
+            candle_core::bail!("batch norm: a ReLU before the residual sum is not fused");
+        }
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let stats = map_real(
@@ -239,11 +251,6 @@ impl BatchNorm2d {
         // anyway (a separate broadcast add would cost a strided reduction per layer).
         let scale: Vec<f64> = invstd.iter().zip(&gamma).map(|(s, g)| s * g).collect();
         let shift: Vec<f64> = (0..c).map(|i| beta[i] - scale[i] * mean[i]).collect();
-        let value = if relu {
-            affine_relu(x, &scale, &shift, c, hw)?
-        } else {
-            affine_raw(x, None, &scale, None, &shift, c, hw)?
-        };
         let fit = BnFit {
             n,
             c,
@@ -253,6 +260,11 @@ impl BatchNorm2d {
             invstd,
             scale,
             shift,
+        };
+        let value = match residual {
+            Some(z) => fit.value_add_relu(x, z)?,
+            None if relu => affine_relu(x, &fit.scale, &fit.shift, c, hw)?,
+            None => affine_raw(x, None, &fit.scale, None, &fit.shift, c, hw)?,
         };
         Ok((value, fit))
     }
@@ -272,6 +284,40 @@ pub(super) struct BnFit {
 }
 
 impl BnFit {
+    /// The scale and shift of the output, converted to f32 as every f32 pass converts them.
+    fn coefficients32(&self) -> (Vec<f32>, Vec<f32>) {
+        let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
+        (to32(&self.scale), to32(&self.shift))
+    }
+
+    /// `relu(x̂·γ + β + z)` of the batch norm's input `x` and the shortcut `z`.
+    fn value_add_relu(&self, x: &Tensor, z: &Tensor) -> Result<Raw> {
+        let (c, hw) = (self.c, self.hw);
+        let (a32, d32) = self.coefficients32();
+        let (a, d) = (&self.scale[..], &self.shift[..]);
+        raw_n(
+            &[x, z],
+            x.shape(),
+            |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a32, &d32), c, hw),
+            |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (a, d), c, hw),
+        )
+    }
+
+    /// The gradient that `relu(x̂·γ + β + z)` ([`BatchNorm2d::train_value`] with a residual)
+    /// passes to both terms of its sum, for the output gradient `grad`: `grad` where the sum
+    /// was positive, the mask recomputed from `x` and `z`.
+    pub(super) fn add_relu_grad(&self, x: &Tensor, z: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (c, hw) = (self.c, self.hw);
+        let (a32, d32) = self.coefficients32();
+        let (a, d) = (&self.scale[..], &self.shift[..]);
+        map_real_n(
+            &[x, z, &grad.contiguous()?],
+            x.shape(),
+            |v| kernels_cpu::channel_affine_add_relu_grad(v[0], v[1], v[2], (&a32, &d32), c, hw),
+            |v| kernels_cpu::channel_affine_add_relu_grad(v[0], v[1], v[2], (a, d), c, hw),
+        )
+    }
+
     /// The gradients of the input `x`, `γ` and `β` for the output gradient `grad`.
     pub(super) fn backward(
         &self,

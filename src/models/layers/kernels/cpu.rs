@@ -1585,6 +1585,54 @@ pub fn channel_affine_relu<T: Real>(x: &[T], a: &[T], d: &[T], c: usize, hw: usi
     })
 }
 
+/// `max(a[ch]·x + d[ch] + z, 0)` over `n × c × hw` data: batch norm, a residual block's
+/// sum with its shortcut `z` and the ReLU after them in one pass, rounded as the three
+/// separate ops round (`(a·x + d) + z`).
+pub fn channel_affine_add_relu<T: Real>(
+    x: &[T],
+    z: &[T],
+    (a, d): (&[T], &[T]),
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    filled(x.len(), hw, |plane| {
+        let (ac, dc) = (a[plane % c], d[plane % c]);
+        let r = plane * hw..(plane + 1) * hw;
+        x[r.clone()]
+            .iter()
+            .zip(&z[r])
+            .map(move |(&v, &w)| relu1(ac * v + dc + w))
+    })
+}
+
+/// The gradient [`channel_affine_add_relu`] passes to the sum's two inputs: `g` where
+/// `a[ch]·x + d[ch] + z > 0`, the mask recomputed from the same values in the same order as
+/// the forward pass (no copy of the batch norm's output is kept for it).
+pub fn channel_affine_add_relu_grad<T: Real>(
+    x: &[T],
+    z: &[T],
+    g: &[T],
+    (a, d): (&[T], &[T]),
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    filled(x.len(), hw, |plane| {
+        let (ac, dc) = (a[plane % c], d[plane % c]);
+        let r = plane * hw..(plane + 1) * hw;
+        x[r.clone()]
+            .iter()
+            .zip(&z[r.clone()])
+            .zip(&g[r])
+            .map(move |((&v, &w), &gv)| {
+                if ac * v + dc + w > T::zero() {
+                    gv
+                } else {
+                    T::zero()
+                }
+            })
+    })
+}
+
 /// Per-channel `[Σ g, Σ g·(x − mean)]` over `n × c × hw` data: the two sums of batch norm's
 /// backward pass.
 pub fn channel_grad_sums<T: Real>(

@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch's time per convolution of resnet18-cifar (batch 32) and resnet8-tiny (batch 64),
-the layers and batch sizes of annt's `conv_layer_times` (src/models/layers/kernels/cpu.rs):
+"""PyTorch's time for the convolution layers `conv_layer_times` times in annt.
 
-    RAYON_NUM_THREADS=2 cargo test --release --lib conv_layer_times -- --ignored --nocapture
+Each layer as `nn.Conv2d(bias=False)` on random f32 data: the forward alone, then the
+backward alone (`y.backward(dy)`, both gradients), fastest of `--reps`, in ms. The layer
+list and the output lines match annt's test, so the two can be read side by side:
+
+    ANNT_UNIT=f ANNT_REPS=20 RAYON_NUM_THREADS=2 \
+        cargo test --release --lib conv_layer_times -- --ignored --nocapture
     OMP_NUM_THREADS=2 python3 benches/torch_conv_layers.py --threads 2
-
-Both print the fastest of several repetitions in milliseconds (this machine's noise only
-ever adds time). `fwd` is the forward pass without autograd; `bwd` is the backward alone
-(input and weight gradients; the weight's only for a 3-channel first layer, whose input is
-the images), replayed on one recorded forward pass: annt's `bwd` is its backward alone too.
 """
 
 import argparse
@@ -16,70 +15,65 @@ import time
 
 import torch
 
-# (n, c, c_out, side, k, stride, pad), as in conv_layer_times.
+# (batch, c_in, c_out, side, kernel, stride): ResNet-8-tiny at batch 64, ResNet-18-CIFAR at 32.
 LAYERS = [
-    (64, 3, 16, 32, 3, 1, 1),
-    (64, 16, 16, 32, 3, 1, 1),
-    (64, 16, 32, 32, 3, 2, 1),
-    (64, 16, 32, 32, 1, 2, 0),
-    (64, 32, 32, 16, 3, 1, 1),
-    (64, 32, 64, 16, 3, 2, 1),
-    (64, 32, 64, 16, 1, 2, 0),
-    (64, 64, 64, 8, 3, 1, 1),
-    (32, 3, 64, 32, 3, 1, 1),
-    (32, 64, 64, 32, 3, 1, 1),
-    (32, 64, 128, 32, 3, 2, 1),
-    (32, 64, 128, 32, 1, 2, 0),
-    (32, 128, 128, 16, 3, 1, 1),
-    (32, 128, 256, 16, 3, 2, 1),
-    (32, 128, 256, 16, 1, 2, 0),
-    (32, 256, 256, 8, 3, 1, 1),
-    (32, 256, 512, 8, 3, 2, 1),
-    (32, 256, 512, 8, 1, 2, 0),
-    (32, 512, 512, 4, 3, 1, 1),
+    (64, 3, 16, 32, 3, 1),
+    (64, 16, 16, 32, 3, 1),
+    (64, 16, 32, 32, 3, 2),
+    (64, 16, 32, 32, 1, 2),
+    (64, 32, 32, 16, 3, 1),
+    (64, 32, 64, 16, 3, 2),
+    (64, 32, 64, 16, 1, 2),
+    (64, 64, 64, 8, 3, 1),
+    (32, 3, 64, 32, 3, 1),
+    (32, 64, 64, 32, 3, 1),
+    (32, 64, 128, 32, 3, 2),
+    (32, 64, 128, 32, 1, 2),
+    (32, 128, 128, 16, 3, 1),
+    (32, 128, 256, 16, 3, 2),
+    (32, 128, 256, 16, 1, 2),
+    (32, 256, 256, 8, 3, 1),
+    (32, 256, 512, 8, 3, 2),
+    (32, 256, 512, 8, 1, 2),
+    (32, 512, 512, 4, 3, 1),
 ]
 
 
-def fastest(f, reps):
-    f()
+def fastest(fn, reps):
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        f()
+        fn()
         best = min(best, time.perf_counter() - t)
     return best * 1e3
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--only", default="", help="only the layers whose label starts with this")
     args = ap.parse_args()
-    if args.threads > 0:
+    if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    for n, c, co, side, k, stride, pad in LAYERS:
-        label = f"n{n} {c}→{co} {side}² k{k} s{stride}"
-        if not label.startswith(args.only):
-            continue
-        conv = torch.nn.Conv2d(c, co, k, stride, pad, bias=False)
-        x = torch.randn(n, c, side, side, requires_grad=c != 3)
-        dy = torch.randn_like(conv(x))
-
-        def fwd():
-            with torch.no_grad():
-                conv(x)
-
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fastest of {args.reps}, ms")
+    for n, ci, co, side, k, stride in LAYERS:
+        conv = torch.nn.Conv2d(ci, co, k, stride=stride, padding=k // 2, bias=False)
+        x = torch.randn(n, ci, side, side, requires_grad=True)
         y = conv(x)
-        inputs = [conv.weight] + ([x] if c != 3 else [])
+        dy = torch.randn_like(y)
+        # One untimed pass of each warms the allocator and oneDNN's kernel cache.
+        conv(x).backward(dy)
+        fwd = fastest(lambda: conv(x), args.reps)
 
-        def bwd():
-            torch.autograd.grad(y, inputs, dy, retain_graph=True)
+        def backward():
+            out = conv(x)
+            t = time.perf_counter()
+            out.backward(dy)
+            return time.perf_counter() - t
 
-        f = fastest(fwd, args.reps)
-        b = fastest(bwd, args.reps)
-        print(f"{label}:  torch fwd {f:.2f} bwd {b:.2f}", flush=True)
+        bwd = min(backward() for _ in range(args.reps)) * 1e3
+        print(f"n{n} {ci}→{co} {side}² k{k} s{stride}:  torch fwd {fwd:.2f} bwd {bwd:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ use super::activation::{add_relu, silu};
 use super::conv::{Conv2d, ConvBias, ConvInit, ConvSpec, window};
 use super::custom::{attach_many, map_real_n, raw2};
 use super::kernels::cpu as kernels_cpu;
-use super::norm::BatchNorm2d;
+use super::norm::{After, BatchNorm2d};
 use super::{ForwardCtx, Kernels};
 
 /// What follows the batch norm.
@@ -174,7 +174,12 @@ impl ConvBn {
         // With a shortcut the node's value is relu(bn + shortcut), made in the same pass as
         // the batch norm's output (which is not kept: the backward recomputes the ReLU's mask
         // from the convolution's output and the shortcut).
-        let (value, fit) = self.bn.train_value(&y, relu, shortcut.as_ref())?;
+        let after = match (&shortcut, relu) {
+            (Some(sc), _) => After::AddRelu(sc),
+            (None, true) => After::Relu,
+            (None, false) => After::Nothing,
+        };
+        let (value, fit) = self.bn.train_value(&y, after)?;
         let residual = shortcut.as_ref().map(Tensor::detach);
         let gamma = self.bn.weight.as_tensor().clone();
         let beta = self.bn.bias.as_tensor().clone();

@@ -199,7 +199,8 @@ impl BatchNorm2d {
     /// `relu`, the output is `max(·, 0)` and the backward first masks the gradient.
     fn forward_train_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
-        let (value, fit) = self.train_value(&x, relu, None)?;
+        let after = if relu { After::Relu } else { After::Nothing };
+        let (value, fit) = self.train_value(&x, after)?;
         attach3(
             if relu {
                 "annt-batch-norm-relu"
@@ -216,19 +217,8 @@ impl BatchNorm2d {
     /// without a graph: its batch statistics (the running ones updated), the output
     /// `x̂·γ + β` (ReLU'd with `relu`) and what its backward needs. The convolution + batch
     /// norm node (`conv_bn`) and [`Self::forward_train_fused`] share it.
-    ///
-    /// With `residual` (and `relu` false) the value is `relu(x̂·γ + β + residual)`: a
-    /// residual block's sum and ReLU in the same pass ([`BnFit::add_relu_grad`] is its
-    /// gradient to the sum).
-    pub(super) fn train_value(
-        &self,
-        x: &Tensor,
-        relu: bool,
-        residual: Option<&Tensor>,
-    ) -> Result<(Raw, BnFit)> {
-        if relu && residual.is_some() {
-            candle_core::bail!("batch norm: a ReLU before the residual sum is not fused");
-        }
+    pub(super) fn train_value(&self, x: &Tensor, after: After<'_>) -> Result<(Raw, BnFit)> {
+        let relu = matches!(after, After::Relu);
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let stats = map_real(
@@ -261,13 +251,23 @@ impl BatchNorm2d {
             scale,
             shift,
         };
-        let value = match residual {
-            Some(z) => fit.value_add_relu(x, z)?,
-            None if relu => affine_relu(x, &fit.scale, &fit.shift, c, hw)?,
-            None => affine_raw(x, None, &fit.scale, None, &fit.shift, c, hw)?,
+        let value = match after {
+            After::AddRelu(z) => fit.value_add_relu(x, z)?,
+            After::Relu => affine_relu(x, &fit.scale, &fit.shift, c, hw)?,
+            After::Nothing => affine_raw(x, None, &fit.scale, None, &fit.shift, c, hw)?,
         };
         Ok((value, fit))
     }
+}
+
+/// What a training-mode batch norm's output goes through in the same pass
+/// ([`BatchNorm2d::train_value`]).
+pub(super) enum After<'a> {
+    Nothing,
+    Relu,
+    /// A residual block's sum with its shortcut, then the ReLU: `relu(x̂·γ + β + shortcut)`
+    /// ([`BnFit::add_relu_grad`] is its gradient to the sum).
+    AddRelu(&'a Tensor),
 }
 
 /// What a training-mode batch norm's backward needs from its forward
@@ -286,8 +286,7 @@ pub(super) struct BnFit {
 impl BnFit {
     /// The scale and shift of the output, converted to f32 as every f32 pass converts them.
     fn coefficients32(&self) -> (Vec<f32>, Vec<f32>) {
-        let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
-        (to32(&self.scale), to32(&self.shift))
+        (to_f32(&self.scale), to_f32(&self.shift))
     }
 
     /// `relu(x̂·γ + β + z)` of the batch norm's input `x` and the shortcut `z`.
@@ -332,8 +331,7 @@ impl BnFit {
         // recomputed inside the two passes below from the forward's own coefficients
         // (converted to x's dtype the same way), not written out as a masked copy first.
         let grad = grad.contiguous()?;
-        let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
-        let (ma32, md32) = (to32(&self.scale), to32(&self.shift));
+        let (ma32, md32) = self.coefficients32();
         let (ma, md) = (&self.scale[..], &self.shift[..]);
         let relu = self.relu;
         let gamma: Vec<f64> = gamma_t.to_dtype(DType::F64)?.to_vec1()?;
@@ -369,7 +367,7 @@ impl BnFit {
             .map(|i| -a[i] * s1[i] / count - b[i] * mean[i])
             .collect();
         let grad_x = if relu {
-            let (a32, b32, d32) = (to32(&a), to32(&b), to32(&d));
+            let (a32, b32, d32) = (to_f32(&a), to_f32(&b), to_f32(&d));
             raw_n(
                 &[&grad, x],
                 x.shape(),
@@ -398,11 +396,15 @@ impl BnFit {
     }
 }
 
+/// Per-channel coefficients (computed in f64) as an f32 pass uses them.
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&f| f as f32).collect()
+}
+
 /// `max(a[ch]·x + d[ch], 0)`, the coefficients converted to `x`'s dtype as the backward
 /// converts them (`BnFit::backward` recomputes the ReLU's mask from them).
 fn affine_relu(x: &Tensor, a: &[f64], d: &[f64], c: usize, hw: usize) -> Result<Raw> {
-    let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
-    let (a32, d32) = (to32(a), to32(d));
+    let (a32, d32) = (to_f32(a), to_f32(d));
     raw(
         x,
         x.shape(),
@@ -441,8 +443,7 @@ fn affine_raw(
         Some(z) => vec![x, z],
         None => vec![x],
     };
-    let to32 = |v: &[f64]| v.iter().map(|&f| f as f32).collect::<Vec<f32>>();
-    let (a32, b32, d32) = (to32(a), to32(b), to32(d));
+    let (a32, b32, d32) = (to_f32(a), to_f32(b), to_f32(d));
     raw_n(
         &inputs,
         x.shape(),

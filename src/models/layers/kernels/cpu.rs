@@ -7,6 +7,8 @@
 //! over `f32` and `f64` (the gradient tests run in `f64`); half precision is upcast by the
 //! layer before it gets here. Work is split over images × channels with rayon.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::Products;
@@ -1269,9 +1271,7 @@ pub fn channel_affine_relu_grad<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    filled(x.len(), hw, |plane| {
-        let ch = plane % c;
-        let r = plane * hw..(plane + 1) * hw;
+    filled_planes(x.len(), c, hw, |ch, r| {
         let (mac, mdc, ac, bc, dc) = (ma[ch], md[ch], a[ch], b[ch], d[ch]);
         g[r.clone()].iter().zip(&x[r]).map(move |(&gv, &xv)| {
             let passed = if mac * xv + mdc > T::zero() {
@@ -1295,19 +1295,45 @@ pub fn channel_affine<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let plane_of = |p: usize| p * hw..(p + 1) * hw;
     if z.is_empty() {
-        return filled(x.len(), hw, |p| {
-            let (ac, dc) = (a[p % c], d[p % c]);
-            x[plane_of(p)].iter().map(move |&v| ac * v + dc)
+        return filled_planes(x.len(), c, hw, |ch, r| {
+            let (ac, dc) = (a[ch], d[ch]);
+            x[r].iter().map(move |&v| ac * v + dc)
         });
     }
-    filled(x.len(), hw, |p| {
-        let (ac, bc, dc) = (a[p % c], b[p % c], d[p % c]);
-        x[plane_of(p)]
+    filled_planes(x.len(), c, hw, |ch, r| {
+        let (ac, bc, dc) = (a[ch], b[ch], d[ch]);
+        x[r.clone()]
             .iter()
-            .zip(&z[plane_of(p)])
+            .zip(&z[r])
             .map(move |(&v, &w)| ac * v + bc * w + dc)
+    })
+}
+
+/// `len` values of `n × c × hw` data made plane by plane in parallel: plane `p` (channel
+/// `p mod c`, elements `p·hw .. (p + 1)·hw`) holds what `values(channel, elements)` yields.
+fn filled_planes<T, I>(
+    len: usize,
+    c: usize,
+    hw: usize,
+    values: impl Fn(usize, Range<usize>) -> I + Sync,
+) -> Vec<T>
+where
+    T: Real,
+    I: Iterator<Item = T>,
+{
+    filled(len, hw, |p| values(p % c, p * hw..(p + 1) * hw))
+}
+
+/// `len` values made in parallel chunks of [`ELEMENTWISE_CHUNK`]: each chunk holds what
+/// `values(its elements)` yields.
+fn filled_chunks<T, I>(len: usize, values: impl Fn(Range<usize>) -> I + Sync) -> Vec<T>
+where
+    T: Real,
+    I: Iterator<Item = T>,
+{
+    filled(len, ELEMENTWISE_CHUNK, |i| {
+        values(i * ELEMENTWISE_CHUNK..((i + 1) * ELEMENTWISE_CHUNK).min(len))
     })
 }
 
@@ -1338,19 +1364,13 @@ pub fn add_relu_forward<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
 
 /// The gradient `add_relu_forward` passes to both of its inputs: `g` where `a + b > 0`.
 pub fn add_relu_backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
-    filled(g.len(), ELEMENTWISE_CHUNK, |i| {
-        let r = chunk_range(i, g.len());
+    filled_chunks(g.len(), |r| {
         a[r.clone()]
             .iter()
             .zip(&b[r.clone()])
             .zip(&g[r])
             .map(|((&u, &v), &gv)| if u + v > T::zero() { gv } else { T::zero() })
     })
-}
-
-/// Chunk `i` of [`ELEMENTWISE_CHUNK`] values of a `len`-long array.
-fn chunk_range(i: usize, len: usize) -> std::ops::Range<usize> {
-    i * ELEMENTWISE_CHUNK..((i + 1) * ELEMENTWISE_CHUNK).min(len)
 }
 
 /// The exact GELU, `x·Φ(x)` with `Φ(x) = (1 + erf(x/√2))/2` (PyTorch's `nn.GELU()`).
@@ -1561,15 +1581,12 @@ pub fn bias_grad<T: Real>(g: &[T], c: usize, inner: usize) -> Vec<T> {
 
 /// `f(x[i])` for every `i`, in parallel chunks.
 fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    filled(x.len(), ELEMENTWISE_CHUNK, |i| {
-        x[chunk_range(i, x.len())].iter().map(|&v| f(v))
-    })
+    filled_chunks(x.len(), |r| x[r].iter().map(|&v| f(v)))
 }
 
 /// `f(a[i], b[i])` for every `i`, in parallel chunks.
 fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    filled(a.len(), ELEMENTWISE_CHUNK, |i| {
-        let r = chunk_range(i, a.len());
+    filled_chunks(a.len(), |r| {
         a[r.clone()].iter().zip(&b[r]).map(|(&u, &v)| f(u, v))
     })
 }
@@ -1577,11 +1594,9 @@ fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
 /// `max(a[ch]·x + d[ch], 0)` over `n × c × hw` data: batch norm and the ReLU after it in
 /// one pass.
 pub fn channel_affine_relu<T: Real>(x: &[T], a: &[T], d: &[T], c: usize, hw: usize) -> Vec<T> {
-    filled(x.len(), hw, |plane| {
-        let (ac, dc) = (a[plane % c], d[plane % c]);
-        x[plane * hw..(plane + 1) * hw]
-            .iter()
-            .map(move |&v| relu1(ac * v + dc))
+    filled_planes(x.len(), c, hw, |ch, r| {
+        let (ac, dc) = (a[ch], d[ch]);
+        x[r].iter().map(move |&v| relu1(ac * v + dc))
     })
 }
 
@@ -1595,9 +1610,8 @@ pub fn channel_affine_add_relu<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    filled(x.len(), hw, |plane| {
-        let (ac, dc) = (a[plane % c], d[plane % c]);
-        let r = plane * hw..(plane + 1) * hw;
+    filled_planes(x.len(), c, hw, |ch, r| {
+        let (ac, dc) = (a[ch], d[ch]);
         x[r.clone()]
             .iter()
             .zip(&z[r])
@@ -1616,9 +1630,8 @@ pub fn channel_affine_add_relu_grad<T: Real>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    filled(x.len(), hw, |plane| {
-        let (ac, dc) = (a[plane % c], d[plane % c]);
-        let r = plane * hw..(plane + 1) * hw;
+    filled_planes(x.len(), c, hw, |ch, r| {
+        let (ac, dc) = (a[ch], d[ch]);
         x[r.clone()]
             .iter()
             .zip(&z[r.clone()])

@@ -6,8 +6,8 @@
 //! `perf record --call-graph dwarf`) 10.6 % of the samples were that zero-fill. [`filled`]
 //! writes each element once, from an iterator per chunk.
 //!
-//! It is the one place outside `bf16.rs`, `gemm.rs` and the CUDA modules where annt's
-//! kernels use `unsafe`, for one `Vec::set_len`. Soundness does not depend on the caller:
+//! Its one `unsafe` is a `Vec::set_len` (the crate lists every place allowed `unsafe` in
+//! ARCHITECTURE.md). Soundness does not depend on the caller:
 //! the iterator only supplies values, and every slot it leaves unwritten (a short iterator)
 //! is written with zero here, so all `len` elements are initialised before the length is
 //! set.

@@ -16,6 +16,7 @@ use super::bf16;
 use super::fill::filled;
 use super::gemm::{MatRef, matmul, matmul_threads};
 use super::taps;
+use super::winograd;
 
 pub use super::real::{Real, SCRATCH_SLOTS, Slots};
 
@@ -89,7 +90,7 @@ pub(super) fn f32_view<T: Real>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
 
 /// `dst = a · b` (or `+=`): on the bf16 unit when `products` names one and `T` is f32 (with
 /// `a` pre-packed when given), through gemm otherwise.
-fn product<T: Real>(
+pub(super) fn product<T: Real>(
     dst: &mut [T],
     a: MatRef<'_, T>,
     packed_a: Option<&bf16::PackedA>,
@@ -133,7 +134,7 @@ fn product_b<T: Real>(
 }
 
 /// `a` packed for the bf16 unit, when the products run on one and `T` is f32.
-fn pack_for<T: Real>(a: MatRef<'_, T>, products: Products) -> Option<bf16::PackedA> {
+pub(super) fn pack_for<T: Real>(a: MatRef<'_, T>, products: Products) -> Option<bf16::PackedA> {
     Some(bf16::PackedA::new(f32_view(a)?, products.bf16()?))
 }
 
@@ -392,6 +393,12 @@ pub fn conv_forward<T: Real>(
 ) -> Vec<T> {
     let (k, l) = (g.patch_len(), g.out_len());
     let img = g.c * g.h * g.w;
+    if winograd::chosen(g, c_out, products) {
+        // Every element is written: no zeros first.
+        let mut out = vec![T::zero(); g.n * c_out * l];
+        winograd::forward(x, w, g, c_out, products, &mut out);
+        return out;
+    }
     let mut out = zeroed(g.n * c_out * l);
     if taps::chosen::<T>(g, c_out, products, taps::Pass::Forward) {
         taps::forward(x, w, g, c_out, products, &mut out);
@@ -501,6 +508,11 @@ pub fn conv_backward_joined<T: Real>(
     let img = g.c * g.h * g.w;
     let dx_len = g.n * img;
     let mut both = zeroed(dx_len + c_out * k);
+    if winograd::chosen(g, c_out, products) {
+        let (dx, dw) = both.split_at_mut(dx_len);
+        winograd::backward(x, w, dy, g, c_out, products, want_dx.then_some(dx), dw);
+        return both;
+    }
     if taps::chosen::<T>(g, c_out, products, taps::Pass::Backward) {
         let (dx, dw) = both.split_at_mut(dx_len);
         let dx = want_dx.then_some(dx);

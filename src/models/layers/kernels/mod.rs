@@ -38,6 +38,7 @@ pub mod plan;
 pub mod real;
 pub mod simd;
 mod taps;
+mod winograd;
 
 pub use cpu::Window;
 

@@ -264,6 +264,130 @@ fn the_fused_conv_bn_node_matches_its_layers_and_finite_differences() {
     }
 }
 
+/// A whole residual unit as one node (`conv_bn::residual_unit`): the same value and the
+/// same gradients of the input and of every weight, γ and β as the unit's separate
+/// conv + batch norm nodes, and gradients that match finite differences; a basic block
+/// with and without a downsample and a bottleneck.
+#[test]
+fn the_residual_unit_node_matches_its_separate_nodes_and_finite_differences() {
+    use super::conv_bn::{Activation, ConvBn, ConvShape, NormConfig, residual_unit};
+    let norm = NormConfig {
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    // (channels of the branch's layers, stride of its first, downsample)
+    for (case, (widths, stride, down)) in [
+        (vec![3, 3, 3], 1, false),
+        (vec![3, 4, 4], 2, true),
+        (vec![4, 2, 2, 4], 1, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut b = Builder::new(60 + case as u64, &Device::Cpu).with_dtype(DType::F64);
+        let layers = widths.len() - 1;
+        let mut chain = Vec::new();
+        for l in 0..layers {
+            let bottleneck = layers == 3;
+            let kernel = if bottleneck && l != 1 { 1 } else { 3 };
+            let pad = kernel / 2;
+            let layer = ConvBn::new(
+                &mut b,
+                [&format!("conv{l}"), &format!("bn{l}")],
+                ConvShape {
+                    c_in: widths[l],
+                    c_out: widths[l + 1],
+                    kernel,
+                },
+                ConvSpec::new(if l == 0 { stride } else { 1 }, pad),
+                norm,
+                if l + 1 == layers {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                },
+            )
+            .expect("conv-bn");
+            layer
+                .bn
+                .weight
+                .set(&randn(&[widths[l + 1]], 70 + l as u64, DType::F64))
+                .expect("set");
+            layer
+                .bn
+                .bias
+                .set(&randn(&[widths[l + 1]], 80 + l as u64, DType::F64))
+                .expect("set");
+            chain.push(layer);
+        }
+        let downsample = down.then(|| {
+            ConvBn::new(
+                &mut b,
+                ["down.0", "down.1"],
+                ConvShape {
+                    c_in: widths[0],
+                    c_out: widths[layers],
+                    kernel: 1,
+                },
+                ConvSpec::new(stride, 0),
+                norm,
+                Activation::Identity,
+            )
+            .expect("downsample")
+        });
+        let x = var(&[3, widths[0], 6, 4], 90 + case as u64);
+        let refs: Vec<&ConvBn> = chain.iter().collect();
+        let fused = || residual_unit(&refs, downsample.as_ref(), x.as_tensor(), &ctx_train());
+        let separate = || {
+            let shortcut = match &downsample {
+                Some(d) => d.forward(x.as_tensor(), &ctx_train())?,
+                None => x.as_tensor().clone(),
+            };
+            let mut y = x.as_tensor().clone();
+            for layer in &chain[..layers - 1] {
+                y = layer.forward(&y, &ctx_train())?;
+            }
+            chain[layers - 1].forward_add_relu(&y, &shortcut, &ctx_train())
+        };
+        let mut vars: Vec<&Var> = vec![&x];
+        for layer in chain.iter().chain(&downsample) {
+            vars.extend([&layer.conv.weight, &layer.bn.weight, &layer.bn.bias]);
+        }
+        let before = super::conv_bn::FUSED_UNITS.with(|c| c.get());
+        let y = fused().expect("fused");
+        let after = super::conv_bn::FUSED_UNITS.with(|c| c.get());
+        assert_eq!(after, before + 1, "case {case}: the unit is one node");
+        let weights = randn(y.dims(), 95, DType::F64);
+        let grads = |f: &dyn Fn() -> R<Tensor>| {
+            let y = f().expect("forward");
+            let g = y
+                .mul(&weights)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward");
+            let mut out = vec![y];
+            out.extend(
+                vars.iter()
+                    .map(|v| g.get(v.as_tensor()).expect("grad").clone()),
+            );
+            out
+        };
+        let (a, b) = (grads(&fused), grads(&separate));
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            let gap = (p - q)
+                .and_then(|t| t.abs())
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar::<f64>())
+                .expect("gap");
+            assert!(
+                gap < 1e-12,
+                "case {case}: output/gradient {i} differs by {gap}"
+            );
+        }
+        check("residual unit", &vars, fused);
+    }
+}
+
 #[test]
 fn fused_batch_norm_matches_the_primitive_op_version() {
     let mut b = Builder::new(5, &Device::Cpu);

@@ -8,7 +8,7 @@ use candle_core::{Result, Tensor};
 use super::Network;
 use super::error::ModelError;
 use super::layers::conv::ConvSpec;
-use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig, residual_unit};
+use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
 use super::layers::linear::Linear;
 use super::layers::{ForwardCtx, pool};
 use super::params::{Builder, ParamKind, join};
@@ -198,13 +198,16 @@ impl Unit {
     }
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        // The whole unit is one node of the graph in training on the CPU
-        // (`conv_bn::residual_unit`); the last pair takes the shortcut's sum and the ReLU.
-        let chain: Vec<&ConvBn> = match &self.third {
-            Some(third) => vec![&self.first, &self.second, third],
-            None => vec![&self.first, &self.second],
+        let y = self.first.forward(x, ctx)?;
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x, ctx)?,
+            None => x.clone(),
         };
-        residual_unit(&chain, self.downsample.as_ref(), x, ctx)
+        // The last pair takes the shortcut's sum and the ReLU into its own node.
+        match &self.third {
+            Some(third) => third.forward_add_relu(&self.second.forward(&y, ctx)?, &shortcut, ctx),
+            None => self.second.forward_add_relu(&y, &shortcut, ctx),
+        }
     }
 }
 

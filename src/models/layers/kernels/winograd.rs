@@ -1,6 +1,6 @@
 //! 3 × 3 stride-1 convolutions with "same" padding by Winograd's minimal filtering
-//! algorithm F(2 × 2, 3 × 3): ResNet's bulk (every 3 × 3 convolution but the strided first
-//! of a stage) in 16 matrix products of 4 multiplies per output where a direct convolution
+//! algorithm F(2 × 2, 3 × 3): most of ResNet's 3 × 3 convolutions (all but the strided first
+//! of a stage) as 16 matrix products, 4 multiplies per output where a direct convolution
 //! has 9.
 //!
 //! A direct convolution of ResNet-18-CIFAR's 64 → 64 and 128 → 128 layers already runs
@@ -26,13 +26,14 @@
 //! `dW = Gᵀ[Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)]G` — per `ξ` the product `D_ξ (c_out × c) =
 //! Ŷ_ξ (c_out × tiles) · V_ξᵀ (tiles × c)`.
 //!
-//! The products go through gemm in f32 (f64 in the tests) or the bf16 unit under
-//! `--amp bf16`, on groups of whole images sized so a group's transformed tiles stay in
-//! cache. Numerics: the transforms are exact in f64 up to rounding; in f32 the error is a
-//! few ulps of the largest partial sum (the tests hold it to 1e-5 relative).
-//! Groups run in parallel; the weight gradient sums per-task partials in task order, and
-//! the tasks are a function of the shape alone, so a run gives the same bits on any number
-//! of threads.
+//! Training takes this path for f32 layers of at least 64 channels on planes of at least
+//! 16 × 16 ([`chosen`]); the products go through gemm (f64 in the tests; the bf16 unit
+//! works too, but measured slower than its direct products). Tiles go through in groups of
+//! tile rows sized so a group's transformed tiles stay in L2, tasks of whole images in
+//! parallel. Numerics: in f32 the error is a few ulps of the largest partial sum (the tests
+//! hold it to 1e-5 relative against f64). The weight gradient sums per-task partials in task
+//! order, and the tasks are a function of the shape alone, so a run gives the same bits on
+//! any number of threads.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -878,14 +879,28 @@ mod tests {
                     continue;
                 }
                 let mut best = [[f64::INFINITY; 2]; 2];
+                // Winograd called directly (so the bf16 unit, which `chosen` keeps off this
+                // path, can be timed too) against the dispatch with this path off.
+                OFF_IN_TEST.store(true, Ordering::Relaxed);
                 for _ in 0..=reps {
-                    for (i, off) in [false, true].into_iter().enumerate() {
-                        OFF_IN_TEST.store(off, Ordering::Relaxed);
+                    for (i, winograd) in [true, false].into_iter().enumerate() {
                         let t = std::time::Instant::now();
-                        std::hint::black_box(conv_forward(&x, &w, &g, k, *p));
+                        if winograd {
+                            let mut out = vec![0f32; n * k * side * side];
+                            forward(&x, &w, &g, k, *p, &mut out);
+                            std::hint::black_box(out);
+                        } else {
+                            std::hint::black_box(conv_forward(&x, &w, &g, k, *p));
+                        }
                         let fwd = t.elapsed().as_secs_f64() * 1e3;
                         let t = std::time::Instant::now();
-                        std::hint::black_box(conv_backward(&x, &w, &dy, &g, k, *p));
+                        if winograd {
+                            let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+                            backward(&x, &w, &dy, &g, k, *p, Some(&mut dx), &mut dw);
+                            std::hint::black_box((dx, dw));
+                        } else {
+                            std::hint::black_box(conv_backward(&x, &w, &dy, &g, k, *p));
+                        }
                         let bwd = t.elapsed().as_secs_f64() * 1e3;
                         best[i][0] = best[i][0].min(fwd);
                         best[i][1] = best[i][1].min(bwd);

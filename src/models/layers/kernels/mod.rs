@@ -105,6 +105,20 @@ impl Products {
     }
 }
 
+/// An on/off switch read from the environment variable `var` (unset or empty: on): how
+/// the CPU convolution paths are turned off for an A/B in one binary. Anything else than
+/// `on` or `off` is reported and read as on. Callers keep the answer in a `OnceLock`.
+pub(super) fn switch_on(var: &str) -> bool {
+    match std::env::var(var).ok().as_deref().map(str::trim) {
+        None | Some("") | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            eprintln!("annt: {var}={other:?} is not one of on, off; using on");
+            true
+        }
+    }
+}
+
 /// Lets cuBLAS (a process-wide Candle setting) and annt's cuDNN convolutions use TF32 for
 /// f32 work; off, both do true f32 arithmetic. A no-op without CUDA.
 pub fn set_tf32(on: bool) {

@@ -80,16 +80,7 @@ pub(super) enum Pass {
 /// 256 → 256 backward 15.3–16.3 against 17.7–18.8.
 pub(super) fn chosen<T: Real>(g: &Window, c_out: usize, products: Products, pass: Pass) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(
-        || match std::env::var(TAPS_ENV).ok().as_deref().map(str::trim) {
-            None | Some("") | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                eprintln!("annt: {TAPS_ENV}={other:?} is not one of on, off; using on");
-                true
-            }
-        },
-    );
+    let on = *ON.get_or_init(|| super::switch_on(TAPS_ENV));
     let unit_gains = match products.bf16() {
         None => true,
         Some(_) => {

@@ -68,16 +68,7 @@ const MIN_PLANE: usize = 256;
 /// (`winograd_layer_times`, 2-core Zen 4): `--amp bf16` keeps the direct convolution.
 pub(super) fn chosen(g: &Window, c_out: usize, products: Products) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(
-        || match std::env::var(WINOGRAD_ENV).ok().as_deref().map(str::trim) {
-            None | Some("") | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                eprintln!("annt: {WINOGRAD_ENV}={other:?} is not one of on, off; using on");
-                true
-            }
-        },
-    );
+    let on = *ON.get_or_init(|| super::switch_on(WINOGRAD_ENV));
     on && products.bf16().is_none()
         && !OFF_IN_TEST.load(std::sync::atomic::Ordering::Relaxed)
         && applies(g, c_out)

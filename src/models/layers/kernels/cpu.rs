@@ -138,6 +138,14 @@ pub(super) fn pack_for<T: Real>(a: MatRef<'_, T>, products: Products) -> Option<
     Some(bf16::PackedA::new(f32_view(a)?, products.bf16()?))
 }
 
+/// Where a convolution's backward pass writes (the tap-by-tap and Winograd paths): the
+/// input gradient (`n × c × h × w`), when wanted, and the weight gradient
+/// (`c_out × c × kh × kw`), both overwritten.
+pub(super) struct Grads<'a, T> {
+    pub dx: Option<&'a mut [T]>,
+    pub dw: &'a mut [T],
+}
+
 /// The geometry of a 2-D sliding window over an `n × c × h × w` input (square stride and
 /// symmetric padding, as every model annt builds uses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -510,13 +518,14 @@ pub fn conv_backward_joined<T: Real>(
     let mut both = zeroed(dx_len + c_out * k);
     if winograd::chosen(g, c_out, products) {
         let (dx, dw) = both.split_at_mut(dx_len);
-        winograd::backward(x, w, dy, g, c_out, products, want_dx.then_some(dx), dw);
+        let dx = want_dx.then_some(dx);
+        winograd::backward(x, w, dy, g, c_out, products, Grads { dx, dw });
         return both;
     }
     if taps::chosen::<T>(g, c_out, products, taps::Pass::Backward) {
         let (dx, dw) = both.split_at_mut(dx_len);
         let dx = want_dx.then_some(dx);
-        taps::backward(x, w, dy, g, c_out, products, taps::Grads { dx, dw });
+        taps::backward(x, w, dy, g, c_out, products, Grads { dx, dw });
         return both;
     }
     if let Some(unit) = implicit::<T>(g, c_out, products).filter(|(u, _)| want_dx || u.has_dw())
@@ -706,22 +715,28 @@ fn dw_over_batch<T: Real>(
 /// blocked transpose into dW. (Transposing every partial cost ResNet-18's 512-channel
 /// layers two strided passes over 9 MiB each.)
 fn sum_partials_into<T: Real>(partials: &mut [T], k: usize, c_out: usize, dw: &mut [T]) {
-    let tasks = partials.len() / (k * c_out);
-    let (first, rest) = partials.split_at_mut(k * c_out);
-    if tasks > 1 {
+    transpose_par(sum_partials(partials, k * c_out), k, c_out, dw);
+}
+
+/// The sum of `partials`' consecutive runs of `len` values, in run order for every element
+/// (the same bits on any number of threads), in parallel over stretches of the first run,
+/// which holds it.
+pub(super) fn sum_partials<T: Real>(partials: &mut [T], len: usize) -> &mut [T] {
+    let (first, rest) = partials.split_at_mut(len);
+    if !rest.is_empty() {
         const STRETCH: usize = 4096;
         first
             .par_chunks_mut(STRETCH)
             .enumerate()
             .for_each(|(i, acc)| {
-                for p in rest.chunks_exact(k * c_out) {
+                for p in rest.chunks_exact(len) {
                     for (a, b) in acc.iter_mut().zip(&p[i * STRETCH..]) {
                         *a += *b;
                     }
                 }
             });
     }
-    transpose_par(first, k, c_out, dw);
+    first
 }
 
 /// The unit and the window's geometry, when this convolution's products read their

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::Products;
 use super::bf16::{self, Dot, PackedA};
-use super::cpu::{Real, Scratch, Window, f32_view};
+use super::cpu::{Grads, Real, Scratch, Window, f32_view};
 use super::gemm::{MatMut, MatRef, matmul_into};
 
 /// Output positions per image up to which a layer takes this path (8 × 8). Measured
@@ -412,13 +412,6 @@ pub(super) fn forward<T: Real>(
             }
         });
     from_positions(&yp, (n, c_out), (oh, ow), 1, out);
-}
-
-/// Where [`backward`] writes: the input gradient (`n × c × h × w`), when wanted, and the
-/// weight gradient (`c_out × c × kh × kw`), both overwritten.
-pub(super) struct Grads<'a, T> {
-    pub dx: Option<&'a mut [T]>,
-    pub dw: &'a mut [T],
 }
 
 /// Both gradients of [`forward`] into `grads`.

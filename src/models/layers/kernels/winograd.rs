@@ -42,7 +42,7 @@ use rayon::prelude::*;
 
 use super::Products;
 use super::bf16::PackedA;
-use super::cpu::{Real, Scratch, Window, pack_for, product};
+use super::cpu::{Grads, Real, Scratch, Window, pack_for, product, sum_partials};
 use super::gemm::MatRef;
 
 /// Elements of a transformed tile (4 × 4).
@@ -500,9 +500,7 @@ pub(super) fn forward<T: Real>(
 /// order (and the result's bits) does not depend on the thread count.
 const DW_TASKS: usize = 8;
 
-/// Both gradients of [`forward`]: the input gradient into `dx` when wanted, the weight
-/// gradient into `dw` (`c_out × c × 3 × 3`), both overwritten.
-#[allow(clippy::too_many_arguments)]
+/// Both gradients of [`forward`] into `grads`.
 pub(super) fn backward<T: Real>(
     x: &[T],
     w: &[T],
@@ -510,11 +508,10 @@ pub(super) fn backward<T: Real>(
     g: &Window,
     c_out: usize,
     products: Products,
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
+    grads: Grads<'_, T>,
 ) {
     let t = Tiles::of(g, g.c.max(c_out));
-    gradients(x, w, dy, &t, (g.c, c_out), products, (dx, dw));
+    gradients(x, w, dy, &t, (g.c, c_out), products, (grads.dx, grads.dw));
 }
 
 /// [`backward`] on the tiling `t`.
@@ -554,13 +551,7 @@ fn gradients<T: Real>(
                 }
             }
         });
-    let (total, rest) = partials.split_at_mut(XI * k * c);
-    for part in rest.chunks_exact(XI * k * c) {
-        for (a, &b) in total.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-    weight_grad_from(total, k, c, dw);
+    weight_grad_from(sum_partials(&mut partials, XI * k * c), k, c, dw);
 }
 
 /// `out = a + b + c`.
@@ -764,8 +755,10 @@ mod tests {
             &g,
             k,
             Products::Native,
-            Some(&mut gdx),
-            &mut gdw,
+            Grads {
+                dx: Some(&mut gdx),
+                dw: &mut gdw,
+            },
         );
         assert!(
             max_rel(&back(&gdx), &dx) < 1e-5,
@@ -810,8 +803,10 @@ mod tests {
                         &g,
                         k,
                         Products::Native,
-                        Some(&mut dx),
-                        &mut dw,
+                        Grads {
+                            dx: Some(&mut dx),
+                            dw: &mut dw,
+                        },
                     );
                     let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
                     (bits(&dx), bits(&dw))
@@ -887,7 +882,18 @@ mod tests {
                         let t = std::time::Instant::now();
                         if winograd {
                             let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
-                            backward(&x, &w, &dy, &g, k, *p, Some(&mut dx), &mut dw);
+                            backward(
+                                &x,
+                                &w,
+                                &dy,
+                                &g,
+                                k,
+                                *p,
+                                Grads {
+                                    dx: Some(&mut dx),
+                                    dw: &mut dw,
+                                },
+                            );
                             std::hint::black_box((dx, dw));
                         } else {
                             std::hint::black_box(conv_backward(&x, &w, &dy, &g, k, *p));

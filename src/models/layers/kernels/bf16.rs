@@ -746,6 +746,115 @@ pub fn matmul_patches_a(
     });
 }
 
+/// Whether [`weight_grad_3x3`] takes a layer: a 3 × 3 window at stride 1 with padding 1 over
+/// planes of even width, and output channels in whole blocks of 16.
+pub fn weight_grad_3x3_applies(
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+    w: usize,
+    c_out: usize,
+) -> bool {
+    (kh, kw, stride, pad) == (3, 3, 1, 1)
+        && w.is_multiple_of(2)
+        && w > 0
+        && c_out.is_multiple_of(16)
+}
+
+thread_local! {
+    /// [`weight_grad_3x3`]'s bf16 images with their zero border, and its packed `dy`.
+    static SCRATCH_PAD: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The weight gradient of a 3 × 3, stride-1, padding-1 convolution ([`weight_grad_3x3_applies`])
+/// over `imgs` images, as `dst` (`c·9 × c_out`, row `ch·9 + t` for tap `t = 3·dy + dx`; the
+/// transpose of the weight's layout) `= Σ_p patches · dyᵀ`, or `+=` with `accumulate`, on the
+/// bf16 unit with f32 sums. `x` holds the images (`c × h × w` each) and `dy` is their output
+/// gradients side by side (`c_out × (imgs·h·w)`, row-major).
+///
+/// The patch matrix is never formed: the images are rounded to bf16 once, each plane with a
+/// one-element zero border, and every tap's operand is read straight from those planes at
+/// the tap's shift, two horizontally adjacent positions (a `vdpbf16ps` pair) per 32-bit
+/// broadcast — the border gives the zeros where the window overhangs, so nothing is masked.
+/// The packed patch matrix this replaces was 9 × the images in bf16, written and read again
+/// for every product: with 16 channels its packing took as long as the product
+/// (`pack_a_patches`, 7.6 % of a resnet8-tiny bf16 step).
+pub fn weight_grad_3x3(
+    dst: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    (imgs, c, h, w, c_out): (usize, usize, usize, usize, usize),
+    accumulate: bool,
+    dot: Dot,
+) {
+    assert!(weight_grad_3x3_applies((3, 3), 1, 1, w, c_out) && h > 0);
+    let l = h * w;
+    assert!(x.len() >= imgs * c * l && dy.len() >= c_out * imgs * l);
+    assert!(dst.len() >= c * 9 * c_out);
+    let wide = imgs * l;
+    let dy_t = MatRef::row_major(&dy[..c_out * wide], c_out, wide).t();
+    let (nb, kb) = blocks(c_out, wide);
+    let pad = Padded::new(imgs, c, h, w);
+    SCRATCH_PAD.with(|planes| {
+        SCRATCH_B.with(|packed| {
+            let (mut planes, mut packed) = (planes.borrow_mut(), packed.borrow_mut());
+            planes.resize(pad.len(), 0);
+            pad.fill(x, &mut planes, dot);
+            packed.resize(nb * kb * TILE, 0);
+            kernels::pack_dy(dy_t, &mut packed, nb, kb, dot);
+            kernels::weight_grad_3x3(dst, &planes, &pad, &packed, (c_out, kb), accumulate, dot);
+        })
+    });
+}
+
+/// The layout of [`weight_grad_3x3`]'s bf16 planes: each `h × w` plane inside a zero border
+/// one element wide, `(h + 2) × (w + 2)`, channels then images one after the other.
+#[derive(Clone, Copy, Debug)]
+struct Padded {
+    imgs: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Padded {
+    fn new(imgs: usize, c: usize, h: usize, w: usize) -> Self {
+        Self { imgs, c, h, w }
+    }
+
+    /// Elements per padded row.
+    fn pw(&self) -> usize {
+        self.w + 2
+    }
+
+    fn plane(&self) -> usize {
+        (self.h + 2) * self.pw()
+    }
+
+    fn len(&self) -> usize {
+        self.imgs * self.c * self.plane()
+    }
+
+    /// `x`'s images rounded to bf16 into their bordered planes in `out` (every element of
+    /// `out`'s first `len()` written: the border with zeros).
+    fn fill(&self, x: &[f32], out: &mut [u16], dot: Dot) {
+        let (l, pw) = (self.h * self.w, self.pw());
+        for (src, dst) in x
+            .chunks_exact(l)
+            .zip(out.chunks_exact_mut(self.plane()))
+            .take(self.imgs * self.c)
+        {
+            dst[..pw].fill(0);
+            dst[(self.h + 1) * pw..].fill(0);
+            for (row, line) in src.chunks_exact(self.w).zip(dst[pw..].chunks_exact_mut(pw)) {
+                line[0] = 0;
+                line[pw - 1] = 0;
+                kernels::round_row(row, &mut line[1..pw - 1], dot);
+            }
+        }
+    }
+}
+
 /// Where a convolution's patch rows read their planes, for an odd square `k × k` window with
 /// padding `(k − 1) / 2` at stride `s` over `H × W` planes with `s` dividing both sides (the
 /// output is `H/s × W/s`).
@@ -1822,6 +1931,243 @@ mod kernels {
         }
     }
 
+    /// `v` rounded to bf16 into `out` (as long as `v`), 32 values per conversion.
+    pub(super) fn round_row(v: &[f32], out: &mut [u16], dot: Dot) {
+        let _ = dot;
+        assert!(out.len() >= v.len());
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16.
+        unsafe { round_row_avx512(v, out) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn round_row_avx512(v: &[f32], out: &mut [u16]) {
+        for start in (0..v.len()).step_by(32) {
+            let left = v.len() - start;
+            // SAFETY: `load32` reads only the lanes below `v.len()`; the store writes the
+            // u16s below min(32, left) from `start`, inside `out` (at least as long as `v`).
+            unsafe {
+                let pairs = load32(v.as_ptr(), start, v.len(), 1);
+                let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+                _mm512_mask_storeu_epi16(
+                    out.as_mut_ptr().add(start).cast(),
+                    mask,
+                    std::mem::transmute::<__m512bh, __m512i>(pairs),
+                );
+            }
+        }
+    }
+
+    /// `dy`ᵀ (positions × c_out, unit row stride) packed as `pack_b_cols` packs B: for
+    /// each block of 16 channels, position pair `q`'s 16 words 64 bytes from pair `q − 1`'s.
+    pub(super) fn pack_dy(dy_t: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize, dot: Dot) {
+        let _ = dot;
+        assert!(dy_t.row_stride == 1 && dy_t.in_bounds());
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16; the view is in bounds with
+        // unit row stride (asserted), as `pack_b_cols` reads it.
+        unsafe { pack_b_cols(dy_t, out, nb, kb) }
+    }
+
+    /// [`super::weight_grad_3x3`]'s product: tiles of 3 channels' 9 taps × one block of 16
+    /// output channels, or one channel's 9 taps × two blocks, each tile's sums kept in
+    /// registers over every position pair.
+    pub(super) fn weight_grad_3x3(
+        dst: &mut [f32],
+        planes: &[u16],
+        pad: &super::Padded,
+        packed: &[u16],
+        (c_out, kb): (usize, usize),
+        accumulate: bool,
+        dot: Dot,
+    ) {
+        let _ = dot;
+        let nb = c_out / 16;
+        assert!(planes.len() >= pad.len() && packed.len() >= nb * kb * TILE);
+        assert!(dst.len() >= pad.c * 9 * c_out && kb * 16 >= pad.imgs * pad.h * pad.w / 2);
+        let tile = Tile3 {
+            planes,
+            pad,
+            packed,
+            block_bytes: kb * TILE * 2,
+        };
+        let mut ch = 0;
+        while ch < pad.c {
+            let mut bj = 0;
+            if nb >= 2 {
+                while bj + 2 <= nb {
+                    // SAFETY (every call): `dot` exists, so the CPU has AVX-512 F/BW/BF16;
+                    // the channels and blocks are inside the layout (loop bounds), whose
+                    // buffers hold them (asserted above).
+                    unsafe { tile.run::<1, 2>(ch, bj, dst, c_out, accumulate) };
+                    bj += 2;
+                }
+            }
+            if bj < nb {
+                // The last odd block (or a single one): three channels at a time.
+                let chs = if nb == 1 { (pad.c - ch).min(3) } else { 1 };
+                for b in bj..nb {
+                    match chs {
+                        3 => unsafe { tile.run::<3, 1>(ch, b, dst, c_out, accumulate) },
+                        2 => unsafe { tile.run::<2, 1>(ch, b, dst, c_out, accumulate) },
+                        _ => unsafe { tile.run::<1, 1>(ch, b, dst, c_out, accumulate) },
+                    }
+                }
+                ch += chs;
+            } else {
+                ch += 1;
+            }
+        }
+    }
+
+    /// The operands of [`weight_grad_3x3`]'s tiles.
+    struct Tile3<'a> {
+        planes: &'a [u16],
+        pad: &'a super::Padded,
+        packed: &'a [u16],
+        /// Bytes per packed block of 16 output channels.
+        block_bytes: usize,
+    }
+
+    impl Tile3<'_> {
+        /// Rows `ch·9 ..` (`C` channels' 9 taps each) × columns of blocks `bj .. bj + J` of
+        /// dst.
+        ///
+        /// SAFETY (caller): the CPU has AVX-512 F/BW/BF16; channels `ch .. ch + C` are below
+        /// `pad.c` and blocks `bj .. bj + J` below `c_out / 16`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        unsafe fn run<const C: usize, const J: usize>(
+            &self,
+            ch: usize,
+            bj: usize,
+            dst: &mut [f32],
+            c_out: usize,
+            accumulate: bool,
+        ) {
+            let pad = self.pad;
+            let (pw, plane) = (pad.pw(), pad.plane());
+            let image = pad.c * plane;
+            let base = self.planes.as_ptr().wrapping_add(ch * plane);
+            let b0 = self
+                .packed
+                .as_ptr()
+                .cast::<u8>()
+                .wrapping_add(bj * self.block_bytes);
+            // SAFETY: the caller's contract, and the layout's buffers hold what `sweep` reads
+            // (asserted by `weight_grad_3x3`).
+            let acc: [[[__m512; J]; 9]; C] = unsafe {
+                sweep::<C, J>(
+                    base,
+                    (pw, plane, image),
+                    (pad.imgs, pad.h, pad.w / 2),
+                    b0,
+                    self.block_bytes,
+                )
+            };
+            for (r, acc) in acc.iter().flatten().enumerate() {
+                let line = &mut dst[(ch * 9 + r) * c_out..][..c_out];
+                for (j, &acc) in acc.iter().enumerate() {
+                    let out = &mut line[(bj + j) * 16..][..16];
+                    // SAFETY: `out` is 16 floats (sliced above).
+                    unsafe {
+                        let v = if accumulate {
+                            _mm512_add_ps(_mm512_loadu_ps(out.as_ptr()), acc)
+                        } else {
+                            acc
+                        };
+                        _mm512_storeu_ps(out.as_mut_ptr(), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sums of one [`Tile3::run`] tile over every position pair, kept in registers: the
+    /// sums are locals of this function that nothing borrows (held in an array a reference
+    /// reached, the compiler stored all of them back to memory after every pair).
+    ///
+    /// SAFETY (caller): the CPU has AVX-512 F/BW/BF16; `base` is channel `ch`'s padded plane
+    /// of image 0 and channels `ch .. ch + C` exist; `b0` is block `bj`'s first pair and
+    /// blocks `bj .. bj + J`, `block_bytes` apart, hold `imgs·h·half_w` pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn sweep<const C: usize, const J: usize>(
+        base: *const u16,
+        (pw, plane, image): (usize, usize, usize),
+        (imgs, h, half_w): (usize, usize, usize),
+        b0: *const u8,
+        block_bytes: usize,
+    ) -> [[[__m512; J]; 9]; C] {
+        // Written out channel by channel and tap by tap (not loops over the rows), so that
+        // every sum has a register.
+        let mut acc = [[[_mm512_setzero_ps(); J]; 9]; C];
+        let mut q = 0usize;
+        for img in 0..imgs {
+            for y in 0..h {
+                let row = base.wrapping_add(img * image + y * pw);
+                for xp in 0..half_w {
+                    let at = row.wrapping_add(2 * xp);
+                    // SAFETY: pair q < imgs·h·half_w of each block (the caller's contract),
+                    // 64 bytes each.
+                    let b: [__m512bh; J] = std::array::from_fn(|j| unsafe {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            b0.wrapping_add(j * block_bytes + q * 64).cast(),
+                        ))
+                    });
+                    // SAFETY (each): output (y, 2·xp) of tap (ty, tx) reads padded row
+                    // y + ty ≤ h + 1, columns 2·xp + tx + {0, 1} ≤ w + 1, of a channel and
+                    // image the caller's contract admits.
+                    acc[0] = unsafe { taps9(acc[0], at, pw, &b) };
+                    if C > 1 {
+                        acc[1] = unsafe { taps9(acc[1], at.wrapping_add(plane), pw, &b) };
+                    }
+                    if C > 2 {
+                        acc[2] = unsafe { taps9(acc[2], at.wrapping_add(2 * plane), pw, &b) };
+                    }
+                    q += 1;
+                }
+            }
+        }
+        acc
+    }
+
+    /// One channel's 9 taps at one position pair: tap `(ty, tx)`'s pair of bf16 values at
+    /// `at + ty·pw + tx`, broadcast and multiplied into `acc[3·ty + tx]` with `b`.
+    ///
+    /// SAFETY (caller): the CPU has AVX-512 F/BW/BF16; the 4 bytes at `at + ty·pw + tx`
+    /// (u16 units) are readable for ty, tx in 0..3.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    unsafe fn taps9<const J: usize>(
+        mut acc: [[__m512; J]; 9],
+        at: *const u16,
+        pw: usize,
+        b: &[__m512bh; J],
+    ) -> [[__m512; J]; 9] {
+        let rows = [at, at.wrapping_add(pw), at.wrapping_add(2 * pw)];
+        macro_rules! tap {
+            ($ty:literal, $tx:literal) => {{
+                // SAFETY: the caller's contract.
+                let a = unsafe {
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                        rows[$ty].wrapping_add($tx).cast::<i32>().read_unaligned(),
+                    ))
+                };
+                let acc = &mut acc[3 * $ty + $tx];
+                for j in 0..J {
+                    acc[j] = _mm512_dpbf16_ps(acc[j], b[j], a);
+                }
+            }};
+        }
+        tap!(0, 0);
+        tap!(0, 1);
+        tap!(0, 2);
+        tap!(1, 0);
+        tap!(1, 1);
+        tap!(1, 2);
+        tap!(2, 0);
+        tap!(2, 1);
+        tap!(2, 2);
+        acc
+    }
+
     /// The 16 × 16 matrix of 32-bit values whose row `i` is `rows[i]`, transposed: row `j` of
     /// the result holds element `j` of every input row. Two rounds of unpacking within the
     /// 128-bit lanes, then two of moving whole lanes.
@@ -2241,6 +2587,26 @@ mod kernels {
         unreachable!("bf16 dot-product units exist only on x86-64")
     }
 
+    pub(super) fn round_row(_: &[f32], _: &mut [u16], _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    pub(super) fn pack_dy(_: super::MatRef<'_, f32>, _: &mut [u16], _: usize, _: usize, _: Dot) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
+    pub(super) fn weight_grad_3x3(
+        _: &mut [f32],
+        _: &[u16],
+        _: &super::Padded,
+        _: &[u16],
+        _: (usize, usize),
+        _: bool,
+        _: Dot,
+    ) {
+        unreachable!("bf16 dot-product units exist only on x86-64")
+    }
+
     pub(super) fn pairs_product(
         _: &super::PackedPairs,
         _: &Patches<'_>,
@@ -2301,6 +2667,63 @@ mod tests {
                 (x % 20_011) as f32 / 10_005.0 - 1.0
             })
             .collect()
+    }
+
+    /// The tap-wise weight gradient against its definition on the rounded inputs (f64 sums),
+    /// on a plane wider than it is tall (the border and the row pitch are the layout's own),
+    /// with one, two and three channels per tile and a pair of blocks plus an odd one, added
+    /// into what `dst` held.
+    #[test]
+    fn the_tap_wise_weight_gradient_is_its_definition() {
+        let Some(dot) = Dot::usable().last().copied() else {
+            eprintln!("this CPU has no bf16 dot-product unit: nothing to compare");
+            return;
+        };
+        let rounded = |v: &[f32]| {
+            v.iter()
+                .map(|&x| f64::from(widen(round(x))))
+                .collect::<Vec<_>>()
+        };
+        for (imgs, c, h, w, c_out) in [(2, 4, 3, 6, 48), (3, 1, 5, 2, 16), (1, 5, 4, 8, 32)] {
+            let (l, shape) = (h * w, (imgs, c, h, w, c_out));
+            let x = values(imgs * c * l, 11);
+            let dy = values(c_out * imgs * l, 12);
+            let before = values(c * 9 * c_out, 13);
+            let (xr, dyr) = (rounded(&x), rounded(&dy));
+            let mut want = vec![0f32; c * 9 * c_out];
+            for ch in 0..c {
+                for t in 0..9 {
+                    let (ty, tx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                    for o in 0..c_out {
+                        let mut sum = 0f64;
+                        for i in 0..imgs {
+                            for y in 0..h as isize {
+                                for xx in 0..w as isize {
+                                    let (sy, sx) = (y + ty, xx + tx);
+                                    if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = xr[(i * c + ch) * l + (sy as usize) * w + sx as usize];
+                                    let p = i * l + (y as usize) * w + xx as usize;
+                                    sum += xv * dyr[o * imgs * l + p];
+                                }
+                            }
+                        }
+                        want[(ch * 9 + t) * c_out + o] =
+                            (sum + f64::from(before[(ch * 9 + t) * c_out + o])) as f32;
+                    }
+                }
+            }
+            let mut got = before.clone();
+            weight_grad_3x3(&mut got, &x, &dy, shape, true, dot);
+            let e = max_rel(&got, &want);
+            assert!(e < 1e-5, "{shape:?}: {e}");
+            let mut fresh = before.clone();
+            weight_grad_3x3(&mut fresh, &x, &dy, shape, false, dot);
+            let sums: Vec<f32> = want.iter().zip(&before).map(|(w, b)| w - b).collect();
+            let e = max_rel(&fresh, &sums);
+            assert!(e < 1e-5, "{shape:?} written, not added: {e}");
+        }
     }
 
     fn max_rel(got: &[f32], want: &[f32]) -> f32 {

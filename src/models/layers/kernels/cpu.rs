@@ -919,6 +919,9 @@ fn conv_backward_implicit(
     let per = images_per_product(l);
     let task = images_per_task(per);
     let tasks = g.n.div_ceil(task);
+    // A 3 × 3 "same" layer's bf16 weight gradient reads its taps from the images themselves
+    // (`bf16::weight_grad_3x3`) instead of a packed patch matrix.
+    let taps3 = matches!(unit, Implicit::Bf16(_)) && weight_grad_3x3_chosen(g, c_out);
     let mut partials = zeroed::<f32>(tasks * k * c_out);
     dx.par_chunks_mut(img * task)
         .zip(partials.par_chunks_mut(k * c_out))
@@ -961,15 +964,21 @@ fn conv_backward_implicit(
                         Some(phase) => merge_phase(wide_dx, g, phase, dx_group),
                     }
                 }
-                let dy_group = if single {
-                    MatRef::row_major(dy_images, c_out, l)
+                let dy_wide: &[f32] = if single {
+                    dy_images
                 } else {
                     let wide_dy = &mut wide_dy[..c_out * wide];
                     to_wide(dy_images, c_out, l, wide_dy);
-                    MatRef::row_major(wide_dy, c_out, wide)
+                    wide_dy
                 };
+                let dy_group = MatRef::row_major(dy_wide, c_out, wide);
                 // dWᵀ (k × c_out) += patches (k × wide) · dYᵀ, as in `conv_backward_joined`.
                 match unit {
+                    Implicit::Bf16(dot) if taps3 => {
+                        let x_images = &x[n0 * img..(n0 + imgs) * img];
+                        let shape = (imgs, c, g.h, g.w, c_out);
+                        bf16::weight_grad_3x3(dwt, x_images, dy_wide, shape, s > 0, dot);
+                    }
                     Implicit::Bf16(dot) => {
                         let x_patches = patches_of(x, g, &geometry, c, (n0, imgs), &mut split);
                         bf16::matmul_patches_a(dwt, &x_patches, dy_group.t(), s > 0, dot);
@@ -986,6 +995,18 @@ fn conv_backward_implicit(
             }
         });
     sum_partials_into(&mut partials, k, c_out, dw);
+}
+
+/// Turns [`bf16::weight_grad_3x3`] off for an A/B in one binary: `ANNT_CPU_DW3=off` packs
+/// the patch matrix for those layers' bf16 weight gradients as before.
+pub const DW3_ENV: &str = "ANNT_CPU_DW3";
+
+/// Whether a bf16 weight gradient of window `g` runs tap by tap from the images
+/// ([`bf16::weight_grad_3x3_applies`], [`DW3_ENV`] not `off`).
+fn weight_grad_3x3_chosen(g: &Window, c_out: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| super::switch_on(DW3_ENV))
+        && bf16::weight_grad_3x3_applies((g.kh, g.kw), g.stride, g.pad, g.w, c_out)
 }
 
 /// One product of a bf16 input gradient ([`conv_backward_implicit`]): the weight's taps,
@@ -2453,6 +2474,14 @@ mod tests {
                 // at 1 × 1), and a second block of output rows that is partly padding.
                 (40, 18, 8, 3, 1, 1, true),
                 (260, 9, 4, 1, 1, 0, true),
+                // Whole blocks of 16 output channels at 3 × 3, stride 1: the weight gradient
+                // read tap by tap from the images (`bf16::weight_grad_3x3`): three channels
+                // per tile, a pair of blocks and a last odd one, grouped images at 4 × 4 and
+                // 8 × 8.
+                (3, 16, 8, 3, 1, 1, true),
+                (5, 48, 32, 3, 1, 1, true),
+                (16, 32, 16, 3, 1, 1, true),
+                (4, 16, 4, 3, 1, 1, true),
                 (2, 3, 31, 3, 2, 1, false),
                 (3, 4, 6, 3, 1, 1, false),
             ] {

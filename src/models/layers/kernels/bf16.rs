@@ -746,17 +746,20 @@ pub fn matmul_patches_a(
     });
 }
 
-/// Whether [`weight_grad_3x3`] takes a layer: a 3 × 3 window at stride 1 with padding 1 over
-/// planes of even width, and output channels in whole blocks of 16.
+/// Whether [`weight_grad_3x3`] takes a layer: a 3 × 3 window with padding 1 at stride 1 or
+/// 2 over `h × w` planes whose output rows have an even width (a stride divides both
+/// sides), and output channels in whole blocks of 16.
 pub fn weight_grad_3x3_applies(
     (kh, kw): (usize, usize),
-    stride: usize,
-    pad: usize,
-    w: usize,
+    (stride, pad): (usize, usize),
+    (h, w): (usize, usize),
     c_out: usize,
 ) -> bool {
-    (kh, kw, stride, pad) == (3, 3, 1, 1)
-        && w.is_multiple_of(2)
+    (kh, kw, pad) == (3, 3, 1)
+        && matches!(stride, 1 | 2)
+        && h.is_multiple_of(stride)
+        && w.is_multiple_of(2 * stride)
+        && h > 0
         && w > 0
         && c_out.is_multiple_of(16)
 }
@@ -766,13 +769,15 @@ thread_local! {
     static SCRATCH_PAD: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The weight gradient of a 3 × 3, stride-1, padding-1 convolution ([`weight_grad_3x3_applies`])
-/// over `imgs` images, as `dst` (`c·9 × c_out`, row `ch·9 + t` for tap `t = 3·dy + dx`; the
-/// transpose of the weight's layout) `= Σ_p patches · dyᵀ`, or `+=` with `accumulate`, on the
-/// bf16 unit with f32 sums. `x` holds the images (`c × h × w` each) and `dy` is their output
-/// gradients side by side (`c_out × (imgs·h·w)`, row-major).
+/// The weight gradient of a 3 × 3, padding-1 convolution at stride 1 or 2
+/// ([`weight_grad_3x3_applies`]) over `imgs` images, as `dst` (`c·9 × c_out`, row `ch·9 + t`
+/// for tap `t = 3·dy + dx`; the transpose of the weight's layout) `= Σ_p patches · dyᵀ`, or
+/// `+=` with `accumulate`, on the bf16 unit with f32 sums. `x` holds the images (`c × h × w`
+/// each) and `dy` is their output gradients side by side (`c_out × (imgs·l)`, row-major, `l`
+/// the output plane's `h/s × w/s` positions).
 ///
-/// The patch matrix is never formed: the images are rounded to bf16 once, each plane with a
+/// The patch matrix is never formed: the images are rounded to bf16 once, each plane (at
+/// stride 2 each of its four phase planes, rows `2y + py`, columns `2x + px`) with a
 /// one-element zero border, and every tap's operand is read straight from those planes at
 /// the tap's shift, two horizontally adjacent positions (a `vdpbf16ps` pair) per 32-bit
 /// broadcast — the border gives the zeros where the window overhangs, so nothing is masked.
@@ -784,17 +789,24 @@ pub fn weight_grad_3x3(
     x: &[f32],
     dy: &[f32],
     (imgs, c, h, w, c_out): (usize, usize, usize, usize, usize),
+    stride: usize,
     accumulate: bool,
     dot: Dot,
 ) {
-    assert!(weight_grad_3x3_applies((3, 3), 1, 1, w, c_out) && h > 0);
-    let l = h * w;
-    assert!(x.len() >= imgs * c * l && dy.len() >= c_out * imgs * l);
+    assert!(weight_grad_3x3_applies((3, 3), (stride, 1), (h, w), c_out));
+    let l = (h / stride) * (w / stride);
+    assert!(x.len() >= imgs * c * h * w && dy.len() >= c_out * imgs * l);
     assert!(dst.len() >= c * 9 * c_out);
     let wide = imgs * l;
     let dy_t = MatRef::row_major(&dy[..c_out * wide], c_out, wide).t();
     let (nb, kb) = blocks(c_out, wide);
-    let pad = Padded::new(imgs, c, h, w);
+    let pad = Padded {
+        imgs,
+        c,
+        h: h / stride,
+        w: w / stride,
+        stride,
+    };
     SCRATCH_PAD.with(|planes| {
         SCRATCH_B.with(|packed| {
             let (mut planes, mut packed) = (planes.borrow_mut(), packed.borrow_mut());
@@ -807,19 +819,23 @@ pub fn weight_grad_3x3(
     });
 }
 
-/// The layout of [`weight_grad_3x3`]'s bf16 planes: each `h × w` plane inside a zero border
-/// one element wide, `(h + 2) × (w + 2)`, channels then images one after the other.
+/// The layout of [`weight_grad_3x3`]'s bf16 planes: each `h × w` plane (the output's size:
+/// the image itself at stride 1, each of its `stride²` phase planes at stride 2, phase
+/// `(py, px)` at index `2·py + px`) inside a zero border one element wide, `(h + 2) × (w + 2)`;
+/// then channels, then images.
 #[derive(Clone, Copy, Debug)]
 struct Padded {
     imgs: usize,
     c: usize,
     h: usize,
     w: usize,
+    stride: usize,
 }
 
 impl Padded {
-    fn new(imgs: usize, c: usize, h: usize, w: usize) -> Self {
-        Self { imgs, c, h, w }
+    /// Elements per channel: its planes.
+    fn channel(&self) -> usize {
+        self.stride * self.stride * self.plane()
     }
 
     /// Elements per padded row.
@@ -832,24 +848,42 @@ impl Padded {
     }
 
     fn len(&self) -> usize {
-        self.imgs * self.c * self.plane()
+        self.imgs * self.c * self.channel()
     }
 
     /// `x`'s images rounded to bf16 into their bordered planes in `out` (every element of
-    /// `out`'s first `len()` written: the border with zeros).
+    /// `out`'s first `len()` written: the borders with zeros).
     fn fill(&self, x: &[f32], out: &mut [u16], dot: Dot) {
-        let (l, pw) = (self.h * self.w, self.pw());
+        let (s, pw, plane) = (self.stride, self.pw(), self.plane());
+        let (in_w, in_plane) = (self.w * s, self.h * self.w * s * s);
         for (src, dst) in x
-            .chunks_exact(l)
-            .zip(out.chunks_exact_mut(self.plane()))
+            .chunks_exact(in_plane)
+            .zip(out.chunks_exact_mut(self.channel()))
             .take(self.imgs * self.c)
         {
-            dst[..pw].fill(0);
-            dst[(self.h + 1) * pw..].fill(0);
-            for (row, line) in src.chunks_exact(self.w).zip(dst[pw..].chunks_exact_mut(pw)) {
-                line[0] = 0;
-                line[pw - 1] = 0;
-                kernels::round_row(row, &mut line[1..pw - 1], dot);
+            for planes in dst.chunks_exact_mut(plane) {
+                planes[..pw].fill(0);
+                planes[(self.h + 1) * pw..].fill(0);
+                for line in planes[pw..(self.h + 1) * pw].chunks_exact_mut(pw) {
+                    line[0] = 0;
+                    line[pw - 1] = 0;
+                }
+            }
+            for y in 0..self.h {
+                let at = (y + 1) * pw + 1;
+                if s == 1 {
+                    let row = &src[y * in_w..][..in_w];
+                    kernels::round_row(row, &mut dst[at..][..self.w], dot);
+                    continue;
+                }
+                // Input rows 2y and 2y + 1: phases (py, 0) and (py, 1) from each.
+                for py in 0..2 {
+                    let row = &src[(2 * y + py) * in_w..][..in_w];
+                    let (first, second) = dst.split_at_mut((2 * py + 1) * plane);
+                    let even = &mut first[2 * py * plane + at..][..self.w];
+                    let odd = &mut second[at..][..self.w];
+                    kernels::round_row_phases(row, even, odd, dot);
+                }
             }
         }
     }
@@ -1957,6 +1991,47 @@ mod kernels {
         }
     }
 
+    /// `v`'s even elements rounded to bf16 into `even`, its odd ones into `odd` (each half as
+    /// long as `v`, whose length is even): 32 values per conversion, split by one shuffle.
+    pub(super) fn round_row_phases(v: &[f32], even: &mut [u16], odd: &mut [u16], dot: Dot) {
+        let _ = dot;
+        assert!(v.len().is_multiple_of(2) && even.len() >= v.len() / 2 && odd.len() >= v.len() / 2);
+        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16.
+        unsafe { round_row_phases_avx512(v, even, odd) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn round_row_phases_avx512(v: &[f32], even: &mut [u16], odd: &mut [u16]) {
+        // u16 lane i of the result: element 2i of the 32 for i < 16, element 2(i − 16) + 1
+        // above.
+        let idx = _mm512_set_epi16(
+            31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24, 22, 20, 18,
+            16, 14, 12, 10, 8, 6, 4, 2, 0,
+        );
+        for start in (0..v.len()).step_by(32) {
+            let half = (v.len() - start).min(32) / 2;
+            let mask: __mmask16 = if half >= 16 { !0 } else { (1u16 << half) - 1 };
+            // SAFETY: `load32` reads only the lanes below `v.len()`; each store writes the
+            // u16s below `half` from `start / 2`, inside `even` and `odd` (each at least
+            // v.len() / 2 long).
+            unsafe {
+                let pairs = load32(v.as_ptr(), start, v.len(), 1);
+                let split =
+                    _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(pairs));
+                _mm256_mask_storeu_epi16(
+                    even.as_mut_ptr().add(start / 2).cast(),
+                    mask,
+                    _mm512_castsi512_si256(split),
+                );
+                _mm256_mask_storeu_epi16(
+                    odd.as_mut_ptr().add(start / 2).cast(),
+                    mask,
+                    _mm512_extracti64x4_epi64::<1>(split),
+                );
+            }
+        }
+    }
+
     /// `dy`ᵀ (positions × c_out, unit row stride) packed as `pack_b_cols` packs B: for
     /// each block of 16 channels, position pair `q`'s 16 words 64 bytes from pair `q − 1`'s.
     pub(super) fn pack_dy(dy_t: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize, dot: Dot) {
@@ -2043,9 +2118,9 @@ mod kernels {
             accumulate: bool,
         ) {
             let pad = self.pad;
-            let (pw, plane) = (pad.pw(), pad.plane());
-            let image = pad.c * plane;
-            let base = self.planes.as_ptr().wrapping_add(ch * plane);
+            let (pw, plane, chan) = (pad.pw(), pad.plane(), pad.channel());
+            let image = pad.c * chan;
+            let base = self.planes.as_ptr().wrapping_add(ch * chan);
             let b0 = self
                 .packed
                 .as_ptr()
@@ -2053,14 +2128,24 @@ mod kernels {
                 .wrapping_add(bj * self.block_bytes);
             // SAFETY: the caller's contract, and the layout's buffers hold what `sweep` reads
             // (asserted by `weight_grad_3x3`).
+            let geometry = (pw, plane, chan, image);
             let acc: [[[__m512; J]; 9]; C] = unsafe {
-                sweep::<C, J>(
-                    base,
-                    (pw, plane, image),
-                    (pad.imgs, pad.h, pad.w / 2),
-                    b0,
-                    self.block_bytes,
-                )
+                match pad.stride {
+                    1 => sweep::<C, J, 1>(
+                        base,
+                        geometry,
+                        (pad.imgs, pad.h, pad.w / 2),
+                        b0,
+                        self.block_bytes,
+                    ),
+                    _ => sweep::<C, J, 2>(
+                        base,
+                        geometry,
+                        (pad.imgs, pad.h, pad.w / 2),
+                        b0,
+                        self.block_bytes,
+                    ),
+                }
             };
             for (r, acc) in acc.iter().flatten().enumerate() {
                 let line = &mut dst[(ch * 9 + r) * c_out..][..c_out];
@@ -2088,9 +2173,9 @@ mod kernels {
     /// of image 0 and channels `ch .. ch + C` exist; `b0` is block `bj`'s first pair and
     /// blocks `bj .. bj + J`, `block_bytes` apart, hold `imgs·h·half_w` pairs.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn sweep<const C: usize, const J: usize>(
+    unsafe fn sweep<const C: usize, const J: usize, const S: usize>(
         base: *const u16,
-        (pw, plane, image): (usize, usize, usize),
+        (pw, plane, chan, image): (usize, usize, usize, usize),
         (imgs, h, half_w): (usize, usize, usize),
         b0: *const u8,
         block_bytes: usize,
@@ -2114,12 +2199,14 @@ mod kernels {
                     // SAFETY (each): output (y, 2·xp) of tap (ty, tx) reads padded row
                     // y + ty ≤ h + 1, columns 2·xp + tx + {0, 1} ≤ w + 1, of a channel and
                     // image the caller's contract admits.
-                    acc[0] = unsafe { taps9(acc[0], at, pw, &b) };
+                    acc[0] = unsafe { taps9::<J, S>(acc[0], at, (pw, plane), &b) };
                     if C > 1 {
-                        acc[1] = unsafe { taps9(acc[1], at.wrapping_add(plane), pw, &b) };
+                        let at = at.wrapping_add(chan);
+                        acc[1] = unsafe { taps9::<J, S>(acc[1], at, (pw, plane), &b) };
                     }
                     if C > 2 {
-                        acc[2] = unsafe { taps9(acc[2], at.wrapping_add(2 * plane), pw, &b) };
+                        let at = at.wrapping_add(2 * chan);
+                        acc[2] = unsafe { taps9::<J, S>(acc[2], at, (pw, plane), &b) };
                     }
                     q += 1;
                 }
@@ -2128,26 +2215,42 @@ mod kernels {
         acc
     }
 
-    /// One channel's 9 taps at one position pair: tap `(ty, tx)`'s pair of bf16 values at
-    /// `at + ty·pw + tx`, broadcast and multiplied into `acc[3·ty + tx]` with `b`.
+    /// One channel's 9 taps at one position pair, tap `(ty, tx)` multiplied into
+    /// `acc[3·ty + tx]` with `b`. `at` is output position `(y, 2·xp)` in the channel's first
+    /// bordered plane (`+ (y + 1)·pw + 2·xp + 1` from its start, minus one row and column).
+    /// At stride 1 the tap reads the pair at `at + ty·pw + tx`. At stride 2 it reads input
+    /// row `2y + ty − 1`: phase row `py = (ty + 1) mod 2` at `y − 1` for ty = 0, else at `y`
+    /// (and the same for columns), phase plane `2·py + px`.
     ///
-    /// SAFETY (caller): the CPU has AVX-512 F/BW/BF16; the 4 bytes at `at + ty·pw + tx`
-    /// (u16 units) are readable for ty, tx in 0..3.
+    /// SAFETY (caller): the CPU has AVX-512 F/BW/BF16; the 4 bytes at every such address
+    /// are readable.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     #[inline]
-    unsafe fn taps9<const J: usize>(
+    unsafe fn taps9<const J: usize, const S: usize>(
         mut acc: [[__m512; J]; 9],
         at: *const u16,
-        pw: usize,
+        (pw, plane): (usize, usize),
         b: &[__m512bh; J],
     ) -> [[__m512; J]; 9] {
-        let rows = [at, at.wrapping_add(pw), at.wrapping_add(2 * pw)];
+        // Per tap row (col): the phase and the row (column) in the bordered plane, relative
+        // to `at`.
+        let (phase, shift) = if S == 1 {
+            ([0, 0, 0], [0, 1, 2])
+        } else {
+            ([1, 0, 1], [0, 1, 1])
+        };
+        let rows: [*const u16; 3] =
+            std::array::from_fn(|i| at.wrapping_add(phase[i] * 2 * plane + shift[i] * pw));
+        let cols: [usize; 3] = std::array::from_fn(|i| phase[i] * plane + shift[i]);
         macro_rules! tap {
             ($ty:literal, $tx:literal) => {{
                 // SAFETY: the caller's contract.
                 let a = unsafe {
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
-                        rows[$ty].wrapping_add($tx).cast::<i32>().read_unaligned(),
+                        rows[$ty]
+                            .wrapping_add(cols[$tx])
+                            .cast::<i32>()
+                            .read_unaligned(),
                     ))
                 };
                 let acc = &mut acc[3 * $ty + $tx];
@@ -2684,9 +2787,17 @@ mod tests {
                 .map(|&x| f64::from(widen(round(x))))
                 .collect::<Vec<_>>()
         };
-        for (imgs, c, h, w, c_out) in [(2, 4, 3, 6, 48), (3, 1, 5, 2, 16), (1, 5, 4, 8, 32)] {
-            let (l, shape) = (h * w, (imgs, c, h, w, c_out));
-            let x = values(imgs * c * l, 11);
+        for (imgs, c, h, w, c_out, s) in [
+            (2, 4, 3, 6, 48, 1),
+            (3, 1, 5, 2, 16, 1),
+            (1, 5, 4, 8, 32, 1),
+            (2, 4, 6, 12, 48, 2),
+            (3, 1, 2, 4, 16, 2),
+            (1, 5, 8, 16, 32, 2),
+        ] {
+            let (oh, ow) = (h / s, w / s);
+            let (l, shape) = (oh * ow, (imgs, c, h, w, c_out));
+            let x = values(imgs * c * h * w, 11);
             let dy = values(c_out * imgs * l, 12);
             let before = values(c * 9 * c_out, 13);
             let (xr, dyr) = (rounded(&x), rounded(&dy));
@@ -2694,17 +2805,19 @@ mod tests {
             for ch in 0..c {
                 for t in 0..9 {
                     let (ty, tx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                    let s = s as isize;
                     for o in 0..c_out {
                         let mut sum = 0f64;
                         for i in 0..imgs {
-                            for y in 0..h as isize {
-                                for xx in 0..w as isize {
-                                    let (sy, sx) = (y + ty, xx + tx);
+                            for y in 0..oh as isize {
+                                for xx in 0..ow as isize {
+                                    let (sy, sx) = (s * y + ty, s * xx + tx);
                                     if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
                                         continue;
                                     }
-                                    let xv = xr[(i * c + ch) * l + (sy as usize) * w + sx as usize];
-                                    let p = i * l + (y as usize) * w + xx as usize;
+                                    let xv =
+                                        xr[(i * c + ch) * h * w + (sy as usize) * w + sx as usize];
+                                    let p = i * l + (y as usize) * ow + xx as usize;
                                     sum += xv * dyr[o * imgs * l + p];
                                 }
                             }
@@ -2715,11 +2828,11 @@ mod tests {
                 }
             }
             let mut got = before.clone();
-            weight_grad_3x3(&mut got, &x, &dy, shape, true, dot);
+            weight_grad_3x3(&mut got, &x, &dy, shape, s, true, dot);
             let e = max_rel(&got, &want);
-            assert!(e < 1e-5, "{shape:?}: {e}");
+            assert!(e < 1e-5, "{shape:?} stride {s}: {e}");
             let mut fresh = before.clone();
-            weight_grad_3x3(&mut fresh, &x, &dy, shape, false, dot);
+            weight_grad_3x3(&mut fresh, &x, &dy, shape, s, false, dot);
             let sums: Vec<f32> = want.iter().zip(&before).map(|(w, b)| w - b).collect();
             let e = max_rel(&fresh, &sums);
             assert!(e < 1e-5, "{shape:?} written, not added: {e}");

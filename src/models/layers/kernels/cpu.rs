@@ -977,7 +977,8 @@ fn conv_backward_implicit(
                     Implicit::Bf16(dot) if taps3 => {
                         let x_images = &x[n0 * img..(n0 + imgs) * img];
                         let shape = (imgs, c, g.h, g.w, c_out);
-                        bf16::weight_grad_3x3(dwt, x_images, dy_wide, shape, s > 0, dot);
+                        let stride = g.stride;
+                        bf16::weight_grad_3x3(dwt, x_images, dy_wide, shape, stride, s > 0, dot);
                     }
                     Implicit::Bf16(dot) => {
                         let x_patches = patches_of(x, g, &geometry, c, (n0, imgs), &mut split);
@@ -1001,12 +1002,23 @@ fn conv_backward_implicit(
 /// the patch matrix for those layers' bf16 weight gradients as before.
 pub const DW3_ENV: &str = "ANNT_CPU_DW3";
 
+/// Most input channels for [`bf16::weight_grad_3x3`]. The packed patch matrix it avoids
+/// costs most next to a thin product: per layer (`conv_layer_times`, alternating
+/// `ANNT_CPU_DW3=off/on`, 2-core Zen 4) resnet8-tiny's 16 → 16 and 32 → 32 weight gradients
+/// took 1.21–1.38 / 0.98–1.14 ms against 1.87–1.98 / 1.41–1.47, the strided 16 → 32 backward
+/// 1.63–2.06 against 2.64–2.76, ResNet-18's 64 → 64 at 32 × 32 6.6–7.8 against 8.7; from 128
+/// channels the packed product (near the unit's peak there) was level or ahead (128 → 256 at
+/// stride 2: 12.6–12.9 ms against 10.8–12.4).
+const DW3_MAX_CHANNELS: usize = 64;
+
 /// Whether a bf16 weight gradient of window `g` runs tap by tap from the images
-/// ([`bf16::weight_grad_3x3_applies`], [`DW3_ENV`] not `off`).
+/// ([`bf16::weight_grad_3x3_applies`], at most [`DW3_MAX_CHANNELS`] input channels,
+/// [`DW3_ENV`] not `off`).
 fn weight_grad_3x3_chosen(g: &Window, c_out: usize) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| super::switch_on(DW3_ENV))
-        && bf16::weight_grad_3x3_applies((g.kh, g.kw), g.stride, g.pad, g.w, c_out)
+        && g.c <= DW3_MAX_CHANNELS
+        && bf16::weight_grad_3x3_applies((g.kh, g.kw), (g.stride, g.pad), (g.h, g.w), c_out)
 }
 
 /// One product of a bf16 input gradient ([`conv_backward_implicit`]): the weight's taps,
@@ -2482,6 +2494,10 @@ mod tests {
                 (5, 48, 32, 3, 1, 1, true),
                 (16, 32, 16, 3, 1, 1, true),
                 (4, 16, 4, 3, 1, 1, true),
+                // And at stride 2, from the bordered phase planes.
+                (3, 16, 8, 3, 2, 1, true),
+                (5, 32, 32, 3, 2, 1, true),
+                (16, 48, 16, 3, 2, 1, true),
                 (2, 3, 31, 3, 2, 1, false),
                 (3, 4, 6, 3, 1, 1, false),
             ] {

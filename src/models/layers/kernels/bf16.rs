@@ -2196,9 +2196,10 @@ mod kernels {
                             b0.wrapping_add(j * block_bytes + q * 64).cast(),
                         ))
                     });
-                    // SAFETY (each): output (y, 2·xp) of tap (ty, tx) reads padded row
-                    // y + ty ≤ h + 1, columns 2·xp + tx + {0, 1} ≤ w + 1, of a channel and
-                    // image the caller's contract admits.
+                    // SAFETY (each): output (y, 2·xp) of tap (ty, tx) reads bordered row
+                    // y + ty ≤ h + 1 at stride 1 (at stride 2 row y or y + 1 of a phase
+                    // plane), columns 2·xp + {0, 1} plus at most 2 ≤ w + 1, of a channel and
+                    // image the caller's contract admits (`taps9`).
                     acc[0] = unsafe { taps9::<J, S>(acc[0], at, (pw, plane), &b) };
                     if C > 1 {
                         let at = at.wrapping_add(chan);

@@ -799,7 +799,7 @@ pub fn weight_grad_3x3(
     assert!(dst.len() >= c * 9 * c_out);
     let wide = imgs * l;
     let dy_t = MatRef::row_major(&dy[..c_out * wide], c_out, wide).t();
-    let (nb, kb) = blocks(c_out, wide);
+    let (_, kb) = blocks(c_out, wide);
     let pad = Padded {
         imgs,
         c,
@@ -812,8 +812,7 @@ pub fn weight_grad_3x3(
             let (mut planes, mut packed) = (planes.borrow_mut(), packed.borrow_mut());
             planes.resize(pad.len(), 0);
             pad.fill(x, &mut planes, dot);
-            packed.resize(nb * kb * TILE, 0);
-            kernels::pack_dy(dy_t, &mut packed, nb, kb, dot);
+            pack_b(dy_t, &mut packed, dot);
             kernels::weight_grad_3x3(dst, &planes, &pad, &packed, (c_out, kb), accumulate, dot);
         })
     });
@@ -2032,16 +2031,6 @@ mod kernels {
         }
     }
 
-    /// `dy`ᵀ (positions × c_out, unit row stride) packed as `pack_b_cols` packs B: for
-    /// each block of 16 channels, position pair `q`'s 16 words 64 bytes from pair `q − 1`'s.
-    pub(super) fn pack_dy(dy_t: MatRef<'_, f32>, out: &mut [u16], nb: usize, kb: usize, dot: Dot) {
-        let _ = dot;
-        assert!(dy_t.row_stride == 1 && dy_t.in_bounds());
-        // SAFETY: `dot` exists, so the CPU has AVX-512 F/BW/BF16; the view is in bounds with
-        // unit row stride (asserted), as `pack_b_cols` reads it.
-        unsafe { pack_b_cols(dy_t, out, nb, kb) }
-    }
-
     /// [`super::weight_grad_3x3`]'s product: tiles of 3 channels' 9 taps × one block of 16
     /// output channels, or one channel's 9 taps × two blocks, each tile's sums kept in
     /// registers over every position pair.
@@ -2067,14 +2056,12 @@ mod kernels {
         let mut ch = 0;
         while ch < pad.c {
             let mut bj = 0;
-            if nb >= 2 {
-                while bj + 2 <= nb {
-                    // SAFETY (every call): `dot` exists, so the CPU has AVX-512 F/BW/BF16;
-                    // the channels and blocks are inside the layout (loop bounds), whose
-                    // buffers hold them (asserted above).
-                    unsafe { tile.run::<1, 2>(ch, bj, dst, c_out, accumulate) };
-                    bj += 2;
-                }
+            while bj + 2 <= nb {
+                // SAFETY (every call): `dot` exists, so the CPU has AVX-512 F/BW/BF16; the
+                // channels and blocks are inside the layout (loop bounds), whose buffers hold
+                // them (asserted above).
+                unsafe { tile.run::<1, 2>(ch, bj, dst, c_out, accumulate) };
+                bj += 2;
             }
             if bj < nb {
                 // The last odd block (or a single one): three channels at a time.
@@ -2126,9 +2113,9 @@ mod kernels {
                 .as_ptr()
                 .cast::<u8>()
                 .wrapping_add(bj * self.block_bytes);
+            let geometry = (pw, plane, chan, image);
             // SAFETY: the caller's contract, and the layout's buffers hold what `sweep` reads
             // (asserted by `weight_grad_3x3`).
-            let geometry = (pw, plane, chan, image);
             let acc: [[[__m512; J]; 9]; C] = unsafe {
                 match pad.stride {
                     1 => sweep::<C, J, 1>(
@@ -2692,10 +2679,6 @@ mod kernels {
     }
 
     pub(super) fn round_row(_: &[f32], _: &mut [u16], _: Dot) {
-        unreachable!("bf16 dot-product units exist only on x86-64")
-    }
-
-    pub(super) fn pack_dy(_: super::MatRef<'_, f32>, _: &mut [u16], _: usize, _: usize, _: Dot) {
         unreachable!("bf16 dot-product units exist only on x86-64")
     }
 

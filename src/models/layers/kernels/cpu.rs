@@ -939,8 +939,10 @@ fn conv_backward_implicit(
             };
             let mut wide_dx = Scratch::<f32>::take(1, wide_dx_len);
             // dW's operand: the bf16 units read the patches from the phase planes (split
-            // here at a stride > 1), gemm from the unfolded patch matrix.
+            // here at a stride > 1; none when `taps3` reads the images tap by tap), gemm
+            // from the unfolded patch matrix.
             let operand_len = match unit {
+                Implicit::Bf16(_) if taps3 => 0,
                 Implicit::Bf16(_) => split_len(&geometry, c, per),
                 Implicit::F32(_) => k * l * per,
             };

@@ -18,7 +18,7 @@ pub trait Real: num_traits::Float + std::ops::AddAssign + Send + Sync + 'static 
 /// Scratch vectors kept per thread and scalar type.
 pub type Slots<T> = std::cell::RefCell<[Vec<T>; SCRATCH_SLOTS]>;
 /// Scratch vectors per thread and scalar type (`cpu::Scratch` takes them).
-pub const SCRATCH_SLOTS: usize = 3;
+pub const SCRATCH_SLOTS: usize = 4;
 
 thread_local! {
     static SCRATCH_F32: Slots<f32> =

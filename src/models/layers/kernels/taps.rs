@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::Products;
-use super::bf16::{self, Dot, PackedA};
+use super::bf16::{self, Dot, PackedA, PackedB};
 use super::cpu::{Grads, Real, Scratch, Window, f32_view};
 use super::gemm::{MatMut, MatRef, matmul_into};
 
@@ -194,15 +194,19 @@ fn to_positions<T: Real>(
 ) {
     let (ph, pw) = (h / s, w / s);
     let (l, ld) = (ph * pw, lead(ph * pw, n));
+    // Image by image, the block's 16 rows each: an image's planes for the block's channels
+    // are one contiguous run of the source. (Row by row, each row read one plane from each
+    // of the n images, `ch·h·w` values apart: every read a cache miss the prefetcher could
+    // not foresee, 6.8 % of a 4 × 4 layer's bf16 time.)
     dst.par_chunks_mut(16 * ld)
         .enumerate()
         .for_each(|(block, rows)| {
-            for (j, row) in rows.chunks_exact_mut(ld).enumerate() {
-                let r = block * 16 + j;
-                let (c, phase) = (r / (s * s), r % (s * s));
-                let (py, px) = (phase / s, phase % s);
-                let row = &mut row[..l * n];
-                for i in 0..n {
+            for i in 0..n {
+                for (j, row) in rows.chunks_exact_mut(ld).enumerate() {
+                    let r = block * 16 + j;
+                    let (c, phase) = (r / (s * s), r % (s * s));
+                    let (py, px) = (phase / s, phase % s);
+                    let row = &mut row[..l * n];
                     let plane = &images[(i * ch + c) * h * w..][..h * w];
                     for y in 0..ph {
                         let line = &plane[(s * y + py) * w + px..];
@@ -358,6 +362,25 @@ impl<'a, T: Real> Lhs<'a, T> {
         }
     }
 
+    /// As [`Self::product`], from columns `cols` of `b` packed once for the bf16 unit
+    /// ([`PackedB`], [`packs_once`]) when the caller packed it, else from `b` itself.
+    fn product_from(
+        &self,
+        dst: &mut [T],
+        ld: usize,
+        (b, packed): (MatRef<'_, T>, Option<&PackedB>),
+        cols: std::ops::Range<usize>,
+        accumulate: bool,
+    ) {
+        match (self, packed) {
+            (Lhs::Bf16(a, dot), Some(pb)) => {
+                let dst = T::as_f32_mut(dst).expect("bf16 on f32 data");
+                bf16::matmul_packed_cols_into(dst, ld, a, pb, cols, accumulate, *dot);
+            }
+            _ => self.product(dst, ld, b, accumulate),
+        }
+    }
+
     /// The `m × b.cols` block at the start of `dst`, rows `ld` apart, `= self · b` (or `+=`).
     fn product(&self, dst: &mut [T], ld: usize, b: MatRef<'_, T>, accumulate: bool) {
         match self {
@@ -372,6 +395,36 @@ impl<'a, T: Real> Lhs<'a, T> {
             }
         }
     }
+}
+
+/// Whether the forward pass and the input gradient pack their right operand once for the
+/// bf16 unit: `products` names a unit, the data is f32, and a batch of `n` images makes
+/// each position's columns whole blocks of 16 (`n` a multiple of 16). Then a position-major
+/// activation (the input's phase planes, `dY`) is packed once per pass, and every tap's run
+/// multiplies a run of its blocks, where [`Lhs::product`] packed the run again for every tap
+/// and block of rows (9 × 4 times on ResNet-18's 512 → 512 layer). The weight gradient
+/// keeps packing per run: gathering its runs' blocks from operands packed once measured no
+/// faster (`conv_layer_times`, three alternating runs).
+fn packs_once<T: Real>(products: Products, n: usize) -> Option<Dot> {
+    let dot = products.bf16()?;
+    (T::as_f32(&[]).is_some() && n.is_multiple_of(16)).then_some(dot)
+}
+
+/// `rows` rows of `cols` values, `row_stride` apart, from the start of `data`, packed once
+/// for the bf16 unit (`PackedB`, the rows its reduction).
+fn packed_rows<T: Real>(
+    data: &[T],
+    (rows, cols, row_stride): (usize, usize, usize),
+    dot: Dot,
+) -> PackedB {
+    let m = MatRef {
+        data,
+        rows,
+        cols,
+        row_stride,
+        col_stride: 1,
+    };
+    PackedB::new_par(f32_view(m).expect("bf16 on f32 data"), dot)
 }
 
 /// The forward convolution (`x`: `n × c × h × w`, `w`: `c_out × c × kh × kw`) into `out`
@@ -394,6 +447,13 @@ pub(super) fn forward<T: Real>(
     tap_major(w, c_out, c, kk, &mut wt);
     let mut yp = Scratch::take(2, c_out * ld);
     let (xp, wt) = (&*xp, &*wt);
+    // Each phase plane packed once for the bf16 unit when the runs are whole blocks.
+    let packed: Vec<PackedB> = match packs_once::<T>(products, n) {
+        Some(dot) => (0..s * s)
+            .map(|p| packed_rows(&xp[p * ld..], (c, (oh * ow) * n, s * s * ld), dot))
+            .collect(),
+        None => Vec::new(),
+    };
     // Y[o, out] = Σ_t W_t[o, :] · X_phase(t)[:, in], in parallel over blocks of output
     // channels; the centre tap writes every position first.
     let per = rows_per_task(c_out);
@@ -407,7 +467,9 @@ pub(super) fn forward<T: Real>(
                 let phase = &xp[tap.phase * ld..];
                 for r in &tap.runs {
                     let b = columns(phase, (c, s * s * ld), n, r.inp, r.len);
-                    a.product(&mut ys[r.out * n..], ld, b, first > 0);
+                    let cols = r.inp * n..(r.inp + r.len) * n;
+                    let b = (b, packed.get(tap.phase));
+                    a.product_from(&mut ys[r.out * n..], ld, b, cols, first > 0);
                 }
             }
         });
@@ -434,57 +496,8 @@ pub(super) fn backward<T: Real>(
     let mut dyp = Scratch::take(2, c_out * ld);
     to_positions(dy, (n, c_out), (oh, ow), 1, &mut dyp);
     let dyp = &*dyp;
-    // dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X_phase(t)[:, in]ᵀ, written
-    // into the tap's interleaved place: dw[o][ch][t] (row stride c·kk, column stride kk).
-    let per = rows_per_task(c_out);
-    dw.par_chunks_mut(per * c * kk)
-        .enumerate()
-        .for_each(|(block, dws)| {
-            let (o0, m) = (block * per, dws.len() / (c * kk));
-            let dy_rows = &dyp[o0 * ld..(o0 + m) * ld];
-            // The bf16 unit writes dense rows: a tap's dW block goes through this, then
-            // into its place.
-            let mut dense = match products.bf16() {
-                Some(_) => vec![T::zero(); m * c],
-                None => Vec::new(),
-            };
-            for tap in &taps {
-                let t = tap.index;
-                if tap.runs.is_empty() {
-                    // A tap that never reads the image (a window wider than the plane).
-                    for row in dws.chunks_exact_mut(c * kk) {
-                        row.iter_mut()
-                            .skip(t)
-                            .step_by(kk)
-                            .for_each(|v| *v = T::zero());
-                    }
-                }
-                let phase = &xp[tap.phase * ld..];
-                for (k, r) in tap.runs.iter().enumerate() {
-                    let a = columns(dy_rows, (m, ld), n, r.out, r.len);
-                    let b = columns(phase, (c, s * s * ld), n, r.inp, r.len).t();
-                    match products.bf16() {
-                        None => {
-                            let dst = MatMut::strided(&mut dws[t..], (m, c), (c * kk, kk));
-                            matmul_into(dst, a, b, k > 0, 1);
-                        }
-                        Some(dot) => {
-                            let f32s = "bf16 on f32 data";
-                            let dst = T::as_f32_mut(&mut dense).expect(f32s);
-                            let (a, b) = (f32_view(a).expect(f32s), f32_view(b).expect(f32s));
-                            bf16::matmul(dst, a, b, k > 0, dot);
-                        }
-                    }
-                }
-                if products.bf16().is_some() && !tap.runs.is_empty() {
-                    for (row, src) in dws.chunks_exact_mut(c * kk).zip(dense.chunks_exact(c)) {
-                        for (v, d) in row.iter_mut().skip(t).step_by(kk).zip(src) {
-                            *v = *d;
-                        }
-                    }
-                }
-            }
-        });
+    let l = oh * ow;
+    weight_grad(&xp, dyp, g, c_out, &taps, products, dw);
     let Some(dx) = dx else {
         return;
     };
@@ -493,6 +506,9 @@ pub(super) fn backward<T: Real>(
     let mut wt = Scratch::take(1, kk * c * c_out);
     tap_major_t(w, c_out, c, kk, &mut wt);
     let wt = &*wt;
+    // dY packed once for the bf16 unit when the runs are whole blocks.
+    let packed_dy =
+        packs_once::<T>(products, n).map(|dot| packed_rows(dyp, (c_out, l * n, ld), dot));
     // X's position-major copy is done with: its buffer takes dX. At stride 1 the centre tap
     // writes every element first; at a larger stride no tap covers a whole phase, so the
     // phases start from zero and every tap adds.
@@ -511,12 +527,91 @@ pub(super) fn backward<T: Real>(
                 let a = Lhs::new(MatRef::row_major(a, m, c_out), products);
                 for r in &tap.runs {
                     let b = columns(dyp, (c_out, ld), n, r.out, r.len);
+                    let cols = r.out * n..(r.out + r.len) * n;
                     let start = tap.phase * ld + r.inp * n;
-                    a.product(&mut dxs[start..], s * s * ld, b, s > 1 || first > 0);
+                    let b = (b, packed_dy.as_ref());
+                    a.product_from(&mut dxs[start..], s * s * ld, b, cols, s > 1 || first > 0);
                 }
             }
         });
     from_positions(dxp, (n, c), (g.h, g.w), s, dx);
+}
+
+/// The weight gradient through gemm (f32, f64) or the bf16 unit packing each run's
+/// operands: dW_t (rows o of dY) = Σ over the tap's runs dY[o, out] · X_phase(t)[:, in]ᵀ,
+/// written into the tap's interleaved place: dw[o][ch][t] (row stride c·kk, column stride
+/// kk).
+fn weight_grad<T: Real>(
+    xp: &[T],
+    dyp: &[T],
+    g: &Window,
+    c_out: usize,
+    taps: &[Tap],
+    products: Products,
+    dw: &mut [T],
+) {
+    let (n, c, kk, s) = (g.n, g.c, g.kh * g.kw, g.stride);
+    let ld = lead(g.out_h() * g.out_w(), n);
+    let per = rows_per_task(c_out);
+    dw.par_chunks_mut(per * c * kk)
+        .enumerate()
+        .for_each(|(block, dws)| {
+            let (o0, m) = (block * per, dws.len() / (c * kk));
+            let dy_rows = &dyp[o0 * ld..(o0 + m) * ld];
+            // The bf16 unit writes dense rows: each tap's dW block goes to its place in a
+            // tap-major scratch, and one pass at the end interleaves the taps into `dws`. (A
+            // strided copy per tap wrote every cache line of the block — 2.4 MB at 512
+            // channels, past L2 — nine times: 8 % of a 4 × 4 layer's bf16 time.)
+            let bf16 = products.bf16().is_some();
+            let mut dense = Scratch::<T>::take(3, if bf16 { kk * m * c } else { 0 });
+            for tap in taps {
+                let t = tap.index;
+                if tap.runs.is_empty() {
+                    // A tap that never reads the image (a window wider than the plane).
+                    if bf16 {
+                        dense[t * m * c..][..m * c].fill(T::zero());
+                    } else {
+                        for row in dws.chunks_exact_mut(c * kk) {
+                            row.iter_mut()
+                                .skip(t)
+                                .step_by(kk)
+                                .for_each(|v| *v = T::zero());
+                        }
+                    }
+                }
+                let phase = &xp[tap.phase * ld..];
+                for (k, r) in tap.runs.iter().enumerate() {
+                    let a = columns(dy_rows, (m, ld), n, r.out, r.len);
+                    let b = columns(phase, (c, s * s * ld), n, r.inp, r.len).t();
+                    match products.bf16() {
+                        None => {
+                            let dst = MatMut::strided(&mut dws[t..], (m, c), (c * kk, kk));
+                            matmul_into(dst, a, b, k > 0, 1);
+                        }
+                        Some(dot) => {
+                            let f32s = "bf16 on f32 data";
+                            let dst = &mut dense[t * m * c..][..m * c];
+                            let dst = T::as_f32_mut(dst).expect(f32s);
+                            let (a, b) = (f32_view(a).expect(f32s), f32_view(b).expect(f32s));
+                            bf16::matmul(dst, a, b, k > 0, dot);
+                        }
+                    }
+                }
+            }
+            if bf16 {
+                // Row by row, one tap at a time: the destination row stays in L1 while each
+                // tap's source row is read in order. (Reading the kk sources side by side
+                // read kk streams `m·c` floats apart, a multiple of 4 KiB: the same L1 sets.)
+                for (o, row) in dws.chunks_exact_mut(c * kk).enumerate() {
+                    for t in 0..kk {
+                        let src = &dense[(t * m + o) * c..][..c];
+                        for (cell, v) in row.chunks_exact_mut(kk).zip(src) {
+                            cell[t] = *v;
+                        }
+                    }
+                }
+            }
+        });
 }
 
 #[cfg(test)]
@@ -625,8 +720,43 @@ mod tests {
         }
     }
 
+    /// Windows whose batch makes each position's columns whole blocks, so that the bf16
+    /// unit's right operands are packed once per pass ([`packs_once`]): 16, 32, 48 and 64
+    /// images; ragged channel blocks, strides 1 and 2, a 5 × 5 window, a plane of one
+    /// position (only the centre tap reads it) and one narrower than the window.
+    fn batched_windows() -> Vec<(Window, usize)> {
+        [
+            (32, 3, 4, 4, 3, 5, 1),
+            (32, 19, 4, 4, 3, 37, 1),
+            (64, 4, 8, 8, 3, 3, 1),
+            (32, 35, 8, 8, 3, 18, 2),
+            (32, 3, 6, 6, 3, 4, 2),
+            (32, 2, 4, 4, 5, 3, 1),
+            (32, 3, 1, 1, 3, 2, 1),
+            (32, 2, 2, 2, 3, 3, 1),
+            (16, 5, 4, 4, 3, 17, 1),
+            (48, 3, 8, 8, 3, 4, 2),
+        ]
+        .into_iter()
+        .map(|(n, c, h, w, k, co, stride)| {
+            let g = Window {
+                n,
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                stride,
+                pad: k / 2,
+            };
+            (g, co)
+        })
+        .collect()
+    }
+
     /// On each bf16 unit the CPU has, the products equal the f64 convolution of the
-    /// bf16-rounded operands (they accumulate in f32), for the output and both gradients.
+    /// bf16-rounded operands (they accumulate in f32), for the output and both gradients,
+    /// with operands packed per run and packed once per pass.
     #[test]
     fn bf16_tap_products_equal_the_convolution_of_the_rounded_operands() {
         let rounded = |v: &[f64]| -> (Vec<f32>, Vec<f64>) {
@@ -649,7 +779,8 @@ mod tests {
         };
         for dot in Dot::usable() {
             let products = Products::Bf16(dot);
-            for (seed, (g, co)) in windows().into_iter().enumerate() {
+            let all = windows().into_iter().chain(batched_windows());
+            for (seed, (g, co)) in all.enumerate() {
                 let seed = seed as u64;
                 let (x, xr) = rounded(&values(g.n * g.c * g.h * g.w, 400 + seed));
                 let (w, wr) = rounded(&values(co * g.patch_len(), 500 + seed));

@@ -637,7 +637,7 @@ mod tests {
     /// Windows of every shape this path meets and the edge cases past them: planes of one
     /// position, planes narrower than the window, odd sides, 5 × 5 windows, strides 2 and 3.
     fn windows() -> Vec<(Window, usize)> {
-        [
+        window_list([
             (3, 4, 4, 4, 3, 5, 1),
             (2, 3, 8, 8, 3, 4, 1),
             (5, 2, 3, 5, 3, 3, 1),
@@ -654,22 +654,30 @@ mod tests {
             // More channels than one block of the tap-major copies, ragged.
             (2, 19, 4, 4, 3, 37, 1),
             (2, 35, 4, 4, 3, 18, 2),
-        ]
-        .into_iter()
-        .map(|(n, c, h, w, k, co, stride)| {
-            let g = Window {
-                n,
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                stride,
-                pad: k / 2,
-            };
-            (g, co)
-        })
-        .collect()
+        ])
+    }
+
+    /// Square-kernel "same" windows from `(n, c, h, w, k, c_out, stride)`, with their output
+    /// channels.
+    fn window_list<const N: usize>(
+        specs: [(usize, usize, usize, usize, usize, usize, usize); N],
+    ) -> Vec<(Window, usize)> {
+        specs
+            .into_iter()
+            .map(|(n, c, h, w, k, co, stride)| {
+                let g = Window {
+                    n,
+                    c,
+                    h,
+                    w,
+                    kh: k,
+                    kw: k,
+                    stride,
+                    pad: k / 2,
+                };
+                (g, co)
+            })
+            .collect()
     }
 
     /// Tap by tap equals im2col + gemm (`cpu`'s path for these few channels, itself checked
@@ -725,7 +733,7 @@ mod tests {
     /// images; ragged channel blocks, strides 1 and 2, a 5 × 5 window, a plane of one
     /// position (only the centre tap reads it) and one narrower than the window.
     fn batched_windows() -> Vec<(Window, usize)> {
-        [
+        window_list([
             (32, 3, 4, 4, 3, 5, 1),
             (32, 19, 4, 4, 3, 37, 1),
             (64, 4, 8, 8, 3, 3, 1),
@@ -736,22 +744,7 @@ mod tests {
             (32, 2, 2, 2, 3, 3, 1),
             (16, 5, 4, 4, 3, 17, 1),
             (48, 3, 8, 8, 3, 4, 2),
-        ]
-        .into_iter()
-        .map(|(n, c, h, w, k, co, stride)| {
-            let g = Window {
-                n,
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                stride,
-                pad: k / 2,
-            };
-            (g, co)
-        })
-        .collect()
+        ])
     }
 
     /// On each bf16 unit the CPU has, the products equal the f64 convolution of the

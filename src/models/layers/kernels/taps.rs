@@ -238,8 +238,12 @@ fn from_positions<T: Real>(
         .enumerate()
         .for_each(|(group, out)| {
             let i0 = group * 16;
-            for (j, image) in out.chunks_exact_mut(ch * h * w).enumerate() {
-                for (c, plane) in image.chunks_exact_mut(h * w).enumerate() {
+            let images = out.len() / (ch * h * w);
+            // Channel by channel, the group's images each: a channel's rows are read for
+            // all 16 images while their lines are in L1.
+            for c in 0..ch {
+                for j in 0..images {
+                    let plane = &mut out[(j * ch + c) * h * w..][..h * w];
                     for phase in 0..s * s {
                         let (py, px) = (phase / s, phase % s);
                         let row = &src[(c * s * s + phase) * ld + i0 + j..];
@@ -282,11 +286,17 @@ fn tap_major<T: Real>(w: &[T], c_out: usize, c: usize, kk: usize, dst: &mut [T])
         .enumerate()
         .for_each(|(b, mut taps)| {
             let filters = &w[b * TAP_ROWS * c * kk..];
-            // One tap at a time: its run of the block is written in order, and the block's
-            // filters (≤ 16 · c · kk values) stay in cache across the taps.
-            for (t, tap) in taps.iter_mut().enumerate() {
-                for (v, filter) in tap.iter_mut().zip(filters.chunks_exact(kk)) {
-                    *v = filter[t];
+            // Filter by filter, one tap at a time: the filter (c · kk values) stays in L1
+            // across its taps and each tap's run is written in order. (The whole block's
+            // 16 filters, 288 KiB at 512 channels, read from L2 once per tap was 2.5 % of
+            // a 4 × 4 layer's bf16 samples.)
+            let rows = taps.first().map_or(0, |t| t.len() / c.max(1));
+            for o in 0..rows {
+                let filter = &filters[o * c * kk..][..c * kk];
+                for (t, tap) in taps.iter_mut().enumerate() {
+                    for (v, cell) in tap[o * c..][..c].iter_mut().zip(filter.chunks_exact(kk)) {
+                        *v = cell[t];
+                    }
                 }
             }
         });

@@ -273,28 +273,37 @@ impl PackedA {
     /// 512 × 4608 for ResNet-18) once per call on the calling thread, where a serial pack
     /// left the pool's other threads idle.
     pub fn new(a: MatRef<'_, f32>, dot: Dot) -> Self {
-        use rayon::prelude::*;
-        const STRIPE: usize = 4;
         assert!(a.in_bounds(), "bf16 pack: a view leaves its slice");
-        let (mb, kb) = blocks(a.rows, a.cols);
-        let mut data = vec![0u16; mb * kb * TILE];
-        data.par_chunks_mut((STRIPE * kb * TILE).max(1))
-            .enumerate()
-            .for_each(|(stripe, out)| {
-                let i0 = stripe * STRIPE * 16;
-                let rows = MatRef {
-                    data: &a.data[(i0 * a.row_stride).min(a.data.len())..],
-                    rows: (a.rows - i0).min(STRIPE * 16),
-                    ..a
-                };
-                pack_a_into(rows, out, dot);
-            });
+        let data = in_stripes(blocks(a.rows, a.cols), |i0, len, out| {
+            let rows = MatRef {
+                data: &a.data[(i0 * a.row_stride).min(a.data.len())..],
+                rows: len.min(a.rows - i0),
+                ..a
+            };
+            pack_a_into(rows, out, dot);
+        });
         Self {
             data,
             m: a.rows,
             k: a.cols,
         }
     }
+}
+
+/// Packed blocks of `outer.div_ceil(16)` rows (A) or columns (B) by `kb` blocks along k,
+/// filled in parallel over stripes of 64 rows or columns: `pack(first, count, out)` packs
+/// those `count` of them into `out`, their blocks in the whole matrix's layout.
+fn in_stripes(
+    (ob, kb): (usize, usize),
+    pack: impl Fn(usize, usize, &mut [u16]) + Sync,
+) -> Vec<u16> {
+    use rayon::prelude::*;
+    const STRIPE: usize = 4;
+    let mut data = vec![0u16; ob * kb * TILE];
+    data.par_chunks_mut((STRIPE * kb * TILE).max(1))
+        .enumerate()
+        .for_each(|(stripe, out)| pack(stripe * STRIPE * 16, STRIPE * 16, out));
+    data
 }
 
 /// The left operand of a patch product ([`matmul_patches`]): an `m × (C·T)` matrix whose
@@ -375,37 +384,27 @@ struct PackedPairs {
 }
 
 impl PackedPairs {
-    /// `a` packed by channel pairs for `dot`'s AVX512-BF16 unit.
+    /// `a` packed by channel pairs for `dot`'s AVX512-BF16 unit: with the vector kernel
+    /// where `a`'s columns are contiguous (every weight annt packs), else value by value.
     fn new(a: MatRef<'_, f32>, taps: usize, dot: Dot) -> Self {
+        Self::packed_with(a, taps, dot, a.col_stride == 1)
+    }
+
+    /// [`Self::new`] with the vector kernel or ([`pack_pairs_scalar`]) without it.
+    fn packed_with(a: MatRef<'_, f32>, taps: usize, dot: Dot, vector: bool) -> Self {
         use rayon::prelude::*;
         let channels = channels_of(a, taps);
         let pairs = channels.div_ceil(2) * taps;
         let mut data = vec![0u32; a.rows.div_ceil(16) * pairs * 16];
-        let at = |i: usize, ch: usize, t: usize| {
-            if ch < channels {
-                u32::from(round(
-                    a.data[i * a.row_stride + (ch * taps + t) * a.col_stride],
-                ))
-            } else {
-                0
-            }
-        };
         // In parallel over blocks of 16 rows, as `PackedA::new`: the weight is packed on the
         // calling thread once per call.
-        let scalar = a.col_stride != 1 || SCALAR_PAIRS.with(|s| s.get());
         data.par_chunks_mut((pairs * 16).max(1))
             .enumerate()
             .for_each(|(bi, block)| {
-                if !scalar {
+                if vector {
                     kernels::pack_pairs(a, (bi, channels, taps), block, dot);
-                    return;
-                }
-                for r in 0..16.min(a.rows - bi * 16) {
-                    let i = bi * 16 + r;
-                    for q in 0..pairs {
-                        let (p, t) = (q / taps, q % taps);
-                        block[q * 16 + r] = at(i, 2 * p, t) | (at(i, 2 * p + 1, t) << 16);
-                    }
+                } else {
+                    pack_pairs_scalar(a, (bi, channels, taps), block);
                 }
             });
         Self {
@@ -417,9 +416,29 @@ impl PackedPairs {
     }
 }
 
-thread_local! {
-    /// Set by a test to pack [`PackedPairs`] with the scalar loop its vector kernel must match.
-    static SCALAR_PAIRS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Block `bi` of [`PackedPairs`] value by value: the definition `kernels::pack_pairs` is
+/// tested against, and the packing of a view with strided columns.
+fn pack_pairs_scalar(
+    a: MatRef<'_, f32>,
+    (bi, channels, taps): (usize, usize, usize),
+    block: &mut [u32],
+) {
+    let at = |i: usize, ch: usize, t: usize| {
+        if ch < channels {
+            u32::from(round(
+                a.data[i * a.row_stride + (ch * taps + t) * a.col_stride],
+            ))
+        } else {
+            0
+        }
+    };
+    for r in 0..16.min(a.rows - bi * 16) {
+        let i = bi * 16 + r;
+        for q in 0..channels.div_ceil(2) * taps {
+            let (p, t) = (q / taps, q % taps);
+            block[q * 16 + r] = at(i, 2 * p, t) | (at(i, 2 * p + 1, t) << 16);
+        }
+    }
 }
 
 /// An f32 patch product's left operand: for each block of 16 rows, for each column `q =
@@ -528,29 +547,20 @@ impl PackedB {
             n: b.cols,
         }
     }
-}
 
-impl PackedB {
     /// [`PackedB::new`] in parallel over stripes of 64 columns (the same blocks: a stripe's
     /// blocks are the whole matrix's blocks of its columns). A convolution's activation,
     /// packed once for every product that reads a run of its columns (`taps`).
     pub fn new_par(b: MatRef<'_, f32>, dot: Dot) -> Self {
-        use rayon::prelude::*;
-        const STRIPE: usize = 4;
         assert!(b.in_bounds(), "bf16 pack: a view leaves its slice");
-        let (nb, kb) = blocks(b.cols, b.rows);
-        let mut data = vec![0u16; nb * kb * TILE];
-        data.par_chunks_mut((STRIPE * kb * TILE).max(1))
-            .enumerate()
-            .for_each(|(stripe, out)| {
-                let j0 = stripe * STRIPE * 16;
-                let cols = MatRef {
-                    data: &b.data[(j0 * b.col_stride).min(b.data.len())..],
-                    cols: (b.cols - j0).min(STRIPE * 16),
-                    ..b
-                };
-                pack_b_into(cols, out, dot);
-            });
+        let data = in_stripes(blocks(b.cols, b.rows), |j0, len, out| {
+            let cols = MatRef {
+                data: &b.data[(j0 * b.col_stride).min(b.data.len())..],
+                cols: len.min(b.cols - j0),
+                ..b
+            };
+            pack_b_into(cols, out, dot);
+        });
         Self {
             data,
             k: b.rows,
@@ -3111,9 +3121,7 @@ mod tests {
                     col_stride: 1,
                 };
                 let vector = PackedPairs::new(m, taps, dot);
-                SCALAR_PAIRS.with(|s| s.set(true));
-                let scalar = PackedPairs::new(m, taps, dot);
-                SCALAR_PAIRS.with(|s| s.set(false));
+                let scalar = PackedPairs::packed_with(m, taps, dot, false);
                 assert!(
                     vector.data == scalar.data,
                     "{rows} rows, {channels} channels, {taps} taps"

@@ -238,11 +238,11 @@ fn from_positions<T: Real>(
         .enumerate()
         .for_each(|(group, out)| {
             let i0 = group * 16;
-            let images = out.len() / (ch * h * w);
+            let count = out.len() / (ch * h * w);
             // Channel by channel, the group's images each: a channel's rows are read for
             // all 16 images while their lines are in L1.
             for c in 0..ch {
-                for j in 0..images {
+                for j in 0..count {
                     let plane = &mut out[(j * ch + c) * h * w..][..h * w];
                     for phase in 0..s * s {
                         let (py, px) = (phase / s, phase % s);

@@ -17,6 +17,7 @@ use crate::data::loader::{LoaderConfig, Prefetcher, Split};
 use crate::data::{Dataset, upload};
 use crate::models::layers::kernels::{Products, bf16::Dot};
 use crate::models::layers::loss::cross_entropy;
+use crate::models::layers::tape::{self, Head};
 use crate::models::{ForwardCtx, Model, ModelSpec, weights};
 use crate::train::metrics::{ConfusionMatrix, argmax_rows};
 use crate::train::optim::{Optimizer, clip_grad_norm, clip_grad_value};
@@ -433,8 +434,12 @@ pub fn train_run(
                     .with_kernels(cfg.kernels)
                     .with_products(products)
                     .with_sample_seeds(sample_seeds);
+                // The network's backward runs on annt's tape where it covers the network
+                // (every ResNet), Candle's otherwise: the same gradients, fewer passes.
+                let recording = tape::record();
                 let logits = model.forward(&db.images, &mut ctx)?;
-                let loss = cross_entropy(&logits, &db.labels, t.label_smoothing)?;
+                let head = Head::new(&logits, recording)?;
+                let loss = cross_entropy(head.logits(), &db.labels, t.label_smoothing)?;
                 // Each micro-batch's mean loss weighs 1/k: the k gradients sum to the
                 // gradient of the mean over the effective batch.
                 let mut objective = (&loss / k as f64)?;
@@ -442,7 +447,7 @@ pub fn train_run(
                     objective = s.scale_loss(&objective)?;
                 }
                 timer.phase(Phase::Backward);
-                let grads = objective.backward()?;
+                let grads = head.backward(&objective)?;
                 match &mut acc {
                     None => acc = Some(grads),
                     Some(a) => a.extend(grads)?,

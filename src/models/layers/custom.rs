@@ -8,6 +8,7 @@
 //! annt's CPU kernels is handed over as a [`Raw`] buffer and becomes the op's output as it is;
 //! a value computed from tensor ops (the CUDA paths, Candle's matmul) costs one copy.
 
+use super::tape;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail,
 };
@@ -58,11 +59,14 @@ pub fn attach1(
     if grad_off() || !input.track_op() {
         return value.into_tensor();
     }
-    input.apply_op1(Attached1 {
+    let backward: tape::Back1 = backward.into();
+    let out = input.apply_op1(Attached1 {
         name,
         value: Slot::new(value),
-        backward,
-    })
+        backward: backward.clone(),
+    })?;
+    tape::note(&out, &[input], || tape::Back::One(backward));
+    Ok(out)
 }
 
 /// As [`attach1`] for a value computed from two inputs.
@@ -77,15 +81,18 @@ pub fn attach2(
     if grad_off() || (!a.track_op() && !b.track_op()) {
         return value.into_tensor();
     }
-    a.apply_op2(
+    let backward: tape::Back2 = backward.into();
+    let out = a.apply_op2(
         b,
         Attached2 {
             name,
             value: Slot::new(value),
-            backward,
+            backward: backward.clone(),
             tracked: [a.track_op(), b.track_op()],
         },
-    )
+    )?;
+    tape::note(&out, &[a, b], || tape::Back::Two(backward));
+    Ok(out)
 }
 
 /// A backward pass for three inputs: `(a, b, c, output_grad) → (a_grad, b_grad, c_grad)`.
@@ -105,16 +112,19 @@ pub fn attach3(
     if grad_off() || (!a.track_op() && !b.track_op() && !c.track_op()) {
         return value.into_tensor();
     }
-    a.apply_op3(
+    let backward: tape::Back3 = backward.into();
+    let out = a.apply_op3(
         b,
         c,
         Attached3 {
             name,
             value: Slot::new(value),
-            backward,
+            backward: backward.clone(),
             tracked: [a.track_op(), b.track_op(), c.track_op()],
         },
-    )
+    )?;
+    tape::note(&out, &[a, b, c], || tape::Back::Three(backward));
+    Ok(out)
 }
 
 struct Attached3 {
@@ -122,7 +132,7 @@ struct Attached3 {
     /// Taken (and dropped) by the forward once copied into the op's output: keeping it
     /// would hold every layer's output twice for as long as the graph lives.
     value: Slot,
-    backward: Backward3,
+    backward: tape::Back3,
     /// Which inputs record a gradient ([`Tensor::track_op`] at attach time).
     tracked: [bool; 3],
 }
@@ -275,7 +285,7 @@ struct Attached1 {
     /// Taken (and dropped) by the forward once copied into the op's output: keeping it
     /// would hold every layer's output twice for as long as the graph lives.
     value: Slot,
-    backward: Backward1,
+    backward: tape::Back1,
 }
 
 impl CustomOp1 for Attached1 {
@@ -303,7 +313,7 @@ struct Attached2 {
     /// Taken (and dropped) by the forward once copied into the op's output: keeping it
     /// would hold every layer's output twice for as long as the graph lives.
     value: Slot,
-    backward: Backward2,
+    backward: tape::Back2,
     /// Which inputs record a gradient ([`Tensor::track_op`] at attach time).
     tracked: [bool; 2],
 }

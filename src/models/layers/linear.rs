@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::custom::{attach2, attach3, map_real, map_real_n, raw_n, raw2};
 use super::kernels::{Products, cpu as kernels_cpu};
+use super::tape;
 use crate::models::error::ModelError;
 use crate::models::params::{Builder, Init, ParamKind, join};
 
@@ -266,7 +267,7 @@ impl Linear {
         let (d_out, d_in) = self.weight.dims2()?;
         let rows = x.elem_count() / d_in;
         // One 2-D product (not a batched one): its weight gradient is a single GEMM.
-        let x2 = x.reshape((rows, d_in))?;
+        let x2 = tape::reshape(x, (rows, d_in))?;
         let bias = self.bias.as_ref().map(|b| b.as_tensor());
         let y = match linear(&x2, self.weight.as_tensor(), bias, products)? {
             Some(y) => y,
@@ -282,7 +283,7 @@ impl Linear {
         if let Some(last) = out_dims.last_mut() {
             *last = d_out;
         }
-        y.reshape(out_dims)
+        tape::reshape(&y, out_dims)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod tape;
 
 use candle_core::DType;
 

@@ -69,6 +69,22 @@ pub fn max_pool2d(
 }
 
 /// Mean over the spatial dimensions: `n × c × h × w` → `n × c`.
+///
+/// An attached node rather than Candle's `mean`, so that a ResNet's graph is annt's nodes
+/// alone and its backward can run on annt's tape ([`super::tape`]).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
-    x.mean((2, 3))
+    let (n, c, h, w) = x.dims4()?;
+    let value = x.detach().mean((2, 3))?;
+    let scale = 1.0 / (h * w) as f64;
+    attach1(
+        "annt-global-avg-pool",
+        x,
+        value,
+        Box::new(move |_x, grad| {
+            grad.affine(scale, 0.0)?
+                .reshape((n, c, 1, 1))?
+                .broadcast_as((n, c, h, w))?
+                .contiguous()
+        }),
+    )
 }

@@ -576,6 +576,70 @@ fn optimizer_checks(device: &Device, reference: &Device) -> Vec<Check> {
         .collect()
 }
 
+/// A model's parameter gradients of one small batch's loss, by annt's tape and by Candle's
+/// backward, on `device`: whether the tape covered the network, and the largest
+/// [`max_rel_error`] over the parameters (0 when they agree bit for bit).
+pub fn tape_agreement(name: &str, device: &Device) -> candle_core::Result<(bool, f64)> {
+    use crate::models::layers::tape::{Head, record};
+    use crate::models::{Model, ModelSpec};
+    let model = Model::build(&ModelSpec::new(name, 10), device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let x = Tensor::new(nonzero_values(3 * 3 * 32 * 32, 700), device)?.reshape((3, 3, 32, 32))?;
+    let labels = Tensor::new(&[1u32, 7, 3], device)?;
+    let grads = |taped: bool| -> candle_core::Result<(Vec<Vec<f64>>, bool)> {
+        let mut ctx = ForwardCtx::train(DType::F32, 5);
+        let recording = taped.then(record);
+        let logits = model.forward(&x, &mut ctx)?;
+        let (grads, covered) = match recording {
+            Some(r) => {
+                let head = Head::new(&logits, r)?;
+                let covered = head.taped();
+                let loss = cross_entropy(head.logits(), &labels, 0.1)?;
+                (head.backward(&loss)?, covered)
+            }
+            None => (cross_entropy(&logits, &labels, 0.1)?.backward()?, false),
+        };
+        let mut values = Vec::new();
+        for p in model.params().trainable() {
+            match grads.get(p.var.as_tensor()) {
+                Some(g) => values.push(flat(g)?),
+                None => candle_core::bail!("{name}: no gradient for {}", p.name),
+            }
+        }
+        Ok((values, covered))
+    };
+    let (want, _) = grads(false)?;
+    let (got, covered) = grads(true)?;
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(w, g)| max_rel_error(g, w))
+        .fold(0.0f64, f64::max);
+    Ok((covered, worst))
+}
+
+/// The trainer's backward on annt's tape against Candle's, one model of each family.
+fn tape_checks(device: &Device) -> Vec<Check> {
+    ["resnet8-tiny", "efficientnet-b0", "vit-ti4"]
+        .into_iter()
+        .map(|name| {
+            let (max_rel_error, passed, detail) = match tape_agreement(name, device) {
+                Ok((true, e)) => (e, e <= 1e-5, "tape vs Candle's backward".to_string()),
+                Ok((false, e)) => (e, false, "an op outside the tape".to_string()),
+                Err(e) => (f64::NAN, false, format!("failed: {e}")),
+            };
+            Check {
+                op: format!("backward on the tape: {name}"),
+                dtype: "f32".into(),
+                max_rel_error,
+                tolerance: 1e-5,
+                passed,
+                detail,
+            }
+        })
+        .collect()
+}
+
 /// The mixed-precision finite check on +∞, −∞ and NaN (and on finite values) in each dtype.
 fn finite_checks(device: &Device) -> Vec<Check> {
     use crate::accel::amp::all_finite;
@@ -714,6 +778,7 @@ pub fn run(device: &Device) -> SelftestReport {
     }
     let mut checks = op_checks(device, &Device::Cpu);
     checks.extend(pinned_checks(device));
+    checks.extend(tape_checks(device));
     SelftestReport {
         device: format!("{device:?}"),
         nothing_to_check: None,

@@ -19,7 +19,7 @@ use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
 use super::layers::conv_bn::{Activation, ConvBn, ConvShape, NormConfig};
 use super::layers::linear::Linear;
 use super::layers::norm::BatchNorm2d;
-use super::layers::{ForwardCtx, norm_dtype, pool};
+use super::layers::{ForwardCtx, norm_dtype, pool, tape};
 use super::params::{Builder, Init, ParamKind, join};
 
 /// The EfficientNet paper's batch-norm settings (TensorFlow's eps 1e-3 and decay 0.99, i.e.
@@ -191,10 +191,12 @@ fn make_divisible(v: f64, divisor: usize) -> usize {
 fn spatial_mean(x: &Tensor, keepdim: bool) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(norm_dtype(dtype))?;
+    let mean = pool::global_avg_pool(&x)?;
     let mean = if keepdim {
-        x.mean_keepdim((2, 3))?
+        let (n, c) = mean.dims2()?;
+        tape::reshape(&mean, (n, c, 1, 1))?
     } else {
-        pool::global_avg_pool(&x)?
+        mean
     };
     mean.to_dtype(dtype)
 }
@@ -271,7 +273,7 @@ impl SqueezeExcite {
         let s = spatial_mean(x, true)?;
         let s = silu(&self.fc1.forward(&s, ctx)?)?;
         let gate = sigmoid(&self.fc2.forward(&s, ctx)?)?;
-        x.broadcast_mul(&gate)
+        tape::broadcast_mul(x, &gate)
     }
 }
 
@@ -355,7 +357,7 @@ impl MbConv {
         y = self.se.forward(&y, ctx)?;
         y = self.project.forward(&y, ctx)?;
         if self.residual {
-            y = (stochastic_depth(&y, self.sd_prob, ctx)? + x)?;
+            y = tape::add(&stochastic_depth(&y, self.sd_prob, ctx)?, x)?;
         }
         Ok(y)
     }

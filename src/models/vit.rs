@@ -12,13 +12,14 @@ use candle_core::{Result, Tensor, Var, bail};
 
 use super::Network;
 use super::error::ModelError;
-use super::layers::ForwardCtx;
 use super::layers::activation::{dropout, gelu};
 use super::layers::attention::SelfAttention;
 use super::layers::conv::{Conv2d, ConvBias, ConvInit, ConvSpec};
+use super::layers::custom::attach2;
 use super::layers::encoder::{EncoderLayers, encoder_block};
 use super::layers::linear::{Linear, add_bias};
 use super::layers::norm::LayerNorm;
+use super::layers::{ForwardCtx, tape};
 use super::params::{Builder, Init, ParamKind, join};
 
 /// torchvision builds every ViT layer norm with `eps = 1e-6` (not PyTorch's 1e-5 default).
@@ -255,25 +256,17 @@ impl Vit {
             bail!("vit: expected {image}×{image} images, got {h}×{w}");
         }
         let (d, g) = (self.cfg.dim, self.cfg.grid());
-        let patches = self
-            .conv_proj
-            .forward(x, ctx)?
-            .reshape((n, d, g * g))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let dtype = patches.dtype();
-        let cls = self
-            .class_token
-            .as_tensor()
-            .to_dtype(dtype)?
-            .broadcast_as((n, 1, d))?
-            .contiguous()?;
-        let tokens = Tensor::cat(&[&cls, &patches], 1)?;
+        let patches = tape::reshape(&self.conv_proj.forward(x, ctx)?, (n, d, g * g))?;
+        let tokens = tokens(
+            &patches,
+            &self.class_token.as_tensor().to_dtype(patches.dtype())?,
+        )?;
         // The position embeddings as a bias over the flattened tokens: one pass, and a
         // parallel sum over the batch for their gradient.
         let s = tokens.dim(1)?;
-        let pos = self.pos_embedding.as_tensor().reshape(s * d)?;
-        add_bias(&tokens.reshape((n, s * d))?, &pos, 1)?.reshape((n, s, d))
+        let pos = tape::reshape(self.pos_embedding.as_tensor(), s * d)?;
+        let flat = add_bias(&tape::reshape(&tokens, (n, s * d))?, &pos, 1)?;
+        tape::reshape(&flat, (n, s, d))
     }
 }
 
@@ -285,8 +278,38 @@ impl Network for Vit {
             y = layer.forward(&y, p, ctx)?;
         }
         let y = self.ln.forward(&y)?;
-        self.head.forward(&y.narrow(1, 0, 1)?.squeeze(1)?)
+        let (n, _, d) = y.dims3()?;
+        self.head
+            .forward(&tape::reshape(&tape::narrow(&y, 1, 0, 1)?, (n, d))?)
     }
+}
+
+/// The class token before each image's patch tokens: `n × d × g²` patches (as the patch
+/// convolution gives them) and the `1 × 1 × d` token → `n × (1 + g²) × d` tokens. One
+/// attached node (the transpose, broadcast and concatenation as Candle ops would be four
+/// nodes outside annt's tape): the token's gradient is the sum over images of the first
+/// row's, the patches' the rest transposed back.
+fn tokens(patches: &Tensor, class_token: &Tensor) -> Result<Tensor> {
+    let (n, d, p) = patches.dims3()?;
+    let (pd, cd) = (patches.detach(), class_token.detach());
+    let value = Tensor::cat(
+        &[
+            &cd.broadcast_as((n, 1, d))?.contiguous()?,
+            &pd.transpose(1, 2)?.contiguous()?,
+        ],
+        1,
+    )?;
+    attach2(
+        "annt-vit-tokens",
+        patches,
+        class_token,
+        value,
+        Box::new(move |_p, _c, g| {
+            let g_patches = g.narrow(1, 1, p)?.transpose(1, 2)?.contiguous()?;
+            let g_token = g.narrow(1, 0, 1)?.sum_keepdim(0)?;
+            Ok((g_patches, g_token))
+        }),
+    )
 }
 
 /// Resamples a position-embedding grid (without the class token row) from `from_grid`² to

@@ -141,7 +141,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `1 / (1 + e^−x)`: candle-nn's fused op (one CPU/CUDA kernel, backward from the output)
 /// instead of four ops and their four backward nodes.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::sigmoid(x)
+    super::tape::sigmoid(x)
 }
 
 /// Softmax over the last dimension, in f32 (f64 for f64 input), returned in f32/f64.
@@ -200,12 +200,11 @@ pub fn dropout(x: &Tensor, p: f32, ctx: &mut ForwardCtx) -> Result<Tensor> {
     }
     let keep = 1.0 - p;
     let mask = random_mask(x.elem_count(), keep, ctx)?;
-    x.mul(
-        &mask
-            .reshape(x.shape())?
-            .to_device(x.device())?
-            .to_dtype(x.dtype())?,
-    )
+    let mask = mask
+        .reshape(x.shape())?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    super::tape::broadcast_mul(x, &mask)
 }
 
 /// Stochastic depth in torchvision's "row" mode: drops a residual branch for whole samples
@@ -218,7 +217,7 @@ pub fn stochastic_depth(x: &Tensor, p: f32, ctx: &mut ForwardCtx) -> Result<Tens
     let mut shape = vec![1; x.rank()];
     shape[0] = n;
     let mask = random_mask(n, 1.0 - p, ctx)?.reshape(shape)?;
-    x.broadcast_mul(&mask.to_device(x.device())?.to_dtype(x.dtype())?)
+    super::tape::broadcast_mul(x, &mask.to_device(x.device())?.to_dtype(x.dtype())?)
 }
 
 /// `len` values that are `1/keep` with probability `keep` and 0 otherwise, drawn on the host

@@ -85,6 +85,11 @@ impl BatchNorm2d {
     /// `relu(self.forward(x))`; in training on the CPU one fused op (the ReLU's mask is
     /// recomputed in the backward from the same coefficients, so no extra buffer is kept).
     pub fn forward_relu(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if !ctx.train
+            && let Some(y) = self.forward_eval_relu(x, None)?
+        {
+            return Ok(y);
+        }
         if ctx.train
             && Backend::select(x.device(), super::Kernels::Annt) == Backend::Cpu
             && matches!(x.dtype(), DType::F32 | DType::F64)
@@ -103,20 +108,11 @@ impl BatchNorm2d {
     /// over the activations (annt's channel kernel) instead of a broadcast multiply and a
     /// broadcast add; evaluation builds no graph, so no backward is attached.
     fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
-        let scale = (self.per_channel(&self.running_var, x)? + self.eps)?
-            .sqrt()?
-            .recip()?
-            .mul(&self.per_channel(&self.weight, x)?)?;
-        let shift = self
-            .per_channel(&self.bias, x)?
-            .sub(&self.per_channel(&self.running_mean, x)?.mul(&scale)?)?;
+        let (scale, shift) = self.eval_scale_shift(x)?;
         if x.device().is_cpu() && x.rank() == 4 && matches!(x.dtype(), DType::F32 | DType::F64) {
             let x = x.contiguous()?;
             let (n, c, h, w) = x.dims4()?;
             let hw = h * w;
-            let flat = |t: &Tensor| -> Result<Vec<f64>> {
-                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
-            };
             let (a, d) = (flat(&scale)?, flat(&shift)?);
             let mean = flat(self.running_mean.as_tensor())?;
             let invstd: Vec<f64> = flat(self.running_var.as_tensor())?
@@ -152,6 +148,60 @@ impl BatchNorm2d {
             );
         }
         x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+
+    /// The running statistics' per-channel scale `γ / √(var + ε)` and shift
+    /// `β − mean · scale`, `1 × c × 1 × 1` in `x`'s dtype.
+    fn eval_scale_shift(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let scale = (self.per_channel(&self.running_var, x)? + self.eps)?
+            .sqrt()?
+            .recip()?
+            .mul(&self.per_channel(&self.weight, x)?)?;
+        let shift = self
+            .per_channel(&self.bias, x)?
+            .sub(&self.per_channel(&self.running_mean, x)?.mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Evaluation without a graph (`custom::no_grad`) on the CPU: `relu(bn(x) + shortcut)`
+    /// (or `relu(bn(x))`) from the running statistics in one pass over the activations,
+    /// where [`Self::forward`] and the ReLU (and the residual sum) were two or three, each
+    /// writing a fresh buffer. Rounded as those ops round (`relu((a·x + d) + z)`), so the
+    /// logits are the same bits. `None` where it does not apply.
+    pub fn forward_eval_relu(
+        &self,
+        x: &Tensor,
+        shortcut: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let applies = super::custom::grad_off()
+            && x.device().is_cpu()
+            && x.rank() == 4
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && shortcut.is_none_or(|z| z.shape() == x.shape() && z.dtype() == x.dtype());
+        if !applies {
+            return Ok(None);
+        }
+        let (scale, shift) = self.eval_scale_shift(x)?;
+        let (a, d) = (flat(&scale)?, flat(&shift)?);
+        let (a32, d32) = (to_f32(&a), to_f32(&d));
+        let (_, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let x = x.contiguous()?;
+        let y = match shortcut {
+            Some(z) => raw_n(
+                &[&x, &z.contiguous()?],
+                x.shape(),
+                |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a32, &d32), c, hw),
+                |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a, &d), c, hw),
+            )?,
+            None => raw(
+                &x,
+                x.shape(),
+                |v| kernels_cpu::channel_affine_relu(v, &a32, &d32, c, hw),
+                |v| kernels_cpu::channel_affine_relu(v, &a, &d, c, hw),
+            )?,
+        };
+        y.into_tensor().map(Some)
     }
 
     /// `running = (1 − m)·running + m·batch`, with the unbiased batch variance.
@@ -397,6 +447,11 @@ impl BnFit {
 }
 
 /// Per-channel coefficients (computed in f64) as an f32 pass uses them.
+/// A tensor's elements as f64.
+fn flat(t: &Tensor) -> Result<Vec<f64>> {
+    t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
+}
+
 fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&f| f as f32).collect()
 }

@@ -114,12 +114,19 @@ pub fn reshape<S: Into<candle_core::Shape>>(x: &Tensor, shape: S) -> Result<Tens
     Ok(y)
 }
 
-/// `x · m`, `m` broadcast over `x` (a gate, a dropout or stochastic-depth mask), put on
-/// the tape too. `m`'s gradient (the product's sum over the broadcast axes) is computed only
+/// `x · m`, `m` broadcast over `x` (a gate, a dropout or stochastic-depth mask; `x` has
+/// the product's shape), put on the tape too. `m`'s gradient (the product's sum over the broadcast axes) is computed only
 /// when `m` records one; otherwise its slot gets the output gradient, which the tape drops
 /// with every untracked input's.
 pub fn broadcast_mul(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     let y = x.broadcast_mul(m)?;
+    if y.shape() != x.shape() {
+        candle_core::bail!(
+            "tape::broadcast_mul: x {:?} must have the product's shape {:?}",
+            x.shape(),
+            y.shape()
+        );
+    }
     let want_m = m.track_op();
     let axes: Vec<usize> = (0..m.rank())
         .filter(|&i| m.dims()[i] == 1 && x.dims()[i] != 1)

@@ -926,3 +926,31 @@ fn the_fused_layer_norm_matches_candles_ops_in_f32() {
         assert!(e < 1e-4, "{name}: fused vs ops {e}");
     }
 }
+
+/// Evaluation's one-pass batch norm + ReLU (and + shortcut + ReLU) gives the logits the
+/// separate ops give, bit for bit, with running statistics away from their initial values.
+#[test]
+fn evaluations_fused_batch_norm_and_relu_give_the_same_logits() {
+    use crate::models::{Model, ModelSpec};
+    let model = Model::build(&ModelSpec::new("resnet8-tiny", 10), &Device::Cpu).expect("model");
+    let x = randn(&[4, 3, 32, 32], 31, DType::F32);
+    // Two training passes move the running mean and variance.
+    for seed in 0..2 {
+        model
+            .forward(&x, &mut ForwardCtx::train(DType::F32, seed))
+            .expect("train");
+    }
+    let separate = model
+        .forward(&x, &mut ForwardCtx::eval(DType::F32))
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .expect("separate");
+    let fused = {
+        let _no_grad = super::custom::no_grad();
+        model
+            .forward(&x, &mut ForwardCtx::eval(DType::F32))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("fused")
+    };
+    assert_eq!(separate, fused);
+    assert!(separate.iter().any(|v| *v != 0.0));
+}

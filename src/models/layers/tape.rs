@@ -290,7 +290,11 @@ impl Tape {
                 if !input.tracked {
                     continue;
                 }
-                let sums = if input.var { &mut params } else { &mut pending };
+                let (sums, g) = if input.var {
+                    (&mut params, own_buffer(g)?)
+                } else {
+                    (&mut pending, g)
+                };
                 match sums.entry(input.id) {
                     Slot::Vacant(s) => {
                         s.insert(g);
@@ -308,6 +312,41 @@ impl Tape {
         }
         Ok(store)
     }
+}
+
+/// `g` in a buffer of its own when it is a small view of a larger one. A layer's backward
+/// may return its input's and its weight's gradients as two views of one buffer (the
+/// convolution's `conv_backward_joined`): Candle's backward copied each into a fresh sum,
+/// while the tape keeps a first gradient as it is, and a parameter's lives until the
+/// optimiser step, so its view would keep the input gradient's memory alive with it
+/// (ResNet-18 at batch 32: 124 MiB of buffers held for 42 MiB of gradients, 66 MiB more
+/// peak than Candle's backward). Copied only when the buffer is more than twice the
+/// view: a large weight's gradient keeps its buffer, whose rest is then small.
+fn own_buffer(g: Tensor) -> Result<Tensor> {
+    let pinned = {
+        let (storage, _) = g.storage_and_layout();
+        let len = match &*storage {
+            candle_core::Storage::Cpu(c) => match c {
+                candle_core::CpuStorage::F32(v) => v.len(),
+                candle_core::CpuStorage::F64(v) => v.len(),
+                candle_core::CpuStorage::BF16(v) => v.len(),
+                candle_core::CpuStorage::F16(v) => v.len(),
+                _ => 0,
+            },
+            // A device buffer's length is not public; a view that does not start at its
+            // beginning is taken as part of a larger one.
+            _ => {
+                if g.layout().start_offset() > 0 {
+                    usize::MAX
+                } else {
+                    0
+                }
+            }
+        };
+        len > 2 * g.elem_count()
+    };
+    // `force_contiguous` copies the view's elements alone (`copy` clones the whole buffer).
+    if pinned { g.force_contiguous() } else { Ok(g) }
 }
 
 /// A network's logits with the loss's start cut from them when the tape covers the network
@@ -380,6 +419,26 @@ mod tests {
             };
             assert!(err <= bound, "{name}: gradients differ by {err}");
         }
+    }
+
+    /// A parameter's gradient that is a small view of a larger buffer gets a buffer of its
+    /// own (so it does not keep the rest alive until the optimiser step); a view that is
+    /// most of its buffer is kept as it is.
+    #[test]
+    fn a_small_view_gets_its_own_buffer() {
+        let storage_len = |t: &Tensor| {
+            let (s, _) = t.storage_and_layout();
+            match &*s {
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+                _ => 0,
+            }
+        };
+        let both = Tensor::arange(0f32, 100.0, &Device::Cpu).expect("both");
+        let small = super::own_buffer(both.narrow(0, 90, 10).expect("view")).expect("own");
+        assert_eq!(storage_len(&small), 10);
+        assert_eq!(small.to_vec1::<f32>().expect("v")[0], 90.0);
+        let large = super::own_buffer(both.narrow(0, 40, 60).expect("view")).expect("own");
+        assert_eq!(storage_len(&large), 100);
     }
 
     /// `x·w` and `(x·w)·w` through attached nodes: the tape's gradient of `w` sums its two

@@ -435,7 +435,8 @@ pub fn train_run(
                     .with_products(products)
                     .with_sample_seeds(sample_seeds);
                 // The network's backward runs on annt's tape where it covers the network
-                // (every ResNet), Candle's otherwise: the same gradients, fewer passes.
+                // (ResNet, EfficientNet, ViT), Candle's otherwise: the same gradients, fewer
+                // passes.
                 let recording = tape::record();
                 let logits = model.forward(&db.images, &mut ctx)?;
                 let head = Head::new(&logits, recording)?;

@@ -104,13 +104,10 @@ impl ConvBn {
         {
             return Ok(y);
         }
-        if self.activation == Activation::Identity && !ctx.train {
-            // Evaluation: the batch norm, sum and ReLU in one pass where it applies.
-            let y = self.conv.forward(x, ctx)?;
-            if let Some(out) = self.bn.forward_eval_relu(&y, Some(shortcut))? {
-                return Ok(out);
-            }
-            return add_relu(&self.bn.forward(&y, ctx)?, shortcut);
+        if self.activation == Activation::Identity {
+            return self
+                .bn
+                .forward_add_relu(&self.conv.forward(x, ctx)?, shortcut, ctx);
         }
         add_relu(&self.forward(x, ctx)?, shortcut)
     }

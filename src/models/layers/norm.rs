@@ -99,6 +99,22 @@ impl BatchNorm2d {
         super::activation::relu(&self.forward(x, ctx)?)
     }
 
+    /// `relu(self.forward(x) + shortcut)`: in evaluation without a graph on the CPU one
+    /// pass ([`Self::forward_eval_relu`]), elsewhere the batch norm and `add_relu`.
+    pub fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        shortcut: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        if !ctx.train
+            && let Some(y) = self.forward_eval_relu(x, Some(shortcut))?
+        {
+            return Ok(y);
+        }
+        super::activation::add_relu(&self.forward(x, ctx)?, shortcut)
+    }
+
     fn per_channel(&self, v: &Var, like: &Tensor) -> Result<Tensor> {
         let c = like.dim(1)?;
         v.as_tensor().to_dtype(like.dtype())?.reshape((1, c, 1, 1))
@@ -183,23 +199,11 @@ impl BatchNorm2d {
         }
         let (scale, shift) = self.eval_scale_shift(x)?;
         let (a, d) = (flat(&scale)?, flat(&shift)?);
-        let (a32, d32) = (to_f32(&a), to_f32(&d));
         let (_, c, h, w) = x.dims4()?;
-        let hw = h * w;
         let x = x.contiguous()?;
         let y = match shortcut {
-            Some(z) => raw_n(
-                &[&x, &z.contiguous()?],
-                x.shape(),
-                |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a32, &d32), c, hw),
-                |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a, &d), c, hw),
-            )?,
-            None => raw(
-                &x,
-                x.shape(),
-                |v| kernels_cpu::channel_affine_relu(v, &a32, &d32, c, hw),
-                |v| kernels_cpu::channel_affine_relu(v, &a, &d, c, hw),
-            )?,
+            Some(z) => affine_add_relu(&x, &z.contiguous()?, &a, &d, c, h * w)?,
+            None => affine_relu(&x, &a, &d, c, h * w)?,
         };
         y.into_tensor().map(Some)
     }
@@ -341,15 +345,7 @@ impl BnFit {
 
     /// `relu(x̂·γ + β + z)` of the batch norm's input `x` and the shortcut `z`.
     fn value_add_relu(&self, x: &Tensor, z: &Tensor) -> Result<Raw> {
-        let (c, hw) = (self.c, self.hw);
-        let (a32, d32) = self.coefficients32();
-        let (a, d) = (&self.scale[..], &self.shift[..]);
-        raw_n(
-            &[x, z],
-            x.shape(),
-            |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a32, &d32), c, hw),
-            |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (a, d), c, hw),
-        )
+        affine_add_relu(x, z, &self.scale, &self.shift, self.c, self.hw)
     }
 
     /// The gradient that `relu(x̂·γ + β + z)` ([`BatchNorm2d::train_value`] with a residual)
@@ -446,12 +442,12 @@ impl BnFit {
     }
 }
 
-/// Per-channel coefficients (computed in f64) as an f32 pass uses them.
 /// A tensor's elements as f64.
 fn flat(t: &Tensor) -> Result<Vec<f64>> {
     t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
 }
 
+/// Per-channel coefficients (computed in f64) as an f32 pass uses them.
 fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&f| f as f32).collect()
 }
@@ -465,6 +461,25 @@ fn affine_relu(x: &Tensor, a: &[f64], d: &[f64], c: usize, hw: usize) -> Result<
         x.shape(),
         |v| kernels_cpu::channel_affine_relu(v, &a32, &d32, c, hw),
         |v| kernels_cpu::channel_affine_relu(v, a, d, c, hw),
+    )
+}
+
+/// `max(a[ch]·x + d[ch] + z, 0)` over `n × c × hw` data: batch norm, a residual sum and
+/// the ReLU in one pass, the coefficients converted to `x`'s dtype.
+fn affine_add_relu(
+    x: &Tensor,
+    z: &Tensor,
+    a: &[f64],
+    d: &[f64],
+    c: usize,
+    hw: usize,
+) -> Result<Raw> {
+    let (a32, d32) = (to_f32(a), to_f32(d));
+    raw_n(
+        &[x, z],
+        x.shape(),
+        |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (&a32, &d32), c, hw),
+        |v| kernels_cpu::channel_affine_add_relu(v[0], v[1], (a, d), c, hw),
     )
 }
 
